@@ -1,0 +1,555 @@
+//! The GPU context: wgpu device and queue, pipeline and bind-group caches,
+//! a buffer pool, and the pending command encoder that ops record into.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+
+/// A compute kernel: one entry point of one WGSL file, specialised by override constants.
+///
+/// Bindings follow one convention so layouts can be shared: binding 0 is a uniform
+/// with the kernel's parameters (dynamic offset), then `inputs` read-only storage
+/// buffers, then `outputs` read-write storage buffers.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    /// Name of the shader file, for the cache key and error messages.
+    pub file: &'static str,
+    /// WGSL source.
+    pub source: &'static str,
+    /// Entry point.
+    pub entry: &'static str,
+    /// Number of read-only storage bindings.
+    pub inputs: u32,
+    /// Number of read-write storage bindings.
+    pub outputs: u32,
+}
+
+/// Largest parameter block a kernel may take, in bytes.
+const PARAM_BYTES: u64 = 64;
+/// Dispatches per submission before the uniform arena is full and the device flushes.
+const ARENA_SLOTS: u64 = 1024;
+
+#[derive(Hash, PartialEq, Eq, Clone)]
+struct PipelineKey {
+    file: &'static str,
+    entry: &'static str,
+    constants: Vec<(&'static str, u64)>,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct BindKey {
+    layout: (u32, u32),
+    arena: usize,
+    buffers: Vec<wgpu::Buffer>,
+}
+
+/// Counters that show what a step costs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Command submissions to the queue.
+    pub submissions: u64,
+    /// Compute dispatches recorded.
+    pub dispatches: u64,
+    /// Bytes copied back to the host.
+    pub bytes_read: u64,
+    /// Bytes in buffers kiln holds now (live tensors and the pool).
+    pub bytes_allocated: u64,
+    /// Most bytes kiln held at once.
+    pub peak_bytes: u64,
+    /// Buffers created (pool misses).
+    pub buffers_created: u64,
+}
+
+struct Layout {
+    bind: wgpu::BindGroupLayout,
+    pipeline: wgpu::PipelineLayout,
+}
+
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    params: Vec<u8>,
+    arena: usize,
+}
+
+/// Everything kiln keeps per wgpu device.
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+    param_stride: u64,
+    arenas: [wgpu::Buffer; 2],
+    layouts: Mutex<HashMap<(u32, u32), Arc<Layout>>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    pending: Mutex<Pending>,
+    pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    submissions: AtomicU64,
+    dispatches: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_allocated: AtomicU64,
+    peak_bytes: AtomicU64,
+    buffers_created: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves plain data behind; keep going with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bytes a tensor of `len` f32 occupies on the GPU: at least 16, a multiple of 16.
+fn buffer_bytes(len: usize) -> u64 {
+    ((len.max(1) as u64 * 4).div_ceil(16)) * 16
+}
+
+impl GpuContext {
+    /// Opens the best adapter (see `adapter::choose`) with its own limits.
+    pub(crate) fn new(name: Option<&str>) -> Result<Self> {
+        let instance = super::adapter::instance()?;
+        let adapter = super::adapter::choose(&instance, name)?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("kiln"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::DeviceRequest {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            lock(&sink).push(e.to_string());
+        }));
+        let param_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(PARAM_BYTES);
+        let arena = |i| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(if i == 0 { "kiln params 0" } else { "kiln params 1" }),
+                size: param_stride * ARENA_SLOTS,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let arenas = [arena(0), arena(1)];
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            param_stride,
+            arenas,
+            layouts: Mutex::default(),
+            pipelines: Mutex::default(),
+            bind_groups: Mutex::default(),
+            pending: Mutex::new(Pending {
+                encoder: None,
+                pass: None,
+                params: Vec::new(),
+                arena: 0,
+            }),
+            pool: Mutex::default(),
+            errors,
+            submissions: AtomicU64::new(0),
+            dispatches: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_allocated: AtomicU64::new(0),
+            peak_bytes: AtomicU64::new(0),
+            buffers_created: AtomicU64::new(0),
+        })
+    }
+
+    /// True when the adapter is a CPU (software) implementation such as lavapipe.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The counters since the device was opened.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            submissions: self.submissions.load(Ordering::Relaxed),
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            bytes_allocated: self.bytes_allocated.load(Ordering::Relaxed),
+            peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
+            buffers_created: self.buffers_created.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Returns the first GPU error reported since the last check, if any.
+    pub(crate) fn take_error(&self) -> Result<()> {
+        let mut errors = lock(&self.errors);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let all = errors.join("; ");
+        errors.clear();
+        Err(Error::Gpu(all))
+    }
+
+    /// Checks a tensor's size against the adapter's limits.
+    pub(crate) fn check_size(&self, what: &str, len: usize) -> Result<u64> {
+        let size = buffer_bytes(len);
+        let binding = self.limits.max_storage_buffer_binding_size as u64;
+        if size > self.limits.max_buffer_size {
+            return Err(Error::OverLimit {
+                what: what.to_string(),
+                size,
+                limit_name: "max_buffer_size",
+                limit: self.limits.max_buffer_size,
+            });
+        }
+        if size > binding {
+            return Err(Error::OverLimit {
+                what: what.to_string(),
+                size,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: binding,
+            });
+        }
+        Ok(size)
+    }
+
+    /// A storage buffer for `len` f32, from the pool when one of that size is free.
+    pub(crate) fn alloc(&self, len: usize) -> Result<wgpu::Buffer> {
+        let size = self.check_size("tensor", len)?;
+        if let Some(buf) = lock(&self.pool).get_mut(&size).and_then(Vec::pop) {
+            return Ok(buf);
+        }
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln tensor"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.buffers_created.fetch_add(1, Ordering::Relaxed);
+        let now = self.bytes_allocated.fetch_add(size, Ordering::Relaxed) + size;
+        self.peak_bytes.fetch_max(now, Ordering::Relaxed);
+        Ok(buf)
+    }
+
+    /// Takes a buffer back into the pool for reuse by the next tensor of its size.
+    pub(crate) fn release(&self, buf: wgpu::Buffer) {
+        lock(&self.pool).entry(buf.size()).or_default().push(buf);
+    }
+
+    /// Drops every pooled buffer (memory goes back to the driver).
+    pub fn trim_pool(&self) {
+        let mut pool = lock(&self.pool);
+        let freed: u64 = pool.values().flatten().map(|b| b.size()).sum();
+        pool.clear();
+        lock(&self.bind_groups).clear();
+        self.bytes_allocated.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    fn layout(&self, inputs: u32, outputs: u32) -> Arc<Layout> {
+        let mut layouts = lock(&self.layouts);
+        layouts
+            .entry((inputs, outputs))
+            .or_insert_with(|| {
+                let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                };
+                let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: true,
+                        min_binding_size: wgpu::BufferSize::new(PARAM_BYTES),
+                    },
+                    count: None,
+                }];
+                entries.extend((0..inputs).map(|i| storage(1 + i, true)));
+                entries.extend((0..outputs).map(|i| storage(1 + inputs + i, false)));
+                let bind = self
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: Some("kiln layout"),
+                        entries: &entries,
+                    });
+                let pipeline = self
+                    .device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some("kiln pipeline layout"),
+                        bind_group_layouts: &[Some(&bind)],
+                        immediate_size: 0,
+                    });
+                Arc::new(Layout { bind, pipeline })
+            })
+            .clone()
+    }
+
+    fn pipeline(&self, k: &Kernel, constants: &[(&'static str, f64)]) -> Result<wgpu::ComputePipeline> {
+        let key = PipelineKey {
+            file: k.file,
+            entry: k.entry,
+            constants: constants.iter().map(|(n, v)| (*n, v.to_bits())).collect(),
+        };
+        if let Some(p) = lock(&self.pipelines).get(&key) {
+            return Ok(p.clone());
+        }
+        let layout = self.layout(k.inputs, k.outputs);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(k.file),
+                source: wgpu::ShaderSource::Wgsl(k.source.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(k.entry),
+                layout: Some(&layout.pipeline),
+                module: &module,
+                entry_point: Some(k.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("kernel {}::{}: {e}", k.file, k.entry)));
+        }
+        lock(&self.pipelines).insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Records one dispatch into the pending encoder; nothing runs until a flush.
+    pub(crate) fn dispatch(
+        &self,
+        k: &Kernel,
+        constants: &[(&'static str, f64)],
+        params: &[u32],
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        debug_assert_eq!(buffers.len() as u32, k.inputs + k.outputs);
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::OverLimit {
+                what: format!("dispatch of {}::{} ({groups:?} workgroups)", k.file, k.entry),
+                size: groups.iter().copied().max().unwrap_or(0) as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+                limit: max as u64,
+            });
+        }
+        let pipeline = self.pipeline(k, constants)?;
+        let mut pending = lock(&self.pending);
+        if pending.params.len() as u64 >= self.param_stride * ARENA_SLOTS {
+            self.submit(&mut pending);
+        }
+        let offset = pending.params.len();
+        let mut block = [0u8; PARAM_BYTES as usize];
+        let bytes: &[u8] = bytemuck::cast_slice(params);
+        block[..bytes.len()].copy_from_slice(bytes);
+        pending.params.extend_from_slice(&block);
+        pending.params.resize(offset + self.param_stride as usize, 0);
+        let arena = pending.arena;
+        let bind_group = self.bind_group(k, arena, buffers);
+        let pass = self.pass(&mut pending);
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[offset as u32]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        self.dispatches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn bind_group(&self, k: &Kernel, arena: usize, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let key = BindKey {
+            layout: (k.inputs, k.outputs),
+            arena,
+            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
+        };
+        let mut cache = lock(&self.bind_groups);
+        if let Some(bg) = cache.get(&key) {
+            return bg.clone();
+        }
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        let layout = self.layout(k.inputs, k.outputs);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.arenas[arena],
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAM_BYTES),
+            }),
+        }];
+        entries.extend(buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
+            binding: 1 + i as u32,
+            resource: b.as_entire_binding(),
+        }));
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout.bind,
+            entries: &entries,
+        });
+        cache.insert(key, bg.clone());
+        bg
+    }
+
+    fn encoder<'a>(&self, pending: &'a mut Pending) -> &'a mut wgpu::CommandEncoder {
+        pending.pass = None;
+        pending.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln") })
+        })
+    }
+
+    fn pass<'a>(&self, pending: &'a mut Pending) -> &'a mut wgpu::ComputePass<'static> {
+        if pending.pass.is_none() {
+            let pass = self
+                .encoder(pending)
+                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .forget_lifetime();
+            pending.pass = Some(pass);
+        }
+        pending.pass.as_mut().expect("pass was just opened")
+    }
+
+    /// Records a buffer-to-buffer copy after the dispatches recorded so far.
+    pub(crate) fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
+        let mut pending = lock(&self.pending);
+        self.encoder(&mut pending).copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+    }
+
+    /// Records a zero fill of `dst`.
+    pub(crate) fn clear(&self, dst: &wgpu::Buffer) {
+        let mut pending = lock(&self.pending);
+        self.encoder(&mut pending).clear_buffer(dst, 0, None);
+    }
+
+    /// Uploads `data` into `dst`, ordered after the work recorded so far.
+    pub(crate) fn upload(&self, dst: &wgpu::Buffer, data: &[u8]) {
+        let mut pending = lock(&self.pending);
+        if pending.encoder.is_none() {
+            // Nothing recorded can still read the old contents: write directly.
+            self.queue.write_buffer(dst, 0, data);
+            return;
+        }
+        let staging = wgpu::util::DeviceExt::create_buffer_init(
+            &self.device,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("kiln upload"),
+                contents: data,
+                usage: wgpu::BufferUsages::COPY_SRC,
+            },
+        );
+        let n = data.len() as u64;
+        self.encoder(&mut pending).copy_buffer_to_buffer(&staging, 0, dst, 0, n);
+    }
+
+    fn submit(&self, pending: &mut Pending) {
+        pending.pass = None;
+        let Some(encoder) = pending.encoder.take() else {
+            return;
+        };
+        if !pending.params.is_empty() {
+            self.queue.write_buffer(&self.arenas[pending.arena], 0, &pending.params);
+        }
+        self.queue.submit([encoder.finish()]);
+        self.submissions.fetch_add(1, Ordering::Relaxed);
+        pending.params.clear();
+        // Bind groups refer to one arena; the next submission's parameters are written
+        // while this one may still read its own, so alternate between two arenas.
+        pending.arena ^= 1;
+    }
+
+    /// Submits everything recorded so far as one command buffer.
+    pub fn flush(&self) {
+        let mut pending = lock(&self.pending);
+        self.submit(&mut pending);
+    }
+
+    /// Blocks until the GPU has finished all submitted work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.take_error()
+    }
+
+    /// Copies `bytes` of `src` back to the host once the recorded work has run.
+    pub(crate) async fn read(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let padded = bytes.div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln readback"),
+            size: padded.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut pending = lock(&self.pending);
+            if padded > 0 {
+                self.encoder(&mut pending).copy_buffer_to_buffer(src, 0, &staging, 0, padded);
+            }
+            self.submit(&mut pending);
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        let mapped = poll_until(&self.device, rx).await?;
+        mapped.map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        self.take_error()?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let out = view[..bytes as usize].to_vec();
+        drop(view);
+        staging.unmap();
+        self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    pub(crate) fn forget(&self, size: u64) {
+        self.bytes_allocated.fetch_sub(size, Ordering::Relaxed);
+    }
+}
+
+/// Drives the device until `rx` resolves; on native targets nothing else polls it.
+async fn poll_until<T>(
+    device: &wgpu::Device,
+    mut rx: futures::channel::oneshot::Receiver<T>,
+) -> Result<T> {
+    let lost = || Error::Gpu("the device was lost during a readback".into());
+    if cfg!(target_arch = "wasm32") {
+        // The browser's event loop resolves the mapping.
+        return rx.await.map_err(|_| lost());
+    }
+    loop {
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        match rx.try_recv() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => continue,
+            Err(_) => return Err(lost()),
+        }
+    }
+}

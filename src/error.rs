@@ -1,0 +1,90 @@
+//! The one error type of kiln's public API.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in kiln, each with what to do about it.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// No GPU adapter could be found or matched the user's filter.
+    #[error("no usable GPU adapter: {found}. Install a Vulkan driver (on Debian/Ubuntu without a GPU: `apt-get install -y mesa-vulkan-drivers` for the lavapipe software adapter), check KILN_ADAPTER/KILN_BACKEND, or use Device::cpu()")]
+    NoAdapter {
+        /// What was found instead.
+        found: String,
+    },
+    /// The adapter refused to open a device.
+    #[error("could not open a device on adapter '{adapter}': {reason}")]
+    DeviceRequest {
+        /// Adapter name.
+        adapter: String,
+        /// The driver's reason.
+        reason: String,
+    },
+    /// An environment variable holds a value kiln does not understand.
+    #[error("{var}={value} is not valid: {expected}")]
+    BadEnv {
+        /// Variable name.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// The values accepted.
+        expected: &'static str,
+    },
+    /// Shapes of the operands do not fit together.
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape {
+        /// The operation or layer that checked.
+        op: String,
+        /// What did not fit.
+        detail: String,
+    },
+    /// Operands live on different devices.
+    #[error("{op}: operands live on different devices (move them with Tensor::to_device)")]
+    DeviceMismatch {
+        /// The operation that checked.
+        op: &'static str,
+    },
+    /// A buffer would exceed one of the adapter's limits.
+    #[error("{what} needs {size} bytes, over the adapter's {limit_name} of {limit} bytes; use a smaller batch or layer, or an adapter with larger limits")]
+    OverLimit {
+        /// What was being allocated.
+        what: String,
+        /// Requested size in bytes.
+        size: u64,
+        /// Name of the wgpu limit.
+        limit_name: &'static str,
+        /// The limit's value.
+        limit: u64,
+    },
+    /// An argument has a value outside its domain.
+    #[error("invalid {name}: {detail}")]
+    InvalidArgument {
+        /// The argument.
+        name: String,
+        /// Why it is invalid.
+        detail: String,
+    },
+    /// The GPU reported an error (validation, out of memory, lost device).
+    #[error("GPU error: {0}")]
+    Gpu(String),
+}
+
+/// kiln's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Shorthand for a shape error.
+    pub(crate) fn shape(op: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Shape {
+            op: op.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Shorthand for an invalid argument.
+    pub(crate) fn arg(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            name: name.into(),
+            detail: detail.into(),
+        }
+    }
+}

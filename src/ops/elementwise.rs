@@ -1,0 +1,128 @@
+//! Elementwise arithmetic: add, sub, mul, scale, axpy.
+
+use super::{device_of, grid, launch, same_shape, WG};
+use crate::device::{Device, Kernel};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const BINARY: Kernel = Kernel {
+    file: "elementwise.wgsl",
+    source: include_str!("../../shaders/elementwise.wgsl"),
+    entry: "binary",
+    inputs: 2,
+    outputs: 1,
+};
+const AXPY: Kernel = Kernel {
+    file: "axpy.wgsl",
+    source: include_str!("../../shaders/axpy.wgsl"),
+    entry: "axpy",
+    inputs: 1,
+    outputs: 1,
+};
+const SCALE: Kernel = Kernel {
+    entry: "scale",
+    ..AXPY
+};
+
+/// A binary elementwise operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// a + b
+    Add,
+    /// a - b
+    Sub,
+    /// a * b
+    Mul,
+}
+
+impl BinaryOp {
+    /// The CPU reference of one element.
+    pub fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+        }
+    }
+}
+
+/// `out = a op b`, elementwise; all three share one shape.
+pub fn binary_into(op: BinaryOp, a: &Tensor, b: &Tensor, out: &mut Tensor) -> Result<()> {
+    let name = "elementwise";
+    same_shape(name, a, b)?;
+    same_shape(name, a, out)?;
+    match device_of(name, &[a, b, out])? {
+        Device::Cpu => {
+            let (a, b) = (a.host().unwrap_or(&[]).to_vec(), b.host().unwrap_or(&[]));
+            let o = out.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
+            for ((o, x), y) in o.iter_mut().zip(&a).zip(b) {
+                *o = op.apply(*x, *y);
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            let n = a.len();
+            let constants = [("OP", op as u32 as f64)];
+            launch(&ctx, &BINARY, &constants, &[n as u32], &[a, b, out], grid(n, WG))
+        }
+    }
+}
+
+fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let mut out = Tensor::uninit(&a.device(), a.shape())?;
+    binary_into(op, a, b, &mut out)?;
+    Ok(out)
+}
+
+/// a + b
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinaryOp::Add, a, b)
+}
+
+/// a - b
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinaryOp::Sub, a, b)
+}
+
+/// a * b (elementwise)
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinaryOp::Mul, a, b)
+}
+
+/// alpha * a
+pub fn scale(a: &Tensor, alpha: f32) -> Result<Tensor> {
+    let mut out = Tensor::uninit(&a.device(), a.shape())?;
+    match a.device() {
+        Device::Cpu => {
+            let src = a.host().unwrap_or(&[]);
+            for (o, x) in out.host_mut().unwrap_or(&mut []).iter_mut().zip(src) {
+                *o = alpha * x;
+            }
+        }
+        Device::Gpu(ctx) => {
+            let n = a.len();
+            let params = [n as u32, alpha.to_bits()];
+            launch(&ctx, &SCALE, &[], &params, &[a, &out], grid(n, WG))?;
+        }
+    }
+    Ok(out)
+}
+
+/// y += alpha * x, in place.
+pub fn axpy(alpha: f32, x: &Tensor, y: &mut Tensor) -> Result<()> {
+    same_shape("axpy", x, y)?;
+    match device_of("axpy", &[x, y])? {
+        Device::Cpu => {
+            let src = x.host().unwrap_or(&[]);
+            for (o, x) in y.host_mut().unwrap_or(&mut []).iter_mut().zip(src) {
+                *o += alpha * x;
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            let n = x.len();
+            let params = [n as u32, alpha.to_bits()];
+            launch(&ctx, &AXPY, &[], &params, &[x, y], grid(n, WG))
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Ops: one file per op family with its shape checks, CPU reference and GPU dispatch.
+//!
+//! Every op takes its operands by reference and either returns a new tensor or
+//! writes into an output the caller owns (`*_into`), so a training step can reuse
+//! its buffers. On the GPU an op only records a dispatch; see [`Device::flush`].
+
+pub mod activation;
+pub mod bias;
+pub mod elementwise;
+pub mod loss;
+pub mod matmul;
+pub mod reduce;
+
+use crate::device::{Device, GpuContext, Kernel};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use std::sync::Arc;
+
+pub use activation::Activation;
+
+/// Invocations per workgroup of the 1-D kernels.
+pub(crate) const WG: u32 = 256;
+
+/// The device all `tensors` share, or an error naming `op`.
+pub(crate) fn device_of(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
+    let first = tensors[0].device();
+    if tensors[1..].iter().all(|t| t.device().same(&first)) {
+        Ok(first)
+    } else {
+        Err(Error::DeviceMismatch { op })
+    }
+}
+
+/// Workgroup counts covering `n` items at `per_group` each, folded into 2-D past the
+/// per-dimension limit; kernels rebuild the index as `x + y * num_workgroups.x`.
+pub(crate) fn grid(n: usize, per_group: u32) -> [u32; 3] {
+    let groups = (n as u64).div_ceil(per_group as u64).max(1);
+    if groups <= 65535 {
+        [groups as u32, 1, 1]
+    } else {
+        [65535, groups.div_ceil(65535) as u32, 1]
+    }
+}
+
+/// Records `kernel` over the tensors' buffers (inputs first, then outputs).
+pub(crate) fn launch(
+    ctx: &Arc<GpuContext>,
+    kernel: &Kernel,
+    constants: &[(&'static str, f64)],
+    params: &[u32],
+    tensors: &[&Tensor],
+    groups: [u32; 3],
+) -> Result<()> {
+    let buffers: Vec<&wgpu::Buffer> = tensors
+        .iter()
+        .map(|t| t.buffer().ok_or(Error::DeviceMismatch { op: kernel.entry }))
+        .collect::<Result<_>>()?;
+    ctx.dispatch(kernel, constants, params, &buffers, groups)
+}
+
+/// Checks that two tensors have the same shape.
+pub(crate) fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() == b.shape() {
+        Ok(())
+    } else {
+        Err(Error::shape(op, format!("{:?} vs {:?}", a.shape(), b.shape())))
+    }
+}
+
+/// Host slices of CPU tensors, or `None` if any is on the GPU.
+pub(crate) fn host<'a>(t: &'a Tensor) -> &'a [f32] {
+    t.host().unwrap_or(&[])
+}

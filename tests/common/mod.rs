@@ -1,0 +1,67 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use kiln::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use std::sync::OnceLock;
+
+/// The GPU device for tests; a missing adapter fails the test (never a silent skip).
+pub fn gpu() -> Device {
+    static GPU: OnceLock<Device> = OnceLock::new();
+    GPU.get_or_init(|| match Device::gpu() {
+        Ok(d) => d,
+        Err(e) => panic!("GPU tests need an adapter (CI installs lavapipe): {e}"),
+    })
+    .clone()
+}
+
+/// Seeded uniform values in [-1, 1).
+pub fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Uploads to both devices.
+pub fn both(data: &[f32], shape: &[usize]) -> (Tensor, Tensor) {
+    (
+        Tensor::from_slice(&Device::cpu(), data, shape).unwrap(),
+        Tensor::from_slice(&gpu(), data, shape).unwrap(),
+    )
+}
+
+/// Asserts |got - want| <= atol + rtol * |want| elementwise, naming the worst element.
+pub fn assert_close(got: &[f32], want: &[f32], rtol: f32, atol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut worst = (0usize, 0.0f32);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite() == w.is_finite(), "{what}[{i}]: got {g}, want {w}");
+        let excess = (g - w).abs() - (atol + rtol * w.abs());
+        if excess > worst.1 {
+            worst = (i, excess);
+        }
+    }
+    let i = worst.0;
+    assert!(
+        worst.1 <= 0.0,
+        "{what}[{i}]: got {}, want {} (rtol {rtol}, atol {atol})",
+        got[i],
+        want[i]
+    );
+}
+
+/// GPU and CPU tensors hold the same values within the tolerance.
+pub fn assert_same(gpu: &Tensor, cpu: &Tensor, rtol: f32, atol: f32, what: &str) {
+    assert_eq!(gpu.shape(), cpu.shape(), "{what}: shapes differ");
+    assert_close(&gpu.to_vec().unwrap(), &cpu.to_vec().unwrap(), rtol, atol, what);
+}
+
+/// Shapes that are not multiples of any tile size.
+pub const AWKWARD: &[(usize, usize)] = &[
+    (1, 1),
+    (3, 5),
+    (17, 33),
+    (255, 257),
+    (1000, 10),
+    (128, 784),
+    (784, 128),
+];
