@@ -63,6 +63,32 @@ pub enum Error {
         /// Why it is invalid.
         detail: String,
     },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A file or text is not in the expected format.
+    #[error("{what}: {detail}")]
+    Format {
+        /// The file or input, with the format expected.
+        what: String,
+        /// What is wrong and where.
+        detail: String,
+    },
+    /// Training produced a NaN or infinite loss.
+    #[error("loss became {value} at epoch {epoch}, step {step}; lower the learning rate, clip gradients, or check the inputs for NaN/Inf")]
+    Diverged {
+        /// The loss value.
+        value: f32,
+        /// Epoch (1-based).
+        epoch: usize,
+        /// Step within the epoch (1-based).
+        step: usize,
+    },
     /// The GPU reported an error (validation, out of memory, lost device).
     #[error("GPU error: {0}")]
     Gpu(String),
@@ -77,6 +103,22 @@ impl Error {
         Error::Shape {
             op: op.into(),
             detail: detail.into(),
+        }
+    }
+
+    /// Shorthand for a format error.
+    pub(crate) fn format(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Format {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Shorthand for an I/O error on `path`.
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
         }
     }
 
