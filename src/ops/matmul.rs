@@ -1,1 +1,257 @@
-//! TODO
+//! Matrix multiply in the three forms a dense layer needs (A*B, A*B^T, A^T*B),
+//! with an optional fused epilogue: bias add and activation.
+
+use super::{device_of, launch, Activation};
+use crate::device::{Device, GpuContext, Kernel};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const SOURCE: &str = concat!(
+    include_str!("../../shaders/act.wgsl"),
+    include_str!("../../shaders/matmul.wgsl")
+);
+
+const fn kernel(entry: &'static str) -> Kernel {
+    Kernel {
+        file: "matmul.wgsl",
+        source: SOURCE,
+        entry,
+        inputs: 3,
+        outputs: 1,
+    }
+}
+
+const VEC4: Kernel = Kernel {
+    file: "matmul_vec4.wgsl",
+    source: concat!(
+        include_str!("../../shaders/act.wgsl"),
+        include_str!("../../shaders/matmul_vec4.wgsl")
+    ),
+    entry: "vec4_8x8",
+    inputs: 3,
+    outputs: 1,
+};
+
+/// Which GPU kernel computes the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// One output per invocation: the baseline.
+    Naive,
+    /// 4x4 outputs per invocation in registers, no workgroup memory.
+    Blocked,
+    /// 8x8 outputs per invocation with vec4 loads, no workgroup memory (needs aligned shapes).
+    Vec4,
+    /// Workgroup-memory tiles of 64x64: the kernel for real GPUs.
+    Tiled,
+}
+
+/// A matrix product `act(op(A) * op(B) + bias)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gemm {
+    /// Use A^T (A is stored [K, M]).
+    pub trans_a: bool,
+    /// Use B^T (B is stored [N, K]).
+    pub trans_b: bool,
+    /// Activation applied after the bias.
+    pub act: Activation,
+    /// Force a kernel instead of the adapter's choice.
+    pub kernel: Option<MatmulKernel>,
+}
+
+/// The problem size of one product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Rows of the output.
+    pub m: usize,
+    /// Columns of the output.
+    pub n: usize,
+    /// The contracted dimension.
+    pub k: usize,
+}
+
+impl Gemm {
+    /// A * B
+    pub fn nn() -> Gemm {
+        Gemm::default()
+    }
+
+    /// A * B^T
+    pub fn nt() -> Gemm {
+        Gemm {
+            trans_b: true,
+            ..Gemm::default()
+        }
+    }
+
+    /// A^T * B
+    pub fn tn() -> Gemm {
+        Gemm {
+            trans_a: true,
+            ..Gemm::default()
+        }
+    }
+
+    /// The same product followed by `act`.
+    pub fn with_act(self, act: Activation) -> Gemm {
+        Gemm { act, ..self }
+    }
+
+    /// The same product computed by `kernel`.
+    pub fn with_kernel(self, kernel: MatmulKernel) -> Gemm {
+        Gemm {
+            kernel: Some(kernel),
+            ..self
+        }
+    }
+
+    /// Checks operand shapes and returns M, N, K.
+    pub fn dims(&self, a: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> Result<Dims> {
+        let (ra, ca) = a.dims2("matmul")?;
+        let (rb, cb) = b.dims2("matmul")?;
+        let (m, k) = if self.trans_a { (ca, ra) } else { (ra, ca) };
+        let (k2, n) = if self.trans_b { (cb, rb) } else { (rb, cb) };
+        if k != k2 {
+            return Err(Error::shape(
+                "matmul",
+                format!(
+                    "inner dimensions differ: A{} {:?} and B{} {:?} give K = {k} and {k2}",
+                    if self.trans_a { "^T" } else { "" },
+                    a.shape(),
+                    if self.trans_b { "^T" } else { "" },
+                    b.shape()
+                ),
+            ));
+        }
+        if let Some(bias) = bias {
+            if bias.len() != n {
+                return Err(Error::shape(
+                    "matmul bias",
+                    format!("bias has {} values, the output has {n} columns", bias.len()),
+                ));
+            }
+        }
+        Ok(Dims { m, n, k })
+    }
+
+    /// Computes the product into a new [M, N] tensor.
+    pub fn run(&self, a: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let d = self.dims(a, b, bias)?;
+        let mut out = Tensor::uninit(&a.device(), &[d.m, d.n])?;
+        self.run_into(a, b, bias, &mut out)?;
+        Ok(out)
+    }
+
+    /// Computes the product into `out`, which must be [M, N].
+    pub fn run_into(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        bias: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let d = self.dims(a, b, bias)?;
+        if out.len() != d.m * d.n {
+            return Err(Error::shape(
+                "matmul",
+                format!("output is {:?}, the product is [{}, {}]", out.shape(), d.m, d.n),
+            ));
+        }
+        let mut operands = vec![a, b];
+        operands.extend(bias);
+        match device_of("matmul", &operands)? {
+            Device::Cpu => {
+                let bias = bias.and_then(Tensor::host);
+                let (a, b) = (a.host().unwrap_or(&[]), b.host().unwrap_or(&[]));
+                let c = cpu_matmul(self, d, a, b, bias);
+                out.host_mut().unwrap_or(&mut []).copy_from_slice(&c);
+                Ok(())
+            }
+            Device::Gpu(ctx) => self.dispatch(&ctx, d, a, b, bias, out),
+        }
+    }
+
+    /// The kernel this product runs with on `ctx`.
+    pub fn choose(&self, ctx: &GpuContext, d: Dims) -> MatmulKernel {
+        let aligned = self.vec4_ok(d);
+        match self.kernel {
+            Some(MatmulKernel::Vec4) if !aligned => MatmulKernel::Blocked,
+            Some(k) => k,
+            None if ctx.is_software() && aligned => MatmulKernel::Vec4,
+            None if ctx.is_software() => MatmulKernel::Blocked,
+            None => MatmulKernel::Tiled,
+        }
+    }
+
+    /// The vec4 kernel reads rows of 4 along the contiguous dimension of each operand.
+    fn vec4_ok(&self, d: Dims) -> bool {
+        let a_ok = if self.trans_a { d.m % 4 == 0 } else { d.k % 4 == 0 };
+        let b_ok = if self.trans_b { d.k % 4 == 0 } else { d.n % 4 == 0 };
+        a_ok && b_ok && d.n % 4 == 0
+    }
+
+    fn dispatch(
+        &self,
+        ctx: &std::sync::Arc<GpuContext>,
+        d: Dims,
+        a: &Tensor,
+        b: &Tensor,
+        bias: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let which = self.choose(ctx, d);
+        let (kernel, per_group) = match which {
+            MatmulKernel::Naive => (kernel("naive"), (16, 16)),
+            MatmulKernel::Blocked => (kernel("blocked"), (32, 32)),
+            MatmulKernel::Vec4 => (VEC4, (64, 64)),
+            MatmulKernel::Tiled => (kernel("tiled"), (64, 64)),
+        };
+        let constants = [
+            ("TA", f64::from(u8::from(self.trans_a))),
+            ("TB", f64::from(u8::from(self.trans_b))),
+            ("BIAS", f64::from(u8::from(bias.is_some()))),
+        ];
+        let params = [
+            d.m as u32,
+            d.n as u32,
+            d.k as u32,
+            self.act.code(),
+            self.act.alpha().to_bits(),
+        ];
+        let groups = [
+            d.n.div_ceil(per_group.0) as u32,
+            d.m.div_ceil(per_group.1) as u32,
+            1,
+        ];
+        // Without a bias, B stands in for the unused binding (both are read-only).
+        let bias = bias.unwrap_or(b);
+        launch(ctx, &kernel, &constants, &params, &[a, b, bias, out], groups)
+    }
+}
+
+/// CPU reference: `act(op(A) op(B) + bias)` with f64 accumulation.
+pub fn cpu_matmul(g: &Gemm, d: Dims, a: &[f32], b: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let Dims { m, n, k } = d;
+    let at = |i: usize, p: usize| if g.trans_a { a[p * m + i] } else { a[i * k + p] };
+    let bt = |p: usize, j: usize| if g.trans_b { b[j * k + p] } else { b[p * n + j] };
+    let mut c = vec![0.0f32; m * n];
+    let mut row = vec![0.0f64; n];
+    for i in 0..m {
+        row.iter_mut().for_each(|v| *v = 0.0);
+        for p in 0..k {
+            let av = at(i, p) as f64;
+            for (j, r) in row.iter_mut().enumerate() {
+                *r += av * bt(p, j) as f64;
+            }
+        }
+        for j in 0..n {
+            let z = row[j] + bias.map_or(0.0, |bv| bv[j] as f64);
+            c[i * n + j] = g.act.forward(z) as f32;
+        }
+    }
+    c
+}
+
+/// A * B
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Gemm::nn().run(a, b, None)
+}

@@ -1,0 +1,115 @@
+mod common;
+use common::*;
+use kiln::ops::matmul::{cpu_matmul, Gemm, MatmulKernel};
+use kiln::ops::Activation;
+use kiln::{Device, Tensor};
+
+/// Relative tolerance for K <= 1024 in f32 against an f64 reference, plus an absolute
+/// floor scaled by sqrt(K) for outputs that cancel to near zero.
+fn tol(k: usize) -> (f32, f32) {
+    (1e-4, 2e-6 * (k as f32).sqrt())
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (3, 5, 7),
+    (17, 33, 9),
+    (255, 257, 31),
+    (1000, 10, 64),
+    (128, 128, 784),
+    (128, 784, 128),
+    (64, 64, 64),
+    (33, 8, 12),
+    (100, 16, 1024),
+];
+
+fn check(g: Gemm, m: usize, n: usize, k: usize, bias: bool, seed: u64) {
+    let a_shape = if g.trans_a { [k, m] } else { [m, k] };
+    let b_shape = if g.trans_b { [n, k] } else { [k, n] };
+    let a = random(m * k, seed);
+    let b = random(k * n, seed + 1);
+    let bv = random(n, seed + 2);
+    let (ac, ag) = both(&a, &a_shape);
+    let (bc, bg) = both(&b, &b_shape);
+    let (biasc, biasg) = both(&bv, &[n]);
+    let want = cpu_matmul(&g, g.dims(&ac, &bc, None).unwrap(), &a, &b, bias.then_some(&bv[..]));
+    let cpu = g.run(&ac, &bc, bias.then_some(&biasc)).unwrap();
+    assert_close(&cpu.to_vec().unwrap(), &want, 0.0, 0.0, "cpu device");
+    let gpu = g.run(&ag, &bg, bias.then_some(&biasg)).unwrap();
+    let (rtol, atol) = tol(k);
+    let what = format!("{g:?} m{m} n{n} k{k} bias {bias}");
+    assert_close(&gpu.to_vec().unwrap(), &want, rtol, atol, &what);
+}
+
+fn all_forms(kernel: Option<MatmulKernel>) {
+    let forms = [Gemm::nn(), Gemm::nt(), Gemm::tn()];
+    for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
+        for g in forms {
+            let g = Gemm { kernel, ..g };
+            check(g, m, n, k, false, i as u64 * 10);
+        }
+    }
+}
+
+#[test]
+fn auto_kernel_matches_reference() {
+    all_forms(None);
+}
+
+#[test]
+fn naive_kernel_matches_reference() {
+    all_forms(Some(MatmulKernel::Naive));
+}
+
+#[test]
+fn blocked_kernel_matches_reference() {
+    all_forms(Some(MatmulKernel::Blocked));
+}
+
+#[test]
+fn vec4_kernel_matches_reference() {
+    all_forms(Some(MatmulKernel::Vec4));
+}
+
+#[test]
+fn tiled_kernel_matches_reference() {
+    all_forms(Some(MatmulKernel::Tiled));
+}
+
+#[test]
+fn fused_bias_and_activation_match_reference() {
+    let acts = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu(0.1),
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Gelu,
+    ];
+    let kernels = [MatmulKernel::Blocked, MatmulKernel::Vec4, MatmulKernel::Tiled];
+    for (i, act) in acts.into_iter().enumerate() {
+        for kernel in kernels {
+            for (m, n, k) in [(17, 33, 9), (128, 128, 784), (1000, 12, 64)] {
+                let g = Gemm::nn().with_act(act).with_kernel(kernel);
+                check(g, m, n, k, true, 100 + i as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn shape_errors_are_typed() {
+    let cpu = Device::cpu();
+    for dev in [cpu, gpu()] {
+        let a = Tensor::zeros(&dev, &[3, 4]).unwrap();
+        let b = Tensor::zeros(&dev, &[5, 6]).unwrap();
+        assert!(matches!(Gemm::nn().run(&a, &b, None), Err(kiln::Error::Shape { .. })));
+        let b = Tensor::zeros(&dev, &[4, 6]).unwrap();
+        let bias = Tensor::zeros(&dev, &[5]).unwrap();
+        assert!(matches!(Gemm::nn().run(&a, &b, Some(&bias)), Err(kiln::Error::Shape { .. })));
+        let mut out = Tensor::zeros(&dev, &[3, 5]).unwrap();
+        assert!(matches!(Gemm::nn().run_into(&a, &b, None, &mut out), Err(kiln::Error::Shape { .. })));
+        let t3 = Tensor::zeros(&dev, &[2, 2, 2]).unwrap();
+        assert!(matches!(Gemm::nn().run(&t3, &b, None), Err(kiln::Error::Shape { .. })));
+    }
+}
