@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod bias;
 pub mod elementwise;
+pub mod gather;
 pub mod loss;
 pub mod matmul;
 pub mod reduce;

@@ -1,0 +1,61 @@
+//! Gathering batch rows from a GPU-resident data set by (shuffled) indices.
+
+use super::{device_of, grid, launch, WG};
+use crate::device::{Device, Kernel};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const GATHER: Kernel = Kernel {
+    file: "gather.wgsl",
+    source: include_str!("../../shaders/gather.wgsl"),
+    entry: "gather_rows",
+    inputs: 2,
+    outputs: 1,
+};
+
+/// Row indices are stored as f32, exact up to 2^24.
+pub const MAX_ROWS: usize = 1 << 24;
+
+/// `out[i, :] = data[index[start + i], :]` for every row of `out`.
+///
+/// `data` is [n, cols] (or [n] for one column), `index` holds row numbers as f32.
+pub fn gather_rows_into(data: &Tensor, index: &Tensor, start: usize, out: &mut Tensor) -> Result<()> {
+    let (n, cols) = match data.shape() {
+        [n] => (*n, 1),
+        _ => data.dims2("gather_rows")?,
+    };
+    let rows = out.len() / cols.max(1);
+    if rows * cols != out.len() {
+        return Err(Error::shape(
+            "gather_rows",
+            format!("output {:?} is not whole rows of {cols}", out.shape()),
+        ));
+    }
+    if start + rows > index.len() {
+        return Err(Error::shape(
+            "gather_rows",
+            format!("rows {start}..{} past the {} indices", start + rows, index.len()),
+        ));
+    }
+    if n > MAX_ROWS {
+        return Err(Error::arg("data set", format!("{n} rows, at most {MAX_ROWS} are supported")));
+    }
+    match device_of("gather_rows", &[data, index, out])? {
+        Device::Cpu => {
+            let (d, idx) = (data.host().unwrap_or(&[]), index.host().unwrap_or(&[]));
+            let o = out.host_mut().unwrap_or(&mut []);
+            for (i, dst) in o.chunks_mut(cols.max(1)).enumerate() {
+                let src = idx[start + i] as usize;
+                if src >= n {
+                    return Err(Error::arg("index", format!("row {src} of a {n}-row data set")));
+                }
+                dst.copy_from_slice(&d[src * cols..(src + 1) * cols]);
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            let params = [rows as u32, cols as u32, start as u32];
+            launch(&ctx, &GATHER, &[], &params, &[data, index, out], grid(rows * cols, WG))
+        }
+    }
+}
