@@ -1,13 +1,22 @@
 //! kiln: train neural networks on any GPU through wgpu compute shaders.
 //!
-//! Layers, top to bottom: `ops` (one file per op: shape checks, CPU reference,
-//! GPU dispatch), `tensor`, `device`, `error`.
+//! Layers, top to bottom (each uses only those below it):
+//! `train` (compile, fit, evaluate, predict), `nn` and `optim` (layers, models,
+//! optimizers), `ops` (one file per op: shape checks, CPU reference, GPU dispatch),
+//! `tensor`, `device`, `error`.
 
 pub mod device;
 pub mod error;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
+pub mod train;
 
 pub use device::{list_adapters, AdapterSummary, Device, Stats};
 pub use error::{Error, Result};
+pub use nn::{Dense, Init, Layer, Model, Sequential};
+pub use ops::Activation;
+pub use optim::{Optimizer, Schedule};
 pub use tensor::Tensor;
+pub use train::{EarlyStopping, FitOptions, History, Loss, Metric, Trainer, Validation};

@@ -19,6 +19,10 @@ const AXPY: Kernel = Kernel {
     inputs: 1,
     outputs: 1,
 };
+const PENALTY: Kernel = Kernel {
+    entry: "penalty",
+    ..AXPY
+};
 const SCALE: Kernel = Kernel {
     entry: "scale",
     ..AXPY
@@ -123,6 +127,26 @@ pub fn axpy(alpha: f32, x: &Tensor, y: &mut Tensor) -> Result<()> {
             let n = x.len();
             let params = [n as u32, alpha.to_bits()];
             launch(&ctx, &AXPY, &[], &params, &[x, y], grid(n, WG))
+        }
+    }
+}
+
+/// grad += l1 * sign(w) + 2 * l2 * w: the gradient of Keras's L1/L2 penalties.
+pub fn add_penalty_grad(w: &Tensor, grad: &mut Tensor, l1: f32, l2: f32) -> Result<()> {
+    same_shape("penalty", w, grad)?;
+    match device_of("penalty", &[w, grad])? {
+        Device::Cpu => {
+            let src = w.host().unwrap_or(&[]);
+            for (g, w) in grad.host_mut().unwrap_or(&mut []).iter_mut().zip(src) {
+                let sign = if *w > 0.0 { 1.0 } else if *w < 0.0 { -1.0 } else { 0.0 };
+                *g += l1 * sign + 2.0 * l2 * w;
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            let n = w.len();
+            let params = [n as u32, l1.to_bits(), l2.to_bits()];
+            launch(&ctx, &PENALTY, &[], &params, &[w, grad], grid(n, WG))
         }
     }
 }

@@ -1,0 +1,382 @@
+//! A built model: parameters on its device, the fused execution plan, and the
+//! forward and backward passes over reusable per-batch-size workspaces.
+
+use std::collections::HashMap;
+
+use super::layer::{Layer, Sequential};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::ops::activation::{
+    activation_backward_into, activation_grad_from_output_into, activation_into,
+    softmax_backward_into, softmax_into,
+};
+use crate::ops::bias::bias_grad_into;
+use crate::ops::dropout::dropout_into;
+use crate::ops::matmul::Gemm;
+use crate::ops::Activation;
+use crate::tensor::Tensor;
+
+/// One trainable tensor with its gradient and optimizer state.
+pub struct Param {
+    /// PyTorch state_dict name: "{layer index}.weight" or ".bias".
+    pub name: String,
+    /// The values.
+    pub value: Tensor,
+    /// The gradient of the last backward pass.
+    pub grad: Tensor,
+    /// Optimizer state (moments), created by the optimizer.
+    pub state: Vec<Tensor>,
+    /// L1 penalty.
+    pub l1: f32,
+    /// L2 penalty.
+    pub l2: f32,
+}
+
+/// One step of the execution plan; a dense layer absorbs the activation after it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Stage {
+    /// Matmul with W^T, bias and a fused activation whose derivative follows from its output.
+    Dense {
+        w: usize,
+        b: Option<usize>,
+        act: Activation,
+    },
+    /// A standalone activation (GELU, or one not after a dense layer).
+    Act(Activation),
+    /// Row-wise softmax.
+    Softmax,
+    /// Inverted dropout.
+    Dropout(f32),
+}
+
+/// Buffers for one batch size, created once and reused every step.
+pub(crate) struct Workspace {
+    /// acts[0] is the input, acts[i + 1] the output of stage i.
+    pub acts: Vec<Tensor>,
+    /// grads[i] is the loss gradient with respect to acts[i] (grads[0] unused).
+    pub grads: Vec<Tensor>,
+    /// Scratch for dL/dz of dense stages with a fused activation.
+    dz: Vec<Option<Tensor>>,
+    /// The batch's targets.
+    pub target: Tensor,
+    /// The batch's mean loss, on the device.
+    pub loss: Tensor,
+}
+
+/// A model with weights on a device.
+pub struct Model {
+    pub(crate) device: Device,
+    pub(crate) spec: Sequential,
+    pub(crate) widths: Vec<usize>,
+    pub(crate) params: Vec<Param>,
+    pub(crate) stages: Vec<Stage>,
+    workspaces: HashMap<(usize, usize), Workspace>,
+    pub(crate) seed: u64,
+    /// Counts forward passes in training mode, to draw fresh dropout masks.
+    pub(crate) dropout_step: u32,
+}
+
+impl Sequential {
+    /// Allocates and initialises the weights on `device` (seeded) and plans execution.
+    pub fn build(&self, device: &Device, seed: u64) -> Result<Model> {
+        let widths = self.widths()?;
+        let mut params = Vec::new();
+        let mut stages = Vec::new();
+        let mut width = self.input;
+        for (i, layer) in self.layers.iter().enumerate() {
+            match layer {
+                Layer::Dense(d) => {
+                    let layer_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(i as u64);
+                    let w = d.kernel_init.sample(d.units * width, width, d.units, layer_seed);
+                    params.push(Param::new(device, format!("{i}.weight"), &w, &[d.units, width], d.l1, d.l2)?);
+                    let w_index = params.len() - 1;
+                    let b = if d.use_bias {
+                        let v = d.bias_init.sample(d.units, width, d.units, layer_seed ^ 0xb1a5);
+                        params.push(Param::new(device, format!("{i}.bias"), &v, &[d.units], 0.0, 0.0)?);
+                        Some(params.len() - 1)
+                    } else {
+                        None
+                    };
+                    stages.push(Stage::Dense {
+                        w: w_index,
+                        b,
+                        act: Activation::Identity,
+                    });
+                }
+                Layer::Activation(act) => match stages.last_mut() {
+                    // Fold into the dense layer when the derivative can come from the output.
+                    Some(Stage::Dense { act: slot, .. })
+                        if *slot == Activation::Identity && act.derivative_from_output() =>
+                    {
+                        *slot = *act
+                    }
+                    _ => stages.push(Stage::Act(*act)),
+                },
+                Layer::Softmax => stages.push(Stage::Softmax),
+                Layer::Dropout(rate) => stages.push(Stage::Dropout(*rate)),
+            }
+            width = widths[i];
+        }
+        Ok(Model {
+            device: device.clone(),
+            spec: self.clone(),
+            widths,
+            params,
+            stages,
+            workspaces: HashMap::new(),
+            seed,
+            dropout_step: 0,
+        })
+    }
+}
+
+impl Param {
+    fn new(device: &Device, name: String, v: &[f32], shape: &[usize], l1: f32, l2: f32) -> Result<Param> {
+        Ok(Param {
+            name,
+            value: Tensor::from_slice(device, v, shape)?,
+            grad: Tensor::zeros(device, shape)?,
+            state: Vec::new(),
+            l1,
+            l2,
+        })
+    }
+}
+
+impl Model {
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The description the model was built from.
+    pub fn spec(&self) -> &Sequential {
+        &self.spec
+    }
+
+    /// Width of one input sample.
+    pub fn input_width(&self) -> usize {
+        self.spec.input
+    }
+
+    /// Width of the model's output.
+    pub fn output_width(&self) -> usize {
+        self.widths.last().copied().unwrap_or(self.spec.input)
+    }
+
+    /// Every parameter, in layer order.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Every parameter, writable (for optimizers and checkpoints).
+    pub fn params_mut(&mut self) -> &mut [Param] {
+        &mut self.params
+    }
+
+    /// A parameter by PyTorch name ("0.weight") or Keras-style name ("dense_0.weight").
+    pub fn param(&self, name: &str) -> Option<&Tensor> {
+        let index = self.param_index(name)?;
+        Some(&self.params[index].value)
+    }
+
+    /// Index into `params()` of a parameter named either way.
+    pub fn param_index(&self, name: &str) -> Option<usize> {
+        if let Some(i) = self.params.iter().position(|p| p.name == name) {
+            return Some(i);
+        }
+        // "dense_K.weight": the K-th dense layer, counted from 0.
+        let (layer, field) = name.split_once('.')?;
+        let k: usize = layer.strip_prefix("dense_")?.parse().ok()?;
+        let (index, _) = self
+            .spec
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| matches!(l, Layer::Dense(_)))
+            .nth(k)?;
+        let canonical = format!("{index}.{field}");
+        self.params.iter().position(|p| p.name == canonical)
+    }
+
+    /// Total number of trainable values.
+    pub fn param_count(&self) -> usize {
+        self.params.iter().map(|p| p.value.len()).sum()
+    }
+
+    /// A Keras-like table of layers, output shapes and parameter counts.
+    pub fn summary(&self) -> String {
+        let mut dense_seen = 0;
+        let mut kinds: HashMap<&str, usize> = HashMap::new();
+        let mut out = format!("Model: sequential on {}\n", self.device.name());
+        let rule = "─".repeat(64);
+        out += &format!("{rule}\n{:<28}{:<20}{:>16}\n{rule}\n", "Layer (type)", "Output Shape", "Param #");
+        for (i, layer) in self.spec.layers.iter().enumerate() {
+            let kind = layer.kind();
+            let k = kinds.entry(kind).or_default();
+            let name = format!("{kind}_{k} ({i})");
+            *k += 1;
+            let count = match layer {
+                Layer::Dense(d) => {
+                    dense_seen += 1;
+                    let inputs = if i == 0 { self.spec.input } else { self.widths[i - 1] };
+                    d.units * inputs + if d.use_bias { d.units } else { 0 }
+                }
+                _ => 0,
+            };
+            out += &format!("{name:<28}{:<20}{count:>16}\n", format!("(None, {})", self.widths[i]));
+        }
+        let total = self.param_count();
+        out += &format!("{rule}\nTotal params: {total} ({:.2} KB)\n", total as f64 * 4.0 / 1024.0);
+        out += &format!("Trainable params: {total}\nDense layers: {dense_seen}\n");
+        out
+    }
+
+    /// The workspace for this batch size and target width, created on first use.
+    pub(crate) fn workspace(&mut self, batch: usize, target_width: usize) -> Result<&mut Workspace> {
+        if !self.workspaces.contains_key(&(batch, target_width)) {
+            // Keep at most a few shapes (the full batch, the last partial one, evaluation).
+            if self.workspaces.len() >= 4 {
+                self.workspaces.clear();
+            }
+            let ws = self.new_workspace(batch, target_width)?;
+            self.workspaces.insert((batch, target_width), ws);
+        }
+        Ok(self.workspaces.get_mut(&(batch, target_width)).expect("inserted above"))
+    }
+
+    fn new_workspace(&self, batch: usize, target_width: usize) -> Result<Workspace> {
+        let d = &self.device;
+        let mut widths = vec![self.spec.input];
+        for stage_out in self.stage_widths() {
+            widths.push(stage_out);
+        }
+        let acts = widths
+            .iter()
+            .map(|&w| Tensor::zeros(d, &[batch, w]))
+            .collect::<Result<Vec<_>>>()?;
+        let grads = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Tensor::zeros(d, if i == 0 { &[1] } else { &[batch, w] }))
+            .collect::<Result<Vec<_>>>()?;
+        let dz = self
+            .stages
+            .iter()
+            .zip(&widths[1..])
+            .map(|(s, &w)| match s {
+                Stage::Dense { act, .. } if *act != Activation::Identity => {
+                    Tensor::zeros(d, &[batch, w]).map(Some)
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let target_shape: &[usize] = if target_width == 1 { &[batch] } else { &[batch, target_width] };
+        Ok(Workspace {
+            acts,
+            grads,
+            dz,
+            target: Tensor::zeros(d, target_shape)?,
+            loss: Tensor::zeros(d, &[1])?,
+        })
+    }
+
+    /// Output width of each stage of the plan.
+    fn stage_widths(&self) -> Vec<usize> {
+        let mut out = Vec::with_capacity(self.stages.len());
+        let mut width = self.spec.input;
+        for s in &self.stages {
+            if let Stage::Dense { w, .. } = s {
+                width = self.params[*w].value.shape()[0];
+            }
+            out.push(width);
+        }
+        out
+    }
+
+    /// Dropout seed of stage `i` in the current training step.
+    fn dropout_seed(&self, i: usize) -> u32 {
+        let s = self.seed as u32 ^ (self.seed >> 32) as u32;
+        s.wrapping_mul(0x9e37_79b9) ^ self.dropout_step.wrapping_mul(0x85eb_ca6b) ^ (i as u32).wrapping_mul(0xc2b2_ae35)
+    }
+
+    /// Runs `stages` on the workspace input acts[0]; dropout is active when `training`.
+    pub(crate) fn forward_ws(&mut self, key: (usize, usize), stages: &[Stage], training: bool) -> Result<()> {
+        let seeds: Vec<u32> = (0..stages.len()).map(|i| self.dropout_seed(i)).collect();
+        let params = &self.params;
+        let ws = self.workspaces.get_mut(&key).ok_or_else(|| Error::arg("workspace", "not created"))?;
+        for (i, stage) in stages.iter().enumerate() {
+            let (before, after) = ws.acts.split_at_mut(i + 1);
+            let (x, y) = (&before[i], &mut after[0]);
+            match *stage {
+                Stage::Dense { w, b, act } => {
+                    let bias = b.map(|b| &params[b].value);
+                    Gemm::nt().with_act(act).run_into(x, &params[w].value, bias, y)?
+                }
+                Stage::Act(act) => activation_into(act, x, y)?,
+                Stage::Softmax => softmax_into(x, y)?,
+                Stage::Dropout(rate) if training => dropout_into(x, rate, seeds[i], y)?,
+                Stage::Dropout(_) => y.copy_from(x)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Back-propagates grads[stages.len()] through `stages`, filling every parameter's grad.
+    pub(crate) fn backward_ws(&mut self, key: (usize, usize), stages: &[Stage]) -> Result<()> {
+        let seeds: Vec<u32> = (0..stages.len()).map(|i| self.dropout_seed(i)).collect();
+        let params = &mut self.params;
+        let ws = self.workspaces.get_mut(&key).ok_or_else(|| Error::arg("workspace", "not created"))?;
+        for (i, stage) in stages.iter().enumerate().rev() {
+            let (gb, ga) = ws.grads.split_at_mut(i + 1);
+            let (dx, dy) = (&mut gb[i], &ga[0]);
+            let (x, y) = (&ws.acts[i], &ws.acts[i + 1]);
+            match *stage {
+                Stage::Dense { w, b, act } => {
+                    let dz = match ws.dz[i].as_mut() {
+                        Some(dz) => {
+                            activation_grad_from_output_into(act, y, dy, dz)?;
+                            &*dz
+                        }
+                        None => dy,
+                    };
+                    // dW = dZ^T X, db = column sums of dZ, dX = dZ W.
+                    Gemm::tn().run_into(dz, x, None, &mut params[w].grad)?;
+                    if let Some(b) = b {
+                        bias_grad_into(dz, &mut params[b].grad)?;
+                    }
+                    if i > 0 {
+                        Gemm::nn().run_into(dz, &params[w].value, None, dx)?;
+                    }
+                }
+                _ if i == 0 => {}
+                Stage::Act(act) => activation_backward_into(act, x, dy, dx)?,
+                Stage::Softmax => softmax_backward_into(y, dy, dx)?,
+                Stage::Dropout(rate) => dropout_into(dy, rate, seeds[i], dx)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward pass of a batch of host inputs; returns the output (no dropout).
+    pub fn forward(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        let batch = self.rows_of(x, "forward")?;
+        let key = (batch, 1);
+        self.workspace(batch, 1)?.acts[0].write(x)?;
+        let stages = self.stages.clone();
+        self.forward_ws(key, &stages, false)?;
+        self.workspaces[&key].acts[stages.len()].to_vec()
+    }
+
+    /// Number of rows in a flat input, checking the width.
+    pub(crate) fn rows_of(&self, x: &[f32], what: &str) -> Result<usize> {
+        let w = self.spec.input;
+        if x.is_empty() || x.len() % w != 0 {
+            return Err(Error::shape(
+                what,
+                format!("{} input values are not whole rows of the model's {w} features", x.len()),
+            ));
+        }
+        Ok(x.len() / w)
+    }
+}

@@ -1,0 +1,597 @@
+//! Training: compile a model with a loss, an optimizer and metrics, then
+//! `fit`, `evaluate` and `predict`, Keras-style, with the weights kept on the device.
+
+pub mod callbacks;
+pub mod history;
+pub mod metrics;
+
+pub use crate::ops::loss::Loss;
+pub use callbacks::{Control, EarlyStopping, EpochHook, StepHook, StepInfo};
+pub use history::{EpochLog, History};
+pub use metrics::Metric;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::time::Instant;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::nn::model::Stage;
+use crate::nn::Model;
+use crate::ops::activation::{activation_into, softmax_into};
+use crate::ops::gather::gather_rows_into;
+use crate::ops::loss::{loss_and_grad_into, loss_value_into};
+use crate::ops::metrics::ConfusionMatrix;
+use crate::ops::Activation;
+use crate::optim::Optimizer;
+use crate::tensor::Tensor;
+use metrics::Accumulator;
+
+/// Where validation data comes from.
+#[derive(Clone, Debug, Default)]
+pub enum Validation {
+    /// No validation.
+    #[default]
+    None,
+    /// Hold out this fraction of the training rows (the last ones, as Keras does).
+    Split(f32),
+    /// Separate validation rows.
+    Data {
+        /// Inputs, row-major.
+        x: Vec<f32>,
+        /// Targets.
+        y: Vec<f32>,
+    },
+}
+
+/// How `fit` trains.
+pub struct FitOptions {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Rows per optimizer step.
+    pub batch_size: usize,
+    /// Shuffle the rows every epoch (seeded).
+    pub shuffle: bool,
+    /// Seed of the shuffling.
+    pub seed: u64,
+    /// Validation data, evaluated after every epoch.
+    pub validation: Validation,
+    /// Early stopping.
+    pub early_stopping: Option<EarlyStopping>,
+    /// Read the running loss back every this many steps (0: only at the end of an epoch).
+    pub loss_every: usize,
+    /// Hooks called after every epoch.
+    pub on_epoch: Vec<EpochHook>,
+    /// Hook called after every step.
+    pub on_step: Option<StepHook>,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            epochs: 1,
+            batch_size: 32,
+            shuffle: true,
+            seed: 0,
+            validation: Validation::None,
+            early_stopping: None,
+            loss_every: 0,
+            on_epoch: Vec::new(),
+            on_step: None,
+        }
+    }
+}
+
+impl FitOptions {
+    /// `epochs` passes in batches of `batch_size`.
+    pub fn new(epochs: usize, batch_size: usize) -> FitOptions {
+        FitOptions {
+            epochs,
+            batch_size,
+            ..FitOptions::default()
+        }
+    }
+}
+
+/// Loss and metrics of `evaluate`.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// Mean loss.
+    pub loss: f64,
+    /// Metrics by name.
+    pub metrics: Vec<(String, f64)>,
+    /// The confusion matrix, for classifiers.
+    pub confusion: Option<ConfusionMatrix>,
+}
+
+impl Evaluation {
+    /// A metric by name.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
+
+/// What `predict` applies to the training-time outputs to give probabilities.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Output {
+    Raw,
+    Softmax,
+    Sigmoid,
+}
+
+/// A model compiled with a loss, an optimizer and metrics: it can be trained.
+pub struct Trainer {
+    /// The model being trained.
+    pub model: Model,
+    loss: Loss,
+    optimizer: Optimizer,
+    metrics: Vec<Metric>,
+    /// The plan used for training and evaluation: it ends in logits where the loss fuses
+    /// the final softmax or sigmoid.
+    train_stages: Vec<Stage>,
+    output: Output,
+    logits: bool,
+    step: u64,
+    epoch: usize,
+    norm: Tensor,
+}
+
+/// An uploaded data set: resident on the device when it fits, else streamed per batch.
+struct DeviceData {
+    rows: usize,
+    resident: Option<(Tensor, Tensor)>,
+    host: (Vec<f32>, Vec<f32>),
+    index: Tensor,
+    order: Vec<f32>,
+}
+
+impl Model {
+    /// Attaches a loss, an optimizer and metrics (Keras's compile).
+    pub fn compile(self, loss: Loss, optimizer: Optimizer, metrics: &[Metric]) -> Result<Trainer> {
+        let mut stages = self.stages.clone();
+        let categorical = matches!(loss, Loss::CategoricalCrossEntropy | Loss::SparseCategoricalCrossEntropy);
+        let mut train_loss = loss;
+        let mut output = Output::Raw;
+        let mut logits = false;
+        match (loss, stages.last_mut()) {
+            (_, Some(Stage::Softmax)) if categorical => {
+                stages.pop();
+                logits = true;
+            }
+            _ if categorical => {
+                output = Output::Softmax;
+                logits = true;
+            }
+            (Loss::BinaryCrossEntropy { from_logits: false }, Some(Stage::Dense { act, .. }))
+                if *act == Activation::Sigmoid =>
+            {
+                // Train on logits with the stable fused loss; predict still gives probabilities.
+                *act = Activation::Identity;
+                train_loss = Loss::BinaryCrossEntropy { from_logits: true };
+                logits = true;
+            }
+            (Loss::BinaryCrossEntropy { from_logits: false }, Some(Stage::Act(Activation::Sigmoid))) => {
+                stages.pop();
+                train_loss = Loss::BinaryCrossEntropy { from_logits: true };
+                logits = true;
+            }
+            (Loss::BinaryCrossEntropy { from_logits: true }, _) => {
+                output = Output::Sigmoid;
+                logits = true;
+            }
+            _ => {}
+        }
+        let norm = Tensor::zeros(&self.device, &[1])?;
+        Ok(Trainer {
+            model: self,
+            loss: train_loss,
+            optimizer,
+            metrics: metrics.to_vec(),
+            train_stages: stages,
+            output,
+            logits,
+            step: 0,
+            epoch: 0,
+            norm,
+        })
+    }
+}
+
+impl Trainer {
+    /// The device training runs on.
+    pub fn device(&self) -> &Device {
+        &self.model.device
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Epochs completed so far.
+    pub fn epochs_done(&self) -> usize {
+        self.epoch
+    }
+
+    /// Sets the step and epoch counters (used when resuming from a checkpoint).
+    pub fn set_progress(&mut self, step: u64, epoch: usize) {
+        self.step = step;
+        self.epoch = epoch;
+    }
+
+    /// The optimizer configuration.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// Targets per row: 1 for class ids, the output width otherwise.
+    pub fn target_width(&self) -> usize {
+        match self.loss {
+            Loss::SparseCategoricalCrossEntropy => 1,
+            _ => self.model.output_width(),
+        }
+    }
+
+    /// The learning rate at the current step and epoch.
+    pub fn current_lr(&self) -> f32 {
+        let o = &self.optimizer;
+        o.schedule.lr(o.lr, self.epoch, self.step as usize)
+    }
+
+    /// Checks x and y against the model and the loss; returns the number of rows.
+    fn check_data(&self, x: &[f32], y: &[f32]) -> Result<usize> {
+        let rows = self.model.rows_of(x, "input x")?;
+        let tw = self.target_width();
+        if y.len() != rows * tw {
+            return Err(Error::shape(
+                "targets y",
+                format!("{rows} rows need {} target values ({tw} per row), got {}", rows * tw, y.len()),
+            ));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::arg(
+                "input x",
+                format!("row {} column {} is {} (NaN or Inf)", i / self.model.input_width(), i % self.model.input_width(), x[i]),
+            ));
+        }
+        if let Some(i) = y.iter().position(|v| !v.is_finite()) {
+            return Err(Error::arg("targets y", format!("value {i} is {}", y[i])));
+        }
+        if self.loss == Loss::SparseCategoricalCrossEntropy {
+            let classes = self.model.output_width();
+            if let Some(i) = y.iter().position(|&v| v < 0.0 || v.fract() != 0.0 || v as usize >= classes) {
+                return Err(Error::arg(
+                    "labels y",
+                    format!("row {i} has label {} but the model has {classes} classes (0..{})", y[i], classes - 1),
+                ));
+            }
+        }
+        Ok(rows)
+    }
+
+    fn upload(&self, x: &[f32], y: &[f32]) -> Result<DeviceData> {
+        let rows = x.len() / self.model.input_width();
+        let d = &self.model.device;
+        let tw = self.target_width();
+        let resident = match (
+            Tensor::from_slice(d, x, &[rows, self.model.input_width()]),
+            Tensor::from_slice(d, y, &[rows, tw]),
+        ) {
+            (Ok(x), Ok(y)) => Some((x, y)),
+            // Over the adapter's limits: stream batches from the host instead.
+            (Err(Error::OverLimit { .. }), _) | (_, Err(Error::OverLimit { .. })) => None,
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        let order: Vec<f32> = (0..rows).map(|i| i as f32).collect();
+        let index = Tensor::from_slice(d, &order, &[rows])?;
+        let host = if resident.is_some() { (Vec::new(), Vec::new()) } else { (x.to_vec(), y.to_vec()) };
+        Ok(DeviceData {
+            rows,
+            resident,
+            host,
+            index,
+            order,
+        })
+    }
+
+    /// Puts rows order[start..start + batch] into the workspace's input and target.
+    fn load_batch(&mut self, data: &DeviceData, start: usize, batch: usize) -> Result<(usize, usize)> {
+        let key = (batch, self.target_width());
+        let width = self.model.input_width();
+        let tw = key.1;
+        let ws = self.model.workspace(batch, tw)?;
+        match &data.resident {
+            Some((x, y)) => {
+                gather_rows_into(x, &data.index, start, &mut ws.acts[0])?;
+                gather_rows_into(y, &data.index, start, &mut ws.target)?;
+            }
+            None => {
+                let rows = &data.order[start..start + batch];
+                let xs: Vec<f32> = rows.iter().flat_map(|&r| data.host.0[r as usize * width..][..width].iter().copied()).collect();
+                let ys: Vec<f32> = rows.iter().flat_map(|&r| data.host.1[r as usize * tw..][..tw].iter().copied()).collect();
+                ws.acts[0].write(&xs)?;
+                ws.target.write(&ys)?;
+            }
+        }
+        Ok(key)
+    }
+
+    /// One optimizer step on the batch in workspace `key`; nothing is read back.
+    fn step_ws(&mut self, key: (usize, usize), acc: Option<&mut Accumulator>) -> Result<()> {
+        let n = self.train_stages.len();
+        self.model.dropout_step = self.model.dropout_step.wrapping_add(1);
+        self.model.forward_ws(key, &self.train_stages, true)?;
+        {
+            let ws = self.model.workspace(key.0, key.1)?;
+            let (acts, grads) = (&ws.acts, &mut ws.grads);
+            loss_and_grad_into(self.loss, &acts[n], &ws.target, &mut grads[n], &mut ws.loss)?;
+            if let Some(acc) = acc {
+                acc.add(&ws.loss, &acts[n], &ws.target, key.0)?;
+            }
+        }
+        self.model.backward_ws(key, &self.train_stages)?;
+        self.step += 1;
+        let lr = self.current_lr();
+        self.optimizer.step(&mut self.model.params, lr, self.step, &mut self.norm)?;
+        self.model.device.flush();
+        Ok(())
+    }
+
+    /// One training step on a batch of host rows; returns nothing (no readback).
+    pub fn train_batch(&mut self, x: &[f32], y: &[f32]) -> Result<()> {
+        let rows = self.check_data(x, y)?;
+        let key = (rows, self.target_width());
+        let ws = self.model.workspace(rows, key.1)?;
+        ws.acts[0].write(x)?;
+        ws.target.write(y)?;
+        self.step_ws(key, None)
+    }
+
+    /// The mean loss and every parameter's gradient on a batch, without updating (dropout off).
+    pub fn gradients(&mut self, x: &[f32], y: &[f32]) -> Result<(f32, Vec<(String, Vec<f32>)>)> {
+        let rows = self.check_data(x, y)?;
+        let key = (rows, self.target_width());
+        let n = self.train_stages.len();
+        let ws = self.model.workspace(rows, key.1)?;
+        ws.acts[0].write(x)?;
+        ws.target.write(y)?;
+        self.model.forward_ws(key, &self.train_stages, false)?;
+        let ws = self.model.workspace(rows, key.1)?;
+        loss_and_grad_into(self.loss, &ws.acts[n], &ws.target, &mut ws.grads[n], &mut ws.loss)?;
+        let loss = ws.loss.to_vec()?[0];
+        self.model.backward_ws(key, &self.train_stages)?;
+        let grads = self
+            .model
+            .params
+            .iter()
+            .map(|p| Ok((p.name.clone(), p.grad.to_vec()?)))
+            .collect::<Result<_>>()?;
+        Ok((loss, grads))
+    }
+
+    /// Trains on rows `x` (row-major) with targets `y` (class ids, or one row of targets each).
+    pub fn fit(&mut self, x: &[f32], y: &[f32], mut opts: FitOptions) -> Result<History> {
+        let rows = self.check_data(x, y)?;
+        if opts.batch_size == 0 {
+            return Err(Error::arg("batch_size", "must be at least 1"));
+        }
+        let (train_rows, val) = match std::mem::take(&mut opts.validation) {
+            Validation::None => (rows, None),
+            Validation::Split(f) => {
+                if !(0.0..1.0).contains(&f) {
+                    return Err(Error::arg("validation split", format!("{f} is not in [0, 1)")));
+                }
+                let keep = rows - (rows as f32 * f).round() as usize;
+                if keep == 0 {
+                    return Err(Error::arg("validation split", "leaves no training rows"));
+                }
+                let (w, tw) = (self.model.input_width(), self.target_width());
+                (keep, Some((x[keep * w..].to_vec(), y[keep * tw..].to_vec())))
+            }
+            Validation::Data { x, y } => {
+                self.check_data(&x, &y)?;
+                (rows, Some((x, y)))
+            }
+        };
+        let (w, tw) = (self.model.input_width(), self.target_width());
+        let mut data = self.upload(&x[..train_rows * w], &y[..train_rows * tw])?;
+        let val_data = match &val {
+            Some((vx, vy)) if !vx.is_empty() => Some(self.upload(vx, vy)?),
+            _ => None,
+        };
+        let mut history = History::default();
+        let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+        let mut since_best = 0;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+        for _ in 0..opts.epochs {
+            let epoch = self.epoch + 1;
+            if opts.shuffle {
+                data.order.shuffle(&mut rng);
+                data.index.write(&data.order)?;
+            }
+            let start = Instant::now();
+            let (loss, metrics) = self.run_epoch(&data, epoch, &mut opts)?;
+            let seconds = start.elapsed().as_secs_f64();
+            self.epoch = epoch;
+            let (val_loss, val_metrics) = match &val_data {
+                Some(v) => {
+                    let e = self.evaluate_data(v, opts.batch_size)?;
+                    (Some(e.loss), e.metrics)
+                }
+                None => (None, Vec::new()),
+            };
+            let log = EpochLog {
+                epoch,
+                loss,
+                metrics,
+                val_loss,
+                val_metrics,
+                lr: self.current_lr(),
+                seconds,
+            };
+            let mut stop = false;
+            for hook in opts.on_epoch.iter_mut() {
+                stop |= hook(&log) == Control::Stop;
+            }
+            if let Some(es) = &opts.early_stopping {
+                let value = log.get(&es.monitor).ok_or_else(|| {
+                    Error::arg("early stopping monitor", format!("'{}' is not reported (try val_loss, loss, or a compiled metric)", es.monitor))
+                })?;
+                if es.improved(value, best.as_ref().map(|b| b.0)) {
+                    let snapshot = if es.restore_best { self.snapshot()? } else { Vec::new() };
+                    best = Some((value, epoch, snapshot));
+                    since_best = 0;
+                } else {
+                    since_best += 1;
+                    if since_best >= es.patience {
+                        stop = true;
+                        history.stopped_early = epoch < opts.epochs;
+                    }
+                }
+            }
+            history.epochs.push(log);
+            if stop {
+                break;
+            }
+        }
+        if let (Some(es), Some((_, epoch, snapshot))) = (&opts.early_stopping, best) {
+            if es.restore_best && epoch != self.epoch {
+                self.restore(snapshot)?;
+                history.restored_epoch = Some(epoch);
+            }
+        }
+        Ok(history)
+    }
+
+    fn run_epoch(&mut self, data: &DeviceData, epoch: usize, opts: &mut FitOptions) -> Result<(f64, Vec<(String, f64)>)> {
+        let mut acc = Accumulator::new(&self.model.device, &self.metrics, self.model.output_width(), self.logits)?;
+        let steps = data.rows.div_ceil(opts.batch_size);
+        for step in 1..=steps {
+            let start = (step - 1) * opts.batch_size;
+            let batch = opts.batch_size.min(data.rows - start);
+            let key = self.load_batch(data, start, batch)?;
+            self.step_ws(key, Some(&mut acc))?;
+            let read = opts.loss_every > 0 && (step % opts.loss_every == 0 || step == steps);
+            let loss = if read {
+                let value = acc.loss_sum.to_vec()?[0] / (start + batch) as f32;
+                if !value.is_finite() {
+                    return Err(Error::Diverged { value, epoch, step });
+                }
+                Some(value)
+            } else {
+                None
+            };
+            if let Some(hook) = opts.on_step.as_mut() {
+                hook(&StepInfo {
+                    epoch,
+                    step,
+                    steps,
+                    samples: start + batch,
+                    loss,
+                });
+            }
+        }
+        let (loss, metrics, _) = acc.finish()?;
+        if !loss.is_finite() {
+            return Err(Error::Diverged {
+                value: loss as f32,
+                epoch,
+                step: steps,
+            });
+        }
+        Ok((loss + self.penalty()?, metrics))
+    }
+
+    /// The L1/L2 penalty of the current weights (read back only when a layer has one).
+    fn penalty(&self) -> Result<f64> {
+        let mut total = 0.0;
+        for p in self.model.params.iter().filter(|p| p.l1 != 0.0 || p.l2 != 0.0) {
+            let w = p.value.to_vec()?;
+            let (l1, l2): (f64, f64) = w.iter().fold((0.0, 0.0), |(a, b), &v| (a + v.abs() as f64, b + (v as f64).powi(2)));
+            total += p.l1 as f64 * l1 + p.l2 as f64 * l2;
+        }
+        Ok(total)
+    }
+
+    fn snapshot(&self) -> Result<Vec<Tensor>> {
+        self.model.params.iter().map(|p| p.value.try_clone()).collect()
+    }
+
+    fn restore(&mut self, snapshot: Vec<Tensor>) -> Result<()> {
+        for (p, s) in self.model.params.iter_mut().zip(snapshot) {
+            p.value.copy_from(&s)?;
+        }
+        Ok(())
+    }
+
+    fn evaluate_data(&mut self, data: &DeviceData, batch_size: usize) -> Result<Evaluation> {
+        let mut acc = Accumulator::new(&self.model.device, &self.metrics, self.model.output_width(), self.logits)?;
+        let n = self.train_stages.len();
+        let mut start = 0;
+        while start < data.rows {
+            let batch = batch_size.max(1).min(data.rows - start);
+            let key = self.load_batch(data, start, batch)?;
+            self.model.forward_ws(key, &self.train_stages, false)?;
+            let ws = self.model.workspace(key.0, key.1)?;
+            loss_value_into(self.loss, &ws.acts[n], &ws.target, &mut ws.loss)?;
+            acc.add(&ws.loss, &ws.acts[n], &ws.target, batch)?;
+            start += batch;
+        }
+        let (loss, metrics, confusion) = acc.finish()?;
+        Ok(Evaluation {
+            loss: loss + self.penalty()?,
+            metrics,
+            confusion,
+        })
+    }
+
+    /// Loss and metrics on rows `x` with targets `y`, in batches of `batch_size`.
+    pub fn evaluate(&mut self, x: &[f32], y: &[f32], batch_size: usize) -> Result<Evaluation> {
+        self.check_data(x, y)?;
+        let data = self.upload(x, y)?;
+        self.evaluate_data(&data, batch_size)
+    }
+
+    /// Model outputs for rows `x`: probabilities for classifiers, raw values for regression.
+    pub fn predict(&mut self, x: &[f32], batch_size: usize) -> Result<Vec<f32>> {
+        let rows = self.model.rows_of(x, "input x")?;
+        let w = self.model.input_width();
+        // The full plan, with any final softmax or sigmoid the training loss had fused.
+        let stages = self.model.stages.clone();
+        let mut out = Vec::with_capacity(rows * self.model.output_width());
+        for chunk in x.chunks(batch_size.max(1) * w) {
+            let batch = chunk.len() / w;
+            let key = (batch, self.target_width());
+            self.model.workspace(batch, key.1)?.acts[0].write(chunk)?;
+            self.model.forward_ws(key, &stages, false)?;
+            let y = &self.model.workspace(batch, key.1)?.acts[stages.len()];
+            let mut p = Tensor::uninit(&y.device(), y.shape())?;
+            match self.output {
+                Output::Raw => p.copy_from(y)?,
+                Output::Softmax => softmax_into(y, &mut p)?,
+                Output::Sigmoid => activation_into(Activation::Sigmoid, y, &mut p)?,
+            }
+            out.extend(p.to_vec()?);
+        }
+        Ok(out)
+    }
+
+    /// The predicted class of every row: the argmax, or probability > 0.5 for one output.
+    pub fn predict_classes(&mut self, x: &[f32], batch_size: usize) -> Result<Vec<usize>> {
+        let out_w = self.model.output_width();
+        let probs = self.predict(x, batch_size)?;
+        Ok(probs
+            .chunks(out_w)
+            .map(|row| {
+                if out_w == 1 {
+                    usize::from(row[0] > 0.5)
+                } else {
+                    row.iter()
+                        .enumerate()
+                        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                        .0
+                }
+            })
+            .collect())
+    }
+}
