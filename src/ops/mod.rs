@@ -9,6 +9,7 @@ pub mod bias;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
+pub mod metrics;
 pub mod reduce;
 
 use crate::device::{Device, GpuContext, Kernel};
