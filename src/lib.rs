@@ -3,6 +3,7 @@
 //! Layers, top to bottom: `ops` (one file per op: shape checks, CPU reference,
 //! GPU dispatch), `tensor`, `device`, `error`.
 
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod ops;
