@@ -5,6 +5,7 @@
 //! optimizers), `ops` (one file per op: shape checks, CPU reference, GPU dispatch),
 //! `tensor`, `device`, `error`.
 
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod nn;

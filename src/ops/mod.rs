@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod gather;
 pub mod loss;
 pub mod matmul;
+pub mod metrics;
 pub mod reduce;
 
 use crate::device::{Device, GpuContext, Kernel};
