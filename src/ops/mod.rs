@@ -10,6 +10,7 @@ pub mod elementwise;
 pub mod loss;
 pub mod matmul;
 pub mod metrics;
+pub mod optim;
 pub mod reduce;
 
 use crate::device::{Device, GpuContext, Kernel};
