@@ -1,5 +1,44 @@
 //! Activations forward and backward (relu, leaky relu, sigmoid, tanh, gelu) and row-wise softmax.
 
+use super::{device_of, grid, launch, same_shape, WG};
+use crate::device::{Device, GpuContext, Kernel};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// The shared activation functions come first so this file and the matmul epilogue agree.
+const SOURCE: &str = concat!(
+    include_str!("../../shaders/act.wgsl"),
+    include_str!("../../shaders/activation.wgsl")
+);
+const FORWARD: Kernel = Kernel {
+    file: "activation.wgsl",
+    source: SOURCE,
+    entry: "forward",
+    inputs: 1,
+    outputs: 1,
+};
+const BACKWARD: Kernel = Kernel {
+    entry: "backward",
+    inputs: 2,
+    ..FORWARD
+};
+const SOFTMAX_ROWS: Kernel = Kernel {
+    entry: "softmax_rows",
+    ..FORWARD
+};
+const SOFTMAX_GROUPS: Kernel = Kernel {
+    entry: "softmax_groups",
+    ..FORWARD
+};
+const SOFTMAX_BACKWARD_ROWS: Kernel = Kernel {
+    entry: "softmax_backward_rows",
+    ..BACKWARD
+};
+const SOFTMAX_BACKWARD_GROUPS: Kernel = Kernel {
+    entry: "softmax_backward_groups",
+    ..BACKWARD
+};
+
 /// A pointwise activation, usable alone or fused into a matmul epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum Activation {
@@ -107,4 +146,213 @@ pub fn erf(x: f64) -> f64 {
     }
     let erfc = (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + f);
     (1.0 - erfc).copysign(x)
+}
+
+/// How the row-wise kernels (softmax, its backward, argmax_rows) map rows onto the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RowSplit {
+    /// One invocation per row on software adapters and for rows of at most 32 columns,
+    /// one workgroup per row otherwise.
+    #[default]
+    Auto,
+    /// One invocation per row.
+    Invocation,
+    /// One workgroup per row with a tree reduction.
+    Workgroup,
+}
+
+impl RowSplit {
+    /// Whether rows of `cols` columns get a workgroup each on this device.
+    ///
+    /// On lavapipe one invocation per row was faster at every shape measured (up to
+    /// 10000x64 by 20x and 2000x5000 by 2x; see `softmax_timing` in tests/activation.rs),
+    /// as its barriers are costly. On hardware a narrow row leaves a workgroup idle while
+    /// a wide one read by one invocation defeats coalescing.
+    pub(crate) fn per_workgroup(self, ctx: &GpuContext, cols: usize) -> bool {
+        match self {
+            RowSplit::Auto => !ctx.is_software() && cols > 32,
+            RowSplit::Invocation => false,
+            RowSplit::Workgroup => true,
+        }
+    }
+}
+
+/// `out = act(x)`, elementwise; `x` and `out` share one shape.
+pub fn activation_into(act: Activation, x: &Tensor, out: &mut Tensor) -> Result<()> {
+    let name = "activation";
+    same_shape(name, x, out)?;
+    match device_of(name, &[x, out])? {
+        Device::Cpu => {
+            let src = x.host().unwrap_or(&[]);
+            let dst = out.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
+            for (o, v) in dst.iter_mut().zip(src) {
+                *o = act.forward(f64::from(*v)) as f32;
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            let n = x.len();
+            let params = [n as u32, 0, act.code(), act.alpha().to_bits()];
+            launch(&ctx, &FORWARD, &[], &params, &[x, out], grid(n, WG))
+        }
+    }
+}
+
+/// `act(x)` as a new tensor.
+pub fn activation(act: Activation, x: &Tensor) -> Result<Tensor> {
+    let mut out = Tensor::uninit(&x.device(), x.shape())?;
+    activation_into(act, x, &mut out)?;
+    Ok(out)
+}
+
+/// `dx = dy * act'(x)` where `x` is the pre-activation input of the forward pass.
+pub fn activation_backward_into(
+    act: Activation,
+    x: &Tensor,
+    dy: &Tensor,
+    dx: &mut Tensor,
+) -> Result<()> {
+    let name = "activation_backward";
+    same_shape(name, x, dy)?;
+    same_shape(name, x, dx)?;
+    match device_of(name, &[x, dy, dx])? {
+        Device::Cpu => {
+            let (src, grad) = (x.host().unwrap_or(&[]), dy.host().unwrap_or(&[]));
+            let dst = dx.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
+            for ((o, v), g) in dst.iter_mut().zip(src).zip(grad) {
+                *o = (f64::from(*g) * act.derivative(f64::from(*v))) as f32;
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            let n = x.len();
+            let params = [n as u32, 0, act.code(), act.alpha().to_bits()];
+            launch(&ctx, &BACKWARD, &[], &params, &[x, dy, dx], grid(n, WG))
+        }
+    }
+}
+
+/// `dy * act'(x)` as a new tensor.
+pub fn activation_backward(act: Activation, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let mut dx = Tensor::uninit(&x.device(), x.shape())?;
+    activation_backward_into(act, x, dy, &mut dx)?;
+    Ok(dx)
+}
+
+/// Records one of the row kernels over `rows` rows of `cols` columns.
+fn launch_rows(
+    tensors: &[&Tensor],
+    split: RowSplit,
+    [per_row, per_group]: [&Kernel; 2],
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let Device::Gpu(ctx) = tensors[0].device() else {
+        return Err(Error::DeviceMismatch { op: per_row.entry });
+    };
+    let params = [rows as u32, cols as u32];
+    if split.per_workgroup(&ctx, cols) {
+        launch(&ctx, per_group, &[], &params, tensors, grid(rows, 1))
+    } else {
+        launch(&ctx, per_row, &[], &params, tensors, grid(rows, WG))
+    }
+}
+
+/// Row-wise softmax over the last dimension of a [rows, cols] tensor (a 1-D tensor is one row).
+pub fn softmax_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
+    softmax_into_split(x, out, RowSplit::Auto)
+}
+
+/// [`softmax_into`] with the mapping of rows onto the GPU chosen by the caller.
+pub fn softmax_into_split(x: &Tensor, out: &mut Tensor, split: RowSplit) -> Result<()> {
+    let name = "softmax";
+    let (rows, cols) = x.dims2(name)?;
+    same_shape(name, x, out)?;
+    match device_of(name, &[x, out])? {
+        Device::Cpu => {
+            let src = x.host().unwrap_or(&[]);
+            let dst = out.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
+            for (xr, yr) in src
+                .chunks_exact(cols.max(1))
+                .zip(dst.chunks_exact_mut(cols.max(1)))
+            {
+                let m = xr
+                    .iter()
+                    .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+                let total: f64 = xr.iter().map(|&v| (f64::from(v) - m).exp()).sum();
+                for (y, &v) in yr.iter_mut().zip(xr) {
+                    *y = ((f64::from(v) - m).exp() / total) as f32;
+                }
+            }
+            Ok(())
+        }
+        Device::Gpu(_) => launch_rows(
+            &[x, out],
+            split,
+            [&SOFTMAX_ROWS, &SOFTMAX_GROUPS],
+            rows,
+            cols,
+        ),
+    }
+}
+
+/// Row-wise softmax as a new tensor.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let mut out = Tensor::uninit(&x.device(), x.shape())?;
+    softmax_into(x, &mut out)?;
+    Ok(out)
+}
+
+/// `dx = y * (dy - sum(dy * y))` per row, where `y` is the softmax output.
+pub fn softmax_backward_into(y: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
+    softmax_backward_into_split(y, dy, dx, RowSplit::Auto)
+}
+
+/// [`softmax_backward_into`] with the mapping of rows onto the GPU chosen by the caller.
+pub fn softmax_backward_into_split(
+    y: &Tensor,
+    dy: &Tensor,
+    dx: &mut Tensor,
+    split: RowSplit,
+) -> Result<()> {
+    let name = "softmax_backward";
+    let (rows, cols) = y.dims2(name)?;
+    same_shape(name, y, dy)?;
+    same_shape(name, y, dx)?;
+    match device_of(name, &[y, dy, dx])? {
+        Device::Cpu => {
+            let (ys, gs) = (y.host().unwrap_or(&[]), dy.host().unwrap_or(&[]));
+            let dst = dx.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
+            let c = cols.max(1);
+            for ((yr, gr), dr) in ys
+                .chunks_exact(c)
+                .zip(gs.chunks_exact(c))
+                .zip(dst.chunks_exact_mut(c))
+            {
+                let dot: f64 = yr
+                    .iter()
+                    .zip(gr)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum();
+                for ((d, &a), &b) in dr.iter_mut().zip(yr).zip(gr) {
+                    *d = (f64::from(a) * (f64::from(b) - dot)) as f32;
+                }
+            }
+            Ok(())
+        }
+        Device::Gpu(_) => launch_rows(
+            &[y, dy, dx],
+            split,
+            [&SOFTMAX_BACKWARD_ROWS, &SOFTMAX_BACKWARD_GROUPS],
+            rows,
+            cols,
+        ),
+    }
+}
+
+/// Softmax backward as a new tensor.
+pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let mut dx = Tensor::uninit(&y.device(), y.shape())?;
+    softmax_backward_into(y, dy, &mut dx)?;
+    Ok(dx)
 }

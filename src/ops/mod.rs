@@ -12,6 +12,7 @@ pub mod gather;
 pub mod loss;
 pub mod matmul;
 pub mod metrics;
+pub mod optim;
 pub mod reduce;
 
 use crate::device::{Device, GpuContext, Kernel};

@@ -1,0 +1,605 @@
+//! Optimizer updates (SGD, Adam, AdamW, RMSprop, Adagrad) and global-norm gradient clipping.
+//!
+//! One parameterised kernel (shaders/optim.wgsl) implements every rule: override
+//! constants pick the rule and which state buffers exist, the uniform carries the
+//! numbers. The formulas are PyTorch's, as documented for torch.optim.SGD, Adam, AdamW,
+//! RMSprop and Adagrad and for torch.nn.utils.clip_grad_norm_ (`maximize`, `foreach`
+//! and friends are not modelled). On the first step (t = 1) the update initialises the
+//! state itself, so state tensors may start uninitialised.
+
+use super::{device_of, grid, launch, same_shape, WG};
+use crate::device::{Device, Kernel};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const UPDATE: Kernel = Kernel {
+    file: "optim.wgsl",
+    source: include_str!("../../shaders/optim.wgsl"),
+    entry: "update",
+    inputs: 1,
+    outputs: 4,
+};
+const SUMSQ: Kernel = Kernel {
+    entry: "sumsq",
+    outputs: 1,
+    ..UPDATE
+};
+const SUM_PARTIALS: Kernel = Kernel {
+    entry: "sum_partials",
+    ..SUMSQ
+};
+const CLIP: Kernel = Kernel {
+    entry: "clip",
+    ..SUMSQ
+};
+
+/// Most workgroups (hence partial sums) one gradient contributes to the global norm.
+const MAX_PARTIALS: usize = 256;
+
+/// An optimizer's update rule with its hyperparameters (names and defaults as in torch.optim).
+///
+/// The learning rate and weight decay are passed to [`step`] so schedules can change them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// torch.optim.SGD. State: the momentum buffer when `momentum != 0`.
+    Sgd {
+        /// mu (PyTorch default 0).
+        momentum: f32,
+        /// tau (PyTorch default 0).
+        dampening: f32,
+        /// Nesterov momentum; needs momentum > 0 and dampening = 0.
+        nesterov: bool,
+    },
+    /// torch.optim.Adam (L2 weight decay). State: exp_avg, exp_avg_sq, then max_exp_avg_sq with amsgrad.
+    Adam {
+        /// PyTorch default 0.9.
+        beta1: f32,
+        /// PyTorch default 0.999.
+        beta2: f32,
+        /// PyTorch default 1e-8.
+        eps: f32,
+        /// Use the running maximum of the second moment.
+        amsgrad: bool,
+    },
+    /// torch.optim.AdamW (decoupled weight decay). State: exp_avg, exp_avg_sq.
+    AdamW {
+        /// PyTorch default 0.9.
+        beta1: f32,
+        /// PyTorch default 0.999.
+        beta2: f32,
+        /// PyTorch default 1e-8.
+        eps: f32,
+    },
+    /// torch.optim.RMSprop. State: square_avg, then momentum_buffer if momentum > 0, then grad_avg if centered.
+    RmsProp {
+        /// Smoothing constant (PyTorch default 0.99).
+        alpha: f32,
+        /// PyTorch default 1e-8.
+        eps: f32,
+        /// mu (PyTorch default 0).
+        momentum: f32,
+        /// Normalise by the estimated variance instead of the second moment.
+        centered: bool,
+    },
+    /// torch.optim.Adagrad. State: the sum of squared gradients.
+    Adagrad {
+        /// PyTorch default 1e-10.
+        eps: f32,
+        /// eta in clr = lr / (1 + (t - 1) * eta) (PyTorch default 0).
+        lr_decay: f32,
+        /// The sum's starting value (PyTorch default 0).
+        initial_accumulator: f32,
+    },
+}
+
+/// Per-step numbers of one update, shared by the CPU loop and the GPU uniform.
+struct Scalars {
+    first: bool,
+    /// Adagrad: the decayed clr.
+    lr: f64,
+    wd: f64,
+    bc1: f64,
+    bc2_sqrt: f64,
+}
+
+impl Rule {
+    /// How many state tensors of the parameter's shape [`step`] needs, in the order the variant's doc lists.
+    pub fn state_slots(&self) -> usize {
+        self.slots().iter().filter(|&&used| used).count()
+    }
+
+    /// Which of the kernel's three state bindings the rule uses; the caller's state fills them in order.
+    fn slots(&self) -> [bool; 3] {
+        match *self {
+            Rule::Sgd { momentum, .. } => [momentum != 0.0, false, false],
+            Rule::Adam { amsgrad, .. } => [true, true, amsgrad],
+            Rule::AdamW { .. } => [true, true, false],
+            Rule::RmsProp {
+                momentum, centered, ..
+            } => [true, momentum > 0.0, centered],
+            Rule::Adagrad { .. } => [true, false, false],
+        }
+    }
+
+    /// Fresh (zeroed) state tensors for `param`, on its device.
+    pub fn new_state(&self, param: &Tensor) -> Result<Vec<Tensor>> {
+        (0..self.state_slots())
+            .map(|_| Tensor::zeros(&param.device(), param.shape()))
+            .collect()
+    }
+
+    /// The override constants that give the kernel this rule's shape (no numbers: see [`step`]).
+    fn constants(&self) -> [(&'static str, f64); 5] {
+        let flag = |b: bool| f64::from(u8::from(b));
+        let (rule, momentum, nesterov, amsgrad, centered) = match *self {
+            Rule::Sgd {
+                momentum, nesterov, ..
+            } => (0, momentum != 0.0, nesterov, false, false),
+            Rule::Adam { amsgrad, .. } => (1, false, false, amsgrad, false),
+            Rule::AdamW { .. } => (2, false, false, false, false),
+            Rule::RmsProp {
+                momentum, centered, ..
+            } => (3, momentum > 0.0, false, false, centered),
+            Rule::Adagrad { .. } => (4, false, false, false, false),
+        };
+        [
+            ("RULE", f64::from(rule)),
+            ("MOMENTUM", flag(momentum)),
+            ("NESTEROV", flag(nesterov)),
+            ("AMSGRAD", flag(amsgrad)),
+            ("CENTERED", flag(centered)),
+        ]
+    }
+
+    /// The hyperparameter words of the uniform: (a, b, eps), as shaders/optim.wgsl names them.
+    fn hyper(&self) -> (f32, f32, f32) {
+        match *self {
+            Rule::Sgd {
+                momentum,
+                dampening,
+                ..
+            } => (momentum, dampening, 0.0),
+            Rule::Adam {
+                beta1, beta2, eps, ..
+            }
+            | Rule::AdamW { beta1, beta2, eps } => (beta1, beta2, eps),
+            Rule::RmsProp {
+                alpha,
+                eps,
+                momentum,
+                ..
+            } => (alpha, momentum, eps),
+            Rule::Adagrad {
+                eps,
+                initial_accumulator,
+                ..
+            } => (0.0, initial_accumulator, eps),
+        }
+    }
+
+    /// Rejects hyperparameters PyTorch rejects (and NaN), naming the first bad one.
+    fn validate(&self, lr: f32, weight_decay: f32, t: u64) -> Result<()> {
+        let nonneg = |name: &str, v: f32| {
+            if v >= 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::arg(name, format!("{v} must be finite and >= 0")))
+            }
+        };
+        let beta = |name: &str, v: f32| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::arg(name, format!("{v} must be in [0, 1)")))
+            }
+        };
+        if t == 0 {
+            return Err(Error::arg("t", "steps count from 1"));
+        }
+        nonneg("lr", lr)?;
+        nonneg("weight_decay", weight_decay)?;
+        match *self {
+            Rule::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+            } => {
+                nonneg("momentum", momentum)?;
+                if !dampening.is_finite() {
+                    return Err(Error::arg(
+                        "dampening",
+                        format!("{dampening} must be finite"),
+                    ));
+                }
+                if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+                    return Err(Error::arg(
+                        "nesterov",
+                        "Nesterov momentum needs momentum > 0 and dampening = 0",
+                    ));
+                }
+            }
+            Rule::Adam {
+                beta1, beta2, eps, ..
+            }
+            | Rule::AdamW { beta1, beta2, eps } => {
+                beta("beta1", beta1)?;
+                beta("beta2", beta2)?;
+                nonneg("eps", eps)?;
+            }
+            Rule::RmsProp {
+                alpha,
+                eps,
+                momentum,
+                ..
+            } => {
+                nonneg("alpha", alpha)?;
+                nonneg("eps", eps)?;
+                nonneg("momentum", momentum)?;
+            }
+            Rule::Adagrad {
+                eps,
+                lr_decay,
+                initial_accumulator,
+            } => {
+                nonneg("eps", eps)?;
+                nonneg("lr_decay", lr_decay)?;
+                nonneg("initial_accumulator", initial_accumulator)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-step numbers for step `t`, in f64 so the GPU gets them correctly rounded.
+    fn scalars(&self, lr: f32, weight_decay: f32, t: u64) -> Scalars {
+        let (lr, wd, tf) = (lr as f64, weight_decay as f64, t as f64);
+        let (mut bc1, mut bc2_sqrt, mut clr) = (1.0, 1.0, lr);
+        match *self {
+            Rule::Adam { beta1, beta2, .. } | Rule::AdamW { beta1, beta2, .. } => {
+                bc1 = 1.0 - (beta1 as f64).powf(tf);
+                bc2_sqrt = (1.0 - (beta2 as f64).powf(tf)).sqrt();
+            }
+            Rule::Adagrad { lr_decay, .. } => clr = lr / (1.0 + (tf - 1.0) * lr_decay as f64),
+            _ => {}
+        }
+        Scalars {
+            first: t == 1,
+            lr: clr,
+            wd,
+            bc1,
+            bc2_sqrt,
+        }
+    }
+
+    /// CPU reference of one element: the new parameter and state from the old, in f64.
+    ///
+    /// `old` is indexed by kernel slot (see `slots`); unused slots are ignored.
+    fn update(&self, s: &Scalars, theta: f64, g: f64, old: [f64; 3]) -> (f64, [f64; 3]) {
+        // State read on the first step is its initial value, whatever the tensor holds.
+        let prev = |k: usize, init: f64| if s.first { init } else { old[k] };
+        let mut st = old;
+        let theta = match *self {
+            Rule::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+            } => {
+                // g <- g + wd*theta
+                let mut g = g + s.wd * theta;
+                if momentum != 0.0 {
+                    let mu = momentum as f64;
+                    // b_1 = g;  b_t = mu*b_{t-1} + (1 - tau)*g
+                    let b = if s.first {
+                        g
+                    } else {
+                        mu * old[0] + (1.0 - dampening as f64) * g
+                    };
+                    st[0] = b;
+                    // nesterov: g <- g + mu*b_t, else g <- b_t
+                    g = if nesterov { g + mu * b } else { b };
+                }
+                // theta <- theta - lr*g
+                theta - s.lr * g
+            }
+            Rule::Adam {
+                beta1,
+                beta2,
+                eps,
+                amsgrad,
+            } => {
+                // g <- g + wd*theta (L2)
+                let g = g + s.wd * theta;
+                adam(s, theta, g, (beta1, beta2, eps, amsgrad), prev, &mut st)
+            }
+            Rule::AdamW { beta1, beta2, eps } => {
+                // theta <- theta - lr*wd*theta (decoupled), before the Adam step
+                let theta = theta * (1.0 - s.lr * s.wd);
+                adam(s, theta, g, (beta1, beta2, eps, false), prev, &mut st)
+            }
+            Rule::RmsProp {
+                alpha,
+                eps,
+                momentum,
+                centered,
+            } => {
+                let (alpha, eps, mu) = (alpha as f64, eps as f64, momentum as f64);
+                // g <- g + wd*theta
+                let g = g + s.wd * theta;
+                // v_t = alpha*v + (1 - alpha)*g^2
+                let v = alpha * prev(0, 0.0) + (1.0 - alpha) * g * g;
+                st[0] = v;
+                let mut vt = v;
+                if centered {
+                    // g_ave = alpha*g_ave + (1 - alpha)*g;  v~ = v - g_ave^2
+                    let ga = alpha * prev(2, 0.0) + (1.0 - alpha) * g;
+                    st[2] = ga;
+                    vt = v - ga * ga;
+                }
+                let scaled = g / (vt.sqrt() + eps);
+                if momentum > 0.0 {
+                    // b = mu*b + g/(sqrt(v~) + eps);  theta <- theta - lr*b
+                    let b = mu * prev(1, 0.0) + scaled;
+                    st[1] = b;
+                    theta - s.lr * b
+                } else {
+                    // theta <- theta - lr*g/(sqrt(v~) + eps)
+                    theta - s.lr * scaled
+                }
+            }
+            Rule::Adagrad {
+                eps,
+                initial_accumulator,
+                ..
+            } => {
+                // g <- g + wd*theta;  sum <- sum + g^2 (sum_0 = initial accumulator)
+                let g = g + s.wd * theta;
+                let sum = prev(0, initial_accumulator as f64) + g * g;
+                st[0] = sum;
+                // theta <- theta - clr*g/(sqrt(sum) + eps), clr = lr/(1 + (t-1)*lr_decay)
+                theta - s.lr * g / (sum.sqrt() + eps as f64)
+            }
+        };
+        (theta, st)
+    }
+}
+
+/// The Adam/AdamW moment update and step, after weight decay was applied.
+fn adam(
+    s: &Scalars,
+    theta: f64,
+    g: f64,
+    (beta1, beta2, eps, amsgrad): (f32, f32, f32, bool),
+    prev: impl Fn(usize, f64) -> f64,
+    st: &mut [f64; 3],
+) -> f64 {
+    let (b1, b2) = (beta1 as f64, beta2 as f64);
+    // m_t = b1*m + (1 - b1)*g;  v_t = b2*v + (1 - b2)*g^2
+    let m = b1 * prev(0, 0.0) + (1.0 - b1) * g;
+    let mut v = b2 * prev(1, 0.0) + (1.0 - b2) * g * g;
+    st[0] = m;
+    st[1] = v;
+    if amsgrad {
+        // v_max = max(v_max, v_t), and the step uses v_max
+        v = prev(2, 0.0).max(v);
+        st[2] = v;
+    }
+    // theta <- theta - lr * m_hat/(sqrt(v_hat) + eps), m_hat = m/(1 - b1^t),
+    // v_hat = v/(1 - b2^t); written as PyTorch computes it
+    let denom = v.sqrt() / s.bc2_sqrt + eps as f64;
+    theta - (s.lr / s.bc1) * m / denom
+}
+
+/// One optimizer step for one parameter tensor: updates `param` and `state` in place from `grad`.
+///
+/// `t` is the 1-based step number; on `t == 1` the state is initialised by the update
+/// itself (PyTorch's lazily created buffers), so its previous contents do not matter.
+/// `state` holds [`Rule::state_slots`] tensors of `param`'s shape, in the order the
+/// rule's doc lists (e.g. from [`Rule::new_state`]).
+///
+/// Hot path: on the GPU this records exactly one dispatch. Everything that changes
+/// from step to step (lr, weight decay, bias corrections, Adagrad's decayed lr, the
+/// first-step flag) travels in the uniform, and only the rule's discrete shape is an
+/// override constant, so each rule compiles one pipeline for the whole run. A later
+/// step can batch all parameters of a model into fewer dispatches with the same kernel
+/// by giving it offsets into concatenated buffers.
+pub fn step(
+    rule: &Rule,
+    lr: f32,
+    weight_decay: f32,
+    t: u64,
+    param: &mut Tensor,
+    grad: &Tensor,
+    state: &mut [Tensor],
+) -> Result<()> {
+    let name = "optim::step";
+    rule.validate(lr, weight_decay, t)?;
+    same_shape(name, param, grad)?;
+    if state.len() != rule.state_slots() {
+        return Err(Error::arg(
+            "state",
+            format!(
+                "{rule:?} keeps {} state tensors, got {}",
+                rule.state_slots(),
+                state.len()
+            ),
+        ));
+    }
+    for s in state.iter() {
+        same_shape(name, param, s)?;
+    }
+    let mut all: Vec<&Tensor> = vec![param, grad];
+    all.extend(state.iter());
+    let device = device_of(name, &all)?;
+    let s = rule.scalars(lr, weight_decay, t);
+    match &device {
+        Device::Cpu => {
+            let g = grad.host().unwrap_or(&[]);
+            let mut slots: [Option<&mut [f32]>; 3] = [None, None, None];
+            let mut given = state.iter_mut();
+            for (slot, used) in slots.iter_mut().zip(rule.slots()) {
+                if used {
+                    *slot = given.next().and_then(Tensor::host_mut);
+                }
+            }
+            let p = param.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
+            for (i, (p, g)) in p.iter_mut().zip(g).enumerate() {
+                let old = [0, 1, 2].map(|k| slots[k].as_ref().map_or(0.0, |v| v[i] as f64));
+                let (theta, new) = rule.update(&s, *p as f64, *g as f64, old);
+                *p = theta as f32;
+                for (slot, v) in slots.iter_mut().zip(new) {
+                    if let Some(slot) = slot {
+                        slot[i] = v as f32;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            let n = param.len();
+            let (a, b, eps) = rule.hyper();
+            let params = [
+                n as u32,
+                u32::from(s.first),
+                0,
+                (s.lr as f32).to_bits(),
+                (s.wd as f32).to_bits(),
+                a.to_bits(),
+                b.to_bits(),
+                eps.to_bits(),
+                (s.bc1 as f32).to_bits(),
+                (s.bc2_sqrt as f32).to_bits(),
+                0f32.to_bits(),
+            ];
+            // Unused state bindings get distinct one-element buffers: never touched, but
+            // a writable binding must not alias the parameter or another binding.
+            let mut dummies = Vec::new();
+            for used in rule.slots() {
+                if !used {
+                    dummies.push(Tensor::uninit(&device, &[1])?);
+                }
+            }
+            let (mut given, mut spare) = (state.iter(), dummies.iter());
+            let mut bound: Vec<&Tensor> = vec![grad, param];
+            for used in rule.slots() {
+                let t = if used { given.next() } else { spare.next() };
+                bound.push(t.ok_or(Error::arg("state", "fewer tensors than the rule uses"))?);
+            }
+            launch(
+                ctx,
+                &UPDATE,
+                &rule.constants(),
+                &params,
+                &bound,
+                grid(n, WG),
+            )
+        }
+    }
+}
+
+/// The gradient scale of global-norm clipping: min(1, max_norm / (sqrt(norm_sq) + 1e-6)), as torch.nn.utils.clip_grad_norm_.
+pub fn grad_scale(norm_sq: f64, max_norm: f32) -> f64 {
+    (max_norm as f64 / (norm_sq.sqrt() + 1e-6)).min(1.0)
+}
+
+/// `out[0]` = the sum of squares of every element of every gradient (the squared global L2 norm).
+///
+/// On the GPU the result stays there (no readback), ready for [`clip_by_global_norm`];
+/// it costs one dispatch per gradient plus one, and sums in a fixed order.
+pub fn global_norm_sq_into(grads: &[&Tensor], out: &mut Tensor) -> Result<()> {
+    let name = "optim::global_norm_sq_into";
+    if out.len() != 1 {
+        return Err(Error::shape(
+            name,
+            format!("out must hold one value, has shape {:?}", out.shape()),
+        ));
+    }
+    let mut all: Vec<&Tensor> = grads.to_vec();
+    all.push(out);
+    let device = device_of(name, &all)?;
+    match &device {
+        Device::Cpu => {
+            let sum: f64 = grads
+                .iter()
+                .flat_map(|g| g.host().unwrap_or(&[]))
+                .map(|&v| v as f64 * v as f64)
+                .sum();
+            out.host_mut().ok_or(Error::DeviceMismatch { op: name })?[0] = sum as f32;
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            let groups: Vec<usize> = grads
+                .iter()
+                .map(|g| g.len().div_ceil(WG as usize).min(MAX_PARTIALS))
+                .collect();
+            let total: usize = groups.iter().sum();
+            let partials = Tensor::uninit(&device, &[total.max(1)])?;
+            let mut base = 0;
+            for (g, &count) in grads.iter().zip(&groups) {
+                if count == 0 {
+                    continue;
+                }
+                let params = [g.len() as u32, 0, base as u32];
+                launch(
+                    ctx,
+                    &SUMSQ,
+                    &[],
+                    &params,
+                    &[g, &partials],
+                    [count as u32, 1, 1],
+                )?;
+                base += count;
+            }
+            launch(
+                ctx,
+                &SUM_PARTIALS,
+                &[],
+                &[total as u32],
+                &[&partials, out],
+                [1, 1, 1],
+            )
+        }
+    }
+}
+
+/// Scales every gradient by [`grad_scale`]`(norm_sq, max_norm)` in place, reading `norm_sq` (one value) on the device.
+pub fn clip_by_global_norm(
+    grads: &mut [&mut Tensor],
+    norm_sq: &Tensor,
+    max_norm: f32,
+) -> Result<()> {
+    let name = "optim::clip_by_global_norm";
+    if norm_sq.len() != 1 {
+        return Err(Error::shape(
+            name,
+            format!(
+                "norm_sq must hold one value, has shape {:?}",
+                norm_sq.shape()
+            ),
+        ));
+    }
+    if max_norm.is_nan() || max_norm < 0.0 {
+        return Err(Error::arg("max_norm", format!("{max_norm} must be >= 0")));
+    }
+    let mut all: Vec<&Tensor> = grads.iter().map(|g| &**g).collect();
+    all.push(norm_sq);
+    match device_of(name, &all)? {
+        Device::Cpu => {
+            let scale = grad_scale(norm_sq.host().unwrap_or(&[0.0])[0] as f64, max_norm);
+            for g in grads.iter_mut() {
+                for v in g.host_mut().unwrap_or(&mut []) {
+                    *v = (*v as f64 * scale) as f32;
+                }
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            for g in grads.iter_mut() {
+                let n = g.len();
+                let mut params = [0u32; 11];
+                params[0] = n as u32;
+                params[10] = max_norm.to_bits();
+                launch(&ctx, &CLIP, &[], &params, &[norm_sq, &**g], grid(n, WG))?;
+            }
+            Ok(())
+        }
+    }
+}
