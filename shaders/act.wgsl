@@ -51,3 +51,14 @@ fn act_derivative(code: u32, alpha: f32, x: f32) -> f32 {
         default: { return 1.0; }
     }
 }
+
+// Derivative from the output y = f(z), for all but gelu (whose output does not determine z).
+fn act_derivative_from_output(code: u32, alpha: f32, y: f32) -> f32 {
+    switch code {
+        case 1u: { return select(0.0, 1.0, y > 0.0); }
+        case 2u: { return select(alpha, 1.0, y > 0.0); }
+        case 3u: { return y * (1.0 - y); }
+        case 4u: { return 1.0 - y * y; }
+        default: { return 1.0; }
+    }
+}

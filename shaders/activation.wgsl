@@ -45,6 +45,16 @@ fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     dx[i] = dy[i] * act_derivative(p.code, p.alpha, x[i]);
 }
 
+// The same from the forward output: x holds y = f(z).
+@compute @workgroup_size(256)
+fn backward_from_output(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat(gid, nwg);
+    if i >= p.n {
+        return;
+    }
+    dx[i] = dy[i] * act_derivative_from_output(p.code, p.alpha, x[i]);
+}
+
 // Softmax, one invocation per row: for narrow rows a workgroup would sit mostly idle.
 @compute @workgroup_size(256)
 fn softmax_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

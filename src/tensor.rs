@@ -50,7 +50,11 @@ impl Tensor {
         if numel(shape) != data.len() {
             return Err(Error::shape(
                 "Tensor::from_slice",
-                format!("shape {shape:?} holds {} values but {} were given", numel(shape), data.len()),
+                format!(
+                    "shape {shape:?} holds {} values but {} were given",
+                    numel(shape),
+                    data.len()
+                ),
             ));
         }
         let storage = match device {
@@ -58,7 +62,10 @@ impl Tensor {
             Device::Gpu(ctx) => {
                 let buf = ctx.alloc(data.len())?;
                 ctx.upload(&buf, bytemuck::cast_slice(data));
-                Storage::Gpu(GpuBuffer { buf, ctx: ctx.clone() })
+                Storage::Gpu(GpuBuffer {
+                    buf,
+                    ctx: ctx.clone(),
+                })
             }
         };
         Ok(Tensor {
@@ -127,7 +134,10 @@ impl Tensor {
         match self.shape.as_slice() {
             [n] => Ok((1, *n)),
             [r, c] => Ok((*r, *c)),
-            s => Err(Error::shape(op, format!("expected a 1-D or 2-D tensor, got shape {s:?}"))),
+            s => Err(Error::shape(
+                op,
+                format!("expected a 1-D or 2-D tensor, got shape {s:?}"),
+            )),
         }
     }
 
@@ -164,7 +174,12 @@ impl Tensor {
         if data.len() != self.len() {
             return Err(Error::shape(
                 "Tensor::write",
-                format!("tensor {:?} holds {} values, got {}", self.shape, self.len(), data.len()),
+                format!(
+                    "tensor {:?} holds {} values, got {}",
+                    self.shape,
+                    self.len(),
+                    data.len()
+                ),
             ));
         }
         match &mut self.storage {
@@ -187,7 +202,11 @@ impl Tensor {
             (Storage::Gpu(d), Storage::Gpu(s)) if Arc::ptr_eq(&d.ctx, &s.ctx) => {
                 d.ctx.copy(&s.buf, &d.buf, src.len() as u64 * 4)
             }
-            _ => return Err(Error::DeviceMismatch { op: "Tensor::copy_from" }),
+            _ => {
+                return Err(Error::DeviceMismatch {
+                    op: "Tensor::copy_from",
+                })
+            }
         }
         Ok(())
     }

@@ -22,7 +22,10 @@ fn keep_rate_and_scale_are_right() {
     for rate in [0.1f32, 0.5, 0.8] {
         let kept = (0..n).filter(|&i| keep(7, rate, i)).count() as f64 / n as f64;
         // Binomial std at n = 2e5 is below 0.0012; allow 5 sigma.
-        assert!((kept - (1.0 - rate as f64)).abs() < 0.006, "rate {rate}: kept {kept}");
+        assert!(
+            (kept - (1.0 - rate as f64)).abs() < 0.006,
+            "rate {rate}: kept {kept}"
+        );
     }
     let x = vec![1.0f32; 1000];
     let (xc, _) = both(&x, &[1000]);
@@ -43,5 +46,8 @@ fn different_seeds_give_different_masks() {
 fn bad_rate_is_an_error() {
     let (xc, _) = both(&[1.0], &[1]);
     let mut out = Tensor::zeros(&kiln::Device::cpu(), &[1]).unwrap();
-    assert!(matches!(dropout_into(&xc, 1.0, 0, &mut out), Err(kiln::Error::InvalidArgument { .. })));
+    assert!(matches!(
+        dropout_into(&xc, 1.0, 0, &mut out),
+        Err(kiln::Error::InvalidArgument { .. })
+    ));
 }

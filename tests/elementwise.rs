@@ -54,5 +54,8 @@ fn shape_mismatch_is_an_error() {
     let (b, bg) = both(&random(6, 1), &[3, 2]);
     assert!(matches!(ew::add(&a, &b), Err(kiln::Error::Shape { .. })));
     assert!(matches!(ew::add(&ag, &bg), Err(kiln::Error::Shape { .. })));
-    assert!(matches!(ew::add(&a, &bg), Err(kiln::Error::Shape { .. } | kiln::Error::DeviceMismatch { .. })));
+    assert!(matches!(
+        ew::add(&a, &bg),
+        Err(kiln::Error::Shape { .. } | kiln::Error::DeviceMismatch { .. })
+    ));
 }

@@ -32,6 +32,12 @@ fn gather_checks_ranges() {
     let (dc, _) = both(&[1.0, 2.0, 3.0], &[3, 1]);
     let (ic, _) = both(&[0.0, 5.0], &[2]);
     let mut out = Tensor::zeros(&kiln::Device::cpu(), &[2, 1]).unwrap();
-    assert!(matches!(gather_rows_into(&dc, &ic, 0, &mut out), Err(kiln::Error::InvalidArgument { .. })));
-    assert!(matches!(gather_rows_into(&dc, &ic, 1, &mut out), Err(kiln::Error::Shape { .. })));
+    assert!(matches!(
+        gather_rows_into(&dc, &ic, 0, &mut out),
+        Err(kiln::Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        gather_rows_into(&dc, &ic, 1, &mut out),
+        Err(kiln::Error::Shape { .. })
+    ));
 }

@@ -32,7 +32,13 @@ fn check(g: Gemm, m: usize, n: usize, k: usize, bias: bool, seed: u64) {
     let (ac, ag) = both(&a, &a_shape);
     let (bc, bg) = both(&b, &b_shape);
     let (biasc, biasg) = both(&bv, &[n]);
-    let want = cpu_matmul(&g, g.dims(&ac, &bc, None).unwrap(), &a, &b, bias.then_some(&bv[..]));
+    let want = cpu_matmul(
+        &g,
+        g.dims(&ac, &bc, None).unwrap(),
+        &a,
+        &b,
+        bias.then_some(&bv[..]),
+    );
     let cpu = g.run(&ac, &bc, bias.then_some(&biasc)).unwrap();
     assert_close(&cpu.to_vec().unwrap(), &want, 0.0, 0.0, "cpu device");
     let gpu = g.run(&ag, &bg, bias.then_some(&biasg)).unwrap();
@@ -86,7 +92,11 @@ fn fused_bias_and_activation_match_reference() {
         Activation::Tanh,
         Activation::Gelu,
     ];
-    let kernels = [MatmulKernel::Blocked, MatmulKernel::Vec4, MatmulKernel::Tiled];
+    let kernels = [
+        MatmulKernel::Blocked,
+        MatmulKernel::Vec4,
+        MatmulKernel::Tiled,
+    ];
     for (i, act) in acts.into_iter().enumerate() {
         for kernel in kernels {
             for (m, n, k) in [(17, 33, 9), (128, 128, 784), (1000, 12, 64)] {
@@ -103,13 +113,25 @@ fn shape_errors_are_typed() {
     for dev in [cpu, gpu()] {
         let a = Tensor::zeros(&dev, &[3, 4]).unwrap();
         let b = Tensor::zeros(&dev, &[5, 6]).unwrap();
-        assert!(matches!(Gemm::nn().run(&a, &b, None), Err(kiln::Error::Shape { .. })));
+        assert!(matches!(
+            Gemm::nn().run(&a, &b, None),
+            Err(kiln::Error::Shape { .. })
+        ));
         let b = Tensor::zeros(&dev, &[4, 6]).unwrap();
         let bias = Tensor::zeros(&dev, &[5]).unwrap();
-        assert!(matches!(Gemm::nn().run(&a, &b, Some(&bias)), Err(kiln::Error::Shape { .. })));
+        assert!(matches!(
+            Gemm::nn().run(&a, &b, Some(&bias)),
+            Err(kiln::Error::Shape { .. })
+        ));
         let mut out = Tensor::zeros(&dev, &[3, 5]).unwrap();
-        assert!(matches!(Gemm::nn().run_into(&a, &b, None, &mut out), Err(kiln::Error::Shape { .. })));
+        assert!(matches!(
+            Gemm::nn().run_into(&a, &b, None, &mut out),
+            Err(kiln::Error::Shape { .. })
+        ));
         let t3 = Tensor::zeros(&dev, &[2, 2, 2]).unwrap();
-        assert!(matches!(Gemm::nn().run(&t3, &b, None), Err(kiln::Error::Shape { .. })));
+        assert!(matches!(
+            Gemm::nn().run(&t3, &b, None),
+            Err(kiln::Error::Shape { .. })
+        ));
     }
 }

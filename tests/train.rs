@@ -14,7 +14,10 @@ fn optimizers() -> Vec<(&'static str, Optimizer)> {
     vec![
         ("sgd", Optimizer::sgd(0.1)),
         ("momentum", Optimizer::sgd_momentum(0.05, 0.9, false)),
-        ("nesterov", Optimizer::sgd_momentum(0.05, 0.9, true).weight_decay(1e-3)),
+        (
+            "nesterov",
+            Optimizer::sgd_momentum(0.05, 0.9, true).weight_decay(1e-3),
+        ),
         ("adam", Optimizer::adam(1e-2)),
         ("adamw", Optimizer::adamw(1e-2, 0.05)),
         ("rmsprop", Optimizer::rmsprop(1e-2)),
@@ -33,12 +36,19 @@ fn cpu_and_gpu_training_agree_for_every_optimizer() {
         for device in [Device::cpu(), gpu()] {
             let spec = mlp().dense_with(Dense::new(4).regularize(1e-3, 1e-3));
             let model = spec.build(&device, 5).unwrap();
-            let mut t = model.compile(Loss::SparseCategoricalCrossEntropy, opt.clone(), &[]).unwrap();
+            let mut t = model
+                .compile(Loss::SparseCategoricalCrossEntropy, opt.clone(), &[])
+                .unwrap();
             for step in 0..3 {
                 let xs: Vec<f32> = x.iter().map(|v| v * (1.0 + step as f32 * 0.1)).collect();
                 t.train_batch(&xs, &y).unwrap();
             }
-            let p: Vec<Vec<f32>> = t.model.params().iter().map(|p| p.value.to_vec().unwrap()).collect();
+            let p: Vec<Vec<f32>> = t
+                .model
+                .params()
+                .iter()
+                .map(|p| p.value.to_vec().unwrap())
+                .collect();
             params.push(p);
         }
         for (i, (c, g)) in params[0].iter().zip(&params[1]).enumerate() {
@@ -86,12 +96,33 @@ fn model_gradients_match_finite_differences() {
     let y = [0usize, 3, 1, 2];
     let yf: Vec<f32> = y.iter().map(|&v| v as f32).collect();
     let model = mlp().build(&Device::cpu(), 3).unwrap();
-    let mut t = model.compile(Loss::SparseCategoricalCrossEntropy, Optimizer::sgd(0.1), &[]).unwrap();
+    let mut t = model
+        .compile(
+            Loss::SparseCategoricalCrossEntropy,
+            Optimizer::sgd(0.1),
+            &[],
+        )
+        .unwrap();
     let (loss, grads) = t.gradients(&x, &yf).unwrap();
-    let params: Vec<Vec<f64>> = t.model.params().iter().map(|p| p.value.to_vec().unwrap().iter().map(|&v| v as f64).collect()).collect();
+    let params: Vec<Vec<f64>> = t
+        .model
+        .params()
+        .iter()
+        .map(|p| {
+            p.value
+                .to_vec()
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect()
+        })
+        .collect();
     let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let base = f64_loss(&params, &xd, &y, rows);
-    assert!((base - loss as f64).abs() < 1e-5, "loss {loss} vs f64 {base}");
+    assert!(
+        (base - loss as f64).abs() < 1e-5,
+        "loss {loss} vs f64 {base}"
+    );
     let h = 1e-6;
     for (pi, (name, grad)) in grads.iter().enumerate() {
         for (k, &g) in grad.iter().enumerate() {
@@ -101,7 +132,10 @@ fn model_gradients_match_finite_differences() {
             minus[pi][k] -= h;
             let fd = (f64_loss(&plus, &xd, &y, rows) - f64_loss(&minus, &xd, &y, rows)) / (2.0 * h);
             // f32 analytic gradient vs f64 central difference.
-            assert!((g as f64 - fd).abs() <= 1e-5 + 1e-3 * fd.abs(), "{name}[{k}]: analytic {g}, numeric {fd}");
+            assert!(
+                (g as f64 - fd).abs() <= 1e-5 + 1e-3 * fd.abs(),
+                "{name}[{k}]: analytic {g}, numeric {fd}"
+            );
         }
     }
 }
@@ -120,14 +154,21 @@ fn xor_learns_to_full_accuracy_on_both_devices() {
             .dense(1)
             .sigmoid();
         let model = spec.build(&device, 1).unwrap();
-        let mut t = model.compile(Loss::Mse, Optimizer::sgd(2.0), &[Metric::BinaryAccuracy]).unwrap();
+        let mut t = model
+            .compile(Loss::Mse, Optimizer::sgd(2.0), &[Metric::BinaryAccuracy])
+            .unwrap();
         let opts = FitOptions {
             shuffle: false,
             ..FitOptions::new(3000, 4)
         };
         let history = t.fit(&x, &y, opts).unwrap();
         let classes = t.predict_classes(&x, 4).unwrap();
-        assert_eq!(classes, vec![0, 1, 1, 0], "{device:?}: final loss {:?}", history.last().map(|e| e.loss));
+        assert_eq!(
+            classes,
+            vec![0, 1, 1, 0],
+            "{device:?}: final loss {:?}",
+            history.last().map(|e| e.loss)
+        );
         let eval = t.evaluate(&x, &y, 4).unwrap();
         assert_eq!(eval.get("binary_accuracy"), Some(1.0));
         assert!(eval.loss < 0.05, "loss {}", eval.loss);
@@ -141,10 +182,21 @@ fn digits_mlp_reaches_95_percent() {
     };
     let (mut train, mut test) = data.split(0.2, 7);
     let scaler = train.scale(kiln::data::Scaling::Divide(16.0));
-    scaler.apply(&mut test);
+    scaler.apply(&mut test).unwrap();
     let device = gpu();
-    let model = Sequential::new(64).dense(64).relu().dense(10).build(&device, 1).unwrap();
-    let mut t = model.compile(Loss::SparseCategoricalCrossEntropy, Optimizer::adam(1e-2), &[Metric::Accuracy]).unwrap();
+    let model = Sequential::new(64)
+        .dense(64)
+        .relu()
+        .dense(10)
+        .build(&device, 1)
+        .unwrap();
+    let mut t = model
+        .compile(
+            Loss::SparseCategoricalCrossEntropy,
+            Optimizer::adam(1e-2),
+            &[Metric::Accuracy],
+        )
+        .unwrap();
     let opts = FitOptions {
         validation: Validation::Split(0.1),
         ..FitOptions::new(30, 32)
@@ -152,7 +204,10 @@ fn digits_mlp_reaches_95_percent() {
     let history = t.fit(&train.x, &train.y, opts).unwrap();
     let eval = t.evaluate(&test.x, &test.y, 256).unwrap();
     let acc = eval.get("accuracy").unwrap();
-    println!("digits: held-out accuracy {acc:.4}, last epoch {:?}", history.last());
+    println!(
+        "digits: held-out accuracy {acc:.4}, last epoch {:?}",
+        history.last()
+    );
     assert!(acc >= 0.95, "held-out accuracy {acc}");
     let cm = eval.confusion.unwrap();
     assert_eq!(cm.total() as usize, test.n);
@@ -164,9 +219,27 @@ fn same_seed_gives_same_weights() {
     let y: Vec<f32> = (0..40).map(|i| (i % 4) as f32).collect();
     let run = || {
         let model = mlp().dropout(0.3).dense(4).build(&gpu(), 9).unwrap();
-        let mut t = model.compile(Loss::SparseCategoricalCrossEntropy, Optimizer::adam(1e-2), &[]).unwrap();
-        t.fit(&x, &y, FitOptions { seed: 4, ..FitOptions::new(3, 8) }).unwrap();
-        t.model.params().iter().flat_map(|p| p.value.to_vec().unwrap()).collect::<Vec<f32>>()
+        let mut t = model
+            .compile(
+                Loss::SparseCategoricalCrossEntropy,
+                Optimizer::adam(1e-2),
+                &[],
+            )
+            .unwrap();
+        t.fit(
+            &x,
+            &y,
+            FitOptions {
+                seed: 4,
+                ..FitOptions::new(3, 8)
+            },
+        )
+        .unwrap();
+        t.model
+            .params()
+            .iter()
+            .flat_map(|p| p.value.to_vec().unwrap())
+            .collect::<Vec<f32>>()
     };
     assert_eq!(run(), run());
 }
@@ -175,31 +248,60 @@ fn same_seed_gives_same_weights() {
 fn bad_inputs_are_typed_errors() {
     let d = Device::cpu();
     // Layer sizes that don't chain name the layer.
-    let spec = Sequential::new(4).dense(8).add(kiln::Layer::Dense(Dense::with_inputs(7, 2)));
+    let spec = Sequential::new(4)
+        .dense(8)
+        .add(kiln::Layer::Dense(Dense::with_inputs(7, 2)));
     match spec.build(&d, 0) {
         Err(kiln::Error::Shape { op, .. }) => assert!(op.contains("layer 1"), "{op}"),
         other => panic!("expected a shape error, got {:?}", other.err()),
     }
     let model = Sequential::new(4).dense(3).build(&d, 0).unwrap();
-    let mut t = model.compile(Loss::SparseCategoricalCrossEntropy, Optimizer::sgd(0.1), &[]).unwrap();
+    let mut t = model
+        .compile(
+            Loss::SparseCategoricalCrossEntropy,
+            Optimizer::sgd(0.1),
+            &[],
+        )
+        .unwrap();
     // Labels out of range name the row and the class count.
     match t.train_batch(&[0.0; 8], &[0.0, 3.0]) {
         Err(kiln::Error::InvalidArgument { name, detail }) => {
-            assert!(name.contains("labels") && detail.contains("row 1") && detail.contains("3 classes"), "{detail}")
+            assert!(
+                name.contains("labels") && detail.contains("row 1") && detail.contains("3 classes"),
+                "{detail}"
+            )
         }
         other => panic!("expected a label error, got {other:?}"),
     }
     // A batch of the wrong width.
-    assert!(matches!(t.train_batch(&[0.0; 10], &[0.0, 1.0]), Err(kiln::Error::Shape { .. })));
+    assert!(matches!(
+        t.train_batch(&[0.0; 10], &[0.0, 1.0]),
+        Err(kiln::Error::Shape { .. })
+    ));
     // NaN inputs.
-    assert!(matches!(t.train_batch(&[f32::NAN; 4], &[0.0]), Err(kiln::Error::InvalidArgument { .. })));
+    assert!(matches!(
+        t.train_batch(&[f32::NAN; 4], &[0.0]),
+        Err(kiln::Error::InvalidArgument { .. })
+    ));
     // Targets that don't match the rows.
-    assert!(matches!(t.fit(&[0.0; 8], &[0.0], FitOptions::default()), Err(kiln::Error::Shape { .. })));
+    assert!(matches!(
+        t.fit(&[0.0; 8], &[0.0], FitOptions::default()),
+        Err(kiln::Error::Shape { .. })
+    ));
 }
 
 #[test]
 fn optimizer_rules_have_the_documented_state() {
-    assert_eq!(Rule::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, amsgrad: true }.state_slots(), 3);
+    assert_eq!(
+        Rule::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            amsgrad: true
+        }
+        .state_slots(),
+        3
+    );
     assert!(Optimizer::from_name("adamw", 1e-3).is_some());
     assert!(Optimizer::from_name("lbfgs", 1e-3).is_none());
 }

@@ -27,8 +27,10 @@ impl AdapterSummary {
             name: info.name,
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
-            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
+            max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
         }
     }
@@ -107,7 +109,10 @@ pub(crate) fn choose(instance: &wgpu::Instance, name: Option<&str>) -> Result<wg
         Some(n) => Some(n.to_lowercase()),
         None => std::env::var("KILN_ADAPTER").ok().map(|s| s.to_lowercase()),
     };
-    let names: Vec<String> = adapters.iter().map(|a| AdapterSummary::of(a).to_string()).collect();
+    let names: Vec<String> = adapters
+        .iter()
+        .map(|a| AdapterSummary::of(a).to_string())
+        .collect();
     let best = adapters
         .into_iter()
         .filter(|a| match &filter {

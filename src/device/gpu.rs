@@ -133,7 +133,11 @@ impl GpuContext {
         let param_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(PARAM_BYTES);
         let arena = |i| {
             device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(if i == 0 { "kiln params 0" } else { "kiln params 1" }),
+                label: Some(if i == 0 {
+                    "kiln params 0"
+                } else {
+                    "kiln params 1"
+                }),
                 size: param_stride * ARENA_SLOTS,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
@@ -198,7 +202,7 @@ impl GpuContext {
     /// Checks a tensor's size against the adapter's limits.
     pub(crate) fn check_size(&self, what: &str, len: usize) -> Result<u64> {
         let size = buffer_bytes(len);
-        let binding = self.limits.max_storage_buffer_binding_size as u64;
+        let binding = self.limits.max_storage_buffer_binding_size;
         if size > self.limits.max_buffer_size {
             return Err(Error::OverLimit {
                 what: what.to_string(),
@@ -285,19 +289,23 @@ impl GpuContext {
                         label: Some("kiln layout"),
                         entries: &entries,
                     });
-                let pipeline = self
-                    .device
-                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                        label: Some("kiln pipeline layout"),
-                        bind_group_layouts: &[Some(&bind)],
-                        immediate_size: 0,
-                    });
+                let pipeline =
+                    self.device
+                        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                            label: Some("kiln pipeline layout"),
+                            bind_group_layouts: &[Some(&bind)],
+                            immediate_size: 0,
+                        });
                 Arc::new(Layout { bind, pipeline })
             })
             .clone()
     }
 
-    fn pipeline(&self, k: &Kernel, constants: &[(&'static str, f64)]) -> Result<wgpu::ComputePipeline> {
+    fn pipeline(
+        &self,
+        k: &Kernel,
+        constants: &[(&'static str, f64)],
+    ) -> Result<wgpu::ComputePipeline> {
         let key = PipelineKey {
             file: k.file,
             entry: k.entry,
@@ -350,7 +358,10 @@ impl GpuContext {
         let max = self.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
             return Err(Error::OverLimit {
-                what: format!("dispatch of {}::{} ({groups:?} workgroups)", k.file, k.entry),
+                what: format!(
+                    "dispatch of {}::{} ({groups:?} workgroups)",
+                    k.file, k.entry
+                ),
                 size: groups.iter().copied().max().unwrap_or(0) as u64,
                 limit_name: "max_compute_workgroups_per_dimension",
                 limit: max as u64,
@@ -366,7 +377,9 @@ impl GpuContext {
         let bytes: &[u8] = bytemuck::cast_slice(params);
         block[..bytes.len()].copy_from_slice(bytes);
         pending.params.extend_from_slice(&block);
-        pending.params.resize(offset + self.param_stride as usize, 0);
+        pending
+            .params
+            .resize(offset + self.param_stride as usize, 0);
         let arena = pending.arena;
         let bind_group = self.bind_group(k, arena, buffers);
         let pass = self.pass(&mut pending);
@@ -399,10 +412,15 @@ impl GpuContext {
                 size: wgpu::BufferSize::new(PARAM_BYTES),
             }),
         }];
-        entries.extend(buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
-            binding: 1 + i as u32,
-            resource: b.as_entire_binding(),
-        }));
+        entries.extend(
+            buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: 1 + i as u32,
+                    resource: b.as_entire_binding(),
+                }),
+        );
         let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &layout.bind,
@@ -416,7 +434,9 @@ impl GpuContext {
         pending.pass = None;
         pending.encoder.get_or_insert_with(|| {
             self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln") })
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("kiln"),
+                })
         })
     }
 
@@ -434,7 +454,8 @@ impl GpuContext {
     /// Records a buffer-to-buffer copy after the dispatches recorded so far.
     pub(crate) fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
         let mut pending = lock(&self.pending);
-        self.encoder(&mut pending).copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+        self.encoder(&mut pending)
+            .copy_buffer_to_buffer(src, 0, dst, 0, bytes);
     }
 
     /// Records a zero fill of `dst`.
@@ -460,7 +481,8 @@ impl GpuContext {
             },
         );
         let n = data.len() as u64;
-        self.encoder(&mut pending).copy_buffer_to_buffer(&staging, 0, dst, 0, n);
+        self.encoder(&mut pending)
+            .copy_buffer_to_buffer(&staging, 0, dst, 0, n);
     }
 
     fn submit(&self, pending: &mut Pending) {
@@ -469,7 +491,8 @@ impl GpuContext {
             return;
         };
         if !pending.params.is_empty() {
-            self.queue.write_buffer(&self.arenas[pending.arena], 0, &pending.params);
+            self.queue
+                .write_buffer(&self.arenas[pending.arena], 0, &pending.params);
         }
         self.queue.submit([encoder.finish()]);
         self.submissions.fetch_add(1, Ordering::Relaxed);
@@ -506,7 +529,8 @@ impl GpuContext {
         {
             let mut pending = lock(&self.pending);
             if padded > 0 {
-                self.encoder(&mut pending).copy_buffer_to_buffer(src, 0, &staging, 0, padded);
+                self.encoder(&mut pending)
+                    .copy_buffer_to_buffer(src, 0, &staging, 0, padded);
             }
             self.submit(&mut pending);
         }
@@ -525,10 +549,6 @@ impl GpuContext {
         staging.unmap();
         self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
         Ok(out)
-    }
-
-    pub(crate) fn forget(&self, size: u64) {
-        self.bytes_allocated.fetch_sub(size, Ordering::Relaxed);
     }
 }
 

@@ -122,7 +122,8 @@ impl Sequential {
         }
     }
 
-    /// Appends any layer.
+    /// Appends any layer (Keras's `model.add`).
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, layer: Layer) -> Sequential {
         self.layers.push(layer);
         self
@@ -183,7 +184,10 @@ impl Sequential {
         let mut width = self.input;
         let mut out = Vec::with_capacity(self.layers.len());
         if width == 0 {
-            return Err(crate::Error::arg("Sequential input", "a model needs at least one input feature"));
+            return Err(crate::Error::arg(
+                "Sequential input",
+                "a model needs at least one input feature",
+            ));
         }
         for (i, layer) in self.layers.iter().enumerate() {
             match layer {
@@ -192,12 +196,17 @@ impl Sequential {
                         if inputs != width {
                             return Err(crate::Error::shape(
                                 format!("layer {i} (dense)"),
-                                format!("declared {inputs} inputs but the previous layer gives {width}"),
+                                format!(
+                                    "declared {inputs} inputs but the previous layer gives {width}"
+                                ),
                             ));
                         }
                     }
                     if d.units == 0 {
-                        return Err(crate::Error::arg(format!("layer {i} (dense) units"), "must be at least 1"));
+                        return Err(crate::Error::arg(
+                            format!("layer {i} (dense) units"),
+                            "must be at least 1",
+                        ));
                     }
                     width = d.units;
                 }

@@ -87,12 +87,30 @@ impl Sequential {
             match layer {
                 Layer::Dense(d) => {
                     let layer_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(i as u64);
-                    let w = d.kernel_init.sample(d.units * width, width, d.units, layer_seed);
-                    params.push(Param::new(device, format!("{i}.weight"), &w, &[d.units, width], d.l1, d.l2)?);
+                    let w = d
+                        .kernel_init
+                        .sample(d.units * width, width, d.units, layer_seed);
+                    params.push(Param::new(
+                        device,
+                        format!("{i}.weight"),
+                        &w,
+                        &[d.units, width],
+                        d.l1,
+                        d.l2,
+                    )?);
                     let w_index = params.len() - 1;
                     let b = if d.use_bias {
-                        let v = d.bias_init.sample(d.units, width, d.units, layer_seed ^ 0xb1a5);
-                        params.push(Param::new(device, format!("{i}.bias"), &v, &[d.units], 0.0, 0.0)?);
+                        let v = d
+                            .bias_init
+                            .sample(d.units, width, d.units, layer_seed ^ 0xb1a5);
+                        params.push(Param::new(
+                            device,
+                            format!("{i}.bias"),
+                            &v,
+                            &[d.units],
+                            0.0,
+                            0.0,
+                        )?);
                         Some(params.len() - 1)
                     } else {
                         None
@@ -131,7 +149,14 @@ impl Sequential {
 }
 
 impl Param {
-    fn new(device: &Device, name: String, v: &[f32], shape: &[usize], l1: f32, l2: f32) -> Result<Param> {
+    fn new(
+        device: &Device,
+        name: String,
+        v: &[f32],
+        shape: &[usize],
+        l1: f32,
+        l2: f32,
+    ) -> Result<Param> {
         Ok(Param {
             name,
             value: Tensor::from_slice(device, v, shape)?,
@@ -210,7 +235,10 @@ impl Model {
         let mut kinds: HashMap<&str, usize> = HashMap::new();
         let mut out = format!("Model: sequential on {}\n", self.device.name());
         let rule = "─".repeat(64);
-        out += &format!("{rule}\n{:<28}{:<20}{:>16}\n{rule}\n", "Layer (type)", "Output Shape", "Param #");
+        out += &format!(
+            "{rule}\n{:<28}{:<20}{:>16}\n{rule}\n",
+            "Layer (type)", "Output Shape", "Param #"
+        );
         for (i, layer) in self.spec.layers.iter().enumerate() {
             let kind = layer.kind();
             let k = kinds.entry(kind).or_default();
@@ -219,21 +247,35 @@ impl Model {
             let count = match layer {
                 Layer::Dense(d) => {
                     dense_seen += 1;
-                    let inputs = if i == 0 { self.spec.input } else { self.widths[i - 1] };
+                    let inputs = if i == 0 {
+                        self.spec.input
+                    } else {
+                        self.widths[i - 1]
+                    };
                     d.units * inputs + if d.use_bias { d.units } else { 0 }
                 }
                 _ => 0,
             };
-            out += &format!("{name:<28}{:<20}{count:>16}\n", format!("(None, {})", self.widths[i]));
+            out += &format!(
+                "{name:<28}{:<20}{count:>16}\n",
+                format!("(None, {})", self.widths[i])
+            );
         }
         let total = self.param_count();
-        out += &format!("{rule}\nTotal params: {total} ({:.2} KB)\n", total as f64 * 4.0 / 1024.0);
+        out += &format!(
+            "{rule}\nTotal params: {total} ({:.2} KB)\n",
+            total as f64 * 4.0 / 1024.0
+        );
         out += &format!("Trainable params: {total}\nDense layers: {dense_seen}\n");
         out
     }
 
     /// The workspace for this batch size and target width, created on first use.
-    pub(crate) fn workspace(&mut self, batch: usize, target_width: usize) -> Result<&mut Workspace> {
+    pub(crate) fn workspace(
+        &mut self,
+        batch: usize,
+        target_width: usize,
+    ) -> Result<&mut Workspace> {
         if !self.workspaces.contains_key(&(batch, target_width)) {
             // Keep at most a few shapes (the full batch, the last partial one, evaluation).
             if self.workspaces.len() >= 4 {
@@ -242,7 +284,10 @@ impl Model {
             let ws = self.new_workspace(batch, target_width)?;
             self.workspaces.insert((batch, target_width), ws);
         }
-        Ok(self.workspaces.get_mut(&(batch, target_width)).expect("inserted above"))
+        Ok(self
+            .workspaces
+            .get_mut(&(batch, target_width))
+            .expect("inserted above"))
     }
 
     fn new_workspace(&self, batch: usize, target_width: usize) -> Result<Workspace> {
@@ -258,7 +303,10 @@ impl Model {
         let grads = widths
             .iter()
             .enumerate()
-            .map(|(i, &w)| Tensor::zeros(d, if i == 0 { &[1] } else { &[batch, w] }))
+            .map(|(i, &w)| {
+                let shape = if i == 0 { vec![1] } else { vec![batch, w] };
+                Tensor::zeros(d, &shape)
+            })
             .collect::<Result<Vec<_>>>()?;
         let dz = self
             .stages
@@ -271,12 +319,11 @@ impl Model {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
-        let target_shape: &[usize] = if target_width == 1 { &[batch] } else { &[batch, target_width] };
         Ok(Workspace {
             acts,
             grads,
             dz,
-            target: Tensor::zeros(d, target_shape)?,
+            target: Tensor::zeros(d, &[batch, target_width])?,
             loss: Tensor::zeros(d, &[1])?,
         })
     }
@@ -297,21 +344,33 @@ impl Model {
     /// Dropout seed of stage `i` in the current training step.
     fn dropout_seed(&self, i: usize) -> u32 {
         let s = self.seed as u32 ^ (self.seed >> 32) as u32;
-        s.wrapping_mul(0x9e37_79b9) ^ self.dropout_step.wrapping_mul(0x85eb_ca6b) ^ (i as u32).wrapping_mul(0xc2b2_ae35)
+        s.wrapping_mul(0x9e37_79b9)
+            ^ self.dropout_step.wrapping_mul(0x85eb_ca6b)
+            ^ (i as u32).wrapping_mul(0xc2b2_ae35)
     }
 
     /// Runs `stages` on the workspace input acts[0]; dropout is active when `training`.
-    pub(crate) fn forward_ws(&mut self, key: (usize, usize), stages: &[Stage], training: bool) -> Result<()> {
+    pub(crate) fn forward_ws(
+        &mut self,
+        key: (usize, usize),
+        stages: &[Stage],
+        training: bool,
+    ) -> Result<()> {
         let seeds: Vec<u32> = (0..stages.len()).map(|i| self.dropout_seed(i)).collect();
         let params = &self.params;
-        let ws = self.workspaces.get_mut(&key).ok_or_else(|| Error::arg("workspace", "not created"))?;
+        let ws = self
+            .workspaces
+            .get_mut(&key)
+            .ok_or_else(|| Error::arg("workspace", "not created"))?;
         for (i, stage) in stages.iter().enumerate() {
             let (before, after) = ws.acts.split_at_mut(i + 1);
             let (x, y) = (&before[i], &mut after[0]);
             match *stage {
                 Stage::Dense { w, b, act } => {
                     let bias = b.map(|b| &params[b].value);
-                    Gemm::nt().with_act(act).run_into(x, &params[w].value, bias, y)?
+                    Gemm::nt()
+                        .with_act(act)
+                        .run_into(x, &params[w].value, bias, y)?
                 }
                 Stage::Act(act) => activation_into(act, x, y)?,
                 Stage::Softmax => softmax_into(x, y)?,
@@ -326,7 +385,10 @@ impl Model {
     pub(crate) fn backward_ws(&mut self, key: (usize, usize), stages: &[Stage]) -> Result<()> {
         let seeds: Vec<u32> = (0..stages.len()).map(|i| self.dropout_seed(i)).collect();
         let params = &mut self.params;
-        let ws = self.workspaces.get_mut(&key).ok_or_else(|| Error::arg("workspace", "not created"))?;
+        let ws = self
+            .workspaces
+            .get_mut(&key)
+            .ok_or_else(|| Error::arg("workspace", "not created"))?;
         for (i, stage) in stages.iter().enumerate().rev() {
             let (gb, ga) = ws.grads.split_at_mut(i + 1);
             let (dx, dy) = (&mut gb[i], &ga[0]);
@@ -371,10 +433,13 @@ impl Model {
     /// Number of rows in a flat input, checking the width.
     pub(crate) fn rows_of(&self, x: &[f32], what: &str) -> Result<usize> {
         let w = self.spec.input;
-        if x.is_empty() || x.len() % w != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(w) {
             return Err(Error::shape(
                 what,
-                format!("{} input values are not whole rows of the model's {w} features", x.len()),
+                format!(
+                    "{} input values are not whole rows of the model's {w} features",
+                    x.len()
+                ),
             ));
         }
         Ok(x.len() / w)

@@ -22,6 +22,10 @@ const BACKWARD: Kernel = Kernel {
     inputs: 2,
     ..FORWARD
 };
+const BACKWARD_FROM_OUTPUT: Kernel = Kernel {
+    entry: "backward_from_output",
+    ..BACKWARD
+};
 const SOFTMAX_ROWS: Kernel = Kernel {
     entry: "softmax_rows",
     ..FORWARD
@@ -93,6 +97,23 @@ impl Activation {
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Tanh => x.tanh(),
             Activation::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
+        }
+    }
+
+    /// True when f'(z) follows from y = f(z) alone (all but GELU).
+    pub fn derivative_from_output(self) -> bool {
+        self != Activation::Gelu
+    }
+
+    /// CPU reference: f'(z) from the output y = f(z), in f64.
+    pub fn derivative_at_output(self, y: f64) -> f64 {
+        match self {
+            Activation::Identity => 1.0,
+            // y > 0 exactly when z > 0 (a leaky slope is positive).
+            Activation::Relu | Activation::LeakyRelu(_) => self.derivative(y),
+            Activation::Sigmoid => y * (1.0 - y),
+            Activation::Tanh => 1.0 - y * y,
+            Activation::Gelu => f64::NAN,
         }
     }
 
@@ -212,6 +233,34 @@ pub fn activation_backward_into(
     dy: &Tensor,
     dx: &mut Tensor,
 ) -> Result<()> {
+    backward_impl(act, x, dy, dx, false)
+}
+
+/// `dx = dy * act'(z)` computed from the forward output `y = act(z)`, for activations
+/// where [`Activation::derivative_from_output`] holds: lets a dense layer fuse its
+/// activation into the matmul and keep only the output.
+pub fn activation_grad_from_output_into(
+    act: Activation,
+    y: &Tensor,
+    dy: &Tensor,
+    dx: &mut Tensor,
+) -> Result<()> {
+    if !act.derivative_from_output() {
+        return Err(Error::arg(
+            "activation",
+            format!("{act:?}'s derivative cannot be computed from its output"),
+        ));
+    }
+    backward_impl(act, y, dy, dx, true)
+}
+
+fn backward_impl(
+    act: Activation,
+    x: &Tensor,
+    dy: &Tensor,
+    dx: &mut Tensor,
+    from_output: bool,
+) -> Result<()> {
     let name = "activation_backward";
     same_shape(name, x, dy)?;
     same_shape(name, x, dx)?;
@@ -220,14 +269,24 @@ pub fn activation_backward_into(
             let (src, grad) = (x.host().unwrap_or(&[]), dy.host().unwrap_or(&[]));
             let dst = dx.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
             for ((o, v), g) in dst.iter_mut().zip(src).zip(grad) {
-                *o = (f64::from(*g) * act.derivative(f64::from(*v))) as f32;
+                let d = if from_output {
+                    act.derivative_at_output(f64::from(*v))
+                } else {
+                    act.derivative(f64::from(*v))
+                };
+                *o = (f64::from(*g) * d) as f32;
             }
             Ok(())
         }
         Device::Gpu(ctx) => {
             let n = x.len();
             let params = [n as u32, 0, act.code(), act.alpha().to_bits()];
-            launch(&ctx, &BACKWARD, &[], &params, &[x, dy, dx], grid(n, WG))
+            let kernel = if from_output {
+                &BACKWARD_FROM_OUTPUT
+            } else {
+                &BACKWARD
+            };
+            launch(&ctx, kernel, &[], &params, &[x, dy, dx], grid(n, WG))
         }
     }
 }

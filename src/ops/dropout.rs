@@ -34,15 +34,28 @@ pub fn keep(seed: u32, rate: f32, i: u32) -> bool {
 /// `out = x * mask / (1 - rate)`. The backward pass is the same call on the gradient.
 pub fn dropout_into(x: &Tensor, rate: f32, seed: u32, out: &mut Tensor) -> Result<()> {
     if !(0.0..1.0).contains(&rate) {
-        return Err(Error::arg("dropout rate", format!("{rate} is not in [0, 1)")));
+        return Err(Error::arg(
+            "dropout rate",
+            format!("{rate} is not in [0, 1)"),
+        ));
     }
     same_shape("dropout", x, out)?;
     let scale = 1.0 / (1.0 - rate);
     match device_of("dropout", &[x, out])? {
         Device::Cpu => {
             let src = x.host().unwrap_or(&[]);
-            for (i, (o, v)) in out.host_mut().unwrap_or(&mut []).iter_mut().zip(src).enumerate() {
-                *o = if keep(seed, rate, i as u32) { v * scale } else { 0.0 };
+            for (i, (o, v)) in out
+                .host_mut()
+                .unwrap_or(&mut [])
+                .iter_mut()
+                .zip(src)
+                .enumerate()
+            {
+                *o = if keep(seed, rate, i as u32) {
+                    v * scale
+                } else {
+                    0.0
+                };
             }
             Ok(())
         }

@@ -67,7 +67,14 @@ pub fn binary_into(op: BinaryOp, a: &Tensor, b: &Tensor, out: &mut Tensor) -> Re
         Device::Gpu(ctx) => {
             let n = a.len();
             let constants = [("OP", op as u32 as f64)];
-            launch(&ctx, &BINARY, &constants, &[n as u32], &[a, b, out], grid(n, WG))
+            launch(
+                &ctx,
+                &BINARY,
+                &constants,
+                &[n as u32],
+                &[a, b, out],
+                grid(n, WG),
+            )
         }
     }
 }
@@ -138,7 +145,13 @@ pub fn add_penalty_grad(w: &Tensor, grad: &mut Tensor, l1: f32, l2: f32) -> Resu
         Device::Cpu => {
             let src = w.host().unwrap_or(&[]);
             for (g, w) in grad.host_mut().unwrap_or(&mut []).iter_mut().zip(src) {
-                let sign = if *w > 0.0 { 1.0 } else if *w < 0.0 { -1.0 } else { 0.0 };
+                let sign = if *w > 0.0 {
+                    1.0
+                } else if *w < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
                 *g += l1 * sign + 2.0 * l2 * w;
             }
             Ok(())

@@ -19,7 +19,12 @@ pub const MAX_ROWS: usize = 1 << 24;
 /// `out[i, :] = data[index[start + i], :]` for every row of `out`.
 ///
 /// `data` is [n, cols] (or [n] for one column), `index` holds row numbers as f32.
-pub fn gather_rows_into(data: &Tensor, index: &Tensor, start: usize, out: &mut Tensor) -> Result<()> {
+pub fn gather_rows_into(
+    data: &Tensor,
+    index: &Tensor,
+    start: usize,
+    out: &mut Tensor,
+) -> Result<()> {
     let (n, cols) = match data.shape() {
         [n] => (*n, 1),
         _ => data.dims2("gather_rows")?,
@@ -34,11 +39,18 @@ pub fn gather_rows_into(data: &Tensor, index: &Tensor, start: usize, out: &mut T
     if start + rows > index.len() {
         return Err(Error::shape(
             "gather_rows",
-            format!("rows {start}..{} past the {} indices", start + rows, index.len()),
+            format!(
+                "rows {start}..{} past the {} indices",
+                start + rows,
+                index.len()
+            ),
         ));
     }
     if n > MAX_ROWS {
-        return Err(Error::arg("data set", format!("{n} rows, at most {MAX_ROWS} are supported")));
+        return Err(Error::arg(
+            "data set",
+            format!("{n} rows, at most {MAX_ROWS} are supported"),
+        ));
     }
     match device_of("gather_rows", &[data, index, out])? {
         Device::Cpu => {
@@ -47,7 +59,10 @@ pub fn gather_rows_into(data: &Tensor, index: &Tensor, start: usize, out: &mut T
             for (i, dst) in o.chunks_mut(cols.max(1)).enumerate() {
                 let src = idx[start + i] as usize;
                 if src >= n {
-                    return Err(Error::arg("index", format!("row {src} of a {n}-row data set")));
+                    return Err(Error::arg(
+                        "index",
+                        format!("row {src} of a {n}-row data set"),
+                    ));
                 }
                 dst.copy_from_slice(&d[src * cols..(src + 1) * cols]);
             }
@@ -55,7 +70,14 @@ pub fn gather_rows_into(data: &Tensor, index: &Tensor, start: usize, out: &mut T
         }
         Device::Gpu(ctx) => {
             let params = [rows as u32, cols as u32, start as u32];
-            launch(&ctx, &GATHER, &[], &params, &[data, index, out], grid(rows * cols, WG))
+            launch(
+                &ctx,
+                &GATHER,
+                &[],
+                &params,
+                &[data, index, out],
+                grid(rows * cols, WG),
+            )
         }
     }
 }

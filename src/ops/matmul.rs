@@ -153,7 +153,12 @@ impl Gemm {
         if out.len() != d.m * d.n {
             return Err(Error::shape(
                 "matmul",
-                format!("output is {:?}, the product is [{}, {}]", out.shape(), d.m, d.n),
+                format!(
+                    "output is {:?}, the product is [{}, {}]",
+                    out.shape(),
+                    d.m,
+                    d.n
+                ),
             ));
         }
         let mut operands = vec![a, b];
@@ -184,9 +189,17 @@ impl Gemm {
 
     /// The vec4 kernel reads rows of 4 along the contiguous dimension of each operand.
     fn vec4_ok(&self, d: Dims) -> bool {
-        let a_ok = if self.trans_a { d.m % 4 == 0 } else { d.k % 4 == 0 };
-        let b_ok = if self.trans_b { d.k % 4 == 0 } else { d.n % 4 == 0 };
-        a_ok && b_ok && d.n % 4 == 0
+        let a_ok = if self.trans_a {
+            d.m.is_multiple_of(4)
+        } else {
+            d.k.is_multiple_of(4)
+        };
+        let b_ok = if self.trans_b {
+            d.k.is_multiple_of(4)
+        } else {
+            d.n.is_multiple_of(4)
+        };
+        a_ok && b_ok && d.n.is_multiple_of(4)
     }
 
     fn dispatch(
@@ -224,15 +237,34 @@ impl Gemm {
         ];
         // Without a bias, B stands in for the unused binding (both are read-only).
         let bias = bias.unwrap_or(b);
-        launch(ctx, &kernel, &constants, &params, &[a, b, bias, out], groups)
+        launch(
+            ctx,
+            &kernel,
+            &constants,
+            &params,
+            &[a, b, bias, out],
+            groups,
+        )
     }
 }
 
 /// CPU reference: `act(op(A) op(B) + bias)` with f64 accumulation.
 pub fn cpu_matmul(g: &Gemm, d: Dims, a: &[f32], b: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let Dims { m, n, k } = d;
-    let at = |i: usize, p: usize| if g.trans_a { a[p * m + i] } else { a[i * k + p] };
-    let bt = |p: usize, j: usize| if g.trans_b { b[j * k + p] } else { b[p * n + j] };
+    let at = |i: usize, p: usize| {
+        if g.trans_a {
+            a[p * m + i]
+        } else {
+            a[i * k + p]
+        }
+    };
+    let bt = |p: usize, j: usize| {
+        if g.trans_b {
+            b[j * k + p]
+        } else {
+            b[p * n + j]
+        }
+    };
     let mut c = vec![0.0f32; m * n];
     let mut row = vec![0.0f64; n];
     for i in 0..m {

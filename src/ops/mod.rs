@@ -67,11 +67,14 @@ pub(crate) fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() == b.shape() {
         Ok(())
     } else {
-        Err(Error::shape(op, format!("{:?} vs {:?}", a.shape(), b.shape())))
+        Err(Error::shape(
+            op,
+            format!("{:?} vs {:?}", a.shape(), b.shape()),
+        ))
     }
 }
 
-/// Host slices of CPU tensors, or `None` if any is on the GPU.
-pub(crate) fn host<'a>(t: &'a Tensor) -> &'a [f32] {
+/// The host values of a CPU tensor (empty for a GPU tensor).
+pub(crate) fn host(t: &Tensor) -> &[f32] {
     t.host().unwrap_or(&[])
 }

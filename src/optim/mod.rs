@@ -130,7 +130,13 @@ impl Optimizer {
     }
 
     /// Updates every parameter from its gradient: `t` is the 1-based step.
-    pub(crate) fn step(&self, params: &mut [Param], lr: f32, t: u64, norm: &mut Tensor) -> Result<()> {
+    pub(crate) fn step(
+        &self,
+        params: &mut [Param],
+        lr: f32,
+        t: u64,
+        norm: &mut Tensor,
+    ) -> Result<()> {
         if let Some(max_norm) = self.clip_norm {
             optim::global_norm_sq_into(&params.iter().map(|p| &p.grad).collect::<Vec<_>>(), norm)?;
             let mut grads: Vec<&mut Tensor> = params.iter_mut().map(|p| &mut p.grad).collect();
@@ -145,7 +151,15 @@ impl Optimizer {
             if p.l1 != 0.0 || p.l2 != 0.0 {
                 crate::ops::elementwise::add_penalty_grad(&p.value, &mut p.grad, p.l1, p.l2)?;
             }
-            optim::step(&self.rule, lr, self.weight_decay, t, &mut p.value, &p.grad, &mut p.state)?;
+            optim::step(
+                &self.rule,
+                lr,
+                self.weight_decay,
+                t,
+                &mut p.value,
+                &p.grad,
+                &mut p.state,
+            )?;
         }
         Ok(())
     }

@@ -26,8 +26,16 @@ impl EpochLog {
             "loss" => Some(self.loss),
             "val_loss" => self.val_loss,
             _ => match name.strip_prefix("val_") {
-                Some(m) => self.val_metrics.iter().find(|(n, _)| n == m).map(|(_, v)| *v),
-                None => self.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v),
+                Some(m) => self
+                    .val_metrics
+                    .iter()
+                    .find(|(n, _)| n == m)
+                    .map(|(_, v)| *v),
+                None => self
+                    .metrics
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| *v),
             },
         }
     }
@@ -77,7 +85,13 @@ impl History {
                 .iter()
                 .map(|c| e.get(c).map_or(String::new(), |v| format!("{v:.6}")))
                 .collect();
-            out += &format!("{},{},{},{:.3}\n", e.epoch, values.join(","), e.lr, e.seconds);
+            out += &format!(
+                "{},{},{},{:.3}\n",
+                e.epoch,
+                values.join(","),
+                e.lr,
+                e.seconds
+            );
         }
         out
     }

@@ -1,8 +1,11 @@
 //! Metrics, accumulated on the device over an epoch and read back once.
 
+use super::Evaluation;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::metrics::{abs_sq_error_accumulate, confusion_accumulate, confusion_accumulate_binary, ConfusionMatrix};
+use crate::ops::metrics::{
+    abs_sq_error_accumulate, confusion_accumulate, confusion_accumulate_binary, ConfusionMatrix,
+};
 use crate::tensor::Tensor;
 
 /// A metric reported by `fit` and `evaluate`.
@@ -72,7 +75,12 @@ pub(crate) struct Accumulator {
 }
 
 impl Accumulator {
-    pub fn new(device: &Device, metrics: &[Metric], outputs: usize, logits: bool) -> Result<Accumulator> {
+    pub fn new(
+        device: &Device,
+        metrics: &[Metric],
+        outputs: usize,
+        logits: bool,
+    ) -> Result<Accumulator> {
         let classes = outputs.max(2);
         let confusion = if metrics.iter().any(|m| m.needs_confusion()) {
             Some(Tensor::zeros(device, &[classes, classes])?)
@@ -113,7 +121,7 @@ impl Accumulator {
     }
 
     /// Reads the sums back (the one readback of an epoch) and returns (loss, metrics).
-    pub fn finish(&self) -> Result<(f64, Vec<(String, f64)>, Option<ConfusionMatrix>)> {
+    pub fn finish(&self) -> Result<Evaluation> {
         let rows = self.rows.max(1) as f64;
         let loss = self.loss_sum.to_vec()?[0] as f64 / rows;
         let confusion = match &self.confusion {
@@ -124,7 +132,11 @@ impl Accumulator {
             Some(e) => e.to_vec()?,
             None => vec![0.0, 0.0],
         };
-        let elements = if self.errors.is_some() { self.error_elements() } else { 1.0 };
+        let elements = if self.errors.is_some() {
+            self.error_elements()
+        } else {
+            1.0
+        };
         let mut out = Vec::new();
         for m in &self.metrics {
             let v = match (m, &confusion) {
@@ -138,7 +150,11 @@ impl Accumulator {
             };
             out.push((m.name().to_string(), v));
         }
-        Ok((loss, out, confusion))
+        Ok(Evaluation {
+            loss,
+            metrics: out,
+            confusion,
+        })
     }
 
     fn error_elements(&self) -> f64 {

@@ -27,6 +27,9 @@ use crate::optim::Optimizer;
 use crate::tensor::Tensor;
 use metrics::Accumulator;
 
+/// Named host copies of tensors, e.g. parameter gradients.
+pub type NamedValues = Vec<(String, Vec<f32>)>;
+
 /// Where validation data comes from.
 #[derive(Clone, Debug, Default)]
 pub enum Validation {
@@ -107,7 +110,10 @@ pub struct Evaluation {
 impl Evaluation {
     /// A metric by name.
     pub fn get(&self, name: &str) -> Option<f64> {
-        self.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -149,7 +155,10 @@ impl Model {
     /// Attaches a loss, an optimizer and metrics (Keras's compile).
     pub fn compile(self, loss: Loss, optimizer: Optimizer, metrics: &[Metric]) -> Result<Trainer> {
         let mut stages = self.stages.clone();
-        let categorical = matches!(loss, Loss::CategoricalCrossEntropy | Loss::SparseCategoricalCrossEntropy);
+        let categorical = matches!(
+            loss,
+            Loss::CategoricalCrossEntropy | Loss::SparseCategoricalCrossEntropy
+        );
         let mut train_loss = loss;
         let mut output = Output::Raw;
         let mut logits = false;
@@ -170,7 +179,10 @@ impl Model {
                 train_loss = Loss::BinaryCrossEntropy { from_logits: true };
                 logits = true;
             }
-            (Loss::BinaryCrossEntropy { from_logits: false }, Some(Stage::Act(Activation::Sigmoid))) => {
+            (
+                Loss::BinaryCrossEntropy { from_logits: false },
+                Some(Stage::Act(Activation::Sigmoid)),
+            ) => {
                 stages.pop();
                 train_loss = Loss::BinaryCrossEntropy { from_logits: true };
                 logits = true;
@@ -245,13 +257,22 @@ impl Trainer {
         if y.len() != rows * tw {
             return Err(Error::shape(
                 "targets y",
-                format!("{rows} rows need {} target values ({tw} per row), got {}", rows * tw, y.len()),
+                format!(
+                    "{rows} rows need {} target values ({tw} per row), got {}",
+                    rows * tw,
+                    y.len()
+                ),
             ));
         }
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(Error::arg(
                 "input x",
-                format!("row {} column {} is {} (NaN or Inf)", i / self.model.input_width(), i % self.model.input_width(), x[i]),
+                format!(
+                    "row {} column {} is {} (NaN or Inf)",
+                    i / self.model.input_width(),
+                    i % self.model.input_width(),
+                    x[i]
+                ),
             ));
         }
         if let Some(i) = y.iter().position(|v| !v.is_finite()) {
@@ -259,10 +280,17 @@ impl Trainer {
         }
         if self.loss == Loss::SparseCategoricalCrossEntropy {
             let classes = self.model.output_width();
-            if let Some(i) = y.iter().position(|&v| v < 0.0 || v.fract() != 0.0 || v as usize >= classes) {
+            if let Some(i) = y
+                .iter()
+                .position(|&v| v < 0.0 || v.fract() != 0.0 || v as usize >= classes)
+            {
                 return Err(Error::arg(
                     "labels y",
-                    format!("row {i} has label {} but the model has {classes} classes (0..{})", y[i], classes - 1),
+                    format!(
+                        "row {i} has label {} but the model has {classes} classes (0..{})",
+                        y[i],
+                        classes - 1
+                    ),
                 ));
             }
         }
@@ -284,7 +312,11 @@ impl Trainer {
         };
         let order: Vec<f32> = (0..rows).map(|i| i as f32).collect();
         let index = Tensor::from_slice(d, &order, &[rows])?;
-        let host = if resident.is_some() { (Vec::new(), Vec::new()) } else { (x.to_vec(), y.to_vec()) };
+        let host = if resident.is_some() {
+            (Vec::new(), Vec::new())
+        } else {
+            (x.to_vec(), y.to_vec())
+        };
         Ok(DeviceData {
             rows,
             resident,
@@ -295,7 +327,12 @@ impl Trainer {
     }
 
     /// Puts rows order[start..start + batch] into the workspace's input and target.
-    fn load_batch(&mut self, data: &DeviceData, start: usize, batch: usize) -> Result<(usize, usize)> {
+    fn load_batch(
+        &mut self,
+        data: &DeviceData,
+        start: usize,
+        batch: usize,
+    ) -> Result<(usize, usize)> {
         let key = (batch, self.target_width());
         let width = self.model.input_width();
         let tw = key.1;
@@ -307,8 +344,14 @@ impl Trainer {
             }
             None => {
                 let rows = &data.order[start..start + batch];
-                let xs: Vec<f32> = rows.iter().flat_map(|&r| data.host.0[r as usize * width..][..width].iter().copied()).collect();
-                let ys: Vec<f32> = rows.iter().flat_map(|&r| data.host.1[r as usize * tw..][..tw].iter().copied()).collect();
+                let xs: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&r| data.host.0[r as usize * width..][..width].iter().copied())
+                    .collect();
+                let ys: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&r| data.host.1[r as usize * tw..][..tw].iter().copied())
+                    .collect();
                 ws.acts[0].write(&xs)?;
                 ws.target.write(&ys)?;
             }
@@ -332,7 +375,8 @@ impl Trainer {
         self.model.backward_ws(key, &self.train_stages)?;
         self.step += 1;
         let lr = self.current_lr();
-        self.optimizer.step(&mut self.model.params, lr, self.step, &mut self.norm)?;
+        self.optimizer
+            .step(&mut self.model.params, lr, self.step, &mut self.norm)?;
         self.model.device.flush();
         Ok(())
     }
@@ -348,7 +392,7 @@ impl Trainer {
     }
 
     /// The mean loss and every parameter's gradient on a batch, without updating (dropout off).
-    pub fn gradients(&mut self, x: &[f32], y: &[f32]) -> Result<(f32, Vec<(String, Vec<f32>)>)> {
+    pub fn gradients(&mut self, x: &[f32], y: &[f32]) -> Result<(f32, NamedValues)> {
         let rows = self.check_data(x, y)?;
         let key = (rows, self.target_width());
         let n = self.train_stages.len();
@@ -357,7 +401,13 @@ impl Trainer {
         ws.target.write(y)?;
         self.model.forward_ws(key, &self.train_stages, false)?;
         let ws = self.model.workspace(rows, key.1)?;
-        loss_and_grad_into(self.loss, &ws.acts[n], &ws.target, &mut ws.grads[n], &mut ws.loss)?;
+        loss_and_grad_into(
+            self.loss,
+            &ws.acts[n],
+            &ws.target,
+            &mut ws.grads[n],
+            &mut ws.loss,
+        )?;
         let loss = ws.loss.to_vec()?[0];
         self.model.backward_ws(key, &self.train_stages)?;
         let grads = self
@@ -379,14 +429,20 @@ impl Trainer {
             Validation::None => (rows, None),
             Validation::Split(f) => {
                 if !(0.0..1.0).contains(&f) {
-                    return Err(Error::arg("validation split", format!("{f} is not in [0, 1)")));
+                    return Err(Error::arg(
+                        "validation split",
+                        format!("{f} is not in [0, 1)"),
+                    ));
                 }
                 let keep = rows - (rows as f32 * f).round() as usize;
                 if keep == 0 {
                     return Err(Error::arg("validation split", "leaves no training rows"));
                 }
                 let (w, tw) = (self.model.input_width(), self.target_width());
-                (keep, Some((x[keep * w..].to_vec(), y[keep * tw..].to_vec())))
+                (
+                    keep,
+                    Some((x[keep * w..].to_vec(), y[keep * tw..].to_vec())),
+                )
             }
             Validation::Data { x, y } => {
                 self.check_data(&x, &y)?;
@@ -435,10 +491,20 @@ impl Trainer {
             }
             if let Some(es) = &opts.early_stopping {
                 let value = log.get(&es.monitor).ok_or_else(|| {
-                    Error::arg("early stopping monitor", format!("'{}' is not reported (try val_loss, loss, or a compiled metric)", es.monitor))
+                    Error::arg(
+                        "early stopping monitor",
+                        format!(
+                            "'{}' is not reported (try val_loss, loss, or a compiled metric)",
+                            es.monitor
+                        ),
+                    )
                 })?;
                 if es.improved(value, best.as_ref().map(|b| b.0)) {
-                    let snapshot = if es.restore_best { self.snapshot()? } else { Vec::new() };
+                    let snapshot = if es.restore_best {
+                        self.snapshot()?
+                    } else {
+                        Vec::new()
+                    };
                     best = Some((value, epoch, snapshot));
                     since_best = 0;
                 } else {
@@ -463,8 +529,18 @@ impl Trainer {
         Ok(history)
     }
 
-    fn run_epoch(&mut self, data: &DeviceData, epoch: usize, opts: &mut FitOptions) -> Result<(f64, Vec<(String, f64)>)> {
-        let mut acc = Accumulator::new(&self.model.device, &self.metrics, self.model.output_width(), self.logits)?;
+    fn run_epoch(
+        &mut self,
+        data: &DeviceData,
+        epoch: usize,
+        opts: &mut FitOptions,
+    ) -> Result<(f64, Vec<(String, f64)>)> {
+        let mut acc = Accumulator::new(
+            &self.model.device,
+            &self.metrics,
+            self.model.output_width(),
+            self.logits,
+        )?;
         let steps = data.rows.div_ceil(opts.batch_size);
         for step in 1..=steps {
             let start = (step - 1) * opts.batch_size;
@@ -491,7 +567,7 @@ impl Trainer {
                 });
             }
         }
-        let (loss, metrics, _) = acc.finish()?;
+        let Evaluation { loss, metrics, .. } = acc.finish()?;
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 value: loss as f32,
@@ -505,16 +581,27 @@ impl Trainer {
     /// The L1/L2 penalty of the current weights (read back only when a layer has one).
     fn penalty(&self) -> Result<f64> {
         let mut total = 0.0;
-        for p in self.model.params.iter().filter(|p| p.l1 != 0.0 || p.l2 != 0.0) {
+        for p in self
+            .model
+            .params
+            .iter()
+            .filter(|p| p.l1 != 0.0 || p.l2 != 0.0)
+        {
             let w = p.value.to_vec()?;
-            let (l1, l2): (f64, f64) = w.iter().fold((0.0, 0.0), |(a, b), &v| (a + v.abs() as f64, b + (v as f64).powi(2)));
+            let (l1, l2): (f64, f64) = w.iter().fold((0.0, 0.0), |(a, b), &v| {
+                (a + v.abs() as f64, b + (v as f64).powi(2))
+            });
             total += p.l1 as f64 * l1 + p.l2 as f64 * l2;
         }
         Ok(total)
     }
 
     fn snapshot(&self) -> Result<Vec<Tensor>> {
-        self.model.params.iter().map(|p| p.value.try_clone()).collect()
+        self.model
+            .params
+            .iter()
+            .map(|p| p.value.try_clone())
+            .collect()
     }
 
     fn restore(&mut self, snapshot: Vec<Tensor>) -> Result<()> {
@@ -525,7 +612,12 @@ impl Trainer {
     }
 
     fn evaluate_data(&mut self, data: &DeviceData, batch_size: usize) -> Result<Evaluation> {
-        let mut acc = Accumulator::new(&self.model.device, &self.metrics, self.model.output_width(), self.logits)?;
+        let mut acc = Accumulator::new(
+            &self.model.device,
+            &self.metrics,
+            self.model.output_width(),
+            self.logits,
+        )?;
         let n = self.train_stages.len();
         let mut start = 0;
         while start < data.rows {
@@ -537,12 +629,9 @@ impl Trainer {
             acc.add(&ws.loss, &ws.acts[n], &ws.target, batch)?;
             start += batch;
         }
-        let (loss, metrics, confusion) = acc.finish()?;
-        Ok(Evaluation {
-            loss: loss + self.penalty()?,
-            metrics,
-            confusion,
-        })
+        let mut e = acc.finish()?;
+        e.loss += self.penalty()?;
+        Ok(e)
     }
 
     /// Loss and metrics on rows `x` with targets `y`, in batches of `batch_size`.
@@ -588,7 +677,10 @@ impl Trainer {
                 } else {
                     row.iter()
                         .enumerate()
-                        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                        )
                         .0
                 }
             })

@@ -34,7 +34,10 @@ pub fn assert_close(got: &[f32], want: &[f32], rtol: f32, atol: f32, what: &str)
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     let mut worst = (0usize, 0.0f32);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite() == w.is_finite(), "{what}[{i}]: got {g}, want {w}");
+        assert!(
+            g.is_finite() == w.is_finite(),
+            "{what}[{i}]: got {g}, want {w}"
+        );
         let excess = (g - w).abs() - (atol + rtol * w.abs());
         if excess > worst.1 {
             worst = (i, excess);
@@ -52,7 +55,13 @@ pub fn assert_close(got: &[f32], want: &[f32], rtol: f32, atol: f32, what: &str)
 /// GPU and CPU tensors hold the same values within the tolerance.
 pub fn assert_same(gpu: &Tensor, cpu: &Tensor, rtol: f32, atol: f32, what: &str) {
     assert_eq!(gpu.shape(), cpu.shape(), "{what}: shapes differ");
-    assert_close(&gpu.to_vec().unwrap(), &cpu.to_vec().unwrap(), rtol, atol, what);
+    assert_close(
+        &gpu.to_vec().unwrap(),
+        &cpu.to_vec().unwrap(),
+        rtol,
+        atol,
+        what,
+    );
 }
 
 /// Shapes that are not multiples of any tile size.
