@@ -362,7 +362,8 @@ impl Trainer {
     /// One optimizer step on the batch in workspace `key`; nothing is read back.
     fn step_ws(&mut self, key: (usize, usize), acc: Option<&mut Accumulator>) -> Result<()> {
         let n = self.train_stages.len();
-        self.model.dropout_step = self.model.dropout_step.wrapping_add(1);
+        // Masks follow the step count, so a resumed run draws the same ones.
+        self.model.dropout_step = self.step as u32;
         self.model.forward_ws(key, &self.train_stages, true)?;
         {
             let ws = self.model.workspace(key.0, key.1)?;
@@ -458,11 +459,13 @@ impl Trainer {
         let mut history = History::default();
         let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
         let mut since_best = 0;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
         for _ in 0..opts.epochs {
             let epoch = self.epoch + 1;
             if opts.shuffle {
-                data.order.shuffle(&mut rng);
+                // One generator per epoch, so resuming at any epoch shuffles as an uninterrupted run.
+                let epoch_seed = opts.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                data.order = (0..data.rows).map(|i| i as f32).collect();
+                data.order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
                 data.index.write(&data.order)?;
             }
             let start = Instant::now();
