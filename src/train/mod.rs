@@ -129,6 +129,9 @@ enum Output {
 pub struct Trainer {
     /// The model being trained.
     pub model: Model,
+    /// The loss as compiled.
+    user_loss: Loss,
+    /// The loss as trained: from logits where a final softmax or sigmoid was fused into it.
     loss: Loss,
     optimizer: Optimizer,
     metrics: Vec<Metric>,
@@ -196,6 +199,7 @@ impl Model {
         let norm = Tensor::zeros(&self.device, &[1])?;
         Ok(Trainer {
             model: self,
+            user_loss: loss,
             loss: train_loss,
             optimizer,
             metrics: metrics.to_vec(),
@@ -229,6 +233,16 @@ impl Trainer {
     pub fn set_progress(&mut self, step: u64, epoch: usize) {
         self.step = step;
         self.epoch = epoch;
+    }
+
+    /// The loss as compiled.
+    pub fn loss(&self) -> Loss {
+        self.user_loss
+    }
+
+    /// The metrics as compiled.
+    pub fn metrics(&self) -> &[Metric] {
+        &self.metrics
     }
 
     /// The optimizer configuration.
