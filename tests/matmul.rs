@@ -78,6 +78,12 @@ fn vec4_kernel_matches_reference() {
 }
 
 #[test]
+fn rows_kernels_match_reference() {
+    all_forms(Some(MatmulKernel::Rows4));
+    all_forms(Some(MatmulKernel::Rows8));
+}
+
+#[test]
 fn tiled_kernel_matches_reference() {
     all_forms(Some(MatmulKernel::Tiled));
 }

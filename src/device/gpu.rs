@@ -24,6 +24,10 @@ pub struct Kernel {
     pub inputs: u32,
     /// Number of read-write storage bindings.
     pub outputs: u32,
+    /// Whether naga guards every buffer access. Only kernels whose every index is
+    /// clamped or guarded in the WGSL itself turn this off (the matmuls, where the
+    /// checks cost about a quarter of the throughput on lavapipe).
+    pub bounds_checks: bool,
 }
 
 /// Largest parameter block a kernel may take, in bytes.
@@ -316,12 +320,22 @@ impl GpuContext {
         }
         let layout = self.layout(k.inputs, k.outputs);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(k.file),
-                source: wgpu::ShaderSource::Wgsl(k.source.into()),
-            });
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(k.file),
+            source: wgpu::ShaderSource::Wgsl(k.source.into()),
+        };
+        // Keep bounds checks (a bad index must not read outside a buffer) but drop the
+        // loop-bounding counters naga adds to every loop: they cost about half the
+        // throughput of the matmul inner loops on lavapipe.
+        let checks = wgpu::ShaderRuntimeChecks {
+            bounds_checks: k.bounds_checks,
+            force_loop_bounding: false,
+            ..wgpu::ShaderRuntimeChecks::checked()
+        };
+        // SAFETY: every loop in kiln's kernels runs to a bound taken from its uniform
+        // parameters, so none can hang the device without loop bounding; kernels that
+        // skip bounds checks clamp every index they load and guard every store.
+        let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -16,6 +16,7 @@ const FORWARD: Kernel = Kernel {
     entry: "forward",
     inputs: 1,
     outputs: 1,
+    bounds_checks: true,
 };
 const BACKWARD: Kernel = Kernel {
     entry: "backward",

@@ -11,6 +11,7 @@ const ADD: Kernel = Kernel {
     entry: "bias_add",
     inputs: 2,
     outputs: 1,
+    bounds_checks: true,
 };
 const ADD_INPLACE: Kernel = Kernel {
     entry: "bias_add_inplace",

@@ -12,6 +12,7 @@ const DROPOUT: Kernel = Kernel {
     entry: "dropout",
     inputs: 1,
     outputs: 1,
+    bounds_checks: true,
 };
 
 /// The hash the shader uses (see shaders/dropout.wgsl).

@@ -11,6 +11,7 @@ const BINARY: Kernel = Kernel {
     entry: "binary",
     inputs: 2,
     outputs: 1,
+    bounds_checks: true,
 };
 const AXPY: Kernel = Kernel {
     file: "axpy.wgsl",
@@ -18,6 +19,7 @@ const AXPY: Kernel = Kernel {
     entry: "axpy",
     inputs: 1,
     outputs: 1,
+    bounds_checks: true,
 };
 const PENALTY: Kernel = Kernel {
     entry: "penalty",

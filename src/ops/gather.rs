@@ -11,6 +11,7 @@ const GATHER: Kernel = Kernel {
     entry: "gather_rows",
     inputs: 2,
     outputs: 1,
+    bounds_checks: true,
 };
 
 /// Row indices are stored as f32, exact up to 2^24.

@@ -18,10 +18,12 @@ const ELEM_GRAD: Kernel = Kernel {
     entry: "elem_grad",
     inputs: 2,
     outputs: 2,
+    bounds_checks: true,
 };
 const ELEM_VALUE: Kernel = Kernel {
     entry: "elem_value",
     outputs: 1,
+    bounds_checks: true,
     ..ELEM_GRAD
 };
 const ROWS_GRAD: Kernel = Kernel {
@@ -31,12 +33,14 @@ const ROWS_GRAD: Kernel = Kernel {
 const ROWS_VALUE: Kernel = Kernel {
     entry: "rows_value",
     outputs: 1,
+    bounds_checks: true,
     ..ELEM_GRAD
 };
 const FINISH: Kernel = Kernel {
     entry: "finish",
     inputs: 1,
     outputs: 1,
+    bounds_checks: true,
     ..ELEM_GRAD
 };
 

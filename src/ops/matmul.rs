@@ -18,6 +18,7 @@ const fn kernel(entry: &'static str) -> Kernel {
         entry,
         inputs: 3,
         outputs: 1,
+        bounds_checks: false,
     }
 }
 
@@ -30,6 +31,19 @@ const VEC4: Kernel = Kernel {
     entry: "vec4_8x8",
     inputs: 3,
     outputs: 1,
+    bounds_checks: false,
+};
+
+const ROWS: Kernel = Kernel {
+    file: "matmul_rows.wgsl",
+    source: concat!(
+        include_str!("../../shaders/act.wgsl"),
+        include_str!("../../shaders/matmul_rows.wgsl")
+    ),
+    entry: "rows",
+    inputs: 3,
+    outputs: 1,
+    bounds_checks: false,
 };
 
 /// Which GPU kernel computes the product.
@@ -43,6 +57,10 @@ pub enum MatmulKernel {
     Vec4,
     /// Workgroup-memory tiles of 64x64: the kernel for real GPUs.
     Tiled,
+    /// 4 rows per workgroup loaded uniformly, 4 columns per lane (needs aligned shapes).
+    Rows4,
+    /// 8 rows per workgroup loaded uniformly, 4 columns per lane (needs aligned shapes).
+    Rows8,
 }
 
 /// A matrix product `act(op(A) * op(B) + bias)`.
@@ -179,7 +197,9 @@ impl Gemm {
     pub fn choose(&self, ctx: &GpuContext, d: Dims) -> MatmulKernel {
         let aligned = self.vec4_ok(d);
         match self.kernel {
-            Some(MatmulKernel::Vec4) if !aligned => MatmulKernel::Blocked,
+            Some(MatmulKernel::Vec4 | MatmulKernel::Rows4 | MatmulKernel::Rows8) if !aligned => {
+                MatmulKernel::Blocked
+            }
             Some(k) => k,
             None if ctx.is_software() && aligned => MatmulKernel::Vec4,
             None if ctx.is_software() => MatmulKernel::Blocked,
@@ -217,12 +237,19 @@ impl Gemm {
             MatmulKernel::Blocked => (kernel("blocked"), (32, 32)),
             MatmulKernel::Vec4 => (VEC4, (64, 64)),
             MatmulKernel::Tiled => (kernel("tiled"), (64, 64)),
+            MatmulKernel::Rows4 => (ROWS, (64, 4)),
+            MatmulKernel::Rows8 => (ROWS, (64, 8)),
         };
-        let constants = [
+        let mut constants = vec![
             ("TA", f64::from(u8::from(self.trans_a))),
             ("TB", f64::from(u8::from(self.trans_b))),
             ("BIAS", f64::from(u8::from(bias.is_some()))),
         ];
+        match which {
+            MatmulKernel::Rows4 => constants.push(("ROWS", 4.0)),
+            MatmulKernel::Rows8 => constants.push(("ROWS", 8.0)),
+            _ => {}
+        }
         let params = [
             d.m as u32,
             d.n as u32,

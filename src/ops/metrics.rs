@@ -16,6 +16,7 @@ const CONFUSION_LOCAL: Kernel = Kernel {
     entry: "confusion_local",
     inputs: 2,
     outputs: 1,
+    bounds_checks: true,
 };
 const CONFUSION_GLOBAL: Kernel = Kernel {
     entry: "confusion_global",
@@ -29,6 +30,7 @@ const ABS_SQ_FINISH: Kernel = Kernel {
     entry: "abs_sq_finish",
     inputs: 1,
     outputs: 1,
+    bounds_checks: true,
     ..CONFUSION_LOCAL
 };
 

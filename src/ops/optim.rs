@@ -18,10 +18,12 @@ const UPDATE: Kernel = Kernel {
     entry: "update",
     inputs: 1,
     outputs: 4,
+    bounds_checks: true,
 };
 const SUMSQ: Kernel = Kernel {
     entry: "sumsq",
     outputs: 1,
+    bounds_checks: true,
     ..UPDATE
 };
 const SUM_PARTIALS: Kernel = Kernel {

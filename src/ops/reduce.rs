@@ -12,6 +12,7 @@ const SUM_BLOCKS: Kernel = Kernel {
     entry: "sum_blocks",
     inputs: 1,
     outputs: 1,
+    bounds_checks: true,
 };
 const ARGMAX_ROWS: Kernel = Kernel {
     entry: "argmax_rows",
