@@ -13,6 +13,7 @@ pub mod loss;
 pub mod matmul;
 pub mod metrics;
 pub mod optim;
+pub mod pool;
 pub mod reduce;
 
 use crate::device::{Device, GpuContext, Kernel};
