@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod bias;
+pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod gather;
