@@ -236,6 +236,8 @@ impl Trainer {
     }
 
     /// The loss as compiled.
+    // `user_loss` on purpose: `loss` is the fused variant the training loop runs.
+    #[allow(clippy::misnamed_getters)]
     pub fn loss(&self) -> Loss {
         self.user_loss
     }
@@ -479,7 +481,8 @@ impl Trainer {
                 // One generator per epoch, so resuming at any epoch shuffles as an uninterrupted run.
                 let epoch_seed = opts.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                 data.order = (0..data.rows).map(|i| i as f32).collect();
-                data.order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
+                data.order
+                    .shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
                 data.index.write(&data.order)?;
             }
             let start = Instant::now();
