@@ -200,10 +200,15 @@ fn file_in(path: &Path) -> PathBuf {
     }
 }
 
-/// A safetensors file read after its length and header were checked.
+/// A safetensors file whose header was read and checked against the file's length.
 struct Checked {
     /// The file, for messages.
     what: String,
+    /// Open until the data is read.
+    file: Option<File>,
+    /// The file's length in bytes.
+    len: u64,
+    /// The header, then (after `read_data`) the tensor data.
     bytes: Vec<u8>,
     /// Offset of the tensor data in `bytes`.
     data_start: usize,
@@ -326,8 +331,10 @@ fn listing(tensors: &[(String, Vec<usize>)]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// Reads a safetensors file, checking the header and the file length before reading the data.
-fn read_checked(path: &Path) -> Result<Checked> {
+/// Opens a safetensors file and reads its header, checking the header against the file's
+/// length; the tensor data is read later, by [`Checked::read_data`], once the caller has
+/// checked the tensor table.
+fn open_checked(path: &Path) -> Result<Checked> {
     let what = format!("{} (safetensors)", path.display());
     let bad = |detail: String| Error::format(&what, detail);
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -348,9 +355,7 @@ fn read_checked(path: &Path) -> Result<Checked> {
             len - 8
         )));
     }
-    let capacity = usize::try_from(len)
-        .map_err(|_| bad(format!("{len} bytes do not fit in this machine's memory")))?;
-    let mut bytes = Vec::with_capacity(capacity);
+    let mut bytes = Vec::with_capacity(8 + n as usize);
     bytes.extend_from_slice(&n_bytes);
     (&mut file)
         .take(n)
@@ -361,7 +366,6 @@ fn read_checked(path: &Path) -> Result<Checked> {
             "not a safetensors file: the header is not a valid tensor table ({e})"
         ))
     })?;
-    let data_start = 8 + n as usize;
     let data_len = header.data_len() as u64;
     let have = len - 8 - n;
     if data_len != have {
@@ -374,32 +378,50 @@ fn read_checked(path: &Path) -> Result<Checked> {
             )
         }));
     }
-    (&mut file)
-        .take(data_len)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 != len {
-        return Err(bad("the file changed while it was read".into()));
-    }
-    // The crate's own checks (offsets, sizes) on top of ours.
-    SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
     Ok(Checked {
         what,
+        file: Some(file),
+        len,
+        data_start: bytes.len(),
         bytes,
-        data_start,
         header,
     })
 }
 
-/// Copies the checked tensors of `file` into the parameters of `model`.
-fn fill(model: &mut Model, file: &Checked, whose: &str) -> Result<()> {
+impl Checked {
+    /// Reads the tensor data, whose size the header and the file length agree on.
+    fn read_data(&mut self) -> Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Ok(());
+        };
+        let size = usize::try_from(self.len).map_err(|_| {
+            self.format_error(format!("{} bytes do not fit in memory here", self.len))
+        })?;
+        self.bytes.reserve_exact(size - self.bytes.len());
+        let data_len = self.len - self.data_start as u64;
+        (&mut file)
+            .take(data_len)
+            .read_to_end(&mut self.bytes)
+            .map_err(|e| self.format_error(format!("reading the tensor data: {e}")))?;
+        if self.bytes.len() as u64 != self.len {
+            return Err(self.format_error("the file changed while it was read"));
+        }
+        // The crate's own checks (offsets, sizes) on top of ours.
+        SafeTensors::deserialize(&self.bytes)
+            .map_err(|e| self.format_error(format!("not a valid safetensors file: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Checks the tensors of `file` against the parameters of `model`, then copies them in.
+fn fill(model: &mut Model, file: &mut Checked, whose: &str) -> Result<()> {
     let expected: Vec<(String, Vec<usize>)> = model
         .params()
         .iter()
         .map(|p| (p.name.clone(), p.value.shape().to_vec()))
         .collect();
     file.expect(&expected, whose)?;
+    file.read_data()?;
     for p in model.params_mut() {
         let values = file.values(&p.name)?;
         p.value.write(&values)?;
@@ -408,14 +430,8 @@ fn fill(model: &mut Model, file: &Checked, whose: &str) -> Result<()> {
 }
 
 /// Rebuilds the model a kiln safetensors file describes, on `device`, with its weights.
-fn build(file: &Checked, device: &Device) -> Result<Model> {
-    if let Some(format) = file.meta("format") {
-        if format != FORMAT {
-            return Err(file.format_error(format!(
-                "metadata format is '{format}', this kiln reads '{FORMAT}'"
-            )));
-        }
-    }
+fn build(file: &mut Checked, device: &Device) -> Result<Model> {
+    check_format(file)?;
     let toml = file.meta("model").ok_or_else(|| {
         file.format_error(
             "no 'model' metadata, so not saved by kiln: build the model yourself \
@@ -433,10 +449,20 @@ fn build(file: &Checked, device: &Device) -> Result<Model> {
     Ok(model)
 }
 
+/// A "format" other than ours means a layout this version does not know.
+fn check_format(file: &Checked) -> Result<()> {
+    match file.meta("format") {
+        Some(format) if format != FORMAT => Err(file.format_error(format!(
+            "metadata format is '{format}', this kiln reads '{FORMAT}'"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Loads the model of a checkpoint directory or of one `.safetensors` file saved by kiln.
 pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<Model> {
-    let file = read_checked(&file_in(path.as_ref()))?;
-    build(&file, device)
+    let mut file = open_checked(&file_in(path.as_ref()))?;
+    build(&mut file, device)
 }
 
 /// Loads weights into an existing model, checking every tensor's name, dtype and shape.
@@ -444,8 +470,8 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<Model> {
 /// Any safetensors file with the model's state_dict names works, e.g. one written by
 /// PyTorch for an `nn.Sequential` of the same layers.
 pub fn load_weights_into(model: &mut Model, path: impl AsRef<Path>) -> Result<()> {
-    let file = read_checked(&file_in(path.as_ref()))?;
-    fill(model, &file, "the model")
+    let mut file = open_checked(&file_in(path.as_ref()))?;
+    fill(model, &mut file, "the model")
 }
 
 /// Rebuilds a trainer from a checkpoint directory written by [`save`]: model, weights,
@@ -453,9 +479,10 @@ pub fn load_weights_into(model: &mut Model, path: impl AsRef<Path>) -> Result<()
 /// `fit` continues as if it had never stopped.
 pub fn load_trainer(dir: impl AsRef<Path>, device: &Device) -> Result<Trainer> {
     let dir = dir.as_ref();
-    let weights = read_checked(&dir.join(MODEL_FILE))?;
-    let model = build(&weights, device)?;
-    let opt_file = matching_optimizer(dir, &weights)?;
+    let mut weights = open_checked(&dir.join(MODEL_FILE))?;
+    let model = build(&mut weights, device)?;
+    let mut opt_file = matching_optimizer(dir, &weights)?;
+    check_format(&opt_file)?;
     let training_text = opt_file
         .meta("training")
         .ok_or_else(|| opt_file.format_error("metadata has no 'training'"))?;
@@ -485,6 +512,7 @@ pub fn load_trainer(dir: impl AsRef<Path>, device: &Device) -> Result<Trainer> {
         })
         .collect();
     opt_file.expect(&expected, "the optimizer state of the model")?;
+    opt_file.read_data()?;
     for p in trainer.model.params_mut() {
         p.state = (0..saved_slots)
             .map(|k| {
@@ -501,7 +529,7 @@ pub fn load_trainer(dir: impl AsRef<Path>, device: &Device) -> Result<Trainer> {
 /// when a save was interrupted between its two renames.
 fn matching_optimizer(dir: &Path, weights: &Checked) -> Result<Checked> {
     let id = weights.meta("checkpoint");
-    let current = read_checked(&dir.join(OPTIMIZER_FILE));
+    let current = open_checked(&dir.join(OPTIMIZER_FILE));
     if let Ok(file) = &current {
         if file.meta("checkpoint") == id {
             return current;
@@ -509,7 +537,7 @@ fn matching_optimizer(dir: &Path, weights: &Checked) -> Result<Checked> {
     }
     let prev_path = dir.join(PREVIOUS_OPTIMIZER_FILE);
     if prev_path.exists() {
-        if let Ok(prev) = read_checked(&prev_path) {
+        if let Ok(prev) = open_checked(&prev_path) {
             if prev.meta("checkpoint") == id {
                 return Ok(prev);
             }

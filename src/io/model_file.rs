@@ -294,8 +294,7 @@ fn line_of(text: &str, path: &[Seg]) -> Option<usize> {
             None => break,
         }
     }
-    let start = span?.start.min(text.len());
-    Some(text[..start].matches('\n').count() + 1)
+    Some(text.get(..span?.start)?.matches('\n').count() + 1)
 }
 
 fn check(
@@ -341,7 +340,7 @@ pub(crate) fn parse_init(text: &str) -> Option<Init> {
         .split(',')
         .map(|a| a.trim().parse::<f32>().ok().filter(|v| v.is_finite()))
         .collect::<Option<_>>()?;
-    match (name.trim(), args.as_slice()) {
+    match (name.trim().to_ascii_lowercase().as_str(), args.as_slice()) {
         ("constant", [v]) => Some(Init::Constant(*v)),
         ("random_uniform" | "uniform", [lo, hi]) if lo < hi => Some(Init::Uniform(*lo, *hi)),
         ("random_normal" | "normal", [mean, std]) if *std >= 0.0 => Some(Init::Normal(*mean, *std)),
