@@ -548,6 +548,27 @@ fn model_file_load_reads_a_file_and_reports_missing_ones() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Seeds past TOML's i64 integers travel as strings and come back.
+#[test]
+fn large_seeds_round_trip() {
+    for seed in [0, 42, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+        let file = ModelFile {
+            input: 1,
+            layers: vec![],
+            training: Some(TrainingSpec {
+                seed: Some(seed),
+                ..TrainingSpec::default()
+            }),
+        };
+        assert_eq!(ModelFile::parse(&file.to_toml()).unwrap(), file);
+    }
+    let detail = format_detail(
+        ModelFile::parse("input = 1\n[training]\nseed = \"abc\""),
+        "seed",
+    );
+    assert!(detail.contains("line 3"), "{detail}");
+}
+
 #[test]
 fn schedule_spec_round_trips() {
     for s in [
@@ -997,6 +1018,14 @@ fn bad_model_files_give_typed_errors() {
         let detail = format_detail(io::load_model(&path, &device), name);
         assert!(detail.contains("load_weights_into"), "{name}: {detail}");
     }
+
+    // The same names from a file without kiln's metadata (as PyTorch writes them) load.
+    let path = dir.join("plain.safetensors");
+    write_st(&path, &changed(|_| {}), None);
+    let mut plain = small().build(&device, 9).unwrap();
+    io::load_weights_into(&mut plain, &path).unwrap();
+    let want: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    assert_eq!(plain.param("0.weight").unwrap().to_vec().unwrap(), want);
 
     // A checkpoint of a different model.
     let other = Sequential::new(3)
