@@ -479,7 +479,8 @@ impl Trainer {
                 // One generator per epoch, so resuming at any epoch shuffles as an uninterrupted run.
                 let epoch_seed = opts.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                 data.order = (0..data.rows).map(|i| i as f32).collect();
-                data.order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
+                data.order
+                    .shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
                 data.index.write(&data.order)?;
             }
             let start = Instant::now();
