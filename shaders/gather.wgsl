@@ -1,11 +1,15 @@
 // Gathers rows of a data set that lives on the GPU into a batch, by shuffled indices:
-// out[i, :] = data[index[start + i], :] for i < rows. Lets training read its batches
+// out[i, :] = data[index[start + i] - lo, :] for i < rows, for the rows whose index falls
+// in this chunk [lo, hi). A data set larger than one binding is uploaded as several
+// chunks and gathered with one dispatch per chunk. Lets training read its batches
 // without any host copy per step.
 
 struct Params {
     rows: u32,
     cols: u32,
     start: u32,
+    lo: u32,
+    hi: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -22,5 +26,7 @@ fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let i = e / p.cols;
     let j = e % p.cols;
     let src = u32(index[p.start + i]);
-    out[e] = data[src * p.cols + j];
+    if src >= p.lo && src < p.hi {
+        out[e] = data[(src - p.lo) * p.cols + j];
+    }
 }

@@ -41,3 +41,23 @@ fn gather_checks_ranges() {
         Err(kiln::Error::Shape { .. })
     ));
 }
+
+#[test]
+fn chunked_gather_equals_whole_gather() {
+    let (n, cols) = (1000, 7);
+    let data = random(n * cols, 8);
+    let index: Vec<f32> = (0..n).map(|i| ((i * 613) % n) as f32).collect();
+    for device in [kiln::Device::cpu(), gpu()] {
+        let whole = Tensor::from_slice(&device, &data, &[n, cols]).unwrap();
+        let idx = Tensor::from_slice(&device, &index, &[n]).unwrap();
+        let mut a = Tensor::zeros(&device, &[100, cols]).unwrap();
+        kiln::ops::gather::gather_rows_into(&whole, &idx, 250, &mut a).unwrap();
+        let mut b = Tensor::zeros(&device, &[100, cols]).unwrap();
+        for (lo, hi) in [(0, 333), (333, 800), (800, 1000)] {
+            let chunk =
+                Tensor::from_slice(&device, &data[lo * cols..hi * cols], &[hi - lo, cols]).unwrap();
+            kiln::ops::gather::gather_chunk_into(&chunk, lo, &idx, 250, &mut b).unwrap();
+        }
+        assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+    }
+}

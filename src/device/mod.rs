@@ -110,6 +110,20 @@ impl Device {
         }
     }
 
+    /// The most f32 values one tensor may hold on this device (its binding limit).
+    pub fn max_tensor_len(&self) -> usize {
+        match self {
+            Device::Gpu(g) => {
+                let bytes = g
+                    .limits
+                    .max_storage_buffer_binding_size
+                    .min(g.limits.max_buffer_size);
+                (bytes / 4) as usize
+            }
+            Device::Cpu => usize::MAX,
+        }
+    }
+
     /// True when both handles refer to the same device.
     pub fn same(&self, other: &Device) -> bool {
         match (self, other) {

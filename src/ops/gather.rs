@@ -25,9 +25,32 @@ pub fn gather_rows_into(
     start: usize,
     out: &mut Tensor,
 ) -> Result<()> {
-    let (n, cols) = match data.shape() {
+    // The GPU cannot report a bad index (it leaves the row as it was); the CPU can.
+    let n = data.shape().first().copied().unwrap_or(0);
+    let rows = out.len() / (data.len() / n.max(1)).max(1);
+    if let Some(idx) = index.host().and_then(|idx| idx.get(start..start + rows)) {
+        if let Some(i) = idx.iter().find(|&&i| i < 0.0 || i as usize >= n) {
+            return Err(Error::arg(
+                "index",
+                format!("row {i} of a {n}-row data set"),
+            ));
+        }
+    }
+    gather_chunk_into(data, 0, index, start, out)
+}
+
+/// Like [`gather_rows_into`] for one chunk of a larger data set: `chunk` holds rows
+/// `lo..lo + chunk rows`, and only the batch rows whose index falls there are written.
+pub fn gather_chunk_into(
+    chunk: &Tensor,
+    lo: usize,
+    index: &Tensor,
+    start: usize,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, cols) = match chunk.shape() {
         [n] => (*n, 1),
-        _ => data.dims2("gather_rows")?,
+        _ => chunk.dims2("gather_rows")?,
     };
     let rows = out.len() / cols.max(1);
     if rows * cols != out.len() {
@@ -46,36 +69,33 @@ pub fn gather_rows_into(
             ),
         ));
     }
-    if n > MAX_ROWS {
+    let hi = lo + n;
+    if hi > MAX_ROWS {
         return Err(Error::arg(
             "data set",
-            format!("{n} rows, at most {MAX_ROWS} are supported"),
+            format!("{hi} rows, at most {MAX_ROWS} are supported"),
         ));
     }
-    match device_of("gather_rows", &[data, index, out])? {
+    match device_of("gather_rows", &[chunk, index, out])? {
         Device::Cpu => {
-            let (d, idx) = (data.host().unwrap_or(&[]), index.host().unwrap_or(&[]));
+            let (d, idx) = (chunk.host().unwrap_or(&[]), index.host().unwrap_or(&[]));
             let o = out.host_mut().unwrap_or(&mut []);
             for (i, dst) in o.chunks_mut(cols.max(1)).enumerate() {
                 let src = idx[start + i] as usize;
-                if src >= n {
-                    return Err(Error::arg(
-                        "index",
-                        format!("row {src} of a {n}-row data set"),
-                    ));
+                if (lo..hi).contains(&src) {
+                    dst.copy_from_slice(&d[(src - lo) * cols..(src - lo + 1) * cols]);
                 }
-                dst.copy_from_slice(&d[src * cols..(src + 1) * cols]);
             }
             Ok(())
         }
         Device::Gpu(ctx) => {
-            let params = [rows as u32, cols as u32, start as u32];
+            let params = [rows as u32, cols as u32, start as u32, lo as u32, hi as u32];
             launch(
                 &ctx,
                 &GATHER,
                 &[],
                 &params,
-                &[data, index, out],
+                &[chunk, index, out],
                 grid(rows * cols, WG),
             )
         }

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::nn::model::Stage;
 use crate::nn::Model;
 use crate::ops::activation::{activation_into, softmax_into};
-use crate::ops::gather::gather_rows_into;
+use crate::ops::gather::gather_chunk_into;
 use crate::ops::loss::{loss_and_grad_into, loss_value_into};
 use crate::ops::metrics::ConfusionMatrix;
 use crate::ops::Activation;
@@ -130,9 +130,9 @@ pub struct Trainer {
     /// The model being trained.
     pub model: Model,
     /// The loss as compiled.
-    user_loss: Loss,
-    /// The loss as trained: from logits where a final softmax or sigmoid was fused into it.
     loss: Loss,
+    /// The loss as trained: from logits where a final softmax or sigmoid was fused into it.
+    train_loss: Loss,
     optimizer: Optimizer,
     metrics: Vec<Metric>,
     /// The plan used for training and evaluation: it ends in logits where the loss fuses
@@ -148,8 +148,8 @@ pub struct Trainer {
 /// An uploaded data set: resident on the device when it fits, else streamed per batch.
 struct DeviceData {
     rows: usize,
-    resident: Option<(Tensor, Tensor)>,
-    host: (Vec<f32>, Vec<f32>),
+    /// (first row, inputs, targets): one chunk unless the set exceeds a binding.
+    chunks: Vec<(usize, Tensor, Tensor)>,
     index: Tensor,
     order: Vec<f32>,
 }
@@ -199,8 +199,8 @@ impl Model {
         let norm = Tensor::zeros(&self.device, &[1])?;
         Ok(Trainer {
             model: self,
-            user_loss: loss,
-            loss: train_loss,
+            loss,
+            train_loss,
             optimizer,
             metrics: metrics.to_vec(),
             train_stages: stages,
@@ -237,7 +237,7 @@ impl Trainer {
 
     /// The loss as compiled.
     pub fn loss(&self) -> Loss {
-        self.user_loss
+        self.loss
     }
 
     /// The metrics as compiled.
@@ -252,7 +252,7 @@ impl Trainer {
 
     /// Targets per row: 1 for class ids, the output width otherwise.
     pub fn target_width(&self) -> usize {
-        match self.loss {
+        match self.train_loss {
             Loss::SparseCategoricalCrossEntropy => 1,
             _ => self.model.output_width(),
         }
@@ -292,7 +292,7 @@ impl Trainer {
         if let Some(i) = y.iter().position(|v| !v.is_finite()) {
             return Err(Error::arg("targets y", format!("value {i} is {}", y[i])));
         }
-        if self.loss == Loss::SparseCategoricalCrossEntropy {
+        if self.train_loss == Loss::SparseCategoricalCrossEntropy {
             let classes = self.model.output_width();
             if let Some(i) = y
                 .iter()
@@ -311,36 +311,32 @@ impl Trainer {
         Ok(rows)
     }
 
+    /// Uploads the rows once, in as few chunks as the adapter's binding limit allows.
     fn upload(&self, x: &[f32], y: &[f32]) -> Result<DeviceData> {
-        let rows = x.len() / self.model.input_width();
+        let (w, tw) = (self.model.input_width(), self.target_width());
+        let rows = x.len() / w;
         let d = &self.model.device;
-        let tw = self.target_width();
-        let resident = match (
-            Tensor::from_slice(d, x, &[rows, self.model.input_width()]),
-            Tensor::from_slice(d, y, &[rows, tw]),
-        ) {
-            (Ok(x), Ok(y)) => Some((x, y)),
-            // Over the adapter's limits: stream batches from the host instead.
-            (Err(Error::OverLimit { .. }), _) | (_, Err(Error::OverLimit { .. })) => None,
-            (Err(e), _) | (_, Err(e)) => return Err(e),
-        };
+        let per_chunk = (d.max_tensor_len() / w.max(tw)).clamp(1, rows.max(1));
+        let chunks = (0..rows)
+            .step_by(per_chunk)
+            .map(|lo| {
+                let hi = (lo + per_chunk).min(rows);
+                let xs = Tensor::from_slice(d, &x[lo * w..hi * w], &[hi - lo, w])?;
+                let ys = Tensor::from_slice(d, &y[lo * tw..hi * tw], &[hi - lo, tw])?;
+                Ok((lo, xs, ys))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let order: Vec<f32> = (0..rows).map(|i| i as f32).collect();
         let index = Tensor::from_slice(d, &order, &[rows])?;
-        let host = if resident.is_some() {
-            (Vec::new(), Vec::new())
-        } else {
-            (x.to_vec(), y.to_vec())
-        };
         Ok(DeviceData {
             rows,
-            resident,
-            host,
+            chunks,
             index,
             order,
         })
     }
 
-    /// Puts rows order[start..start + batch] into the workspace's input and target.
+    /// Gathers rows order[start..start + batch] into the workspace's input and target.
     fn load_batch(
         &mut self,
         data: &DeviceData,
@@ -348,27 +344,10 @@ impl Trainer {
         batch: usize,
     ) -> Result<(usize, usize)> {
         let key = (batch, self.target_width());
-        let width = self.model.input_width();
-        let tw = key.1;
-        let ws = self.model.workspace(batch, tw)?;
-        match &data.resident {
-            Some((x, y)) => {
-                gather_rows_into(x, &data.index, start, &mut ws.acts[0])?;
-                gather_rows_into(y, &data.index, start, &mut ws.target)?;
-            }
-            None => {
-                let rows = &data.order[start..start + batch];
-                let xs: Vec<f32> = rows
-                    .iter()
-                    .flat_map(|&r| data.host.0[r as usize * width..][..width].iter().copied())
-                    .collect();
-                let ys: Vec<f32> = rows
-                    .iter()
-                    .flat_map(|&r| data.host.1[r as usize * tw..][..tw].iter().copied())
-                    .collect();
-                ws.acts[0].write(&xs)?;
-                ws.target.write(&ys)?;
-            }
+        let ws = self.model.workspace(batch, key.1)?;
+        for (lo, x, y) in &data.chunks {
+            gather_chunk_into(x, *lo, &data.index, start, &mut ws.acts[0])?;
+            gather_chunk_into(y, *lo, &data.index, start, &mut ws.target)?;
         }
         Ok(key)
     }
@@ -382,7 +361,13 @@ impl Trainer {
         {
             let ws = self.model.workspace(key.0, key.1)?;
             let (acts, grads) = (&ws.acts, &mut ws.grads);
-            loss_and_grad_into(self.loss, &acts[n], &ws.target, &mut grads[n], &mut ws.loss)?;
+            loss_and_grad_into(
+                self.train_loss,
+                &acts[n],
+                &ws.target,
+                &mut grads[n],
+                &mut ws.loss,
+            )?;
             if let Some(acc) = acc {
                 acc.add(&ws.loss, &acts[n], &ws.target, key.0)?;
             }
@@ -417,7 +402,7 @@ impl Trainer {
         self.model.forward_ws(key, &self.train_stages, false)?;
         let ws = self.model.workspace(rows, key.1)?;
         loss_and_grad_into(
-            self.loss,
+            self.train_loss,
             &ws.acts[n],
             &ws.target,
             &mut ws.grads[n],
@@ -643,7 +628,7 @@ impl Trainer {
             let key = self.load_batch(data, start, batch)?;
             self.model.forward_ws(key, &self.train_stages, false)?;
             let ws = self.model.workspace(key.0, key.1)?;
-            loss_value_into(self.loss, &ws.acts[n], &ws.target, &mut ws.loss)?;
+            loss_value_into(self.train_loss, &ws.acts[n], &ws.target, &mut ws.loss)?;
             acc.add(&ws.loss, &ws.acts[n], &ws.target, batch)?;
             start += batch;
         }
