@@ -169,9 +169,43 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A run folder's record and its trainer, loaded onto `device`.
-pub fn open(dir: &Path, device: &Device) -> Result<(RunRecord, Trainer)> {
-    let record = RunRecord::load(dir)?;
-    let trainer = load_trainer(dir, device, &record)?;
-    Ok((record, trainer))
+/// The options of the commands that use a trained run (`eval`, `predict`).
+#[derive(clap::Args, Debug)]
+pub struct CheckpointArgs {
+    /// The run folder written by `kiln train` (its --out)
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: std::path::PathBuf,
+
+    /// Where to run: gpu, gpu:NAME or cpu
+    #[arg(long, value_name = "DEVICE", default_value = "gpu")]
+    pub device: String,
+
+    /// Rows per batch [default: the run's batch size]
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+}
+
+/// A loaded run: its record, its trainer and the batch size to use.
+pub struct Opened {
+    /// How the run prepared its data.
+    pub record: RunRecord,
+    /// The trained model, compiled as it was trained.
+    pub trainer: Trainer,
+    /// Rows per batch.
+    pub batch_size: usize,
+}
+
+impl CheckpointArgs {
+    /// Opens the device and loads the run onto it.
+    pub fn open(&self) -> Result<Opened> {
+        let device = Device::from_name(&self.device)?;
+        let record = RunRecord::load(&self.checkpoint)?;
+        let trainer = load_trainer(&self.checkpoint, &device, &record)?;
+        let batch_size = self.batch_size.unwrap_or(record.batch_size).max(1);
+        Ok(Opened {
+            record,
+            trainer,
+            batch_size,
+        })
+    }
 }

@@ -1,15 +1,14 @@
 //! `kiln eval`: a checkpoint's loss and metrics on test rows, and its confusion matrix.
 
-use std::path::PathBuf;
-
 use clap::Args;
 use kiln::ops::metrics::ConfusionMatrix;
 use kiln::train::Evaluation;
-use kiln::{Device, Loss, Metric, Result};
+use kiln::{Loss, Metric, Result};
 
+use super::checkpoint::{CheckpointArgs, Opened};
 use super::data_source::{self, DataSource};
 use super::model_args;
-use super::{bad_arg, checkpoint, train};
+use super::{bad_arg, train};
 
 /// The long help of `kiln eval`.
 pub const LONG_ABOUT: &str = "\
@@ -39,9 +38,8 @@ Examples:
 /// Options of `kiln eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The run folder written by `kiln train` (its --out)
-    #[arg(long, value_name = "DIR")]
-    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub run: CheckpointArgs,
 
     /// Rows to evaluate on (digits, mnist:DIR, fashion:DIR, csv:FILE[:LABEL_COLUMN])
     /// [default: the training run's test rows]
@@ -52,20 +50,15 @@ pub struct EvalArgs {
     /// with the run's seed [default: 0, every row]
     #[arg(long, value_name = "FRACTION", requires = "data")]
     pub test_split: Option<f32>,
-
-    /// Where to run: gpu, gpu:NAME or cpu
-    #[arg(long, value_name = "DEVICE", default_value = "gpu")]
-    pub device: String,
-
-    /// Rows per batch [default: the run's batch size]
-    #[arg(long, value_name = "N")]
-    pub batch_size: Option<usize>,
 }
 
 /// Runs `kiln eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
-    let device = Device::from_name(&args.device)?;
-    let (record, trainer) = checkpoint::open(&args.checkpoint, &device)?;
+    let Opened {
+        record,
+        trainer,
+        batch_size,
+    } = args.run.open()?;
     let (name, test) = match &args.data {
         None => {
             let (_, test) = train::load_recorded(&record)?;
@@ -94,7 +87,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     data_source::apply(record.scaler().as_ref(), &mut test)?;
     model_args::check_fits(trainer.model.spec(), trainer.loss(), &test, "--data")?;
 
-    let loss = trainer.loss();
+    let loss = model_args::for_class_ids(trainer.loss());
     let optimizer = trainer.optimizer().clone();
     let epochs = trainer.epochs_done();
     let outputs = trainer.model.output_width();
@@ -102,13 +95,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut trainer = trainer
         .model
         .compile(loss, optimizer, &eval_metrics(loss, outputs))?;
-    let y = model_args::targets(loss, &test, outputs);
-    let batch = args.batch_size.unwrap_or(record.batch_size.max(1));
-    let e = trainer.evaluate(&test.x, &y, batch)?;
+    let e = trainer.evaluate(&test.x, &test.y, batch_size)?;
 
     println!(
         "checkpoint: {} (after {epochs} epochs)",
-        args.checkpoint.display()
+        args.run.checkpoint.display()
     );
     println!("data:       {name}, {}", data_source::describe(&test));
     print!("{}", report(&e));

@@ -49,7 +49,7 @@ struct Cli {
 enum Command {
     /// Train a model and save its checkpoint, history and learning curves.
     #[command(long_about = train::LONG_ABOUT, after_long_help = train::EXAMPLES)]
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a checkpoint: loss, metrics and the confusion matrix.
     #[command(long_about = eval::LONG_ABOUT, after_long_help = eval::EXAMPLES)]
     Eval(eval::EvalArgs),
@@ -69,7 +69,7 @@ pub fn main() -> ExitCode {
     // Bad flags print clap's message and exit with code 2 here.
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Adapters => adapters::run(),

@@ -75,9 +75,6 @@ pub enum LossName {
     /// Softmax cross-entropy on class ids (classification)
     #[value(name = "sparse_categorical_crossentropy")]
     SparseCategoricalCrossentropy,
-    /// Softmax cross-entropy on one-hot targets (classification)
-    #[value(name = "categorical_crossentropy")]
-    CategoricalCrossentropy,
     /// Sigmoid cross-entropy on 0/1 labels (two classes, one output)
     #[value(name = "binary_crossentropy")]
     BinaryCrossentropy,
@@ -97,23 +94,22 @@ impl LossName {
     pub fn loss(self) -> Loss {
         match self {
             LossName::SparseCategoricalCrossentropy => Loss::SparseCategoricalCrossEntropy,
-            LossName::CategoricalCrossentropy => Loss::CategoricalCrossEntropy,
             LossName::BinaryCrossentropy => Loss::BinaryCrossEntropy { from_logits: true },
             LossName::Mse => Loss::Mse,
             LossName::Mae => Loss::Mae,
         }
     }
 
-    /// The name of a library loss, if the command line has one for it.
-    pub fn of(loss: Loss) -> Option<LossName> {
-        LossName::value_variants()
-            .iter()
-            .copied()
-            .find(|n| n.loss() == loss)
-            .or(match loss {
-                Loss::BinaryCrossEntropy { .. } => Some(LossName::BinaryCrossentropy),
-                _ => None,
-            })
+    /// The name of a library loss as the command line trains it (see `for_class_ids`).
+    pub fn of(loss: Loss) -> LossName {
+        match for_class_ids(loss) {
+            Loss::SparseCategoricalCrossEntropy | Loss::CategoricalCrossEntropy => {
+                LossName::SparseCategoricalCrossentropy
+            }
+            Loss::BinaryCrossEntropy { .. } => LossName::BinaryCrossentropy,
+            Loss::Mse => LossName::Mse,
+            Loss::Mae => LossName::Mae,
+        }
     }
 
     /// The default: cross-entropy on class ids for classification, MSE for regression.
@@ -293,16 +289,13 @@ pub fn check_fits(seq: &Sequential, loss: Loss, data: &Dataset, what: &str) -> R
     }
 }
 
-/// Targets as the loss wants them: one-hot rows for categorical cross-entropy, else as is.
-pub fn targets(loss: Loss, data: &Dataset, outputs: usize) -> Vec<f32> {
-    if loss != Loss::CategoricalCrossEntropy {
-        return data.y.clone();
+/// The loss to train with on class ids: categorical cross-entropy (say, from a model file)
+/// is the sparse one, whose class-id targets the metrics also need.
+pub fn for_class_ids(loss: Loss) -> Loss {
+    match loss {
+        Loss::CategoricalCrossEntropy => Loss::SparseCategoricalCrossEntropy,
+        other => other,
     }
-    let mut out = vec![0.0; data.n * outputs];
-    for (row, &label) in data.y.iter().enumerate() {
-        out[row * outputs + label as usize] = 1.0;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -321,7 +314,11 @@ mod tests {
     #[test]
     fn loss_names_round_trip() {
         for n in LossName::value_variants() {
-            assert_eq!(LossName::of(n.loss()), Some(*n));
+            assert_eq!(LossName::of(n.loss()), *n);
         }
+        assert_eq!(
+            LossName::of(Loss::CategoricalCrossEntropy),
+            LossName::SparseCategoricalCrossentropy
+        );
     }
 }

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use kiln::data::{csv, idx};
-use kiln::{Device, Loss, Result};
+use kiln::{Loss, Result};
 
+use super::checkpoint::{CheckpointArgs, Opened};
 use super::record::RunRecord;
-use super::{bad_arg, checkpoint, io_error};
+use super::{bad_arg, io_error};
 
 /// The long help of `kiln predict`.
 pub const LONG_ABOUT: &str = "\
@@ -35,9 +36,8 @@ Examples:
 /// Options of `kiln predict`.
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// The run folder written by `kiln train` (its --out)
-    #[arg(long, value_name = "DIR")]
-    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub run: CheckpointArgs,
 
     /// Rows to predict: a .csv file, or an IDX images file
     #[arg(long, value_name = "FILE")]
@@ -46,27 +46,21 @@ pub struct PredictArgs {
     /// Write the predictions here instead of to standard output
     #[arg(long, value_name = "FILE.csv")]
     pub output: Option<PathBuf>,
-
-    /// Where to run: gpu, gpu:NAME or cpu
-    #[arg(long, value_name = "DEVICE", default_value = "gpu")]
-    pub device: String,
-
-    /// Rows per batch [default: the run's batch size]
-    #[arg(long, value_name = "N")]
-    pub batch_size: Option<usize>,
 }
 
 /// Runs `kiln predict`.
 pub fn run(args: PredictArgs) -> Result<()> {
-    let device = Device::from_name(&args.device)?;
-    let (record, mut trainer) = checkpoint::open(&args.checkpoint, &device)?;
+    let Opened {
+        record,
+        mut trainer,
+        batch_size,
+    } = args.run.open()?;
     let mut x = read_rows(&args.input, &record)?;
     if let Some(s) = record.scaler() {
         s.transform(&mut x)?;
     }
     let rows = x.len() / record.features;
-    let batch = args.batch_size.unwrap_or(record.batch_size.max(1));
-    let out = trainer.predict(&x, batch)?;
+    let out = trainer.predict(&x, batch_size)?;
     let outputs = trainer.model.output_width();
     let classify = !matches!(trainer.loss(), Loss::Mse | Loss::Mae);
     let text = to_csv(&out, outputs, classify);

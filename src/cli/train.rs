@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use kiln::data::Dataset;
 use kiln::train::{FitOptions, Validation};
-use kiln::{Device, History, Loss, Result, Trainer};
+use kiln::{Device, History, Result, Trainer};
 
 use super::data_source::{self, DataSource, Scale};
 use super::model_args::{self, LossName, ModelArgs, OptimizerName};
@@ -195,15 +195,13 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
 
     let loss_name = args.loss.unwrap_or(LossName::default_for(&train));
     let outputs = match loss_name {
-        LossName::SparseCategoricalCrossentropy | LossName::CategoricalCrossentropy => {
-            train.classes.max(1)
-        }
+        LossName::SparseCategoricalCrossentropy => train.classes.max(1),
         _ => 1,
     };
     let spec = args.model.build(train.features, outputs)?;
     let loss = match (args.loss, spec.loss) {
         (Some(l), _) => l.loss(),
-        (None, Some(l)) => l,
+        (None, Some(l)) => model_args::for_class_ids(l),
         (None, None) => loss_name.loss(),
     };
     let what = if args.model.model.is_some() {
@@ -244,7 +242,7 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         classes: train.classes,
         layers,
         activation: args.model.activation.unwrap_or_default().name(),
-        loss: LossName::of(loss).map_or(String::new(), |l| l.name()),
+        loss: LossName::of(loss).name(),
         optimizer: optimizer_name.name(),
         lr,
         ..RunRecord::default()
@@ -426,8 +424,7 @@ fn describe(run: &Run, device: &Device, epochs: usize) {
 fn fit(run: &mut Run, epochs: usize, quiet: bool) -> Result<()> {
     let r = &run.record;
     let trainer = &mut run.trainer;
-    let outputs = trainer.model.output_width();
-    let y = model_args::targets(trainer.loss(), &run.train, outputs);
+    let y = &run.train.y;
     let rows = training_rows(&run.train, r.validation_split);
     let steps = rows.div_ceil(r.batch_size);
     let bars = progress::bars_wanted(quiet);
@@ -441,7 +438,7 @@ fn fit(run: &mut Run, epochs: usize, quiet: bool) -> Result<()> {
         if r.validation_split > 0.0 {
             opts.validation = Validation::Split(r.validation_split);
         }
-        let result = trainer.fit(&run.train.x, &y, opts);
+        let result = trainer.fit(&run.train.x, y, opts);
         bar.finish_and_clear();
         let Some(log) = result?.epochs.pop() else {
             break;
@@ -458,10 +455,9 @@ fn fit(run: &mut Run, epochs: usize, quiet: bool) -> Result<()> {
 /// Tests the model, prints the summary and writes the curves.
 fn finish(run: &mut Run) -> Result<()> {
     if let Some(test) = run.test.as_ref().filter(|t| t.n > 0) {
-        let loss: Loss = run.trainer.loss();
-        let outputs = run.trainer.model.output_width();
-        let y = model_args::targets(loss, test, outputs);
-        let e = run.trainer.evaluate(&test.x, &y, run.record.batch_size)?;
+        let e = run
+            .trainer
+            .evaluate(&test.x, &test.y, run.record.batch_size)?;
         let mut line = format!("test:   loss {:.4}", e.loss);
         for (name, v) in &e.metrics {
             line += &format!("  {name} {v:.4}");
