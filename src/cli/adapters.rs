@@ -16,7 +16,7 @@ the largest tensor (batch x layer width) kiln can place on the adapter.";
 pub fn run() -> Result<()> {
     let adapters = list_adapters()?;
     if adapters.is_empty() {
-        println!(
+        say!(
             "No GPU adapter found. Install a Vulkan driver (on Debian or Ubuntu without a GPU: \
              apt-get install mesa-vulkan-drivers, for the lavapipe software adapter), or train \
              with --device cpu."
@@ -24,14 +24,14 @@ pub fn run() -> Result<()> {
         return Ok(());
     }
     for (i, a) in adapters.iter().enumerate() {
-        println!("{}. {}", i + 1, a.name);
-        println!("   backend:             {} ({})", a.backend, a.device_type);
-        println!("   driver:              {}", a.driver);
-        println!(
+        say!("{}. {}", i + 1, a.name);
+        say!("   backend:             {} ({})", a.backend, a.device_type);
+        say!("   driver:              {}", a.driver);
+        say!(
             "   max storage binding: {} MiB",
             a.max_storage_binding >> 20
         );
-        println!("   max buffer:          {} MiB", a.max_buffer >> 20);
+        say!("   max buffer:          {} MiB", a.max_buffer >> 20);
     }
     Ok(())
 }

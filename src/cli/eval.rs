@@ -97,12 +97,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .compile(loss, optimizer, &eval_metrics(loss, outputs))?;
     let e = trainer.evaluate(&test.x, &test.y, batch_size)?;
 
-    println!(
+    say!(
         "checkpoint: {} (after {epochs} epochs)",
         args.run.checkpoint.display()
     );
-    println!("data:       {name}, {}", data_source::describe(&test));
-    print!("{}", report(&e));
+    say!("data:       {name}, {}", data_source::describe(&test));
+    super::write_out(&report(&e));
     Ok(())
 }
 

@@ -1,5 +1,13 @@
 //! Argument parsing, dispatch to one module per subcommand, and error reporting.
 
+/// Prints a line on standard output, like `println!`, but a closed pipe ends the
+/// program quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod adapters;
 mod checkpoint;
 mod data_source;
@@ -84,6 +92,21 @@ pub fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes `text` to standard output. When the reader has gone (`kiln ... | head`),
+/// stops as a program killed by SIGPIPE would, but without an error: what the reader
+/// wanted it has, and a training run has saved its last epoch.
+fn write_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .is_err()
+    {
+        std::process::exit(0);
     }
 }
 

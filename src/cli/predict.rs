@@ -1,7 +1,6 @@
 //! `kiln predict`: the class and class probabilities (or the value) for every row of
 //! a CSV or IDX images file, as CSV.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -69,11 +68,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             std::fs::write(path, text).map_err(|e| io_error(path, e))?;
             eprintln!("wrote {rows} predictions to {}", path.display());
         }
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            // A closed pipe (`| head`) is not an error worth reporting.
-            let _ = stdout.write_all(text.as_bytes());
-        }
+        None => super::write_out(&text),
     }
     Ok(())
 }

@@ -28,6 +28,8 @@ pub struct RunRecord {
     pub seed: u64,
     /// Rows per step.
     pub batch_size: usize,
+    /// Epochs asked for, in all.
+    pub epochs: usize,
     /// The `--scale` choice.
     pub scale: String,
     /// Features per row.
@@ -103,6 +105,7 @@ impl RunRecord {
         line("validation_split", self.validation_split.to_string());
         line("seed", self.seed.to_string());
         line("batch_size", self.batch_size.to_string());
+        line("epochs", self.epochs.to_string());
         line("scale", self.scale.clone());
         line("features", self.features.to_string());
         line("classes", self.classes.to_string());
@@ -143,6 +146,7 @@ impl RunRecord {
                 }
                 "seed" => r.seed = value.parse().map_err(|_| bad(number(key)))?,
                 "batch_size" => r.batch_size = value.parse().map_err(|_| bad(number(key)))?,
+                "epochs" => r.epochs = value.parse().map_err(|_| bad(number(key)))?,
                 "scale" => r.scale = value.to_string(),
                 "features" => r.features = value.parse().map_err(|_| bad(number(key)))?,
                 "classes" => r.classes = value.parse().map_err(|_| bad(number(key)))?,
@@ -260,6 +264,7 @@ mod tests {
             validation_split: 0.1,
             seed: 7,
             batch_size: 32,
+            epochs: 10,
             scale: "standardize".into(),
             features: 2,
             classes: 3,

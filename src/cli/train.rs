@@ -42,7 +42,10 @@ Examples:
   # Regression on a CSV (labels that are not class ids), with SGD and momentum
   kiln train --data csv:houses.csv:price --loss mse --optimizer momentum --lr 0.01
 
-  # Train 10 more epochs of an earlier run (up to 30 in all), on the CPU
+  # Finish an interrupted run (its checkpoint is saved after every epoch)
+  kiln train --resume runs/mnist
+
+  # Train an earlier run on, up to 30 epochs in all, on the CPU
   kiln train --resume runs/mnist --epochs 30 --device cpu";
 
 /// Options of `kiln train`.
@@ -62,7 +65,7 @@ pub struct TrainArgs {
     pub model: ModelArgs,
 
     /// Passes over the training rows, in all (with --resume: including the epochs already
-    /// done) [default: 10; with --resume, the run's epochs so far]
+    /// done) [default: 10; with --resume, the number the run was started with]
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
 
@@ -153,11 +156,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(dir) => resume(dir, &device)?,
         None => fresh(&args, &device)?,
     };
-    let epochs = args.epochs.unwrap_or(if args.resume.is_some() {
-        run.trainer.epochs_done()
-    } else {
-        DEFAULT_EPOCHS
-    });
+    if args.epochs == Some(0) {
+        return Err(bad_arg("--epochs", "must be at least 1"));
+    }
+    // A resumed run finishes what it was started for, unless told otherwise.
+    let epochs = args.epochs.unwrap_or(run.record.epochs);
+    if run.record.epochs != epochs {
+        run.record.epochs = epochs;
+        run.record.save(&run.out)?;
+    }
     describe(&run, &device, epochs);
     fit(&mut run, epochs, args.quiet)?;
     finish(&mut run)
@@ -237,6 +244,7 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         validation_split,
         seed,
         batch_size,
+        epochs: args.epochs.unwrap_or(DEFAULT_EPOCHS),
         scale: scale.to_string(),
         features: train.features,
         classes: train.classes,
@@ -391,7 +399,7 @@ fn describe(run: &Run, device: &Device, epochs: usize) {
     } else {
         "regression".to_string()
     };
-    println!(
+    say!(
         "data:   {} ({fit_rows} train, {} validation, {test}; {} features, {classes}; scale {})",
         r.data,
         run.train.n - fit_rows,
@@ -399,7 +407,7 @@ fn describe(run: &Run, device: &Device, epochs: usize) {
         r.scale
     );
     let widths: Vec<String> = r.layers.iter().map(|w| w.to_string()).collect();
-    println!(
+    say!(
         "model:  {} ({} parameters), {} hidden, loss {}, {} lr {}, batch {}",
         widths.join("-"),
         run.trainer.model.param_count(),
@@ -409,15 +417,15 @@ fn describe(run: &Run, device: &Device, epochs: usize) {
         r.lr,
         r.batch_size
     );
-    println!("device: {}", device.name());
+    say!("device: {}", device.name());
     let done = run.trainer.epochs_done();
     if done > 0 {
-        println!(
-            "resume: {done} epochs done, {} to go",
+        say!(
+            "resume: {done} epochs done, {} to go (--epochs {epochs} in all)",
             epochs.saturating_sub(done)
         );
     }
-    println!("output: {}", run.out.display());
+    say!("output: {}", run.out.display());
 }
 
 /// Trains epoch by epoch up to `epochs` in all, saving the checkpoint and history after each.
@@ -443,7 +451,7 @@ fn fit(run: &mut Run, epochs: usize, quiet: bool) -> Result<()> {
         let Some(log) = result?.epochs.pop() else {
             break;
         };
-        println!("{}", progress::epoch_line(&log, epochs, rows));
+        say!("{}", progress::epoch_line(&log, epochs, rows));
         run.history.epochs.push(log);
         checkpoint::save(&run.out, trainer)?;
         let path = run.out.join("history.csv");
@@ -462,7 +470,7 @@ fn finish(run: &mut Run) -> Result<()> {
         for (name, v) in &e.metrics {
             line += &format!("  {name} {v:.4}");
         }
-        println!("{line}  ({} rows)", test.n);
+        say!("{line}  ({} rows)", test.n);
     }
     let seconds: Vec<f64> = run.history.epochs.iter().map(|e| e.seconds).collect();
     if !seconds.is_empty() {
@@ -470,7 +478,7 @@ fn finish(run: &mut Run) -> Result<()> {
         let (min, max) = seconds
             .iter()
             .fold((f64::INFINITY, 0.0f64), |(a, b), &s| (a.min(s), b.max(s)));
-        println!(
+        say!(
             "time:   {:.2} s per epoch (min {min:.2}, max {max:.2}), {total:.1} s in all",
             total / seconds.len() as f64
         );
@@ -479,7 +487,7 @@ fn finish(run: &mut Run) -> Result<()> {
     if !run.history.epochs.is_empty() {
         plot::curves(&run.history, &curves)?;
     }
-    println!(
+    say!(
         "saved:  checkpoint, history.csv and curves.png in {}",
         run.out.display()
     );
