@@ -43,8 +43,13 @@ fn draw(history: &History, path: &Path) -> Result<(), Box<dyn std::error::Error>
         .and_then(|e| e.metrics.first())
         .map(|(n, _)| n.clone());
     if let Some(m) = metric {
-        let title = m.replace('_', " ");
-        let title = title[..1].to_uppercase() + &title[1..];
+        let title = match m.as_str() {
+            "mae" | "mse" => m.to_uppercase(),
+            _ => {
+                let words = m.replace('_', " ");
+                words[..1].to_uppercase() + &words[1..]
+            }
+        };
         panel(&right, history, &m, &title)?;
     }
     root.present()?;
