@@ -130,7 +130,9 @@ fn train_writes_history_curves_and_checkpoint() {
     let png = std::fs::read(t.dir.join("curves.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "curves.png is a PNG");
     assert!(png.len() > 5000, "curves.png has content");
-    assert!(t.dir.join("kiln-run.txt").is_file());
+    for file in ["kiln-run.txt", "model.safetensors", "optimizer.safetensors"] {
+        assert!(t.dir.join(file).is_file(), "{file} missing");
+    }
     // One line per epoch without a terminal, then the test result.
     let epoch_lines = t.stdout.lines().filter(|l| l.starts_with("epoch ")).count();
     assert_eq!(epoch_lines, EPOCHS, "{}", t.stdout);
@@ -397,5 +399,44 @@ fn idx_folder_trains_and_predicts_from_an_images_file() {
         ],
         1,
         "--test-split",
+    );
+}
+
+#[test]
+fn a_model_file_describes_the_model_and_its_training() {
+    let dir = temp_dir("model-file");
+    let file = dir.join("model.toml");
+    std::fs::write(
+        &file,
+        "input = 64\n\n\
+         [[layers]]\ndense = 32\nactivation = \"tanh\"\n\n\
+         [[layers]]\ndense = 10\n\n\
+         [training]\nloss = \"sparse_categorical_crossentropy\"\noptimizer = \"rmsprop\"\n\
+         lr = 0.002\nbatch_size = 64\nepochs = 2\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let summary = kiln_ok(&["summary", "--model", file]);
+    assert!(summary.contains("Total params: 2410"), "{summary}");
+    assert!(summary.contains("tanh"), "{summary}");
+    let run = dir.join("run");
+    let out = kiln_ok(&["train", "--model", file, "--out", run.to_str().unwrap()]);
+    assert!(out.contains("rmsprop lr 0.002, batch 64"), "{out}");
+    let (_, rows) = history(&run);
+    assert_eq!(rows.len(), 2, "the file's epochs:\n{out}");
+    kiln_fails(
+        &["train", "--model", file, "--activation", "relu"],
+        1,
+        "--activation",
+    );
+    std::fs::write(
+        dir.join("bad.toml"),
+        "input = 64\n[[layers]]\ndense = \"ten\"\n",
+    )
+    .unwrap();
+    kiln_fails(
+        &["summary", "--model", dir.join("bad.toml").to_str().unwrap()],
+        1,
+        "line 3",
     );
 }

@@ -182,22 +182,36 @@ pub struct ModelSpec {
     pub sequential: Sequential,
     /// The loss a model file names, if any.
     pub loss: Option<Loss>,
-    /// The optimizer a model file names, if any.
-    pub optimizer: Option<Optimizer>,
+    /// The optimizer a model file names, if any, with its name.
+    pub optimizer: Option<(String, Optimizer)>,
+    /// The batch size a model file names, if any.
+    pub batch_size: Option<usize>,
+    /// The epochs a model file names, if any.
+    pub epochs: Option<usize>,
+    /// The seed a model file names, if any.
+    pub seed: Option<u64>,
 }
 
 impl ModelArgs {
+    /// The model file's description, when the model comes from one.
+    pub fn load_file(&self) -> Result<Option<ModelSpec>> {
+        let Some(path) = &self.model else {
+            return Ok(None);
+        };
+        if self.activation.is_some() {
+            return Err(bad_arg(
+                "--activation",
+                "applies to --layers; a model file names its own activations",
+            ));
+        }
+        checkpoint::model_file(path).map(Some)
+    }
+
     /// The model described, for data with `features` inputs and `outputs` outputs
     /// (used only when no widths are given).
     pub fn build(&self, features: usize, outputs: usize) -> Result<ModelSpec> {
-        if let Some(path) = &self.model {
-            if self.activation.is_some() {
-                return Err(bad_arg(
-                    "--activation",
-                    "applies to --layers; a model file names its own activations",
-                ));
-            }
-            return checkpoint::model_file(path);
+        if let Some(spec) = self.load_file()? {
+            return Ok(spec);
         }
         let widths = match &self.layers {
             Some(w) => w.clone(),
@@ -207,6 +221,9 @@ impl ModelArgs {
             sequential: sequential(&widths, self.activation.unwrap_or_default())?,
             loss: None,
             optimizer: None,
+            batch_size: None,
+            epochs: None,
+            seed: None,
         })
     }
 }

@@ -40,11 +40,11 @@ pub struct RunRecord {
     pub shift: Vec<f32>,
     /// See `shift`.
     pub divisor: Vec<f32>,
-    /// Layer widths (the model, until checkpoints describe it themselves).
+    /// Widths of the dense layers, input first (a description: the checkpoint holds the model).
     pub layers: Vec<usize>,
-    /// Activation name of the hidden layers.
+    /// Activation of the hidden layers made by --layers; empty for a model file.
     pub activation: String,
-    /// Loss name.
+    /// Loss name (a description, as the three below).
     pub loss: String,
     /// Optimizer name.
     pub optimizer: String,

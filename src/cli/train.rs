@@ -9,9 +9,9 @@ use kiln::train::{FitOptions, Validation};
 use kiln::{Device, History, Result, Trainer};
 
 use super::data_source::{self, DataSource, Scale};
-use super::model_args::{self, LossName, ModelArgs, OptimizerName};
+use super::model_args::{self, LossName, ModelArgs, ModelSpec, OptimizerName};
 use super::record::{self, RunRecord};
-use super::{bad_arg, checkpoint, io_error, plot, progress};
+use super::{bad_arg, io_error, plot, progress};
 
 /// The long help of `kiln train`.
 pub const LONG_ABOUT: &str = "\
@@ -173,7 +173,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// Loads the data and builds a new model as the options say.
 fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
     let source = args.data.clone().unwrap_or(DataSource::Digits);
-    let seed = args.seed.unwrap_or(0);
+    // A model file's [training] section gives defaults that the options override.
+    let file = args.model.load_file()?;
+    let from_file = |f: fn(&ModelSpec) -> Option<usize>| file.as_ref().and_then(f);
+    let seed = args
+        .seed
+        .or(file.as_ref().and_then(|f| f.seed))
+        .unwrap_or(0);
     let own_test = source.has_test_set() || args.test_data.is_some();
     if own_test && args.test_split.is_some() {
         return Err(bad_arg(
@@ -186,7 +192,10 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         .unwrap_or(if own_test { 0.0 } else { DEFAULT_TEST_SPLIT });
     let validation_split = args.validation_split.unwrap_or(DEFAULT_VALIDATION);
     data_source::check_fraction("--validation-split", validation_split)?;
-    let batch_size = args.batch_size.unwrap_or(DEFAULT_BATCH);
+    let batch_size = args
+        .batch_size
+        .or(from_file(|f| f.batch_size))
+        .unwrap_or(DEFAULT_BATCH);
     if batch_size == 0 {
         return Err(bad_arg("--batch-size", "must be at least 1"));
     }
@@ -205,7 +214,14 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         LossName::SparseCategoricalCrossentropy => train.classes.max(1),
         _ => 1,
     };
-    let spec = args.model.build(train.features, outputs)?;
+    let epochs = args
+        .epochs
+        .or(from_file(|f| f.epochs))
+        .unwrap_or(DEFAULT_EPOCHS);
+    let spec = match file {
+        Some(spec) => spec,
+        None => args.model.build(train.features, outputs)?,
+    };
     let loss = match (args.loss, spec.loss) {
         (Some(l), _) => l.loss(),
         (None, Some(l)) => model_args::for_class_ids(l),
@@ -217,15 +233,18 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         "--layers"
     };
     model_args::check_fits(&spec.sequential, loss, &train, what)?;
-    let optimizer_name = args.optimizer.unwrap_or_default();
-    let optimizer = match (args.optimizer, spec.optimizer) {
-        (None, Some(mut o)) => {
+    let (optimizer_name, optimizer) = match (args.optimizer, spec.optimizer) {
+        (None, Some((name, mut o))) => {
             if let Some(lr) = args.lr {
                 o.lr = lr;
             }
-            o
+            (name, o)
         }
-        _ => optimizer_name.optimizer(args.lr.unwrap_or(optimizer_name.default_lr()))?,
+        (name, _) => {
+            let name = name.unwrap_or_default();
+            let lr = args.lr.unwrap_or(name.default_lr());
+            (name.name(), name.optimizer(lr)?)
+        }
     };
     let lr = optimizer.lr;
     let model = spec.sequential.build(device, seed)?;
@@ -244,14 +263,18 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         validation_split,
         seed,
         batch_size,
-        epochs: args.epochs.unwrap_or(DEFAULT_EPOCHS),
+        epochs,
         scale: scale.to_string(),
         features: train.features,
         classes: train.classes,
         layers,
-        activation: args.model.activation.unwrap_or_default().name(),
+        // A model file names its own activations, layer by layer.
+        activation: match args.model.model {
+            Some(_) => String::new(),
+            None => args.model.activation.unwrap_or_default().name(),
+        },
         loss: LossName::of(loss).name(),
-        optimizer: optimizer_name.name(),
+        optimizer: optimizer_name,
         lr,
         ..RunRecord::default()
     };
@@ -260,7 +283,7 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
     let out = out_dir(args)?;
     record.save(&out)?;
     // A checkpoint from the start, so the folder can be resumed or evaluated at once.
-    checkpoint::save(&out, &trainer)?;
+    kiln::io::save(&out, &trainer)?;
     Ok(Run {
         out,
         record,
@@ -280,7 +303,7 @@ fn resume(dir: &Path, device: &Device) -> Result<Run> {
     if let Some(t) = test.as_mut() {
         data_source::apply(scaler.as_ref(), t)?;
     }
-    let trainer = checkpoint::load_trainer(dir, device, &record)?;
+    let trainer = kiln::io::load_trainer(dir, device)?;
     let path = dir.join("history.csv");
     let mut history = match std::fs::read_to_string(&path) {
         Ok(text) => record::parse_history(&text, &path.display().to_string())?,
@@ -407,11 +430,14 @@ fn describe(run: &Run, device: &Device, epochs: usize) {
         r.scale
     );
     let widths: Vec<String> = r.layers.iter().map(|w| w.to_string()).collect();
+    let hidden = match r.activation.as_str() {
+        "" => String::new(),
+        act => format!(", {act} hidden"),
+    };
     say!(
-        "model:  {} ({} parameters), {} hidden, loss {}, {} lr {}, batch {}",
+        "model:  {} ({} parameters){hidden}, loss {}, {} lr {}, batch {}",
         widths.join("-"),
         run.trainer.model.param_count(),
-        r.activation,
         r.loss,
         r.optimizer,
         r.lr,
@@ -453,7 +479,7 @@ fn fit(run: &mut Run, epochs: usize, quiet: bool) -> Result<()> {
         };
         say!("{}", progress::epoch_line(&log, epochs, rows));
         run.history.epochs.push(log);
-        checkpoint::save(&run.out, trainer)?;
+        kiln::io::save(&run.out, trainer)?;
         let path = run.out.join("history.csv");
         std::fs::write(&path, run.history.to_csv()).map_err(|e| io_error(&path, e))?;
     }

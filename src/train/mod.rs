@@ -236,6 +236,8 @@ impl Trainer {
     }
 
     /// The loss as compiled.
+    // `user_loss` on purpose: `loss` is the fused variant the training loop runs.
+    #[allow(clippy::misnamed_getters)]
     pub fn loss(&self) -> Loss {
         self.loss
     }
