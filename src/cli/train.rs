@@ -455,34 +455,40 @@ fn describe(run: &Run, device: &Device, epochs: usize) {
 }
 
 /// Trains epoch by epoch up to `epochs` in all, saving the checkpoint and history after each.
+///
+/// The data is uploaded once; the run hands the trainer back between epochs for the save.
 fn fit(run: &mut Run, epochs: usize, quiet: bool) -> Result<()> {
     let r = &run.record;
-    let trainer = &mut run.trainer;
-    let y = &run.train.y;
     let rows = training_rows(&run.train, r.validation_split);
     let steps = rows.div_ceil(r.batch_size);
     let bars = progress::bars_wanted(quiet);
-    while trainer.epochs_done() < epochs {
-        let epoch = trainer.epochs_done() + 1;
+    let remaining = epochs.saturating_sub(run.trainer.epochs_done());
+    if remaining == 0 {
+        return Ok(());
+    }
+    let mut opts = FitOptions::new(remaining, r.batch_size);
+    opts.seed = r.seed;
+    opts.loss_every = progress::loss_every(steps);
+    if r.validation_split > 0.0 {
+        opts.validation = Validation::Split(r.validation_split);
+    }
+    let mut fit = run.trainer.start_fit(&run.train.x, &run.train.y, opts)?;
+    loop {
+        let epoch = fit.trainer().epochs_done() + 1;
         let bar = progress::epoch_bar(bars, epoch, epochs, steps);
-        let mut opts = FitOptions::new(1, r.batch_size);
-        opts.seed = r.seed;
-        opts.loss_every = progress::loss_every(steps);
-        opts.on_step = Some(progress::step_hook(bar.clone()));
-        if r.validation_split > 0.0 {
-            opts.validation = Validation::Split(r.validation_split);
-        }
-        let result = trainer.fit(&run.train.x, y, opts);
+        fit.set_step_hook(Some(progress::step_hook(bar.clone())));
+        let result = fit.next_epoch();
         bar.finish_and_clear();
-        let Some(log) = result?.epochs.pop() else {
+        let Some(log) = result? else {
             break;
         };
         say!("{}", progress::epoch_line(&log, epochs, rows));
         run.history.epochs.push(log);
-        kiln::io::save(&run.out, trainer)?;
+        kiln::io::save(&run.out, fit.trainer())?;
         let path = run.out.join("history.csv");
         std::fs::write(&path, run.history.to_csv()).map_err(|e| io_error(&path, e))?;
     }
+    fit.finish()?;
     Ok(())
 }
 
