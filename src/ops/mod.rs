@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod bias;
+pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod gather;
@@ -13,6 +14,7 @@ pub mod loss;
 pub mod matmul;
 pub mod metrics;
 pub mod optim;
+pub mod pool;
 pub mod reduce;
 
 use crate::device::{Device, GpuContext, Kernel};

@@ -74,3 +74,29 @@ pub const AWKWARD: &[(usize, usize)] = &[
     (128, 784),
     (784, 128),
 ];
+
+/// f32 values as f64.
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// A GPU tensor filled with NaN, for outputs: a value the kernel fails to write shows.
+pub fn nan_gpu(shape: &[usize]) -> Tensor {
+    Tensor::full(&gpu(), shape, f32::NAN).unwrap()
+}
+
+/// The gradient of `loss` at `x` by central differences with step `h`, one index at a time.
+pub fn central(x: &[f64], h: f64, mut loss: impl FnMut(&[f64]) -> f64) -> Vec<f32> {
+    let mut v = x.to_vec();
+    (0..v.len())
+        .map(|i| {
+            let keep = v[i];
+            v[i] = keep + h;
+            let up = loss(&v);
+            v[i] = keep - h;
+            let down = loss(&v);
+            v[i] = keep;
+            ((up - down) / (2.0 * h)) as f32
+        })
+        .collect()
+}
