@@ -89,7 +89,9 @@ pub enum ConvKernel {
     /// Direct (implicit GEMM) kernels: 8 channels by 64 pixels per workgroup, the taps
     /// read in place.
     Direct,
-    /// The taps copied out into a matrix (im2col), then the matmul kernels.
+    /// The taps copied out into a matrix (im2col), then the matmul kernels. The matmul's
+    /// grid does not fold, so n * oh * ow is limited to 65535 times its tile height
+    /// (32 or 64 rows); past that the op returns [`Error::OverLimit`].
     Im2col,
 }
 
