@@ -3,8 +3,8 @@
 
 use super::bias::col_sum_gpu;
 use super::matmul::{Dims, Gemm};
-use super::pool::{row_sums_gpu, write_f64};
-use super::{device_of, grid, host, launch};
+use super::pool::row_sums_gpu;
+use super::{device_of, grid, host, launch, write_f64};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;

@@ -1,7 +1,7 @@
 //! 2-D max and average pooling over NCHW tensors, forward and backward, and global
 //! average pooling ([n, c, h, w] -> [n, c]).
 
-use super::{device_of, grid, host, launch, same_shape};
+use super::{device_of, grid, host, launch, same_shape, write_f64};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -371,15 +371,6 @@ impl Pool2d {
             Device::Gpu(ctx) => self.backward_gpu(&ctx, &g, false, dy, dy, dx),
         }
     }
-}
-
-/// Rounds `acc` into the CPU tensor `out`.
-pub(crate) fn write_f64(op: &'static str, out: &mut Tensor, acc: &[f64]) -> Result<()> {
-    let o = out.host_mut().ok_or(Error::DeviceMismatch { op })?;
-    for (o, a) in o.iter_mut().zip(acc) {
-        *o = *a as f32;
-    }
-    Ok(())
 }
 
 /// Max pooling as new tensors: (out, argmax).

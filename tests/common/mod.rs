@@ -100,3 +100,24 @@ pub fn central(x: &[f64], h: f64, mut loss: impl FnMut(&[f64]) -> f64) -> Vec<f3
         })
         .collect()
 }
+
+/// Checks (dx, dgamma, dbeta) of a normalisation against central differences of
+/// `loss(x, gamma, beta)`, an f64 forward dotted with the output gradient.
+pub fn assert_affine_grads(
+    grads: &[Vec<f32>; 3],
+    inputs: [&[f64]; 3],
+    loss: impl Fn(&[f64], &[f64], &[f64]) -> f64,
+    what: &str,
+) {
+    let [x, gamma, beta] = inputs;
+    let fds = [
+        central(x, 1e-6, |v| loss(v, gamma, beta)),
+        central(gamma, 1e-6, |v| loss(x, v, beta)),
+        central(beta, 1e-6, |v| loss(x, gamma, v)),
+    ];
+    for ((got, fd), name) in grads.iter().zip(&fds).zip(["dx", "dgamma", "dbeta"]) {
+        // The backward reads mean and invstd rounded to f32: relative errors near 1e-7.
+        let what = format!("{name} vs finite differences {what}");
+        assert_close(got, fd, 1e-4, 1e-5, &what);
+    }
+}
