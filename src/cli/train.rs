@@ -194,14 +194,18 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         .test_split
         .unwrap_or(if own_test { 0.0 } else { DEFAULT_TEST_SPLIT });
     // A source with its own test rows trains on all the others, as Keras does by default.
-    let validation_split = args
-        .validation_split
-        .unwrap_or(if own_test { 0.0 } else { DEFAULT_VALIDATION });
+    let validation_split =
+        args.validation_split
+            .unwrap_or(if own_test { 0.0 } else { DEFAULT_VALIDATION });
     data_source::check_fraction("--validation-split", validation_split)?;
     let batch_size = args
         .batch_size
         .or(from_file(|f| f.batch_size))
-        .unwrap_or(if own_test { DEFAULT_IMAGE_BATCH } else { DEFAULT_BATCH });
+        .unwrap_or(if own_test {
+            DEFAULT_IMAGE_BATCH
+        } else {
+            DEFAULT_BATCH
+        });
     if batch_size == 0 {
         return Err(bad_arg("--batch-size", "must be at least 1"));
     }
