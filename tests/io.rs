@@ -251,6 +251,7 @@ fn optimizers_round_trip_through_the_training_section() {
     for opt in optimizers() {
         let file = ModelFile {
             input: 2,
+            image: None,
             layers: vec![],
             training: Some(TrainingSpec::from_optimizer(&opt).unwrap()),
         };
@@ -517,6 +518,7 @@ fn impossible_values_are_errors_naming_field_and_line() {
     // A ModelFile built in code is checked too, naming the field.
     let file = ModelFile {
         input: 3,
+        image: None,
         layers: vec![LayerSpec {
             dropout: Some(2.0),
             ..LayerSpec::default()
@@ -554,6 +556,7 @@ fn large_seeds_round_trip() {
     for seed in [0, 42, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
         let file = ModelFile {
             input: 1,
+            image: None,
             layers: vec![],
             training: Some(TrainingSpec {
                 seed: Some(seed),

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
+use crate::nn::layer::{Conv, Pool};
 use crate::nn::{Dense, Init, Layer, Sequential};
 use crate::ops::Activation;
 use crate::optim::{Optimizer, Rule, Schedule};
@@ -72,8 +73,12 @@ use crate::train::{Loss, Metric, Trainer};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelFile {
-    /// Features per input sample.
+    /// Features per input sample (for images: channels * height * width, or left out).
+    #[serde(default)]
     pub input: usize,
+    /// Image samples: [channels, height, width], NCHW.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<[usize; 3]>,
     /// The layers in order.
     #[serde(default)]
     pub layers: Vec<LayerSpec>,
@@ -116,6 +121,40 @@ pub struct LayerSpec {
     /// Dense: L2 penalty on the weight (default 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub l2: Option<f32>,
+    /// A 2-D convolution with this many filters (with `kernel`, `stride`, `padding`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv2d: Option<usize>,
+    /// Conv2d: kernel size (default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<usize>,
+    /// Conv2d: stride (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stride: Option<usize>,
+    /// Conv2d: "same", "valid" (default) or a number of zeros on each side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub padding: Option<Padding>,
+    /// Max pooling with this window (and stride).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pool: Option<usize>,
+    /// Average pooling with this window (and stride).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avg_pool: Option<usize>,
+    /// Global average pooling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_avg_pool: Option<bool>,
+    /// Flatten [c, h, w] samples for the dense layers after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flatten: Option<bool>,
+}
+
+/// Conv2d padding: a Keras name or a size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Padding {
+    /// "same" or "valid".
+    Name(String),
+    /// Zeros on each side.
+    Size(usize),
 }
 
 /// The `[training]` section: loss, optimizer and its hyper-parameters, and fit settings.
@@ -477,14 +516,42 @@ impl ModelFile {
 
     /// The layers this file describes, validated.
     fn layer_list(&self) -> std::result::Result<Vec<Layer>, Invalid> {
-        check(self.input > 0, &[Seg::Key("input")], || {
-            "must be at least 1".into()
+        let input = self.input_width();
+        check(input > 0, &[Seg::Key("input")], || {
+            "must be at least 1 (or give image = [channels, height, width])".into()
         })?;
-        let mut width = self.input;
+        if let Some(img) = self.image {
+            check(
+                self.input == 0 || self.input == img.iter().product::<usize>(),
+                &[Seg::Key("input")],
+                || {
+                    format!(
+                        "{} is not channels * height * width of image = {img:?}",
+                        self.input
+                    )
+                },
+            )?;
+        }
+        let mut width = input;
         let mut out = Vec::new();
         for (i, spec) in self.layers.iter().enumerate() {
             let at = [Seg::Key("layers"), Seg::Index(i)];
             let field = |name: &'static str| join(&at, [Seg::Key(name)]);
+            if let Some(layer) = image_layer(spec, &field)? {
+                out.push(layer);
+                if let Some(name) = &spec.activation {
+                    let act = parse_activation(name, spec.slope).ok_or_else(|| {
+                        invalid(
+                            &field("activation"),
+                            format!("unknown activation '{name}' (known: {ACTIVATIONS})"),
+                        )
+                    })?;
+                    out.push(act);
+                }
+                // Widths after image layers are checked when the model is built.
+                width = 0;
+                continue;
+            }
             match (spec.dense, spec.dropout) {
                 (Some(_), Some(_)) => {
                     return Err(invalid(
@@ -526,7 +593,7 @@ impl ModelFile {
                 check(units > 0, &field("dense"), || {
                     "must be at least 1 unit".into()
                 })?;
-                if let Some(inputs) = spec.inputs {
+                if let Some(inputs) = spec.inputs.filter(|_| width > 0) {
                     check(inputs == width, &field("inputs"), || {
                         format!("declares {inputs} inputs but the previous layer gives {width}")
                     })?;
@@ -587,8 +654,9 @@ impl ModelFile {
             )
         })?;
         Ok(Sequential {
-            input: self.input,
+            input: self.input_width(),
             layers,
+            image: self.image.map(|[c, h, w]| (c, h, w)),
         })
     }
 
@@ -619,12 +687,48 @@ impl ModelFile {
                     continue;
                 }
                 Layer::Softmax => ("softmax", None),
+                Layer::Conv2d(c) => {
+                    let padding = match c.padding {
+                        None => Padding::Name("same".into()),
+                        Some((0, 0)) => Padding::Name("valid".into()),
+                        Some((p, _)) => Padding::Size(p),
+                    };
+                    layers.push(LayerSpec {
+                        conv2d: Some(c.filters),
+                        kernel: Some(c.kernel.0),
+                        stride: (c.stride.0 != 1).then_some(c.stride.0),
+                        padding: Some(padding),
+                        ..LayerSpec::default()
+                    });
+                    continue;
+                }
+                Layer::MaxPool2d(p) | Layer::AvgPool2d(p) => {
+                    let max = matches!(layer, Layer::MaxPool2d(_));
+                    layers.push(LayerSpec {
+                        max_pool: max.then_some(p.kernel.0),
+                        avg_pool: (!max).then_some(p.kernel.0),
+                        ..LayerSpec::default()
+                    });
+                    continue;
+                }
+                Layer::GlobalAvgPool | Layer::Flatten => {
+                    let gap = matches!(layer, Layer::GlobalAvgPool);
+                    layers.push(LayerSpec {
+                        global_avg_pool: gap.then_some(true),
+                        flatten: (!gap).then_some(true),
+                        ..LayerSpec::default()
+                    });
+                    continue;
+                }
                 Layer::Activation(Activation::LeakyRelu(s)) => ("leaky_relu", Some(*s)),
                 Layer::Activation(a) => (layer_kind_name(*a), None),
             };
-            // An activation right after a dense layer joins its entry, as Keras writes it.
+            // An activation right after a dense or conv layer joins its entry, as Keras writes it.
             match layers.last_mut() {
-                Some(last) if last.dense.is_some() && last.activation.is_none() => {
+                Some(last)
+                    if (last.dense.is_some() || last.conv2d.is_some())
+                        && last.activation.is_none() =>
+                {
                     last.activation = Some(name.into());
                     last.slope = slope;
                 }
@@ -637,6 +741,7 @@ impl ModelFile {
         }
         ModelFile {
             input: model.input,
+            image: model.image.map(|(c, h, w)| [c, h, w]),
             layers,
             training: None,
         }
@@ -1096,4 +1201,93 @@ impl ScheduleSpec {
             },
         })
     }
+}
+
+impl ModelFile {
+    /// Features per sample: `input`, or the product of `image`.
+    fn input_width(&self) -> usize {
+        match (self.input, self.image) {
+            (0, Some(img)) => img.iter().product(),
+            (n, _) => n,
+        }
+    }
+}
+
+/// The image layer an entry describes, if it is one (conv2d, pooling, flatten).
+fn image_layer(
+    spec: &LayerSpec,
+    field: &dyn Fn(&'static str) -> Vec<Seg>,
+) -> std::result::Result<Option<Layer>, Invalid> {
+    let kinds = [
+        spec.conv2d.is_some(),
+        spec.max_pool.is_some(),
+        spec.avg_pool.is_some(),
+        spec.global_avg_pool == Some(true),
+        spec.flatten == Some(true),
+    ];
+    let count = kinds.iter().filter(|k| **k).count();
+    if count == 0 {
+        for (name, set) in [
+            ("kernel", spec.kernel.is_some()),
+            ("stride", spec.stride.is_some()),
+            ("padding", spec.padding.is_some()),
+        ] {
+            check(!set, &field(name), || {
+                "only conv2d layers take this key".into()
+            })?;
+        }
+        return Ok(None);
+    }
+    check(
+        count == 1 && spec.dense.is_none() && spec.dropout.is_none(),
+        &field("conv2d"),
+        || "one kind of layer per [[layers]] entry".into(),
+    )?;
+    if let Some(filters) = spec.conv2d {
+        check(filters > 0, &field("conv2d"), || {
+            "must be at least 1 filter".into()
+        })?;
+        let k = spec.kernel.unwrap_or(3);
+        check(k > 0, &field("kernel"), || "must be at least 1".into())?;
+        let stride = spec.stride.unwrap_or(1);
+        check(stride > 0, &field("stride"), || "must be at least 1".into())?;
+        let mut conv = Conv::new(filters, k).stride(stride);
+        conv = match &spec.padding {
+            None => conv,
+            Some(Padding::Size(p)) => conv.padding(*p),
+            Some(Padding::Name(n)) if n == "valid" => conv,
+            Some(Padding::Name(n)) if n == "same" => {
+                check(k % 2 == 1 && stride == 1, &field("padding"), || {
+                    "'same' needs an odd kernel and stride 1".into()
+                })?;
+                conv.same()
+            }
+            Some(Padding::Name(n)) => {
+                return Err(invalid(
+                    &field("padding"),
+                    format!("'{n}' is not same, valid or a number"),
+                ))
+            }
+        };
+        return Ok(Some(Layer::Conv2d(conv)));
+    }
+    for (name, value, max) in [
+        ("max_pool", spec.max_pool, true),
+        ("avg_pool", spec.avg_pool, false),
+    ] {
+        if let Some(k) = value {
+            check(k > 0, &field(name), || "must be at least 1".into())?;
+            let pool = Pool::new(k);
+            return Ok(Some(if max {
+                Layer::MaxPool2d(pool)
+            } else {
+                Layer::AvgPool2d(pool)
+            }));
+        }
+    }
+    Ok(Some(if spec.global_avg_pool == Some(true) {
+        Layer::GlobalAvgPool
+    } else {
+        Layer::Flatten
+    }))
 }
