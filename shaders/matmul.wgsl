@@ -26,6 +26,16 @@ struct Params {
 override TA: bool = false;
 override TB: bool = false;
 override BIAS: bool = false;
+// Store C transposed ([N, M]): lets a weight gradient dW = dZ^T X be computed as the
+// faster-running X^T dZ and still land in W's [out, in] layout.
+override TC: bool = false;
+
+fn c_index(row: u32, col: u32) -> u32 {
+    if TC {
+        return col * p.m + row;
+    }
+    return row * p.n + col;
+}
 
 fn a_at(row: u32, kk: u32) -> f32 {
     if TA {
@@ -60,7 +70,7 @@ fn naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var kk = 0u; kk < p.k; kk++) {
         acc += a_at(row, kk) * b_at(kk, col);
     }
-    c[row * p.n + col] = epilogue(col, acc);
+    c[c_index(row, col)] = epilogue(col, acc);
 }
 
 fn store_row(row: u32, col0: u32, v: vec4<f32>) {
@@ -70,7 +80,7 @@ fn store_row(row: u32, col0: u32, v: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
         let col = col0 + j;
         if col < p.n {
-            c[row * p.n + col] = epilogue(col, v[j]);
+            c[c_index(row, col)] = epilogue(col, v[j]);
         }
     }
 }
@@ -154,7 +164,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
             for (var j = 0u; j < 4u; j++) {
                 let col = tile_col + lid.x + j * 16u;
                 if col < p.n {
-                    c[row * p.n + col] = epilogue(col, acc[i][j]);
+                    c[c_index(row, col)] = epilogue(col, acc[i][j]);
                 }
             }
         }

@@ -25,6 +25,20 @@ struct Params {
 override TA: bool = false;
 override TB: bool = false;
 override BIAS: bool = false;
+// Store C transposed ([N, M]), as in matmul.wgsl.
+override TC: bool = false;
+
+// Writes four outputs of `row` starting at column 4 * col4.
+fn store4(row: u32, col4: u32, v: vec4<f32>) {
+    if TC {
+        for (var j = 0u; j < 4u; j++) {
+            let e = (col4 * 4u + j) * p.m + row;
+            c[e / 4u][e % 4u] = v[j];
+        }
+    } else {
+        c[row * (p.n / 4u) + col4] = v;
+    }
+}
 // Rows of C per workgroup: 4 or 8.
 override ROWS: u32 = 4u;
 const LANES: u32 = 16u;
@@ -96,7 +110,7 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var i = 0u; i < ROWS; i++) {
         let row = row0 + i;
         if row < p.m {
-            c[row * n4 + col4] = finish(col4, acc[i]);
+            store4(row, col4, finish(col4, acc[i]));
         }
     }
 }

@@ -20,6 +20,20 @@ struct Params {
 override TA: bool = false;
 override TB: bool = false;
 override BIAS: bool = false;
+// Store C transposed ([N, M]), as in matmul.wgsl.
+override TC: bool = false;
+
+// Writes four outputs of `row` starting at column 4 * col4.
+fn store4(row: u32, col4: u32, v: vec4<f32>) {
+    if TC {
+        for (var j = 0u; j < 4u; j++) {
+            let e = (col4 * 4u + j) * p.m + row;
+            c[e / 4u][e % 4u] = v[j];
+        }
+    } else {
+        c[row * (p.n / 4u) + col4] = v;
+    }
+}
 
 // A[row0 + i][k0 .. k0+4] for i in 0..8, as vec4 over k.
 fn load_a(row0: u32, k0: u32) -> array<vec4<f32>, 8> {
@@ -112,9 +126,9 @@ fn vec4_8x8(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = 0u; i < 8u; i++) {
         let row = row0 + i;
         if row < p.m {
-            c[row * n4 + c0] = finish(c0, lo[i]);
+            store4(row, c0, finish(c0, lo[i]));
             if c0 + 1u < n4 {
-                c[row * n4 + c0 + 1u] = finish(c0 + 1u, hi[i]);
+                store4(row, c0 + 1u, finish(c0 + 1u, hi[i]));
             }
         }
     }

@@ -141,3 +141,34 @@ fn shape_errors_are_typed() {
         ));
     }
 }
+
+#[test]
+fn transposed_store_matches_reference() {
+    let kernels = [
+        None,
+        Some(MatmulKernel::Naive),
+        Some(MatmulKernel::Blocked),
+        Some(MatmulKernel::Vec4),
+        Some(MatmulKernel::Tiled),
+        Some(MatmulKernel::Rows4),
+        Some(MatmulKernel::Rows8),
+    ];
+    for kernel in kernels {
+        for g in [Gemm::nn(), Gemm::nt(), Gemm::tn()] {
+            for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
+                let g = Gemm {
+                    kernel,
+                    ..g.store_transposed()
+                };
+                check(g, m, n, k, false, 300 + i as u64);
+            }
+        }
+    }
+    let (a, _) = both(&random(6, 1), &[2, 3]);
+    let (b, _) = both(&random(12, 1), &[3, 4]);
+    let (bias, _) = both(&random(4, 1), &[4]);
+    assert!(Gemm::nn()
+        .store_transposed()
+        .run(&a, &b, Some(&bias))
+        .is_err());
+}

@@ -70,6 +70,8 @@ pub struct Gemm {
     pub trans_a: bool,
     /// Use B^T (B is stored [N, K]).
     pub trans_b: bool,
+    /// Store the result transposed, as [N, M].
+    pub trans_c: bool,
     /// Activation applied after the bias.
     pub act: Activation,
     /// Force a kernel instead of the adapter's choice.
@@ -109,6 +111,14 @@ impl Gemm {
         }
     }
 
+    /// The same product stored transposed ([N, M]); no bias or activation then.
+    pub fn store_transposed(self) -> Gemm {
+        Gemm {
+            trans_c: true,
+            ..self
+        }
+    }
+
     /// The same product followed by `act`.
     pub fn with_act(self, act: Activation) -> Gemm {
         Gemm { act, ..self }
@@ -140,6 +150,12 @@ impl Gemm {
                 ),
             ));
         }
+        if self.trans_c && (bias.is_some() || self.act != Activation::Identity) {
+            return Err(Error::arg(
+                "matmul",
+                "a transposed store takes no bias or activation",
+            ));
+        }
         if let Some(bias) = bias {
             if bias.len() != n {
                 return Err(Error::shape(
@@ -151,10 +167,11 @@ impl Gemm {
         Ok(Dims { m, n, k })
     }
 
-    /// Computes the product into a new [M, N] tensor.
+    /// Computes the product into a new [M, N] tensor ([N, M] when stored transposed).
     pub fn run(&self, a: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let d = self.dims(a, b, bias)?;
-        let mut out = Tensor::uninit(&a.device(), &[d.m, d.n])?;
+        let shape = if self.trans_c { [d.n, d.m] } else { [d.m, d.n] };
+        let mut out = Tensor::uninit(&a.device(), &shape)?;
         self.run_into(a, b, bias, &mut out)?;
         Ok(out)
     }
@@ -246,6 +263,7 @@ impl Gemm {
             ("TA", f64::from(u8::from(self.trans_a))),
             ("TB", f64::from(u8::from(self.trans_b))),
             ("BIAS", f64::from(u8::from(bias.is_some()))),
+            ("TC", f64::from(u8::from(self.trans_c))),
         ];
         match which {
             MatmulKernel::Rows4 => constants.push(("ROWS", 4.0)),
@@ -295,6 +313,7 @@ pub fn cpu_matmul(g: &Gemm, d: Dims, a: &[f32], b: &[f32], bias: Option<&[f32]>)
         }
     };
     let mut c = vec![0.0f32; m * n];
+    let at_c = |i: usize, j: usize| if g.trans_c { j * m + i } else { i * n + j };
     let mut row = vec![0.0f64; n];
     for i in 0..m {
         row.iter_mut().for_each(|v| *v = 0.0);
@@ -306,7 +325,7 @@ pub fn cpu_matmul(g: &Gemm, d: Dims, a: &[f32], b: &[f32], bias: Option<&[f32]>)
         }
         for j in 0..n {
             let z = row[j] + bias.map_or(0.0, |bv| bv[j] as f64);
-            c[i * n + j] = g.act.forward(z) as f32;
+            c[at_c(i, j)] = g.act.forward(z) as f32;
         }
     }
     c
