@@ -377,8 +377,7 @@ impl Trainer {
         let lr = self.current_lr();
         self.optimizer
             .step(&mut self.model.params, lr, self.step, &mut self.norm)?;
-        self.model.device.flush();
-        Ok(())
+        self.model.device.flush()
     }
 
     /// One training step on a batch of host rows; returns nothing (no readback).
