@@ -208,6 +208,25 @@ impl Sequential {
                             "must be at least 1",
                         ));
                     }
+                    if d.units.checked_mul(width).is_none() {
+                        return Err(crate::Error::arg(
+                            format!("layer {i} (dense) units"),
+                            format!(
+                                "{} units x {width} inputs is more weights than fit in usize",
+                                d.units
+                            ),
+                        ));
+                    }
+                    for (which, init) in
+                        [("kernel_init", d.kernel_init), ("bias_init", d.bias_init)]
+                    {
+                        init.check().map_err(|e| match e {
+                            crate::Error::InvalidArgument { detail, .. } => {
+                                crate::Error::arg(format!("layer {i} (dense) {which}"), detail)
+                            }
+                            other => other,
+                        })?;
+                    }
                     width = d.units;
                 }
                 Layer::Dropout(rate) if !(0.0..1.0).contains(rate) => {

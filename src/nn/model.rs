@@ -87,9 +87,18 @@ impl Sequential {
             match layer {
                 Layer::Dense(d) => {
                     let layer_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(i as u64);
+                    // widths() checked that the product fits in usize.
+                    let count = d.units.saturating_mul(width);
+                    if let Device::Gpu(ctx) = device {
+                        // Refuse a weight over the adapter's limits before sampling it on the host.
+                        ctx.check_size(
+                            &format!("layer {i} (dense) weight [{}, {width}]", d.units),
+                            count,
+                        )?;
+                    }
                     let w = d
                         .kernel_init
-                        .sample(d.units * width, width, d.units, layer_seed);
+                        .try_sample(count, width, d.units, layer_seed)?;
                     params.push(Param::new(
                         device,
                         format!("{i}.weight"),
@@ -100,9 +109,9 @@ impl Sequential {
                     )?);
                     let w_index = params.len() - 1;
                     let b = if d.use_bias {
-                        let v = d
-                            .bias_init
-                            .sample(d.units, width, d.units, layer_seed ^ 0xb1a5);
+                        let v =
+                            d.bias_init
+                                .try_sample(d.units, width, d.units, layer_seed ^ 0xb1a5)?;
                         params.push(Param::new(
                             device,
                             format!("{i}.bias"),
@@ -276,18 +285,18 @@ impl Model {
         batch: usize,
         target_width: usize,
     ) -> Result<&mut Workspace> {
-        if !self.workspaces.contains_key(&(batch, target_width)) {
+        let key = (batch, target_width);
+        if !self.workspaces.contains_key(&key) {
             // Keep at most a few shapes (the full batch, the last partial one, evaluation).
             if self.workspaces.len() >= 4 {
                 self.workspaces.clear();
             }
             let ws = self.new_workspace(batch, target_width)?;
-            self.workspaces.insert((batch, target_width), ws);
+            self.workspaces.insert(key, ws);
         }
-        Ok(self
-            .workspaces
-            .get_mut(&(batch, target_width))
-            .expect("inserted above"))
+        self.workspaces
+            .get_mut(&key)
+            .ok_or_else(|| Error::arg("workspace", "not created"))
     }
 
     fn new_workspace(&self, batch: usize, target_width: usize) -> Result<Workspace> {
@@ -427,13 +436,19 @@ impl Model {
         self.workspace(batch, 1)?.acts[0].write(x)?;
         let stages = self.stages.clone();
         self.forward_ws(key, &stages, false)?;
-        self.workspaces[&key].acts[stages.len()].to_vec()
+        self.workspace(batch, 1)?.acts[stages.len()].to_vec()
     }
 
     /// Number of rows in a flat input, checking the width.
     pub(crate) fn rows_of(&self, x: &[f32], what: &str) -> Result<usize> {
         let w = self.spec.input;
-        if x.is_empty() || !x.len().is_multiple_of(w) {
+        if x.is_empty() {
+            return Err(Error::arg(
+                what,
+                format!("is empty (0 rows); the model needs at least one row of {w} features"),
+            ));
+        }
+        if !x.len().is_multiple_of(w) {
             return Err(Error::shape(
                 what,
                 format!(
