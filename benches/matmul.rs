@@ -1,6 +1,7 @@
 //! Matmul throughput per kernel, with the one-output-per-invocation kernel as the baseline.
 //!
-//! `cargo bench --bench matmul` prints GFLOP/s for square sizes and the MNIST layer shapes.
+//! `cargo bench --bench matmul` prints GFLOP/s for square sizes and the MNIST layer shapes
+//! (`-- --quick` leaves out N = 2048; `-- --json` prints the square sizes for compare.sh).
 
 use kiln::ops::matmul::{Gemm, MatmulKernel};
 use kiln::{Device, Tensor};
@@ -27,6 +28,18 @@ fn time(device: &Device, g: Gemm, a: &Tensor, b: &Tensor, out: &mut Tensor) -> f
 
 fn main() {
     let device = Device::gpu().expect("no GPU adapter");
+    let json = std::env::args().any(|a| a == "--json");
+    if json {
+        // One line per square size with the adapter's own kernel, for benches/compare.sh.
+        for n in [256usize, 512, 1024, 2048] {
+            let a = Tensor::full(&device, &[n, n], 0.5).expect("alloc");
+            let b = Tensor::full(&device, &[n, n], 0.25).expect("alloc");
+            let mut out = Tensor::uninit(&device, &[n, n]).expect("alloc");
+            let gf = 2.0 * (n * n * n) as f64 / time(&device, Gemm::nn(), &a, &b, &mut out) / 1e9;
+            println!("{{\"lib\":\"kiln\",\"backend\":\"wgpu\",\"bench\":\"matmul\",\"n\":{n},\"gflops\":{gf:.2}}}");
+        }
+        return;
+    }
     println!("adapter: {}", device.name());
     let full = !std::env::args().any(|a| a == "--quick");
     let mut shapes: Vec<(&str, Gemm, usize, usize, usize)> = vec![
@@ -37,7 +50,7 @@ fn main() {
         ("dX 128x128 * (784x128)^T", Gemm::nt(), 128, 784, 128),
         ("dW (128x784)^T * 128x128", Gemm::tn(), 784, 128, 128),
     ];
-    if full && std::env::var("KILN_BENCH_2048").is_ok() {
+    if full {
         shapes.push(("square 2048", Gemm::nn(), 2048, 2048, 2048));
     }
     let kernels = [

@@ -1,8 +1,8 @@
 //! kiln: train neural networks on any GPU through wgpu compute shaders.
 //!
 //! Layers, top to bottom (each uses only those below it):
-//! `train` (compile, fit, evaluate, predict), `nn` and `optim` (layers, models,
-//! optimizers), `ops` (one file per op: shape checks, CPU reference, GPU dispatch),
+//! `io` (model files and checkpoints), `train` (compile, fit, evaluate, predict),
+//! `nn` and `optim` (layers, models, optimizers), `ops` (one file per op: shape checks, CPU reference, GPU dispatch),
 //! `tensor`, `device`, `error`.
 //!
 //! Nothing reachable from the public API panics on bad input: every failure is an
@@ -23,6 +23,7 @@
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -74,9 +74,117 @@ impl Dense {
     }
 }
 
+/// A 2-D convolution layer over NCHW images; weights [filters, channels, kh, kw] as PyTorch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv {
+    /// Output channels.
+    pub filters: usize,
+    /// Kernel (height, width).
+    pub kernel: (usize, usize),
+    /// Step between outputs (height, width).
+    pub stride: (usize, usize),
+    /// Zero padding on each side (height, width); `None` is Keras's 'same' (odd kernels, stride 1).
+    pub padding: Option<(usize, usize)>,
+    /// Step between kernel taps.
+    pub dilation: (usize, usize),
+    /// Whether the layer has a bias.
+    pub use_bias: bool,
+    /// Initializer of the weight.
+    pub kernel_init: Init,
+}
+
+impl Conv {
+    /// `filters` channels out of a `k` x `k` kernel, stride 1, 'valid' padding, He-uniform weights.
+    pub fn new(filters: usize, k: usize) -> Conv {
+        Conv {
+            filters,
+            kernel: (k, k),
+            stride: (1, 1),
+            padding: Some((0, 0)),
+            dilation: (1, 1),
+            use_bias: true,
+            kernel_init: Init::HeUniform,
+        }
+    }
+
+    /// With Keras's 'same' padding.
+    pub fn same(self) -> Conv {
+        Conv {
+            padding: None,
+            ..self
+        }
+    }
+
+    /// With this stride.
+    pub fn stride(self, s: usize) -> Conv {
+        Conv {
+            stride: (s, s),
+            ..self
+        }
+    }
+
+    /// With explicit zero padding.
+    pub fn padding(self, p: usize) -> Conv {
+        Conv {
+            padding: Some((p, p)),
+            ..self
+        }
+    }
+
+    /// The op descriptor this layer runs.
+    pub fn op(&self) -> crate::Result<crate::ops::conv::Conv2d> {
+        let base = match self.padding {
+            Some(p) => crate::ops::conv::Conv2d::valid()
+                .with_padding(p)
+                .with_dilation(self.dilation),
+            None => crate::ops::conv::Conv2d::same_dilated(self.kernel, self.dilation)?,
+        };
+        Ok(base.with_stride(self.stride))
+    }
+}
+
+/// Pooling window, stride and padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Window (height, width).
+    pub kernel: (usize, usize),
+    /// Step (height, width); Keras and PyTorch default to the window.
+    pub stride: (usize, usize),
+    /// Zero padding on each side.
+    pub padding: (usize, usize),
+}
+
+impl Pool {
+    /// A `k` x `k` window with stride `k`.
+    pub fn new(k: usize) -> Pool {
+        Pool {
+            kernel: (k, k),
+            stride: (k, k),
+            padding: (0, 0),
+        }
+    }
+
+    /// The op descriptor this layer runs.
+    pub fn op(&self) -> crate::ops::pool::Pool2d {
+        crate::ops::pool::Pool2d::new(self.kernel)
+            .with_stride(self.stride)
+            .with_padding(self.padding)
+    }
+}
+
 /// One layer of a sequential model.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Layer {
+    /// 2-D convolution over [channels, height, width] samples.
+    Conv2d(Conv),
+    /// Max pooling.
+    MaxPool2d(Pool),
+    /// Average pooling (padding not counted).
+    AvgPool2d(Pool),
+    /// Mean over each channel's plane: [c, h, w] -> [c].
+    GlobalAvgPool,
+    /// [c, h, w] -> [c * h * w].
+    Flatten,
     /// Fully connected.
     Dense(Dense),
     /// A pointwise activation.
@@ -100,6 +208,11 @@ impl Layer {
             Layer::Activation(Activation::Gelu) => "gelu",
             Layer::Softmax => "softmax",
             Layer::Dropout(_) => "dropout",
+            Layer::Conv2d(_) => "conv2d",
+            Layer::MaxPool2d(_) => "max_pooling2d",
+            Layer::AvgPool2d(_) => "average_pooling2d",
+            Layer::GlobalAvgPool => "global_average_pooling2d",
+            Layer::Flatten => "flatten",
         }
     }
 }
@@ -107,10 +220,12 @@ impl Layer {
 /// A stack of layers, each feeding the next: the description a model is built from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sequential {
-    /// Width of one input sample.
+    /// Width of one input sample (channels * height * width for images).
     pub input: usize,
     /// The layers in order.
     pub layers: Vec<Layer>,
+    /// (channels, height, width) of image samples, stored NCHW row-major.
+    pub image: Option<(usize, usize, usize)>,
 }
 
 impl Sequential {
@@ -119,7 +234,48 @@ impl Sequential {
         Sequential {
             input,
             layers: Vec::new(),
+            image: None,
         }
+    }
+
+    /// An empty model taking images of `channels` x `height` x `width` (NCHW).
+    pub fn image(channels: usize, height: usize, width: usize) -> Sequential {
+        Sequential {
+            // Saturating: shapes() reports a product that overflows instead of panicking here.
+            input: channels.saturating_mul(height).saturating_mul(width),
+            layers: Vec::new(),
+            image: Some((channels, height, width)),
+        }
+    }
+
+    /// Appends a convolution of `filters` channels with a `k` x `k` kernel and 'same' padding.
+    pub fn conv2d(self, filters: usize, k: usize) -> Sequential {
+        self.add(Layer::Conv2d(Conv::new(filters, k).same()))
+    }
+
+    /// Appends a configured convolution.
+    pub fn conv2d_with(self, conv: Conv) -> Sequential {
+        self.add(Layer::Conv2d(conv))
+    }
+
+    /// Appends `k` x `k` max pooling with stride `k`.
+    pub fn max_pool(self, k: usize) -> Sequential {
+        self.add(Layer::MaxPool2d(Pool::new(k)))
+    }
+
+    /// Appends `k` x `k` average pooling with stride `k`.
+    pub fn avg_pool(self, k: usize) -> Sequential {
+        self.add(Layer::AvgPool2d(Pool::new(k)))
+    }
+
+    /// Appends global average pooling.
+    pub fn global_avg_pool(self) -> Sequential {
+        self.add(Layer::GlobalAvgPool)
+    }
+
+    /// Appends a flatten.
+    pub fn flatten(self) -> Sequential {
+        self.add(Layer::Flatten)
     }
 
     /// Appends any layer (Keras's `model.add`).
@@ -179,23 +335,58 @@ impl Sequential {
         self.add(Layer::Dropout(rate))
     }
 
-    /// Output width of each layer, checking that dense layers chain.
+    /// Output width of each layer (all values of one sample), checking that layers chain.
     pub fn widths(&self) -> crate::Result<Vec<usize>> {
-        let mut width = self.input;
+        Ok(self.shapes()?.iter().map(|s| s.iter().product()).collect())
+    }
+
+    /// Output shape of one sample after each layer: [features] or [channels, height, width].
+    pub fn shapes(&self) -> crate::Result<Vec<Vec<usize>>> {
+        use crate::Error;
+        let mut shape = match self.image {
+            Some((c, h, w)) => vec![c, h, w],
+            None => vec![self.input],
+        };
         let mut out = Vec::with_capacity(self.layers.len());
-        if width == 0 {
-            return Err(crate::Error::arg(
+        if self.input == 0 || shape.contains(&0) {
+            return Err(Error::arg(
                 "Sequential input",
                 "a model needs at least one input feature",
             ));
         }
+        let values = |shape: &[usize]| shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if values(&shape).is_none() {
+            return Err(Error::arg(
+                "Sequential input",
+                format!("{shape:?} holds more values than fit in usize"),
+            ));
+        }
         for (i, layer) in self.layers.iter().enumerate() {
-            match layer {
+            let name = format!("layer {i} ({})", layer.kind());
+            let image = |shape: &[usize]| -> crate::Result<(usize, usize, usize)> {
+                match *shape {
+                    [c, h, w] => Ok((c, h, w)),
+                    _ => Err(Error::shape(
+                        name.clone(),
+                        format!("needs [channels, height, width] samples, got {shape:?}: start with Sequential::image"),
+                    )),
+                }
+            };
+            shape = match layer {
                 Layer::Dense(d) => {
+                    let width = match shape.as_slice() {
+                        [w] => *w,
+                        s => {
+                            return Err(Error::shape(
+                                name,
+                                format!("needs flat samples, got {s:?}: add .flatten() first"),
+                            ))
+                        }
+                    };
                     if let Some(inputs) = d.inputs {
                         if inputs != width {
-                            return Err(crate::Error::shape(
-                                format!("layer {i} (dense)"),
+                            return Err(Error::shape(
+                                name,
                                 format!(
                                     "declared {inputs} inputs but the previous layer gives {width}"
                                 ),
@@ -203,14 +394,11 @@ impl Sequential {
                         }
                     }
                     if d.units == 0 {
-                        return Err(crate::Error::arg(
-                            format!("layer {i} (dense) units"),
-                            "must be at least 1",
-                        ));
+                        return Err(Error::arg(format!("{name} units"), "must be at least 1"));
                     }
                     if d.units.checked_mul(width).is_none() {
-                        return Err(crate::Error::arg(
-                            format!("layer {i} (dense) units"),
+                        return Err(Error::arg(
+                            format!("{name} units"),
                             format!(
                                 "{} units x {width} inputs is more weights than fit in usize",
                                 d.units
@@ -221,23 +409,71 @@ impl Sequential {
                         [("kernel_init", d.kernel_init), ("bias_init", d.bias_init)]
                     {
                         init.check().map_err(|e| match e {
-                            crate::Error::InvalidArgument { detail, .. } => {
-                                crate::Error::arg(format!("layer {i} (dense) {which}"), detail)
+                            Error::InvalidArgument { detail, .. } => {
+                                Error::arg(format!("{name} {which}"), detail)
                             }
                             other => other,
                         })?;
                     }
-                    width = d.units;
+                    vec![d.units]
                 }
                 Layer::Dropout(rate) if !(0.0..1.0).contains(rate) => {
-                    return Err(crate::Error::arg(
-                        format!("layer {i} (dropout) rate"),
+                    return Err(Error::arg(
+                        format!("{name} rate"),
                         format!("{rate} is not in [0, 1)"),
                     ))
                 }
-                _ => {}
+                Layer::Conv2d(conv) => {
+                    let (c, h, w) = image(&shape)?;
+                    if conv.filters == 0 {
+                        return Err(Error::arg(format!("{name} filters"), "must be at least 1"));
+                    }
+                    let weights = [conv.filters, c, conv.kernel.0, conv.kernel.1]
+                        .iter()
+                        .try_fold(1usize, |a, &d| a.checked_mul(d));
+                    if weights.is_none() {
+                        return Err(Error::arg(
+                            format!("{name} filters"),
+                            format!(
+                                "{} filters of {c}x{}x{} is more weights than fit in usize",
+                                conv.filters, conv.kernel.0, conv.kernel.1
+                            ),
+                        ));
+                    }
+                    conv.kernel_init.check().map_err(|e| match e {
+                        Error::InvalidArgument { detail, .. } => {
+                            Error::arg(format!("{name} kernel_init"), detail)
+                        }
+                        other => other,
+                    })?;
+                    let k = [conv.filters, c, conv.kernel.0, conv.kernel.1];
+                    let o = conv
+                        .op()?
+                        .out_shape(&[1, c, h, w], &k)
+                        .map_err(|e| Error::shape(name, e.to_string()))?;
+                    vec![o[1], o[2], o[3]]
+                }
+                Layer::MaxPool2d(p) | Layer::AvgPool2d(p) => {
+                    let (c, h, w) = image(&shape)?;
+                    let o = p
+                        .op()
+                        .out_shape(&[1, c, h, w])
+                        .map_err(|e| Error::shape(name, e.to_string()))?;
+                    vec![o[1], o[2], o[3]]
+                }
+                Layer::GlobalAvgPool => vec![image(&shape)?.0],
+                // The shape coming in was checked below (or above, for the input).
+                Layer::Flatten => vec![values(&shape).unwrap_or(usize::MAX)],
+                _ => shape,
+            };
+            // widths() and the plan multiply these out: refuse what overflows.
+            if values(&shape).is_none() {
+                return Err(Error::shape(
+                    format!("layer {i}"),
+                    format!("output {shape:?} holds more values than fit in usize"),
+                ));
             }
-            out.push(width);
+            out.push(shape.clone());
         }
         Ok(out)
     }

@@ -13,6 +13,7 @@ use crate::ops::activation::{
 use crate::ops::bias::bias_grad_into;
 use crate::ops::dropout::dropout_into;
 use crate::ops::matmul::Gemm;
+use crate::ops::pool::{global_avg_pool_backward_into, global_avg_pool_into};
 use crate::ops::Activation;
 use crate::tensor::Tensor;
 
@@ -47,6 +48,20 @@ pub(crate) enum Stage {
     Softmax,
     /// Inverted dropout.
     Dropout(f32),
+    /// 2-D convolution with bias.
+    Conv {
+        w: usize,
+        b: Option<usize>,
+        conv: crate::ops::conv::Conv2d,
+    },
+    /// Max pooling (keeps the argmax in the workspace for the backward pass).
+    MaxPool(crate::ops::pool::Pool2d),
+    /// Average pooling.
+    AvgPool(crate::ops::pool::Pool2d),
+    /// Mean over each channel's plane.
+    GlobalAvgPool,
+    /// Reshape to [batch, features]: a copy, as tensors do not share buffers.
+    Flatten,
 }
 
 /// Buffers for one batch size, created once and reused every step.
@@ -55,7 +70,7 @@ pub(crate) struct Workspace {
     pub acts: Vec<Tensor>,
     /// grads[i] is the loss gradient with respect to acts[i] (grads[0] unused).
     pub grads: Vec<Tensor>,
-    /// Scratch for dL/dz of dense stages with a fused activation.
+    /// Per stage scratch: dL/dz of dense stages with a fused activation, argmax of max pools.
     dz: Vec<Option<Tensor>>,
     /// The batch's targets.
     pub target: Tensor,
@@ -68,6 +83,8 @@ pub struct Model {
     pub(crate) device: Device,
     pub(crate) spec: Sequential,
     pub(crate) widths: Vec<usize>,
+    /// Sample shape after each stage of the plan.
+    stage_shapes: Vec<Vec<usize>>,
     pub(crate) params: Vec<Param>,
     pub(crate) stages: Vec<Stage>,
     workspaces: HashMap<(usize, usize), Workspace>,
@@ -80,14 +97,20 @@ impl Sequential {
     /// Allocates and initialises the weights on `device` (seeded) and plans execution.
     pub fn build(&self, device: &Device, seed: u64) -> Result<Model> {
         let widths = self.widths()?;
+        let shapes = self.shapes()?;
         let mut params = Vec::new();
         let mut stages = Vec::new();
-        let mut width = self.input;
+        let mut stage_shapes: Vec<Vec<usize>> = Vec::new();
+        let mut shape = match self.image {
+            Some((c, h, w)) => vec![c, h, w],
+            None => vec![self.input],
+        };
         for (i, layer) in self.layers.iter().enumerate() {
-            match layer {
+            let layer_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(i as u64);
+            let stage = match layer {
                 Layer::Dense(d) => {
-                    let layer_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(i as u64);
-                    // widths() checked that the product fits in usize.
+                    let width = shape[0];
+                    // shapes() checked that the product fits in usize.
                     let count = d.units.saturating_mul(width);
                     if let Device::Gpu(ctx) = device {
                         // Refuse a weight over the adapter's limits before sampling it on the host.
@@ -99,55 +122,123 @@ impl Sequential {
                     let w = d
                         .kernel_init
                         .try_sample(count, width, d.units, layer_seed)?;
+                    let wshape = [d.units, width];
                     params.push(Param::new(
                         device,
                         format!("{i}.weight"),
                         &w,
-                        &[d.units, width],
+                        &wshape,
                         d.l1,
                         d.l2,
                     )?);
-                    let w_index = params.len() - 1;
-                    let b = if d.use_bias {
-                        let v =
-                            d.bias_init
-                                .try_sample(d.units, width, d.units, layer_seed ^ 0xb1a5)?;
-                        params.push(Param::new(
-                            device,
-                            format!("{i}.bias"),
-                            &v,
-                            &[d.units],
-                            0.0,
-                            0.0,
-                        )?);
-                        Some(params.len() - 1)
-                    } else {
-                        None
+                    let w = params.len() - 1;
+                    let b = match d.use_bias {
+                        true => {
+                            let v = d.bias_init.try_sample(
+                                d.units,
+                                width,
+                                d.units,
+                                layer_seed ^ 0xb1a5,
+                            )?;
+                            params.push(Param::new(
+                                device,
+                                format!("{i}.bias"),
+                                &v,
+                                &[d.units],
+                                0.0,
+                                0.0,
+                            )?);
+                            Some(params.len() - 1)
+                        }
+                        false => None,
                     };
-                    stages.push(Stage::Dense {
-                        w: w_index,
+                    Some(Stage::Dense {
+                        w,
                         b,
                         act: Activation::Identity,
-                    });
+                    })
+                }
+                Layer::Conv2d(c) => {
+                    let (cin, (kh, kw)) = (shape[0], c.kernel);
+                    // shapes() checked that filters * cin * kh * kw fits in usize.
+                    let (fan_in, fan_out) = (cin * kh * kw, c.filters * kh * kw);
+                    let n = c.filters * fan_in;
+                    if let Device::Gpu(ctx) = device {
+                        ctx.check_size(
+                            &format!(
+                                "layer {i} (conv2d) weight [{}, {cin}, {kh}, {kw}]",
+                                c.filters
+                            ),
+                            n,
+                        )?;
+                    }
+                    let w = c.kernel_init.try_sample(n, fan_in, fan_out, layer_seed)?;
+                    let wshape = [c.filters, cin, kh, kw];
+                    params.push(Param::new(
+                        device,
+                        format!("{i}.weight"),
+                        &w,
+                        &wshape,
+                        0.0,
+                        0.0,
+                    )?);
+                    let w = params.len() - 1;
+                    let b = match c.use_bias {
+                        true => {
+                            let zeros = vec![0.0; c.filters];
+                            params.push(Param::new(
+                                device,
+                                format!("{i}.bias"),
+                                &zeros,
+                                &[c.filters],
+                                0.0,
+                                0.0,
+                            )?);
+                            Some(params.len() - 1)
+                        }
+                        false => None,
+                    };
+                    Some(Stage::Conv {
+                        w,
+                        b,
+                        conv: c.op()?,
+                    })
                 }
                 Layer::Activation(act) => match stages.last_mut() {
                     // Fold into the dense layer when the derivative can come from the output.
                     Some(Stage::Dense { act: slot, .. })
                         if *slot == Activation::Identity && act.derivative_from_output() =>
                     {
-                        *slot = *act
+                        *slot = *act;
+                        None
                     }
-                    _ => stages.push(Stage::Act(*act)),
+                    _ => Some(Stage::Act(*act)),
                 },
-                Layer::Softmax => stages.push(Stage::Softmax),
-                Layer::Dropout(rate) => stages.push(Stage::Dropout(*rate)),
+                Layer::Softmax => Some(Stage::Softmax),
+                Layer::Dropout(rate) => Some(Stage::Dropout(*rate)),
+                Layer::MaxPool2d(p) => Some(Stage::MaxPool(p.op())),
+                Layer::AvgPool2d(p) => Some(Stage::AvgPool(p.op())),
+                Layer::GlobalAvgPool => Some(Stage::GlobalAvgPool),
+                Layer::Flatten => Some(Stage::Flatten),
+            };
+            shape = shapes[i].clone();
+            match stage {
+                Some(stage) => {
+                    stages.push(stage);
+                    stage_shapes.push(shape.clone());
+                }
+                None => {
+                    if let Some(last) = stage_shapes.last_mut() {
+                        *last = shape.clone();
+                    }
+                }
             }
-            width = widths[i];
         }
         Ok(Model {
             device: device.clone(),
             spec: self.clone(),
             widths,
+            stage_shapes,
             params,
             stages,
             workspaces: HashMap::new(),
@@ -240,7 +331,7 @@ impl Model {
 
     /// A Keras-like table of layers, output shapes and parameter counts.
     pub fn summary(&self) -> String {
-        let mut dense_seen = 0;
+        let shapes = self.spec.shapes().unwrap_or_default();
         let mut kinds: HashMap<&str, usize> = HashMap::new();
         let mut out = format!("Model: sequential on {}\n", self.device.name());
         let rule = "─".repeat(64);
@@ -253,21 +344,22 @@ impl Model {
             let k = kinds.entry(kind).or_default();
             let name = format!("{kind}_{k} ({i})");
             *k += 1;
-            let count = match layer {
-                Layer::Dense(d) => {
-                    dense_seen += 1;
-                    let inputs = if i == 0 {
-                        self.spec.input
-                    } else {
-                        self.widths[i - 1]
-                    };
-                    d.units * inputs + if d.use_bias { d.units } else { 0 }
-                }
-                _ => 0,
-            };
+            let prefix = format!("{i}.");
+            let count: usize = self
+                .params
+                .iter()
+                .filter(|p| p.name.starts_with(&prefix))
+                .map(|p| p.value.len())
+                .sum();
+            let dims: Vec<String> = shapes
+                .get(i)
+                .into_iter()
+                .flatten()
+                .map(|d| d.to_string())
+                .collect();
             out += &format!(
                 "{name:<28}{:<20}{count:>16}\n",
-                format!("(None, {})", self.widths[i])
+                format!("(None, {})", dims.join(", "))
             );
         }
         let total = self.param_count();
@@ -275,7 +367,7 @@ impl Model {
             "{rule}\nTotal params: {total} ({:.2} KB)\n",
             total as f64 * 4.0 / 1024.0
         );
-        out += &format!("Trainable params: {total}\nDense layers: {dense_seen}\n");
+        out += &format!("Trainable params: {total}\n");
         out
     }
 
@@ -301,30 +393,32 @@ impl Model {
 
     fn new_workspace(&self, batch: usize, target_width: usize) -> Result<Workspace> {
         let d = &self.device;
-        let mut widths = vec![self.spec.input];
-        for stage_out in self.stage_widths() {
-            widths.push(stage_out);
-        }
-        let acts = widths
+        let input = match self.spec.image {
+            Some((c, h, w)) => vec![c, h, w],
+            None => vec![self.spec.input],
+        };
+        let shapes: Vec<Vec<usize>> = std::iter::once(&input)
+            .chain(&self.stage_shapes)
+            .map(|s| std::iter::once(batch).chain(s.iter().copied()).collect())
+            .collect();
+        let acts = shapes
             .iter()
-            .map(|&w| Tensor::zeros(d, &[batch, w]))
+            .map(|s| Tensor::zeros(d, s))
             .collect::<Result<Vec<_>>>()?;
-        let grads = widths
+        let grads = shapes
             .iter()
             .enumerate()
-            .map(|(i, &w)| {
-                let shape = if i == 0 { vec![1] } else { vec![batch, w] };
-                Tensor::zeros(d, &shape)
-            })
+            .map(|(i, s)| Tensor::zeros(d, if i == 0 { &[1] } else { s }))
             .collect::<Result<Vec<_>>>()?;
         let dz = self
             .stages
             .iter()
-            .zip(&widths[1..])
-            .map(|(s, &w)| match s {
+            .zip(&shapes[1..])
+            .map(|(stage, shape)| match stage {
                 Stage::Dense { act, .. } if *act != Activation::Identity => {
-                    Tensor::zeros(d, &[batch, w]).map(Some)
+                    Tensor::zeros(d, shape).map(Some)
                 }
+                Stage::MaxPool(_) => Tensor::zeros(d, shape).map(Some),
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
@@ -335,19 +429,6 @@ impl Model {
             target: Tensor::zeros(d, &[batch, target_width])?,
             loss: Tensor::zeros(d, &[1])?,
         })
-    }
-
-    /// Output width of each stage of the plan.
-    fn stage_widths(&self) -> Vec<usize> {
-        let mut out = Vec::with_capacity(self.stages.len());
-        let mut width = self.spec.input;
-        for s in &self.stages {
-            if let Stage::Dense { w, .. } = s {
-                width = self.params[*w].value.shape()[0];
-            }
-            out.push(width);
-        }
-        out
     }
 
     /// Dropout seed of stage `i` in the current training step.
@@ -384,7 +465,18 @@ impl Model {
                 Stage::Act(act) => activation_into(act, x, y)?,
                 Stage::Softmax => softmax_into(x, y)?,
                 Stage::Dropout(rate) if training => dropout_into(x, rate, seeds[i], y)?,
-                Stage::Dropout(_) => y.copy_from(x)?,
+                Stage::Dropout(_) | Stage::Flatten => y.copy_from(x)?,
+                Stage::Conv { w, b, conv } => {
+                    conv.forward_into(x, &params[w].value, b.map(|b| &params[b].value), y)?
+                }
+                Stage::MaxPool(pool) => {
+                    let argmax = ws.dz[i]
+                        .as_mut()
+                        .ok_or_else(|| Error::arg("workspace", "no argmax"))?;
+                    pool.max_forward_into(x, y, argmax)?
+                }
+                Stage::AvgPool(pool) => pool.avg_forward_into(x, y)?,
+                Stage::GlobalAvgPool => global_avg_pool_into(x, y)?,
             }
         }
         Ok(())
@@ -420,10 +512,28 @@ impl Model {
                         Gemm::nn().run_into(dz, &params[w].value, None, dx)?;
                     }
                 }
+                Stage::Conv { w, b, conv } => {
+                    conv.backward_weight_into(x, dy, &mut params[w].grad)?;
+                    if let Some(b) = b {
+                        conv.backward_bias_into(dy, &mut params[b].grad)?;
+                    }
+                    if i > 0 {
+                        conv.backward_input_into(dy, &params[w].value, dx)?;
+                    }
+                }
                 _ if i == 0 => {}
                 Stage::Act(act) => activation_backward_into(act, x, dy, dx)?,
                 Stage::Softmax => softmax_backward_into(y, dy, dx)?,
                 Stage::Dropout(rate) => dropout_into(dy, rate, seeds[i], dx)?,
+                Stage::Flatten => dx.copy_from(dy)?,
+                Stage::MaxPool(pool) => {
+                    let argmax = ws.dz[i]
+                        .as_ref()
+                        .ok_or_else(|| Error::arg("workspace", "no argmax"))?;
+                    pool.max_backward_into(dy, argmax, dx)?
+                }
+                Stage::AvgPool(pool) => pool.avg_backward_into(dy, dx)?,
+                Stage::GlobalAvgPool => global_avg_pool_backward_into(dy, dx)?,
             }
         }
         Ok(())

@@ -1,9 +1,10 @@
 //! Bias broadcast over the rows of a [rows, cols] tensor, and its gradient (the column sum).
 
 use super::{device_of, grid, launch, same_shape, WG};
-use crate::device::{Device, Kernel};
+use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use std::sync::Arc;
 
 const ADD: Kernel = Kernel {
     file: "bias.wgsl",
@@ -114,7 +115,7 @@ pub fn bias_add_inplace(x: &mut Tensor, bias: &Tensor) -> Result<()> {
 /// A tall input split into about sqrt(rows) runs of sqrt(rows) rows gives both passes
 /// enough invocations and short loops. On lavapipe it took 60000x10 from 1.1-1.3 ms in one
 /// pass to 0.75-0.87 ms, and 100000x1 from 0.5 to 0.2-0.3 ms (`bias_grad_timing` in tests/bias.rs).
-fn chunk_rows(rows: usize) -> usize {
+pub(crate) fn chunk_rows(rows: usize) -> usize {
     if rows <= SINGLE_PASS_ROWS {
         rows.max(1)
     } else {
@@ -144,34 +145,44 @@ pub fn bias_grad_into(dy: &Tensor, db: &mut Tensor) -> Result<()> {
             }
             Ok(())
         }
-        Device::Gpu(ctx) => {
-            let chunk = chunk_rows(rows);
-            let chunks = rows.div_ceil(chunk).max(1);
-            if chunks == 1 {
-                let params = [rows as u32, cols as u32, chunk as u32];
-                return launch(&ctx, &COL_SUM, &[], &params, &[dy, db], grid(cols, WG));
-            }
-            let partial = Tensor::uninit(&dy.device(), &[chunks, cols])?;
-            let params = [rows as u32, cols as u32, chunk as u32];
-            launch(
-                &ctx,
-                &COL_SUM,
-                &[],
-                &params,
-                &[dy, &partial],
-                grid(chunks * cols, WG),
-            )?;
-            let params = [chunks as u32, cols as u32, chunks as u32];
-            launch(
-                &ctx,
-                &COL_SUM,
-                &[],
-                &params,
-                &[&partial, db],
-                grid(cols, WG),
-            )
-        }
+        Device::Gpu(ctx) => col_sum_gpu(&ctx, dy, rows, cols, db),
     }
+}
+
+/// `dst[j] = sum of src[r * cols + j] over r < rows` on the GPU, for ops that have checked
+/// that `src` holds rows * cols values and `dst` cols (whatever their shapes).
+pub(crate) fn col_sum_gpu(
+    ctx: &Arc<GpuContext>,
+    src: &Tensor,
+    rows: usize,
+    cols: usize,
+    dst: &Tensor,
+) -> Result<()> {
+    let chunk = chunk_rows(rows);
+    let chunks = rows.div_ceil(chunk).max(1);
+    if chunks == 1 {
+        let params = [rows as u32, cols as u32, chunk as u32];
+        return launch(ctx, &COL_SUM, &[], &params, &[src, dst], grid(cols, WG));
+    }
+    let partial = Tensor::uninit(&src.device(), &[chunks, cols])?;
+    let params = [rows as u32, cols as u32, chunk as u32];
+    launch(
+        ctx,
+        &COL_SUM,
+        &[],
+        &params,
+        &[src, &partial],
+        grid(chunks * cols, WG),
+    )?;
+    let params = [chunks as u32, cols as u32, chunks as u32];
+    launch(
+        ctx,
+        &COL_SUM,
+        &[],
+        &params,
+        &[&partial, dst],
+        grid(cols, WG),
+    )
 }
 
 /// The column sum of dy [rows, cols] as a new [cols] tensor.

@@ -222,7 +222,9 @@ impl Gemm {
         a_ok && b_ok && d.n.is_multiple_of(4)
     }
 
-    fn dispatch(
+    /// Records the product on the GPU for dimensions `d` the caller has checked against the
+    /// operands' lengths: lets an op multiply tensors whose shapes are not [M, K] and [K, N].
+    pub(crate) fn dispatch(
         &self,
         ctx: &std::sync::Arc<GpuContext>,
         d: Dims,

@@ -5,14 +5,18 @@
 //! its buffers. On the GPU an op only records a dispatch; see [`Device::flush`].
 
 pub mod activation;
+pub mod batch_norm;
 pub mod bias;
+pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod gather;
+pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
 pub mod metrics;
 pub mod optim;
+pub mod pool;
 pub mod reduce;
 
 use crate::device::{Device, GpuContext, Kernel};
@@ -80,4 +84,38 @@ pub(crate) fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
 /// The host values of a CPU tensor (empty for a GPU tensor).
 pub(crate) fn host(t: &Tensor) -> &[f32] {
     t.host().unwrap_or(&[])
+}
+
+/// Rounds `acc` into the CPU tensor `out`.
+pub(crate) fn write_f64(op: &'static str, out: &mut Tensor, acc: &[f64]) -> Result<()> {
+    let o = out.host_mut().ok_or(Error::DeviceMismatch { op })?;
+    for (o, a) in o.iter_mut().zip(acc) {
+        *o = *a as f32;
+    }
+    Ok(())
+}
+
+/// Checks that each (name, tensor, length) is a 1-D tensor of that length.
+pub(crate) fn check_vectors(op: &str, want: &[(&str, &Tensor, usize)]) -> Result<()> {
+    for &(name, t, len) in want {
+        if t.shape() != [len] {
+            return Err(Error::shape(
+                op,
+                format!("{name} is {:?}, expected [{len}]", t.shape()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a normalisation's eps: finite and not negative.
+pub(crate) fn check_eps(op: &str, eps: f32) -> Result<()> {
+    if eps >= 0.0 && eps.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::arg(
+            format!("{op} eps"),
+            format!("{eps} is not >= 0"),
+        ))
+    }
 }

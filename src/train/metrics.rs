@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::ops::metrics::{
     abs_sq_error_accumulate, confusion_accumulate, confusion_accumulate_binary, ConfusionMatrix,
 };
+use crate::ops::reduce::argmax_rows_into;
 use crate::tensor::Tensor;
 
 /// A metric reported by `fit` and `evaluate`.
@@ -109,6 +110,11 @@ impl Accumulator {
         if let Some(c) = self.confusion.as_mut() {
             if out.shape().get(1).copied().unwrap_or(1) == 1 {
                 confusion_accumulate_binary(out, target, self.threshold, c)?;
+            } else if target.shape().get(1).copied().unwrap_or(1) > 1 {
+                // One-hot (or soft) targets: the label is the target's argmax.
+                let mut labels = Tensor::uninit(&out.device(), &[rows])?;
+                argmax_rows_into(target, &mut labels)?;
+                confusion_accumulate(out, &labels, c)?;
             } else {
                 confusion_accumulate(out, target, c)?;
             }

@@ -236,6 +236,8 @@ impl Trainer {
     }
 
     /// The loss as compiled.
+    // `user_loss` on purpose: `loss` is the fused variant the training loop runs.
+    #[allow(clippy::misnamed_getters)]
     pub fn loss(&self) -> Loss {
         self.loss
     }
@@ -425,11 +427,21 @@ impl Trainer {
     }
 
     /// Trains on rows `x` (row-major) with targets `y` (class ids, or one row of targets each).
-    pub fn fit(&mut self, x: &[f32], y: &[f32], mut opts: FitOptions) -> Result<History> {
+    pub fn fit(&mut self, x: &[f32], y: &[f32], opts: FitOptions) -> Result<History> {
+        let mut run = self.start_fit(x, y, opts)?;
+        while run.next_epoch()?.is_some() {}
+        run.finish()
+    }
+
+    /// Uploads the data once and returns a run that trains one epoch per
+    /// [`FitRun::next_epoch`], giving the trainer back between epochs (to save a
+    /// checkpoint, say). [`Trainer::fit`] is this in a loop.
+    pub fn start_fit(&mut self, x: &[f32], y: &[f32], mut opts: FitOptions) -> Result<FitRun<'_>> {
         let rows = self.check_data(x, y)?;
         if opts.batch_size == 0 {
             return Err(Error::arg("batch_size", "must be at least 1"));
         }
+        let (w, tw) = (self.model.input_width(), self.target_width());
         let (train_rows, val) = match std::mem::take(&mut opts.validation) {
             Validation::None => (rows, None),
             Validation::Split(f) => {
@@ -443,7 +455,6 @@ impl Trainer {
                 if keep == 0 {
                     return Err(Error::arg("validation split", "leaves no training rows"));
                 }
-                let (w, tw) = (self.model.input_width(), self.target_width());
                 (
                     keep,
                     Some((x[keep * w..].to_vec(), y[keep * tw..].to_vec())),
@@ -454,87 +465,22 @@ impl Trainer {
                 (rows, Some((x, y)))
             }
         };
-        let (w, tw) = (self.model.input_width(), self.target_width());
-        let mut data = self.upload(&x[..train_rows * w], &y[..train_rows * tw])?;
+        let data = self.upload(&x[..train_rows * w], &y[..train_rows * tw])?;
         let val_data = match &val {
             Some((vx, vy)) if !vx.is_empty() => Some(self.upload(vx, vy)?),
             _ => None,
         };
-        let mut history = History::default();
-        let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
-        let mut since_best = 0;
-        for _ in 0..opts.epochs {
-            let epoch = self.epoch + 1;
-            if opts.shuffle {
-                // One generator per epoch, so resuming at any epoch shuffles as an uninterrupted run.
-                let epoch_seed = opts.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                data.order = (0..data.rows).map(|i| i as f32).collect();
-                data.order
-                    .shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
-                data.index.write(&data.order)?;
-            }
-            let start = Instant::now();
-            let (loss, metrics) = self.run_epoch(&data, epoch, &mut opts)?;
-            let seconds = start.elapsed().as_secs_f64();
-            self.epoch = epoch;
-            let (val_loss, val_metrics) = match &val_data {
-                Some(v) => {
-                    let e = self.evaluate_data(v, opts.batch_size)?;
-                    (Some(e.loss), e.metrics)
-                }
-                None => (None, Vec::new()),
-            };
-            let log = EpochLog {
-                epoch,
-                loss,
-                metrics,
-                val_loss,
-                val_metrics,
-                lr: self.current_lr(),
-                seconds,
-            };
-            let mut stop = false;
-            for hook in opts.on_epoch.iter_mut() {
-                stop |= hook(&log) == Control::Stop;
-            }
-            if let Some(es) = &opts.early_stopping {
-                let value = log.get(&es.monitor).ok_or_else(|| {
-                    Error::arg(
-                        "early stopping monitor",
-                        format!(
-                            "'{}' is not reported (try val_loss, loss, or a compiled metric)",
-                            es.monitor
-                        ),
-                    )
-                })?;
-                if es.improved(value, best.as_ref().map(|b| b.0)) {
-                    let snapshot = if es.restore_best {
-                        self.snapshot()?
-                    } else {
-                        Vec::new()
-                    };
-                    best = Some((value, epoch, snapshot));
-                    since_best = 0;
-                } else {
-                    since_best += 1;
-                    if since_best >= es.patience {
-                        stop = true;
-                        history.stopped_early = epoch < opts.epochs;
-                    }
-                }
-            }
-            history.epochs.push(log);
-            if stop {
-                break;
-            }
-        }
-        if let (Some(es), Some((_, epoch, snapshot))) = (&opts.early_stopping, best) {
-            if es.restore_best && epoch != self.epoch {
-                self.restore(snapshot)?;
-                history.restored_epoch = Some(epoch);
-            }
-        }
-        Ok(history)
+        Ok(FitRun {
+            trainer: self,
+            data,
+            val_data,
+            opts,
+            history: History::default(),
+            best: None,
+            since_best: 0,
+            done: 0,
+            stopped: false,
+        })
     }
 
     fn run_epoch(
@@ -697,5 +643,114 @@ impl Trainer {
                 }
             })
             .collect())
+    }
+}
+
+/// A `fit` in progress: one epoch per call, with the trainer reachable in between.
+pub struct FitRun<'a> {
+    trainer: &'a mut Trainer,
+    data: DeviceData,
+    val_data: Option<DeviceData>,
+    opts: FitOptions,
+    history: History,
+    best: Option<(f64, usize, Vec<Tensor>)>,
+    since_best: usize,
+    done: usize,
+    stopped: bool,
+}
+
+impl FitRun<'_> {
+    /// The trainer, e.g. to save a checkpoint between epochs.
+    pub fn trainer(&self) -> &Trainer {
+        self.trainer
+    }
+
+    /// Replaces the per-step hook (a progress bar per epoch, say).
+    pub fn set_step_hook(&mut self, hook: Option<StepHook>) {
+        self.opts.on_step = hook;
+    }
+
+    /// Trains one epoch and returns its record, or `None` when all epochs ran or a
+    /// callback stopped training.
+    pub fn next_epoch(&mut self) -> Result<Option<EpochLog>> {
+        if self.stopped || self.done >= self.opts.epochs {
+            return Ok(None);
+        }
+        let t = &mut *self.trainer;
+        let epoch = t.epoch + 1;
+        let data = &mut self.data;
+        if self.opts.shuffle {
+            // One generator per epoch, so resuming at any epoch shuffles as an uninterrupted run.
+            let epoch_seed = self.opts.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            data.order = (0..data.rows).map(|i| i as f32).collect();
+            data.order
+                .shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
+            data.index.write(&data.order)?;
+        }
+        let start = Instant::now();
+        let (loss, metrics) = t.run_epoch(data, epoch, &mut self.opts)?;
+        let seconds = start.elapsed().as_secs_f64();
+        t.epoch = epoch;
+        self.done += 1;
+        let (val_loss, val_metrics) = match &self.val_data {
+            Some(v) => {
+                let e = t.evaluate_data(v, self.opts.batch_size)?;
+                (Some(e.loss), e.metrics)
+            }
+            None => (None, Vec::new()),
+        };
+        let log = EpochLog {
+            epoch,
+            loss,
+            metrics,
+            val_loss,
+            val_metrics,
+            lr: t.current_lr(),
+            seconds,
+        };
+        for hook in self.opts.on_epoch.iter_mut() {
+            self.stopped |= hook(&log) == Control::Stop;
+        }
+        if let Some(es) = &self.opts.early_stopping {
+            let value = log.get(&es.monitor).ok_or_else(|| {
+                Error::arg(
+                    "early stopping monitor",
+                    format!(
+                        "'{}' is not reported (try val_loss, loss, or a compiled metric)",
+                        es.monitor
+                    ),
+                )
+            })?;
+            if es.improved(value, self.best.as_ref().map(|b| b.0)) {
+                let snapshot = if es.restore_best {
+                    t.snapshot()?
+                } else {
+                    Vec::new()
+                };
+                self.best = Some((value, epoch, snapshot));
+                self.since_best = 0;
+            } else {
+                self.since_best += 1;
+                if self.since_best >= es.patience {
+                    self.stopped = true;
+                    self.history.stopped_early = self.done < self.opts.epochs;
+                }
+            }
+        }
+        self.history.epochs.push(log.clone());
+        Ok(Some(log))
+    }
+
+    /// Ends the run: restores the best weights if early stopping asks, returns the history.
+    pub fn finish(mut self) -> Result<History> {
+        if let (Some(es), Some((_, epoch, snapshot))) =
+            (&self.opts.early_stopping, self.best.take())
+        {
+            if es.restore_best && epoch != self.trainer.epoch {
+                self.trainer.restore(snapshot)?;
+                self.history.restored_epoch = Some(epoch);
+            }
+        }
+        Ok(self.history)
     }
 }

@@ -74,3 +74,50 @@ pub const AWKWARD: &[(usize, usize)] = &[
     (128, 784),
     (784, 128),
 ];
+
+/// f32 values as f64.
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// A GPU tensor filled with NaN, for outputs: a value the kernel fails to write shows.
+pub fn nan_gpu(shape: &[usize]) -> Tensor {
+    Tensor::full(&gpu(), shape, f32::NAN).unwrap()
+}
+
+/// The gradient of `loss` at `x` by central differences with step `h`, one index at a time.
+pub fn central(x: &[f64], h: f64, mut loss: impl FnMut(&[f64]) -> f64) -> Vec<f32> {
+    let mut v = x.to_vec();
+    (0..v.len())
+        .map(|i| {
+            let keep = v[i];
+            v[i] = keep + h;
+            let up = loss(&v);
+            v[i] = keep - h;
+            let down = loss(&v);
+            v[i] = keep;
+            ((up - down) / (2.0 * h)) as f32
+        })
+        .collect()
+}
+
+/// Checks (dx, dgamma, dbeta) of a normalisation against central differences of
+/// `loss(x, gamma, beta)`, an f64 forward dotted with the output gradient.
+pub fn assert_affine_grads(
+    grads: &[Vec<f32>; 3],
+    inputs: [&[f64]; 3],
+    loss: impl Fn(&[f64], &[f64], &[f64]) -> f64,
+    what: &str,
+) {
+    let [x, gamma, beta] = inputs;
+    let fds = [
+        central(x, 1e-6, |v| loss(v, gamma, beta)),
+        central(gamma, 1e-6, |v| loss(x, v, beta)),
+        central(beta, 1e-6, |v| loss(x, gamma, v)),
+    ];
+    for ((got, fd), name) in grads.iter().zip(&fds).zip(["dx", "dgamma", "dbeta"]) {
+        // The backward reads mean and invstd rounded to f32: relative errors near 1e-7.
+        let what = format!("{name} vs finite differences {what}");
+        assert_close(got, fd, 1e-4, 1e-5, &what);
+    }
+}

@@ -1,0 +1,169 @@
+//! Training throughput and per-step costs of the peer benchmark's MLP workload.
+//!
+//! `cargo bench --bench train` prints, per configuration: samples/s, ms per step, host CPU
+//! time per step spent recording and submitting, submissions, dispatches and bytes read
+//! back per step, and kiln's peak GPU memory. The data is the peers' (../shared/peers):
+//! 2048 MNIST-shaped samples from splitmix64 with labels from a fixed random teacher.
+//! Add `-- --json` for one JSON object per line (benches/compare.sh reads it).
+
+use kiln::{Device, FitOptions, Loss, Optimizer, Sequential, Trainer};
+use std::time::Instant;
+
+struct SplitMix(u64);
+impl SplitMix {
+    fn next_f32(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+    }
+}
+
+fn make_data(n: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = SplitMix(42);
+    let x: Vec<f32> = (0..n * 784).map(|_| rng.next_f32()).collect();
+    let t: Vec<f32> = (0..784 * 10).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+    let y = (0..n)
+        .map(|i| {
+            let score = |c: usize| -> f64 {
+                (0..784)
+                    .map(|k| (x[i * 784 + k] as f64 - 0.5) * t[k * 10 + c] as f64)
+                    .sum()
+            };
+            (0..10)
+                .map(|c| (score(c), c))
+                .fold((f64::MIN, 0), |b, s| if s.0 > b.0 { s } else { b })
+                .1 as f32
+        })
+        .collect();
+    (x, y)
+}
+
+/// CPU time of the calling thread: the time spent recording and submitting.
+fn thread_cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |ns| ns * 1e-9)
+}
+
+struct Row {
+    name: String,
+    batch: usize,
+    samples_per_s: f64,
+    ms_per_step: f64,
+    host_us_per_step: f64,
+    submits: f64,
+    dispatches: f64,
+    bytes_read: f64,
+    peak_mib: f64,
+    loss: (f64, f64),
+}
+
+fn run(device: &Device, layers: &[usize], batch: usize, x: &[f32], y: &[f32]) -> Row {
+    let mut spec = Sequential::new(784);
+    for (i, &units) in layers.iter().enumerate() {
+        spec = spec.dense(units);
+        if i + 1 < layers.len() {
+            spec = spec.relu();
+        }
+    }
+    let model = spec.build(device, 1).expect("build");
+    let mut t: Trainer = model
+        .compile(
+            Loss::SparseCategoricalCrossEntropy,
+            Optimizer::adam(1e-3),
+            &[],
+        )
+        .expect("compile");
+    let rows = x.len() / 784;
+    let steps_per_epoch = rows.div_ceil(batch);
+    let opts = |epochs| FitOptions {
+        shuffle: false,
+        ..FitOptions::new(epochs, batch)
+    };
+    // Warm-up: pipelines, workspaces, optimizer state (at least 20 steps, as the peers).
+    let first = t
+        .fit(x, y, opts(20usize.div_ceil(steps_per_epoch)))
+        .expect("fit")
+        .epochs[0]
+        .loss;
+    device.synchronize().expect("sync");
+    let epochs = 200usize.div_ceil(steps_per_epoch).max(1);
+    let steps = (epochs * steps_per_epoch) as f64;
+    let mut rates = Vec::new();
+    let (mut host, mut last) = (f64::MAX, 0.0);
+    let before = device.stats();
+    for _ in 0..3 {
+        let (wall, cpu) = (Instant::now(), thread_cpu_secs());
+        let h = t.fit(x, y, opts(epochs)).expect("fit");
+        let secs = wall.elapsed().as_secs_f64();
+        host = host.min((thread_cpu_secs() - cpu) / steps);
+        rates.push((epochs * rows) as f64 / secs);
+        last = h.last().map_or(f64::NAN, |e| e.loss);
+    }
+    let after = device.stats();
+    rates.sort_by(|a, b| a.total_cmp(b));
+    let sps = rates[1];
+    let per = |a: u64, b: u64| (a - b) as f64 / (3.0 * steps);
+    let name = layers
+        .iter()
+        .fold("784".to_string(), |s, u| format!("{s}-{u}"));
+    Row {
+        name,
+        batch,
+        samples_per_s: sps,
+        ms_per_step: batch as f64 / sps * 1e3,
+        host_us_per_step: host * 1e6,
+        submits: per(after.submissions, before.submissions),
+        dispatches: per(after.dispatches, before.dispatches),
+        bytes_read: per(after.bytes_read, before.bytes_read),
+        peak_mib: after.peak_bytes as f64 / (1 << 20) as f64,
+        loss: (first, last),
+    }
+}
+
+fn main() {
+    let json = std::env::args().any(|a| a == "--json");
+    let device = match std::env::args().any(|a| a == "--cpu") {
+        true => Device::cpu(),
+        false => Device::gpu().expect("no GPU adapter"),
+    };
+    let (x, y) = make_data(2048);
+    let configs: [(&[usize], usize); 4] = [
+        (&[128, 10], 32),
+        (&[128, 10], 128),
+        (&[128, 10], 512),
+        (&[256, 128, 10], 128),
+    ];
+    if !json {
+        println!("adapter: {}", device.name());
+        println!(
+            "{:<16}{:>6}{:>12}{:>10}{:>13}{:>9}{:>12}{:>12}{:>10}  loss",
+            "mlp",
+            "batch",
+            "samples/s",
+            "ms/step",
+            "host us/step",
+            "submits",
+            "dispatches",
+            "bytes read",
+            "peak MiB"
+        );
+    }
+    for (layers, batch) in configs {
+        let r = run(&device, layers, batch, &x, &y);
+        if json {
+            println!(
+                "{{\"lib\":\"kiln\",\"backend\":\"wgpu\",\"bench\":\"mlp\",\"model\":\"{}\",\"batch\":{},\"samples_per_s\":{:.1},\"ms_per_step\":{:.3},\"host_us_per_step\":{:.1},\"dispatches_per_step\":{:.2}}}",
+                r.name, r.batch, r.samples_per_s, r.ms_per_step, r.host_us_per_step, r.dispatches
+            );
+        } else {
+            println!(
+                "{:<16}{:>6}{:>12.0}{:>10.2}{:>13.0}{:>9.3}{:>12.1}{:>12.1}{:>10.1}  {:.3} -> {:.3}",
+                r.name, r.batch, r.samples_per_s, r.ms_per_step, r.host_us_per_step, r.submits, r.dispatches, r.bytes_read, r.peak_mib, r.loss.0, r.loss.1
+            );
+        }
+    }
+}

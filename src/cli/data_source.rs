@@ -1,0 +1,277 @@
+//! `--data` sources and `--scale` choices: parsing them, loading the train and test
+//! sets, and scaling features the same way at training and prediction time.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use kiln::data::{self, Dataset, Scaler, Scaling};
+use kiln::Result;
+
+use super::bad_arg;
+
+/// Where the rows come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataSource {
+    /// The 8x8 digits set built into kiln.
+    Digits,
+    /// A folder of MNIST-style IDX files (`train-*` and `t10k-*`); `kind` is how it was named.
+    Idx {
+        /// "mnist" or "fashion" (one loader, two names).
+        kind: &'static str,
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// A numeric CSV file with a header row.
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// The label column (default: the last one).
+        label: Option<String>,
+    },
+}
+
+const SOURCE_FORMS: &str = "digits, mnist:DIR, fashion:DIR or csv:FILE[:LABEL_COLUMN]";
+
+impl FromStr for DataSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "digits" {
+            return Ok(DataSource::Digits);
+        }
+        let Some((kind, rest)) = s.split_once(':') else {
+            return Err(format!("'{s}' is not one of {SOURCE_FORMS}"));
+        };
+        if rest.is_empty() {
+            return Err(format!("'{s}' names no path after '{kind}:'"));
+        }
+        match kind {
+            "mnist" | "fashion" => Ok(DataSource::Idx {
+                kind: if kind == "mnist" { "mnist" } else { "fashion" },
+                dir: PathBuf::from(rest),
+            }),
+            "csv" => {
+                // A path may itself hold ':', so take the label only when the whole is no file.
+                let (path, label) = match rest.rsplit_once(':') {
+                    Some((p, l)) if !Path::new(rest).exists() && !p.is_empty() && !l.is_empty() => {
+                        (p, Some(l.to_string()))
+                    }
+                    _ => (rest, None),
+                };
+                Ok(DataSource::Csv {
+                    path: PathBuf::from(path),
+                    label,
+                })
+            }
+            _ => Err(format!("unknown data kind '{kind}': use {SOURCE_FORMS}")),
+        }
+    }
+}
+
+impl fmt::Display for DataSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataSource::Digits => write!(f, "digits"),
+            DataSource::Idx { kind, dir } => write!(f, "{kind}:{}", dir.display()),
+            DataSource::Csv { path, label: None } => write!(f, "csv:{}", path.display()),
+            DataSource::Csv {
+                path,
+                label: Some(l),
+            } => write!(f, "csv:{}:{l}", path.display()),
+        }
+    }
+}
+
+impl DataSource {
+    /// True when the source ships its own test set, so no rows need holding out.
+    pub fn has_test_set(&self) -> bool {
+        matches!(self, DataSource::Idx { .. })
+    }
+
+    /// The scaling used when `--scale` is not given: pixels / 255, tables standardized.
+    pub fn default_scale(&self) -> Scale {
+        match self {
+            DataSource::Idx { .. } => Scale::Divide(255.0),
+            DataSource::Digits | DataSource::Csv { .. } => Scale::Standardize,
+        }
+    }
+
+    /// Loads the training rows and, when the source has them, its own test rows;
+    /// `classes` forces a CSV to be read as classification or regression.
+    fn load_parts(&self, classes: Option<bool>) -> Result<(Dataset, Option<Dataset>)> {
+        match self {
+            DataSource::Digits => Ok((data::digits()?, None)),
+            DataSource::Idx { dir, .. } => {
+                let (train, test) = data::idx::load_mnist(dir)?;
+                Ok((train, Some(test)))
+            }
+            DataSource::Csv { path, label } => {
+                Ok((data::csv::load(path, label.as_deref(), classes)?, None))
+            }
+        }
+    }
+
+    /// Train and test sets: every row of `test_source` when given, else the source's
+    /// own test set, else `test_split` of the rows held out by a shuffle seeded with
+    /// `seed` (the same rows every time).
+    pub fn load(
+        &self,
+        test_source: Option<&DataSource>,
+        test_split: f32,
+        seed: u64,
+    ) -> Result<Split> {
+        check_fraction("--test-split", test_split)?;
+        let (mut all, own_test) = self.load_parts(None)?;
+        let (train, test) = match (test_source, own_test) {
+            (Some(source), _) => {
+                // Read as the training rows were, even if the test file lacks some class.
+                let mut test = source.load_parts(Some(all.classes > 0))?.0;
+                if all.classes > 0 {
+                    all.classes = all.classes.max(test.classes);
+                    test.classes = all.classes;
+                }
+                (all, Some(test))
+            }
+            (None, Some(test)) => (all, Some(test)),
+            (None, None) if test_split > 0.0 => {
+                let (train, test) = all.split(test_split, seed)?;
+                (train, Some(test))
+            }
+            (None, None) => (all, None),
+        };
+        if train.n == 0 {
+            return Err(bad_arg(
+                "--test-split",
+                format!("{test_split} leaves no training rows"),
+            ));
+        }
+        train.validate()?;
+        if let Some(t) = &test {
+            if t.n > 0 {
+                t.validate()?;
+            }
+        }
+        Ok(Split { train, test })
+    }
+}
+
+/// A training set and its test set.
+pub struct Split {
+    /// Rows to train on (validation rows are taken from its end).
+    pub train: Dataset,
+    /// Rows to test on after training, if any.
+    pub test: Option<Dataset>,
+}
+
+/// Checks that a fraction of rows is in [0, 1).
+pub fn check_fraction(flag: &str, f: f32) -> Result<()> {
+    if (0.0..1.0).contains(&f) {
+        Ok(())
+    } else {
+        Err(bad_arg(flag, format!("{f} is not a fraction in [0, 1)")))
+    }
+}
+
+/// How features are scaled before training (`--scale`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scale {
+    /// Divide by a number (255 for 8-bit pixels).
+    Divide(f32),
+    /// Zero mean and unit variance per feature.
+    Standardize,
+    /// Each feature's range onto [0, 1].
+    MinMax,
+    /// Leave the values as they are.
+    None,
+}
+
+impl FromStr for Scale {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "standardize" => Ok(Scale::Standardize),
+            "minmax" => Ok(Scale::MinMax),
+            "none" => Ok(Scale::None),
+            _ => match s.parse::<f32>() {
+                Ok(d) if d.is_finite() && d > 0.0 => Ok(Scale::Divide(d)),
+                _ => Err(format!(
+                    "'{s}' is not standardize, minmax, none or a positive number to divide by"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Scale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scale::Divide(d) => write!(f, "{d}"),
+            Scale::Standardize => write!(f, "standardize"),
+            Scale::MinMax => write!(f, "minmax"),
+            Scale::None => write!(f, "none"),
+        }
+    }
+}
+
+impl Scale {
+    /// Fits the scaling on `train`; `None` leaves values unchanged.
+    pub fn fit(self, train: &Dataset) -> Result<Option<Scaler>> {
+        let how = match self {
+            Scale::Divide(d) => Scaling::Divide(d),
+            Scale::Standardize => Scaling::Standardize,
+            Scale::MinMax => Scaling::MinMax,
+            Scale::None => return Ok(None),
+        };
+        Scaler::fit(train, how).map(Some)
+    }
+}
+
+/// Applies a fitted scaler, if any, to a set.
+pub fn apply(scaler: Option<&Scaler>, data: &mut Dataset) -> Result<()> {
+    match scaler {
+        Some(s) => s.apply(data),
+        None => Ok(()),
+    }
+}
+
+/// One line about a set for the user: rows, features and classes.
+pub fn describe(data: &Dataset) -> String {
+    let kind = if data.classes > 0 {
+        format!("{} classes", data.classes)
+    } else {
+        "regression".to_string()
+    };
+    format!("{} rows, {} features, {kind}", data.n, data.features)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse_and_print_back() {
+        for s in [
+            "digits",
+            "mnist:/d",
+            "fashion:d/x",
+            "csv:a.csv",
+            "csv:a.csv:y",
+        ] {
+            let parsed: DataSource = s.parse().unwrap();
+            assert_eq!(parsed.to_string(), s);
+        }
+        assert!("mnist:".parse::<DataSource>().is_err());
+        assert!("parquet:x".parse::<DataSource>().is_err());
+        assert!("nothing".parse::<DataSource>().is_err());
+    }
+
+    #[test]
+    fn scales_parse() {
+        assert_eq!("255".parse::<Scale>().unwrap(), Scale::Divide(255.0));
+        assert_eq!("minmax".parse::<Scale>().unwrap(), Scale::MinMax);
+        assert!("0".parse::<Scale>().is_err());
+        assert!("log".parse::<Scale>().is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! The model options shared by `train` and `summary` (`--layers`, `--activation`,
+//! `--model`) and the names of losses, optimizers and activations on the command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use kiln::data::Dataset;
+use kiln::{Activation, Loss, Metric, Optimizer, Result, Sequential};
+
+use super::{bad_arg, checkpoint};
+
+/// How the model is described: layer widths or a model file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ModelArgs {
+    /// Layer widths from input to output, e.g. 784,256,128,10: the first is the number
+    /// of features, the last the number of outputs (at least the number of classes)
+    /// [default: FEATURES,128,OUTPUTS]
+    #[arg(
+        long,
+        value_name = "WIDTHS",
+        value_delimiter = ',',
+        conflicts_with = "model"
+    )]
+    pub layers: Option<Vec<usize>>,
+
+    /// Activation after each hidden layer of --layers [default: relu]
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub activation: Option<ActivationName>,
+
+    /// A model file (TOML) describing the layers, and optionally the loss and optimizer
+    #[arg(long, value_name = "FILE.toml")]
+    pub model: Option<PathBuf>,
+}
+
+/// Activations by their command-line names.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ActivationName {
+    /// max(x, 0)
+    #[default]
+    Relu,
+    /// max(x, 0.01 x)
+    LeakyRelu,
+    /// 1 / (1 + e^-x)
+    Sigmoid,
+    /// tanh(x)
+    Tanh,
+    /// x Phi(x)
+    Gelu,
+    /// no activation (the network stays linear)
+    Identity,
+}
+
+impl ActivationName {
+    /// The command-line name.
+    pub fn name(self) -> String {
+        name_of(self)
+    }
+
+    /// The library's activation.
+    pub fn activation(self) -> Activation {
+        match self {
+            ActivationName::Relu => Activation::Relu,
+            ActivationName::LeakyRelu => Activation::LeakyRelu(0.01),
+            ActivationName::Sigmoid => Activation::Sigmoid,
+            ActivationName::Tanh => Activation::Tanh,
+            ActivationName::Gelu => Activation::Gelu,
+            ActivationName::Identity => Activation::Identity,
+        }
+    }
+}
+
+/// Losses by their command-line (Keras) names.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossName {
+    /// Softmax cross-entropy on class ids (classification)
+    #[value(name = "sparse_categorical_crossentropy")]
+    SparseCategoricalCrossentropy,
+    /// Sigmoid cross-entropy on 0/1 labels (two classes, one output)
+    #[value(name = "binary_crossentropy")]
+    BinaryCrossentropy,
+    /// Mean squared error (regression)
+    Mse,
+    /// Mean absolute error (regression)
+    Mae,
+}
+
+impl LossName {
+    /// The command-line name.
+    pub fn name(self) -> String {
+        name_of(self)
+    }
+
+    /// The library's loss; the network's last layer gives logits, so cross-entropies take them.
+    pub fn loss(self) -> Loss {
+        match self {
+            LossName::SparseCategoricalCrossentropy => Loss::SparseCategoricalCrossEntropy,
+            LossName::BinaryCrossentropy => Loss::BinaryCrossEntropy { from_logits: true },
+            LossName::Mse => Loss::Mse,
+            LossName::Mae => Loss::Mae,
+        }
+    }
+
+    /// The name of a library loss as the command line trains it (see `for_class_ids`).
+    pub fn of(loss: Loss) -> LossName {
+        match for_class_ids(loss) {
+            Loss::SparseCategoricalCrossEntropy | Loss::CategoricalCrossEntropy => {
+                LossName::SparseCategoricalCrossentropy
+            }
+            Loss::BinaryCrossEntropy { .. } => LossName::BinaryCrossentropy,
+            Loss::Mse => LossName::Mse,
+            Loss::Mae => LossName::Mae,
+        }
+    }
+
+    /// The default: cross-entropy on class ids for classification, MSE for regression.
+    pub fn default_for(data: &Dataset) -> LossName {
+        if data.classes > 0 {
+            LossName::SparseCategoricalCrossentropy
+        } else {
+            LossName::Mse
+        }
+    }
+}
+
+/// Optimizers by their command-line names.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OptimizerName {
+    /// Adam (default learning rate 0.001)
+    #[default]
+    Adam,
+    /// plain stochastic gradient descent (default learning rate 0.01)
+    Sgd,
+    /// SGD with momentum 0.9 (default learning rate 0.01)
+    Momentum,
+    /// SGD with Nesterov momentum 0.9 (default learning rate 0.01)
+    Nesterov,
+    /// Adam with decoupled weight decay 0.01 (default learning rate 0.001)
+    Adamw,
+    /// RMSprop (default learning rate 0.001)
+    Rmsprop,
+    /// Adagrad (default learning rate 0.01)
+    Adagrad,
+}
+
+/// The command-line name of a choice.
+fn name_of(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
+
+impl OptimizerName {
+    /// The command-line name.
+    pub fn name(self) -> String {
+        name_of(self)
+    }
+
+    /// A learning rate that trains a small network well with this optimizer.
+    pub fn default_lr(self) -> f32 {
+        match self {
+            OptimizerName::Adam | OptimizerName::Adamw | OptimizerName::Rmsprop => 1e-3,
+            OptimizerName::Sgd
+            | OptimizerName::Momentum
+            | OptimizerName::Nesterov
+            | OptimizerName::Adagrad => 1e-2,
+        }
+    }
+
+    /// The library's optimizer with learning rate `lr`.
+    pub fn optimizer(self, lr: f32) -> Result<Optimizer> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(bad_arg("--lr", format!("{lr} is not a positive number")));
+        }
+        Optimizer::from_name(&self.name(), lr)
+            .ok_or_else(|| bad_arg("--optimizer", format!("kiln has no '{}'", self.name())))
+    }
+}
+
+/// What `build` makes from the model options.
+pub struct ModelSpec {
+    /// The layers.
+    pub sequential: Sequential,
+    /// The loss a model file names, if any.
+    pub loss: Option<Loss>,
+    /// The optimizer a model file names, if any, with its name.
+    pub optimizer: Option<(String, Optimizer)>,
+    /// The batch size a model file names, if any.
+    pub batch_size: Option<usize>,
+    /// The epochs a model file names, if any.
+    pub epochs: Option<usize>,
+    /// The seed a model file names, if any.
+    pub seed: Option<u64>,
+}
+
+impl ModelArgs {
+    /// The model file's description, when the model comes from one.
+    pub fn load_file(&self) -> Result<Option<ModelSpec>> {
+        let Some(path) = &self.model else {
+            return Ok(None);
+        };
+        if self.activation.is_some() {
+            return Err(bad_arg(
+                "--activation",
+                "applies to --layers; a model file names its own activations",
+            ));
+        }
+        checkpoint::model_file(path).map(Some)
+    }
+
+    /// The model described, for data with `features` inputs and `outputs` outputs
+    /// (used only when no widths are given).
+    pub fn build(&self, features: usize, outputs: usize) -> Result<ModelSpec> {
+        if let Some(spec) = self.load_file()? {
+            return Ok(spec);
+        }
+        let widths = match &self.layers {
+            Some(w) => w.clone(),
+            None => vec![features, 128, outputs],
+        };
+        Ok(ModelSpec {
+            sequential: sequential(&widths, self.activation.unwrap_or_default())?,
+            loss: None,
+            optimizer: None,
+            batch_size: None,
+            epochs: None,
+            seed: None,
+        })
+    }
+}
+
+/// Dense layers of these widths with `act` after every hidden one; the last gives logits.
+pub fn sequential(widths: &[usize], act: ActivationName) -> Result<Sequential> {
+    if widths.len() < 2 {
+        return Err(bad_arg(
+            "--layers",
+            "give at least two widths: the number of features and of outputs, e.g. 64,10",
+        ));
+    }
+    if let Some(i) = widths.iter().position(|&w| w == 0) {
+        return Err(bad_arg("--layers", format!("width {} is 0", i + 1)));
+    }
+    let mut s = Sequential::new(widths[0]);
+    let last = widths.len() - 1;
+    for (i, &w) in widths.iter().enumerate().skip(1) {
+        s = s.dense(w);
+        if i < last && act != ActivationName::Identity {
+            s = s.activation(act.activation());
+        }
+    }
+    Ok(s)
+}
+
+/// The metrics reported while training: accuracy for classifiers, MAE for regression.
+pub fn train_metrics(loss: Loss, outputs: usize) -> Vec<Metric> {
+    match loss {
+        Loss::Mse | Loss::Mae => vec![Metric::Mae],
+        _ if outputs == 1 => vec![Metric::BinaryAccuracy],
+        _ => vec![Metric::Accuracy],
+    }
+}
+
+/// Checks the model against the data: inputs equal to features, enough outputs for the
+/// classes (one for binary cross-entropy and regression).
+pub fn check_fits(seq: &Sequential, loss: Loss, data: &Dataset, what: &str) -> Result<()> {
+    let widths = seq.widths()?;
+    let outputs = widths.last().copied().unwrap_or(seq.input);
+    if seq.input != data.features {
+        return Err(bad_arg(
+            what,
+            format!(
+                "the model takes {} inputs but the data has {} features per row; \
+                 the first width must be {}",
+                seq.input, data.features, data.features
+            ),
+        ));
+    }
+    let classification = !matches!(loss, Loss::Mse | Loss::Mae);
+    if classification && data.classes == 0 {
+        return Err(bad_arg(
+            "--loss",
+            "the data looks like regression (labels are not class ids 0..K-1); use mse or mae",
+        ));
+    }
+    match loss {
+        Loss::BinaryCrossEntropy { .. } if outputs != 1 || data.classes > 2 => Err(bad_arg(
+            what,
+            format!(
+                "binary_crossentropy needs one output and two classes; the model has {outputs} \
+                 outputs and the data {} classes",
+                data.classes
+            ),
+        )),
+        Loss::BinaryCrossEntropy { .. } => Ok(()),
+        _ if classification && outputs < data.classes => Err(bad_arg(
+            what,
+            format!(
+                "the last width is {outputs} but the data has {} classes; it must be at least {}",
+                data.classes, data.classes
+            ),
+        )),
+        Loss::Mse | Loss::Mae if outputs != 1 => Err(bad_arg(
+            what,
+            format!("regression predicts one value per row; the last width is {outputs}, not 1"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The loss to train with on class ids: categorical cross-entropy (say, from a model file)
+/// is the sparse one, whose class-id targets the metrics also need.
+pub fn for_class_ids(loss: Loss) -> Loss {
+    match loss {
+        Loss::CategoricalCrossEntropy => Loss::SparseCategoricalCrossEntropy,
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_give_hidden_activations_and_logits() {
+        let s = sequential(&[64, 32, 10], ActivationName::Relu).unwrap();
+        assert_eq!(s.widths().unwrap(), vec![32, 32, 10]);
+        assert_eq!(s.layers.len(), 3);
+        assert!(sequential(&[64], ActivationName::Relu).is_err());
+        assert!(sequential(&[64, 0, 10], ActivationName::Relu).is_err());
+    }
+
+    #[test]
+    fn loss_names_round_trip() {
+        for n in LossName::value_variants() {
+            assert_eq!(LossName::of(n.loss()), *n);
+        }
+        assert_eq!(
+            LossName::of(Loss::CategoricalCrossEntropy),
+            LossName::SparseCategoricalCrossentropy
+        );
+    }
+}

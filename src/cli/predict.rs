@@ -1,0 +1,187 @@
+//! `kiln predict`: the class and class probabilities (or the value) for every row of
+//! a CSV or IDX images file, as CSV.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use kiln::data::{csv, idx};
+use kiln::{Loss, Result};
+
+use super::checkpoint::{CheckpointArgs, Opened};
+use super::record::RunRecord;
+use super::{bad_arg, io_error};
+
+/// The long help of `kiln predict`.
+pub const LONG_ABOUT: &str = "\
+Predict classes (or values) for the rows of a CSV or IDX file.
+
+The input is a CSV file with a header row (the model's features, with or without
+the label column, which is ignored) or an IDX images file such as
+t10k-images-idx3-ubyte (gzipped or not). Features are scaled as at training time.
+
+The output is CSV with a header and one line per input row: the row number (from
+0), the predicted class and the probability of each class; for regression
+models, the row number and the predicted value.";
+
+/// Examples for `kiln predict --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  # Classes of MNIST test images, written to predictions.csv
+  kiln predict --checkpoint runs/mnist --input data/mnist/t10k-images-idx3-ubyte.gz --output predictions.csv
+
+  # A CSV printed to the terminal
+  kiln predict --checkpoint runs/iris --input new-flowers.csv";
+
+/// Options of `kiln predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub run: CheckpointArgs,
+
+    /// Rows to predict: a .csv file, or an IDX images file
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// Write the predictions here instead of to standard output
+    #[arg(long, value_name = "FILE.csv")]
+    pub output: Option<PathBuf>,
+}
+
+/// Runs `kiln predict`.
+pub fn run(args: PredictArgs) -> Result<()> {
+    let Opened {
+        record,
+        mut trainer,
+        batch_size,
+    } = args.run.open()?;
+    let mut x = read_rows(&args.input, &record)?;
+    if let Some(s) = record.scaler() {
+        s.transform(&mut x)?;
+    }
+    let rows = x.len() / record.features;
+    let out = trainer.predict(&x, batch_size)?;
+    let outputs = trainer.model.output_width();
+    let classify = !matches!(trainer.loss(), Loss::Mse | Loss::Mae);
+    let text = to_csv(&out, outputs, classify);
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, text).map_err(|e| io_error(path, e))?;
+            eprintln!("wrote {rows} predictions to {}", path.display());
+        }
+        None => super::write_out(&text),
+    }
+    Ok(())
+}
+
+/// The features of every row of `path`, unscaled, checked against the run.
+fn read_rows(path: &Path, record: &RunRecord) -> Result<Vec<f32>> {
+    let f = record.features;
+    let is_csv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    if !is_csv {
+        let (pixels, n, rows, cols) = idx::read_images(path)?;
+        if rows * cols != f {
+            return Err(bad_arg(
+                "--input",
+                format!(
+                    "{}: {n} images of {rows}x{cols} = {} pixels, but the model takes {f} features",
+                    path.display(),
+                    rows * cols
+                ),
+            ));
+        }
+        return Ok(pixels.into_iter().map(f32::from).collect());
+    }
+    // Read as regression with the last column as target, which accepts any numbers.
+    let all = csv::load(path, None, Some(false))?;
+    let columns = all.features + 1;
+    if columns == f {
+        // No label column: the "target" read is the last feature.
+        let mut x = Vec::with_capacity(all.n * f);
+        for (row, &last) in all.x.chunks_exact(all.features).zip(&all.y) {
+            x.extend_from_slice(row);
+            x.push(last);
+        }
+        return Ok(x);
+    }
+    if columns == f + 1 {
+        let label = csv_label(record);
+        if label.is_none() {
+            return Ok(all.x);
+        }
+        return Ok(csv::load(path, label.as_deref(), Some(false))?.x);
+    }
+    Err(bad_arg(
+        "--input",
+        format!(
+            "{} has {columns} columns, but the model takes {f} features (plus, optionally, the label column)",
+            path.display()
+        ),
+    ))
+}
+
+/// The label column named in the run's `csv:FILE:LABEL` source, if any.
+fn csv_label(record: &RunRecord) -> Option<String> {
+    match record.data.parse() {
+        Ok(super::data_source::DataSource::Csv { label, .. }) => label,
+        _ => None,
+    }
+}
+
+/// Predictions as CSV: row, predicted class and probabilities, or row and value.
+fn to_csv(out: &[f32], outputs: usize, classify: bool) -> String {
+    let mut text = String::new();
+    if !classify {
+        text += "row,prediction\n";
+        for (i, row) in out.chunks_exact(outputs).enumerate() {
+            let values: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+            text += &format!("{i},{}\n", values.join(","));
+        }
+        return text;
+    }
+    // One sigmoid output is the probability of class 1.
+    let classes = outputs.max(2);
+    text += "row,predicted";
+    for c in 0..classes {
+        text += &format!(",prob_{c}");
+    }
+    text += "\n";
+    for (i, row) in out.chunks_exact(outputs).enumerate() {
+        let probs: Vec<f32> = if outputs == 1 {
+            vec![1.0 - row[0], row[0]]
+        } else {
+            row.to_vec()
+        };
+        // The first of equal maxima, as the library's argmax picks.
+        let best = probs
+            .iter()
+            .enumerate()
+            .fold(0, |b, (c, &p)| if p > probs[b] { c } else { b });
+        text += &format!("{i},{best}");
+        for p in &probs {
+            text += &format!(",{p:.6}");
+        }
+        text += "\n";
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_has_a_line_per_row_with_the_argmax() {
+        let t = to_csv(&[0.1, 0.7, 0.2, 0.5, 0.25, 0.25], 3, true);
+        assert_eq!(
+            t,
+            "row,predicted,prob_0,prob_1,prob_2\n\
+             0,1,0.100000,0.700000,0.200000\n\
+             1,0,0.500000,0.250000,0.250000\n"
+        );
+        let b = to_csv(&[0.8], 1, true);
+        assert_eq!(b, "row,predicted,prob_0,prob_1\n0,1,0.200000,0.800000\n");
+        assert_eq!(to_csv(&[2.5], 1, false), "row,prediction\n0,2.5\n");
+    }
+}

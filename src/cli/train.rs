@@ -1,0 +1,550 @@
+//! `kiln train`: load and scale the data, build or resume a model, train it epoch by
+//! epoch with a checkpoint after each, then test it and write the history and curves.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use kiln::data::Dataset;
+use kiln::train::{FitOptions, Validation};
+use kiln::{Device, History, Result, Trainer};
+
+use super::data_source::{self, DataSource, Scale};
+use super::model_args::{self, LossName, ModelArgs, ModelSpec, OptimizerName};
+use super::record::{self, RunRecord};
+use super::{bad_arg, io_error, plot, progress};
+
+/// The long help of `kiln train`.
+pub const LONG_ABOUT: &str = "\
+Train a model and save its checkpoint, history and learning curves.
+
+With no options, trains a small network on the built-in 8x8 digits set and tests
+it on held-out rows. The data's features are scaled (pixels / 255 for IDX
+files, standardized for CSV and digits), the last --validation-split of the
+training rows is used for validation after every epoch, and the test rows are
+evaluated at the end.
+
+The --out folder receives the checkpoint (rewritten after every epoch, so an
+interrupted run can be resumed), kiln-run.txt (how the data was prepared, used by
+eval, predict and --resume), history.csv (one row per epoch) and curves.png.";
+
+/// Examples for `kiln train --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  # The built-in digits set, 10 epochs, written to runs/<date-time>
+  kiln train
+
+  # MNIST from a folder of IDX files (gzipped or not), two hidden layers
+  kiln train --data mnist:data/mnist --layers 784,256,128,10 --epochs 5 --out runs/mnist
+
+  # A CSV file whose 'species' column is the label, 30% of rows kept for testing
+  kiln train --data csv:iris.csv:species --test-split 0.3 --layers 4,16,3
+
+  # Regression on a CSV (labels that are not class ids), with SGD and momentum
+  kiln train --data csv:houses.csv:price --loss mse --optimizer momentum --lr 0.01
+
+  # Finish an interrupted run (its checkpoint is saved after every epoch)
+  kiln train --resume runs/mnist
+
+  # Train an earlier run on, up to 30 epochs in all, on the CPU
+  kiln train --resume runs/mnist --epochs 30 --device cpu";
+
+/// Options of `kiln train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Training data: digits (built in), mnist:DIR or fashion:DIR (a folder of IDX
+    /// files train-* and t10k-*), or csv:FILE[:LABEL_COLUMN] (header row, numeric
+    /// values; the label is the last column unless named) [default: digits]
+    #[arg(long, value_name = "SOURCE")]
+    pub data: Option<DataSource>,
+
+    /// Test rows from another source (e.g. csv:test.csv) instead of --test-split
+    #[arg(long, value_name = "SOURCE")]
+    pub test_data: Option<DataSource>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Passes over the training rows, in all (with --resume: including the epochs already
+    /// done) [default: 10; with --resume, the number the run was started with]
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+
+    /// Rows per optimizer step [default: 128 for mnist/fashion, 32 otherwise]
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+
+    /// Optimizer [default: adam]
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub optimizer: Option<OptimizerName>,
+
+    /// Learning rate [default: 0.001 for adam, adamw, rmsprop; 0.01 for the others]
+    #[arg(long, value_name = "RATE")]
+    pub lr: Option<f32>,
+
+    /// Loss [default: sparse_categorical_crossentropy for class labels, mse otherwise]
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub loss: Option<LossName>,
+
+    /// Seed of the initial weights, the test split and the shuffling [default: 0]
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Where to train: gpu (the best adapter), gpu:NAME (an adapter whose name contains
+    /// NAME, see `kiln adapters`) or cpu (the reference backend)
+    #[arg(long, value_name = "DEVICE", default_value = "gpu")]
+    pub device: String,
+
+    /// Feature scaling, fitted on the training rows: a number to divide by (255 for
+    /// pixels), standardize, minmax or none [default: 255 for IDX, standardize otherwise]
+    #[arg(long, value_name = "HOW")]
+    pub scale: Option<Scale>,
+
+    /// Fraction of the training rows (the last ones) used for validation [default: 0 for
+    /// sources with their own test set (mnist, fashion, --test-data), 0.1 otherwise]
+    #[arg(long, value_name = "FRACTION")]
+    pub validation_split: Option<f32>,
+
+    /// Fraction of the rows held out for testing, for sources without their own test set
+    /// (digits, CSV) [default: 0.2]
+    #[arg(long, value_name = "FRACTION")]
+    pub test_split: Option<f32>,
+
+    /// Folder for the checkpoint, history.csv and curves.png [default: runs/NAME, or
+    /// runs/<date-time> without --name]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Name of the run: its folder is runs/NAME unless --out is given
+    #[arg(long, value_name = "NAME", conflicts_with = "out")]
+    pub name: Option<String>,
+
+    /// Continue the run saved in DIR (its data, model and optimizer) up to --epochs in all
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = [
+            "data", "test_data", "layers", "activation", "model", "batch_size", "optimizer",
+            "lr", "loss", "seed", "scale", "validation_split", "test_split", "out", "name"
+        ]
+    )]
+    pub resume: Option<PathBuf>,
+
+    /// No progress bars: one line per epoch (also the case when output is not a terminal)
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Epochs when --epochs is not given: enough for the digits set to pass 95% accuracy.
+const DEFAULT_EPOCHS: usize = 10;
+const DEFAULT_BATCH: usize = 32;
+/// Batch size for the large image sets (MNIST, Fashion-MNIST), where a GPU step wants more rows.
+const DEFAULT_IMAGE_BATCH: usize = 128;
+const DEFAULT_VALIDATION: f32 = 0.1;
+const DEFAULT_TEST_SPLIT: f32 = 0.2;
+
+/// Everything a run needs once its data and trainer are ready.
+struct Run {
+    out: PathBuf,
+    record: RunRecord,
+    train: Dataset,
+    test: Option<Dataset>,
+    trainer: Trainer,
+    history: History,
+}
+
+/// Runs `kiln train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let device = Device::from_name(&args.device)?;
+    let mut run = match &args.resume {
+        Some(dir) => resume(dir, &device)?,
+        None => fresh(&args, &device)?,
+    };
+    if args.epochs == Some(0) {
+        return Err(bad_arg("--epochs", "must be at least 1"));
+    }
+    // A resumed run finishes what it was started for, unless told otherwise.
+    let epochs = args.epochs.unwrap_or(run.record.epochs);
+    if run.record.epochs != epochs {
+        run.record.epochs = epochs;
+        run.record.save(&run.out)?;
+    }
+    describe(&run, &device, epochs);
+    fit(&mut run, epochs, args.quiet)?;
+    finish(&mut run)
+}
+
+/// Loads the data and builds a new model as the options say.
+fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
+    let source = args.data.clone().unwrap_or(DataSource::Digits);
+    // A model file's [training] section gives defaults that the options override.
+    let file = args.model.load_file()?;
+    let from_file = |f: fn(&ModelSpec) -> Option<usize>| file.as_ref().and_then(f);
+    let seed = args
+        .seed
+        .or(file.as_ref().and_then(|f| f.seed))
+        .unwrap_or(0);
+    let own_test = source.has_test_set() || args.test_data.is_some();
+    if own_test && args.test_split.is_some() {
+        return Err(bad_arg(
+            "--test-split",
+            format!("{source} comes with its test rows; --test-split applies to sources without"),
+        ));
+    }
+    let test_split = args
+        .test_split
+        .unwrap_or(if own_test { 0.0 } else { DEFAULT_TEST_SPLIT });
+    // A source with its own test rows trains on all the others, as Keras does by default.
+    let validation_split =
+        args.validation_split
+            .unwrap_or(if own_test { 0.0 } else { DEFAULT_VALIDATION });
+    data_source::check_fraction("--validation-split", validation_split)?;
+    let batch_size = args
+        .batch_size
+        .or(from_file(|f| f.batch_size))
+        .unwrap_or(if own_test {
+            DEFAULT_IMAGE_BATCH
+        } else {
+            DEFAULT_BATCH
+        });
+    if batch_size == 0 {
+        return Err(bad_arg("--batch-size", "must be at least 1"));
+    }
+
+    let split = source.load(args.test_data.as_ref(), test_split, seed)?;
+    let (mut train, mut test) = (split.train, split.test);
+    let scale = args.scale.unwrap_or(source.default_scale());
+    let scaler = scale.fit(&train)?;
+    data_source::apply(scaler.as_ref(), &mut train)?;
+    if let Some(t) = test.as_mut() {
+        data_source::apply(scaler.as_ref(), t)?;
+    }
+
+    let loss_name = args.loss.unwrap_or(LossName::default_for(&train));
+    let outputs = match loss_name {
+        LossName::SparseCategoricalCrossentropy => train.classes.max(1),
+        _ => 1,
+    };
+    let epochs = args
+        .epochs
+        .or(from_file(|f| f.epochs))
+        .unwrap_or(DEFAULT_EPOCHS);
+    let spec = match file {
+        Some(spec) => spec,
+        None => args.model.build(train.features, outputs)?,
+    };
+    let loss = match (args.loss, spec.loss) {
+        (Some(l), _) => l.loss(),
+        (None, Some(l)) => model_args::for_class_ids(l),
+        (None, None) => loss_name.loss(),
+    };
+    let what = if args.model.model.is_some() {
+        "--model"
+    } else {
+        "--layers"
+    };
+    model_args::check_fits(&spec.sequential, loss, &train, what)?;
+    let (optimizer_name, optimizer) = match (args.optimizer, spec.optimizer) {
+        (None, Some((name, mut o))) => {
+            if let Some(lr) = args.lr {
+                o.lr = lr;
+            }
+            (name, o)
+        }
+        (name, _) => {
+            let name = name.unwrap_or_default();
+            let lr = args.lr.unwrap_or(name.default_lr());
+            (name.name(), name.optimizer(lr)?)
+        }
+    };
+    let lr = optimizer.lr;
+    let model = spec.sequential.build(device, seed)?;
+    let outputs = model.output_width();
+    let trainer = model.compile(loss, optimizer, &model_args::train_metrics(loss, outputs))?;
+
+    let mut layers = vec![spec.sequential.input];
+    layers.extend(spec.sequential.layers.iter().filter_map(|l| match l {
+        kiln::Layer::Dense(d) => Some(d.units),
+        _ => None,
+    }));
+    let mut record = RunRecord {
+        data: source.to_string(),
+        test_data: args.test_data.as_ref().map(|s| s.to_string()),
+        test_split,
+        validation_split,
+        seed,
+        batch_size,
+        epochs,
+        scale: scale.to_string(),
+        features: train.features,
+        classes: train.classes,
+        layers,
+        // A model file names its own activations, layer by layer.
+        activation: match args.model.model {
+            Some(_) => String::new(),
+            None => args.model.activation.unwrap_or_default().name(),
+        },
+        loss: LossName::of(loss).name(),
+        optimizer: optimizer_name,
+        lr,
+        ..RunRecord::default()
+    };
+    record.set_scaler(scaler.as_ref());
+
+    let out = out_dir(args)?;
+    record.save(&out)?;
+    // A checkpoint from the start, so the folder can be resumed or evaluated at once.
+    kiln::io::save(&out, &trainer)?;
+    Ok(Run {
+        out,
+        record,
+        train,
+        test,
+        trainer,
+        history: History::default(),
+    })
+}
+
+/// Reloads a run folder: its record, data (scaled as before), trainer and history.
+fn resume(dir: &Path, device: &Device) -> Result<Run> {
+    let record = RunRecord::load(dir)?;
+    let (mut train, mut test) = load_recorded(&record)?;
+    let scaler = record.scaler();
+    data_source::apply(scaler.as_ref(), &mut train)?;
+    if let Some(t) = test.as_mut() {
+        data_source::apply(scaler.as_ref(), t)?;
+    }
+    let trainer = kiln::io::load_trainer(dir, device)?;
+    let path = dir.join("history.csv");
+    let mut history = match std::fs::read_to_string(&path) {
+        Ok(text) => record::parse_history(&text, &path.display().to_string())?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => History::default(),
+        Err(e) => return Err(io_error(&path, e)),
+    };
+    // The history may have been written for an epoch whose checkpoint was not.
+    history.epochs.retain(|e| e.epoch <= trainer.epochs_done());
+    Ok(Run {
+        out: dir.to_path_buf(),
+        record,
+        train,
+        test,
+        trainer,
+        history,
+    })
+}
+
+/// The train and test rows of a recorded run, split as it split them (not yet scaled).
+pub fn load_recorded(record: &RunRecord) -> Result<(Dataset, Option<Dataset>)> {
+    let source: DataSource = record.data.parse().map_err(|e| bad_arg("data", e))?;
+    let test_source: Option<DataSource> = match &record.test_data {
+        Some(t) => Some(t.parse().map_err(|e| bad_arg("test_data", e))?),
+        None => None,
+    };
+    let split = source.load(test_source.as_ref(), record.test_split, record.seed)?;
+    if split.train.features != record.features {
+        return Err(bad_arg(
+            "data",
+            format!(
+                "{} now has {} features per row, the run was trained on {}",
+                record.data, split.train.features, record.features
+            ),
+        ));
+    }
+    Ok((split.train, split.test))
+}
+
+/// The output folder, created; refuses one that already holds a run.
+fn out_dir(args: &TrainArgs) -> Result<PathBuf> {
+    let dir = match (&args.out, &args.name) {
+        (Some(d), _) => d.clone(),
+        (None, Some(n)) => Path::new("runs").join(n),
+        (None, None) => unique(Path::new("runs").join(timestamp())),
+    };
+    if dir.join(record::FILE).exists() {
+        return Err(bad_arg(
+            "--out",
+            format!(
+                "{} already holds a run; continue it with --resume {} or choose another folder",
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+    Ok(dir)
+}
+
+/// `dir`, or `dir-2`, `dir-3`... when it exists (two runs started in the same second).
+fn unique(dir: PathBuf) -> PathBuf {
+    let mut candidate = dir.clone();
+    let mut n = 2;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{}-{n}", dir.display()));
+        n += 1;
+    }
+    candidate
+}
+
+/// The current UTC time as YYYYMMDD-HHMMSS.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_date(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01.
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    // Count in 400-year eras starting on March 1st, so leap days end a year.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Rows of `data` that train (the rest of `validation_split` validates).
+fn training_rows(data: &Dataset, validation_split: f32) -> usize {
+    data.n - (data.n as f32 * validation_split).round() as usize
+}
+
+/// Prints what is about to happen.
+fn describe(run: &Run, device: &Device, epochs: usize) {
+    let r = &run.record;
+    let fit_rows = training_rows(&run.train, r.validation_split);
+    let test = run
+        .test
+        .as_ref()
+        .map_or("no test rows".to_string(), |t| format!("{} test", t.n));
+    let classes = if r.classes > 0 {
+        format!("{} classes", r.classes)
+    } else {
+        "regression".to_string()
+    };
+    say!(
+        "data:   {} ({fit_rows} train, {} validation, {test}; {} features, {classes}; scale {})",
+        r.data,
+        run.train.n - fit_rows,
+        r.features,
+        r.scale
+    );
+    let widths: Vec<String> = r.layers.iter().map(|w| w.to_string()).collect();
+    let hidden = match r.activation.as_str() {
+        "" => String::new(),
+        act => format!(", {act} hidden"),
+    };
+    say!(
+        "model:  {} ({} parameters){hidden}, loss {}, {} lr {}, batch {}",
+        widths.join("-"),
+        run.trainer.model.param_count(),
+        r.loss,
+        r.optimizer,
+        r.lr,
+        r.batch_size
+    );
+    say!("device: {}", device.name());
+    let done = run.trainer.epochs_done();
+    if done > 0 {
+        say!(
+            "resume: {done} epochs done, {} to go (--epochs {epochs} in all)",
+            epochs.saturating_sub(done)
+        );
+    }
+    say!("output: {}", run.out.display());
+}
+
+/// Trains epoch by epoch up to `epochs` in all, saving the checkpoint and history after each.
+///
+/// The data is uploaded once; the run hands the trainer back between epochs for the save.
+fn fit(run: &mut Run, epochs: usize, quiet: bool) -> Result<()> {
+    let r = &run.record;
+    let rows = training_rows(&run.train, r.validation_split);
+    let steps = rows.div_ceil(r.batch_size);
+    let bars = progress::bars_wanted(quiet);
+    let remaining = epochs.saturating_sub(run.trainer.epochs_done());
+    if remaining == 0 {
+        return Ok(());
+    }
+    let mut opts = FitOptions::new(remaining, r.batch_size);
+    opts.seed = r.seed;
+    opts.loss_every = progress::loss_every(steps);
+    if r.validation_split > 0.0 {
+        opts.validation = Validation::Split(r.validation_split);
+    }
+    let mut fit = run.trainer.start_fit(&run.train.x, &run.train.y, opts)?;
+    loop {
+        let epoch = fit.trainer().epochs_done() + 1;
+        let bar = progress::epoch_bar(bars, epoch, epochs, steps);
+        fit.set_step_hook(Some(progress::step_hook(bar.clone())));
+        let result = fit.next_epoch();
+        bar.finish_and_clear();
+        let Some(log) = result? else {
+            break;
+        };
+        say!("{}", progress::epoch_line(&log, epochs, rows));
+        run.history.epochs.push(log);
+        kiln::io::save(&run.out, fit.trainer())?;
+        let path = run.out.join("history.csv");
+        std::fs::write(&path, run.history.to_csv()).map_err(|e| io_error(&path, e))?;
+    }
+    fit.finish()?;
+    Ok(())
+}
+
+/// Tests the model, prints the summary and writes the curves.
+fn finish(run: &mut Run) -> Result<()> {
+    if let Some(test) = run.test.as_ref().filter(|t| t.n > 0) {
+        let e = run
+            .trainer
+            .evaluate(&test.x, &test.y, run.record.batch_size)?;
+        let mut line = format!("test:   loss {:.4}", e.loss);
+        for (name, v) in &e.metrics {
+            line += &format!("  {name} {v:.4}");
+        }
+        say!("{line}  ({} rows)", test.n);
+    }
+    let seconds: Vec<f64> = run.history.epochs.iter().map(|e| e.seconds).collect();
+    if !seconds.is_empty() {
+        let total: f64 = seconds.iter().sum();
+        let (min, max) = seconds
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(a, b), &s| (a.min(s), b.max(s)));
+        say!(
+            "time:   {:.2} s per epoch (min {min:.2}, max {max:.2}), {total:.1} s in all",
+            total / seconds.len() as f64
+        );
+    }
+    let curves = run.out.join("curves.png");
+    if !run.history.epochs.is_empty() {
+        plot::curves(&run.history, &curves)?;
+    }
+    say!(
+        "saved:  checkpoint, history.csv and curves.png in {}",
+        run.out.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_gregorian() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(11_016), (2000, 2, 29));
+        assert_eq!(civil_date(19_782), (2024, 2, 29));
+        assert_eq!(civil_date(20_453), (2025, 12, 31));
+    }
+}

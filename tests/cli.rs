@@ -1,0 +1,442 @@
+//! The `kiln` binary end to end, on the built-in digits set (small and fast).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+/// Epochs of `kiln train` with no options.
+const EPOCHS: usize = 10;
+
+/// A fresh, empty folder for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("cli")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(KILN)
+        .args(args)
+        .output()
+        .expect("the kiln binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs kiln and insists that it succeeds; returns its standard output.
+fn kiln_ok(args: &[&str]) -> String {
+    let o = kiln(args);
+    assert!(
+        o.status.success(),
+        "kiln {args:?} failed ({:?}):\n{}\n{}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Runs kiln, insists that it fails with `code` and a readable message containing
+/// `needle`, and returns that message.
+fn kiln_fails(args: &[&str], code: i32, needle: &str) -> String {
+    let o = kiln(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "kiln {args:?}:\n{err}");
+    assert!(
+        err.contains(needle),
+        "kiln {args:?}: {needle:?} not in:\n{err}"
+    );
+    // Messages, not panics or Debug dumps of error values.
+    for bad in ["panicked", "RUST_BACKTRACE", "InvalidArgument {", "Io {"] {
+        assert!(!err.contains(bad), "kiln {args:?}: {bad:?} in:\n{err}");
+    }
+    err
+}
+
+/// The value after `name` on the first line that starts with `line_start`.
+fn value_after(text: &str, line_start: &str, name: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .unwrap_or_else(|| panic!("no line starting {line_start:?} in:\n{text}"));
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == name);
+    words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {name:?} in {line:?}"))
+}
+
+/// `kiln train` with its defaults (the digits set), shared by the tests that read its output.
+struct Trained {
+    dir: PathBuf,
+    stdout: String,
+}
+
+fn trained() -> &'static Trained {
+    static RUN: OnceLock<Trained> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = temp_dir("trained").join("run");
+        let stdout = kiln_ok(&["train", "--out", dir.to_str().unwrap()]);
+        Trained { dir, stdout }
+    })
+}
+
+/// history.csv as (header, rows of numbers).
+fn history(dir: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
+    let text = std::fs::read_to_string(dir.join("history.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().split(',').map(String::from).collect();
+    let rows = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    (header, rows)
+}
+
+#[test]
+fn train_writes_history_curves_and_checkpoint() {
+    let t = trained();
+    let (header, rows) = history(&t.dir);
+    assert_eq!(
+        &header[..6],
+        [
+            "epoch",
+            "loss",
+            "accuracy",
+            "val_loss",
+            "val_accuracy",
+            "lr"
+        ]
+    );
+    assert_eq!(rows.len(), EPOCHS, "one row per epoch");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], (i + 1) as f64);
+    }
+    let losses: Vec<f64> = rows.iter().map(|r| r[1]).collect();
+    assert!(
+        losses.windows(2).all(|w| w[1] < w[0]),
+        "training loss should fall every epoch: {losses:?}"
+    );
+    let png = std::fs::read(t.dir.join("curves.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "curves.png is a PNG");
+    assert!(png.len() > 5000, "curves.png has content");
+    for file in ["kiln-run.txt", "model.safetensors", "optimizer.safetensors"] {
+        assert!(t.dir.join(file).is_file(), "{file} missing");
+    }
+    // One line per epoch without a terminal, then the test result.
+    let epoch_lines = t.stdout.lines().filter(|l| l.starts_with("epoch ")).count();
+    assert_eq!(epoch_lines, EPOCHS, "{}", t.stdout);
+    // Out of the box, a model good enough to show the tool works.
+    let accuracy = value_after(&t.stdout, "test:", "accuracy");
+    assert!(accuracy >= 0.95, "test accuracy {accuracy}:\n{}", t.stdout);
+}
+
+#[test]
+fn eval_matches_the_test_accuracy_of_training() {
+    let t = trained();
+    let out = kiln_ok(&["eval", "--checkpoint", t.dir.to_str().unwrap()]);
+    let trained = value_after(&t.stdout, "test:", "accuracy");
+    let evaluated = value_after(&out, "accuracy", "accuracy");
+    assert_eq!(evaluated, trained, "eval:\n{out}\ntrain:\n{}", t.stdout);
+    let test_loss = value_after(&t.stdout, "test:", "loss");
+    let loss = value_after(&out, "loss", "loss");
+    assert!((loss - test_loss).abs() < 1e-3, "{loss} vs {test_loss}");
+    assert!(out.contains("confusion matrix"), "{out}");
+    // A header row, ten classes and a totals row: 359 held-out rows (20% of 1797) in all.
+    assert!(out
+        .lines()
+        .any(|l| l.trim_start().starts_with("all") && l.trim_end().ends_with(" 359")));
+}
+
+#[test]
+fn predict_writes_one_row_per_input() {
+    let t = trained();
+    let dir = temp_dir("predict");
+    // Three rows of the digits CSV, label column included (it is ignored).
+    let digits = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits/digits.csv"),
+    )
+    .unwrap();
+    let input: Vec<&str> = digits.lines().take(4).collect();
+    let input_path = dir.join("rows.csv");
+    std::fs::write(&input_path, input.join("\n") + "\n").unwrap();
+    let output_path = dir.join("predictions.csv");
+    kiln_ok(&[
+        "predict",
+        "--checkpoint",
+        t.dir.to_str().unwrap(),
+        "--input",
+        input_path.to_str().unwrap(),
+        "--output",
+        output_path.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&output_path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three rows:\n{text}");
+    assert!(lines[0].starts_with("row,predicted,prob_0,"), "{text}");
+    for (i, line) in lines[1..].iter().enumerate() {
+        let fields: Vec<f64> = line.split(',').map(|v| v.parse().unwrap()).collect();
+        assert_eq!(fields.len(), 12, "{line}");
+        assert_eq!(fields[0], i as f64);
+        let sum: f64 = fields[2..].iter().sum();
+        assert!((sum - 1.0).abs() < 1e-3, "probabilities sum to {sum}");
+    }
+    // The same rows without the label column give the same predictions, on stdout.
+    let features_only: Vec<String> = input
+        .iter()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect();
+    std::fs::write(&input_path, features_only.join("\n")).unwrap();
+    let printed = kiln_ok(&[
+        "predict",
+        "--checkpoint",
+        t.dir.to_str().unwrap(),
+        "--input",
+        input_path.to_str().unwrap(),
+    ]);
+    assert_eq!(printed, text);
+}
+
+#[test]
+fn resume_continues_the_epochs() {
+    let t = trained();
+    // A copy, so the shared run stays as the other tests expect.
+    let dir = temp_dir("resume").join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&t.dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let total = (EPOCHS + 2).to_string();
+    let out = kiln_ok(&[
+        "train",
+        "--resume",
+        dir.to_str().unwrap(),
+        "--epochs",
+        &total,
+    ]);
+    let epochs: Vec<&str> = out.lines().filter(|l| l.starts_with("epoch ")).collect();
+    assert_eq!(epochs.len(), 2, "{out}");
+    assert!(
+        epochs[0].starts_with(&format!("epoch {}/{total}", EPOCHS + 1)),
+        "{out}"
+    );
+    let (_, rows) = history(&dir);
+    assert_eq!(rows.len(), EPOCHS + 2, "history keeps the earlier epochs");
+    let (_, before) = history(&t.dir);
+    assert_eq!(rows[..EPOCHS], before[..], "earlier epochs unchanged");
+    assert!(
+        rows[EPOCHS + 1][1] < rows[EPOCHS - 1][1],
+        "loss keeps falling"
+    );
+    // The run now stands at its (new) number of epochs: nothing left to do but test.
+    let again = kiln_ok(&["train", "--resume", dir.to_str().unwrap()]);
+    assert!(!again.lines().any(|l| l.starts_with("epoch ")), "{again}");
+    assert!(again.contains("test:"), "{again}");
+}
+
+#[test]
+fn summary_counts_parameters() {
+    let out = kiln_ok(&["summary", "--layers", "64,32,10"]);
+    // 64*32 + 32 + 32*10 + 10
+    assert!(out.contains("Total params: 2410"), "{out}");
+    assert!(out.contains("dense"), "{out}");
+}
+
+#[test]
+fn bad_inputs_fail_with_readable_messages() {
+    let dir = temp_dir("bad");
+    let out = dir.join("run");
+    let out = out.to_str().unwrap();
+    let err = kiln_fails(
+        &[
+            "train", "--layers", "10,5,10", "--epochs", "1", "--out", out,
+        ],
+        1,
+        "64 features",
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    kiln_fails(
+        &[
+            "train", "--layers", "64,16,5", "--epochs", "1", "--out", out,
+        ],
+        1,
+        "10 classes",
+    );
+    kiln_fails(
+        &["train", "--data", "csv:/no/such/file.csv", "--out", out],
+        1,
+        "/no/such/file.csv",
+    );
+    kiln_fails(
+        &["train", "--data", "mnist:/no/such/dir", "--out", out],
+        1,
+        "/no/such/dir",
+    );
+    kiln_fails(&["train", "--optimizer", "adamm", "--out", out], 2, "adamm");
+    kiln_fails(&["train", "--data", "parquet:x"], 2, "parquet");
+    kiln_fails(&["train", "--epochs", "many"], 2, "many");
+    kiln_fails(
+        &[
+            "eval",
+            "--checkpoint",
+            dir.join("nothing").to_str().unwrap(),
+        ],
+        1,
+        "not a kiln run folder",
+    );
+    kiln_fails(&["summary"], 1, "--layers");
+}
+
+#[test]
+fn help_explains_with_examples() {
+    let out = kiln_ok(&["train", "--help"]);
+    assert!(out.contains("Examples:"), "{out}");
+    assert!(out.contains("--resume"), "{out}");
+    for command in ["eval", "predict", "summary"] {
+        let out = kiln_ok(&[command, "--help"]);
+        assert!(out.contains("Examples:"), "{command}: {out}");
+    }
+    let out = kiln_ok(&["--help"]);
+    for command in ["train", "eval", "predict", "adapters", "summary"] {
+        assert!(out.contains(command), "{out}");
+    }
+}
+
+/// Writes an IDX file: magic (type 0x08 = u8, then the number of dimensions), sizes, data.
+fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
+    let mut bytes = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `n` 4x4 images of two classes: bright top half (0) or bright bottom half (1).
+fn idx_images(n: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let class = (i % 2) as u8;
+        labels.push(class);
+        for p in 0..16 {
+            let top = p < 8;
+            let lit = top == (class == 0);
+            pixels.push(if lit {
+                200 + (i * 7 + p) as u8 % 50
+            } else {
+                (i + p) as u8 % 40
+            });
+        }
+    }
+    (pixels, labels)
+}
+
+#[test]
+fn idx_folder_trains_and_predicts_from_an_images_file() {
+    let dir = temp_dir("idx");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (stem, n) in [("train", 120u32), ("t10k", 40)] {
+        let (pixels, labels) = idx_images(n as usize);
+        write_idx(
+            &data.join(format!("{stem}-images-idx3-ubyte")),
+            &[n, 4, 4],
+            &pixels,
+        );
+        write_idx(
+            &data.join(format!("{stem}-labels-idx1-ubyte")),
+            &[n],
+            &labels,
+        );
+    }
+    let run = dir.join("run");
+    let source = format!("mnist:{}", data.display());
+    let out = kiln_ok(&[
+        "train",
+        "--data",
+        &source,
+        "--layers",
+        "16,8,2",
+        "--epochs",
+        "3",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    // The folder's own test files are the test set: 40 rows, none held out.
+    assert!(out.contains("(40 rows)"), "{out}");
+    assert!(out.contains("scale 255"), "{out}");
+    let images = data.join("t10k-images-idx3-ubyte");
+    let predictions = kiln_ok(&[
+        "predict",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--input",
+        images.to_str().unwrap(),
+    ]);
+    assert_eq!(predictions.lines().count(), 41, "{predictions}");
+    assert!(predictions.starts_with("row,predicted,prob_0,prob_1\n"));
+    kiln_fails(
+        &[
+            "train",
+            "--data",
+            &source,
+            "--test-split",
+            "0.3",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        1,
+        "--test-split",
+    );
+}
+
+#[test]
+fn a_model_file_describes_the_model_and_its_training() {
+    let dir = temp_dir("model-file");
+    let file = dir.join("model.toml");
+    std::fs::write(
+        &file,
+        "input = 64\n\n\
+         [[layers]]\ndense = 32\nactivation = \"tanh\"\n\n\
+         [[layers]]\ndense = 10\n\n\
+         [training]\nloss = \"sparse_categorical_crossentropy\"\noptimizer = \"rmsprop\"\n\
+         lr = 0.002\nbatch_size = 64\nepochs = 2\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let summary = kiln_ok(&["summary", "--model", file]);
+    assert!(summary.contains("Total params: 2410"), "{summary}");
+    assert!(summary.contains("tanh"), "{summary}");
+    let run = dir.join("run");
+    let out = kiln_ok(&["train", "--model", file, "--out", run.to_str().unwrap()]);
+    assert!(out.contains("rmsprop lr 0.002, batch 64"), "{out}");
+    let (_, rows) = history(&run);
+    assert_eq!(rows.len(), 2, "the file's epochs:\n{out}");
+    kiln_fails(
+        &["train", "--model", file, "--activation", "relu"],
+        1,
+        "--activation",
+    );
+    std::fs::write(
+        dir.join("bad.toml"),
+        "input = 64\n[[layers]]\ndense = \"ten\"\n",
+    )
+    .unwrap();
+    kiln_fails(
+        &["summary", "--model", dir.join("bad.toml").to_str().unwrap()],
+        1,
+        "line 3",
+    );
+}
