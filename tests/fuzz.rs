@@ -3,17 +3,19 @@
 //! must return (Ok or a typed error), never panic; a panic fails the test with the seed
 //! and case number that reproduce it. `KILN_FUZZ_CASES` raises the count for longer runs.
 //!
-//! Parsers covered: IDX (raw and gzip) and numeric CSV. The model-file TOML and the
-//! safetensors checkpoint loaders live on the `io` branch; fuzz them here once merged.
+//! Parsers covered: IDX (raw and gzip), numeric CSV, model-file TOML, and the
+//! safetensors checkpoint loaders (weights file and checkpoint directory).
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use kiln::data::{csv, idx, Dataset};
-use kiln::Error;
+use kiln::io::{self, ModelFile};
+use kiln::{Device, Error, Loss, Optimizer, Sequential};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 
 /// Inputs per generator (at least 10,000).
 fn cases() -> usize {
@@ -316,5 +318,254 @@ fn dataset_operations_on_random_arguments() {
             kiln::data::Scaling::Divide(fraction),
         ][rng.random_range(0..3)];
         let _ = d.clone().scale(how);
+    });
+}
+
+/// Model files to start from: dense and image models, with and without a training setup.
+const MODEL_FILES: [&str; 3] = [
+    "input = 4\n[[layers]]\ndense = 8\nactivation = \"relu\"\n[[layers]]\ndropout = 0.2\n\
+     [[layers]]\ndense = 3\n[training]\nloss = \"sparse_categorical_crossentropy\"\n\
+     optimizer = \"adam\"\nlr = 0.001\nbetas = [0.9, 0.999]\nclip_norm = 1.0\n\
+     metrics = [\"accuracy\"]\n",
+    "image = [1, 6, 6]\n[[layers]]\nconv2d = 2\nkernel = 3\npadding = \"same\"\n\
+     activation = \"relu\"\n[[layers]]\nmax_pool = 2\n[[layers]]\nflatten = true\n\
+     [[layers]]\ndense = 2\nkernel_init = \"random_uniform(-0.5, 0.5)\"\n",
+    "input = 3\n[[layers]]\ndense = 1\nuse_bias = false\nl2 = 0.01\n\
+     [[layers]]\nactivation = \"leaky_relu\"\nslope = 0.1\n[training]\nloss = \"mse\"\n\
+     optimizer = \"momentum\"\nmomentum = 0.5\nweight_decay = 0.1\n\
+     [training.schedule]\nname = \"step\"\nstep_size = 2\ngamma = 0.5\n",
+];
+
+/// Values a mutated model file likes: edges of numbers, wrong types, odd names.
+const TOML_VALUES: [&str; 20] = [
+    "0",
+    "-1",
+    "1",
+    "3",
+    "65536",
+    "4294967296",
+    "18446744073709551616",
+    "1e309",
+    "nan",
+    "-inf",
+    "0.5",
+    "1.5",
+    "\"\"",
+    "\"relu\"",
+    "\"same\"",
+    "true",
+    "[]",
+    "[0, 0, 0]",
+    "\"constant(nan)\"",
+    "\"random_uniform(1, 1)\"",
+];
+const TOML_KEYS: [&str; 14] = [
+    "dense",
+    "conv2d",
+    "kernel",
+    "stride",
+    "max_pool",
+    "flatten",
+    "dropout",
+    "activation",
+    "inputs",
+    "image",
+    "lr",
+    "optimizer",
+    "loss",
+    "kernel_init",
+];
+
+/// Line- and character-level edits of TOML text.
+fn mutate_toml(rng: &mut StdRng, text: &str) -> String {
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    for _ in 0..rng.random_range(1..=3) {
+        let i = rng.random_range(0..lines.len().max(1));
+        match rng.random_range(0..6) {
+            // A value replaced with an edge value.
+            0 | 1 if i < lines.len() => {
+                if let Some((key, _)) = lines[i].split_once('=') {
+                    let v = TOML_VALUES[rng.random_range(0..TOML_VALUES.len())];
+                    lines[i] = format!("{key}= {v}");
+                }
+            }
+            // A known key with an edge value, anywhere.
+            2 => {
+                let k = TOML_KEYS[rng.random_range(0..TOML_KEYS.len())];
+                let v = TOML_VALUES[rng.random_range(0..TOML_VALUES.len())];
+                lines.insert(i.min(lines.len()), format!("{k} = {v}"));
+            }
+            3 if i < lines.len() => {
+                lines.remove(i);
+            }
+            4 if i < lines.len() => {
+                let copy = lines[i].clone();
+                lines.insert(i, copy);
+            }
+            _ if i < lines.len() && !lines[i].is_empty() => {
+                let mut bytes = lines[i].clone().into_bytes();
+                let j = rng.random_range(0..bytes.len());
+                bytes[j] = b"0123456789.-=[]\"#, e"[rng.random_range(0..17)];
+                lines[i] = String::from_utf8_lossy(&bytes).into_owned();
+            }
+            _ => {}
+        }
+    }
+    lines.join("\n")
+}
+
+/// Whether building `s` allocates little: every layer's weights bounded by in x out values.
+fn small(s: &Sequential) -> bool {
+    let Ok(shapes) = s.shapes() else { return false };
+    let mut prev: usize = s.input;
+    for shape in shapes {
+        let here = shape.iter().product::<usize>();
+        if prev.saturating_mul(here) > 1 << 20 {
+            return false;
+        }
+        prev = here;
+    }
+    true
+}
+
+#[test]
+fn model_files_mutated() {
+    let cpu = Device::cpu();
+    for text in MODEL_FILES {
+        let file = ModelFile::parse(text).unwrap_or_else(|e| panic!("seed {text:?}: {e}"));
+        file.to_sequential().unwrap().build(&cpu, 0).unwrap();
+    }
+    fuzz("model file", 7, |rng, i| {
+        let text = mutate_toml(rng, MODEL_FILES[i % MODEL_FILES.len()]);
+        let Ok(file) = ModelFile::parse(&text) else {
+            return;
+        };
+        // What parse accepted, to_toml writes back in a form parse accepts.
+        if let Err(e) = ModelFile::parse(&file.to_toml()) {
+            panic!("round trip of {text:?} failed: {e}");
+        }
+        let _ = (file.loss(), file.optimizer(), file.metrics());
+        if let Ok(s) = file.to_sequential() {
+            if small(&s) {
+                let _ = s.build(&cpu, 0);
+            }
+        }
+    });
+}
+
+/// A private scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("kiln-fuzz-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Byte edits aimed at a safetensors file: its header length, the digits of its JSON
+/// header (offsets, shapes, the model's sizes), or anywhere.
+fn mutate_safetensors(rng: &mut StdRng, v: &mut Vec<u8>) {
+    let header = v
+        .get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    match rng.random_range(0..4) {
+        0 if v.len() >= 8 => {
+            let n = [0u64, 1, 7, header as u64 + 1, u64::MAX, 100_000_001][rng.random_range(0..6)];
+            v[..8].copy_from_slice(&n.to_le_bytes());
+        }
+        1 | 2 => {
+            let digits: Vec<usize> = (8..(8 + header).min(v.len()))
+                .filter(|&i| v[i].is_ascii_digit())
+                .collect();
+            for _ in 0..rng.random_range(1..=2) {
+                if let Some(&i) = digits.get(rng.random_range(0..digits.len().max(1))) {
+                    v[i] = b"0123456789"[rng.random_range(0..10)];
+                }
+            }
+        }
+        _ => mutate(rng, v),
+    }
+}
+
+/// A small trained-shape model on the CPU, saved as a weights file and a checkpoint directory.
+fn checkpoint_seeds(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    let cpu = Device::cpu();
+    let model = Sequential::new(3)
+        .dense(4)
+        .relu()
+        .dense(2)
+        .build(&cpu, 1)
+        .unwrap();
+    let file = dir.join("seed.safetensors");
+    io::save_model(&file, &model).unwrap();
+    let trainer = model
+        .compile(Loss::Mse, Optimizer::adam(0.01), &[])
+        .unwrap();
+    let ckpt = dir.join("seed-ckpt");
+    io::save(&ckpt, &trainer).unwrap();
+    (
+        std::fs::read(&file).unwrap(),
+        std::fs::read(ckpt.join("optimizer.safetensors")).unwrap(),
+    )
+}
+
+#[test]
+fn safetensors_weights_mutated() {
+    let scratch = Scratch::new("weights");
+    let (weights, _) = checkpoint_seeds(&scratch.0);
+    let cpu = Device::cpu();
+    let mut target = Sequential::new(3)
+        .dense(4)
+        .relu()
+        .dense(2)
+        .build(&cpu, 2)
+        .unwrap();
+    let path = scratch.0.join("case.safetensors");
+    fuzz("safetensors weights", 8, |rng, _| {
+        let mut v = weights.clone();
+        mutate_safetensors(rng, &mut v);
+        std::fs::write(&path, &v).unwrap();
+        for r in [
+            io::load_model(&path, &cpu).map(drop),
+            io::load_weights_into(&mut target, &path),
+        ] {
+            if let Err(e) = r {
+                assert!(matches!(e, Error::Format { .. }), "{e}");
+            }
+        }
+    });
+}
+
+#[test]
+fn checkpoint_directories_mutated() {
+    let scratch = Scratch::new("ckpt");
+    let (weights, optimizer) = checkpoint_seeds(&scratch.0);
+    let cpu = Device::cpu();
+    let dir = scratch.0.join("case");
+    std::fs::create_dir_all(&dir).unwrap();
+    fuzz("checkpoint directory", 9, |rng, i| {
+        let (mut w, mut o) = (weights.clone(), optimizer.clone());
+        match i % 3 {
+            0 => mutate_safetensors(rng, &mut w),
+            1 => mutate_safetensors(rng, &mut o),
+            _ => {
+                mutate_safetensors(rng, &mut w);
+                mutate_safetensors(rng, &mut o);
+            }
+        }
+        std::fs::write(dir.join("model.safetensors"), &w).unwrap();
+        std::fs::write(dir.join("optimizer.safetensors"), &o).unwrap();
+        if let Err(e) = io::load_trainer(&dir, &cpu) {
+            assert!(matches!(e, Error::Format { .. }), "{e}");
+        }
     });
 }
