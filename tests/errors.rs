@@ -8,6 +8,7 @@ mod common;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use kiln::data::{csv, idx, Dataset, Scaling};
+use kiln::nn::layer::Conv;
 use kiln::nn::Init;
 use kiln::train::{EarlyStopping, Validation};
 use kiln::{Dense, Device, Error, FitOptions, Loss, Optimizer, Sequential, Tensor, Trainer};
@@ -104,6 +105,98 @@ fn layer_sizes_that_do_not_chain() {
         "InvalidArgument",
         &["layer 0 (dense) units", "more weights than fit"],
     );
+}
+
+#[test]
+fn image_models_that_do_not_fit() {
+    let d = Device::cpu();
+    fails(
+        Sequential::new(4).conv2d(2, 3).build(&d, 0),
+        "Shape",
+        &[
+            "layer 0 (conv2d)",
+            "needs [channels, height, width] samples",
+        ],
+    );
+    fails(
+        Sequential::image(1 << 40, 1 << 40, 1)
+            .flatten()
+            .dense(2)
+            .build(&d, 0),
+        "InvalidArgument",
+        &["Sequential input", "more values than fit in usize"],
+    );
+    let huge = Conv::new(1 << 62, 3);
+    fails(
+        Sequential::image(4, 8, 8)
+            .add(kiln::Layer::Conv2d(huge))
+            .build(&d, 0),
+        "InvalidArgument",
+        &["layer 0 (conv2d) filters", "more weights than fit"],
+    );
+    let bad_init = Conv {
+        kernel_init: Init::Normal(0.0, -1.0),
+        ..Conv::new(2, 3)
+    };
+    fails(
+        Sequential::image(1, 8, 8)
+            .add(kiln::Layer::Conv2d(bad_init))
+            .build(&d, 0),
+        "InvalidArgument",
+        &["layer 0 (conv2d) kernel_init", "std >= 0"],
+    );
+    // The count that lets a loader refuse a file before building what it describes.
+    for spec in [
+        Sequential::new(5)
+            .dense(7)
+            .relu()
+            .dense_with(Dense::new(3).no_bias()),
+        Sequential::image(2, 8, 8)
+            .conv2d(4, 3)
+            .max_pool(2)
+            .flatten()
+            .dense(3),
+    ] {
+        let built = spec.build(&d, 0).unwrap().param_count();
+        assert_eq!(spec.param_count().unwrap(), built, "{spec:?}");
+    }
+}
+
+#[test]
+fn checkpoints_whose_metadata_model_is_larger_than_their_weights() {
+    let dir = std::env::temp_dir().join(format!("kiln-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lying.safetensors");
+    let model = Sequential::new(3)
+        .dense(4)
+        .build(&Device::cpu(), 0)
+        .unwrap();
+    kiln::io::save_model(&path, &model).unwrap();
+    // Rewrite the architecture in the header: 4 units become 40 million (480 MB of weights).
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta = &mut header["__metadata__"]["model"];
+    *meta = meta
+        .as_str()
+        .unwrap()
+        .replace("dense = 4", "dense = 40000000")
+        .into();
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut lying = (text.len() as u64).to_le_bytes().to_vec();
+    lying.extend_from_slice(&text);
+    lying.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&path, &lying).unwrap();
+    fails(
+        kiln::io::load_model(&path, &Device::cpu()),
+        "Format",
+        &[
+            "lying.safetensors",
+            "has 160000000 parameters",
+            "holds only 16 values",
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

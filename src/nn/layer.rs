@@ -335,6 +335,35 @@ impl Sequential {
         self.add(Layer::Dropout(rate))
     }
 
+    /// Trainable values the built model will hold, computed without allocating them
+    /// (e.g. to check a file's claim before building what it describes).
+    pub fn param_count(&self) -> crate::Result<usize> {
+        let shapes = self.shapes()?;
+        let mut inputs = match self.image {
+            Some((c, _, _)) => c,
+            None => self.input,
+        };
+        let mut total = 0usize;
+        for (layer, shape) in self.layers.iter().zip(&shapes) {
+            // shapes() checked every product below against usize.
+            let count = match layer {
+                Layer::Dense(d) => d.units * inputs + if d.use_bias { d.units } else { 0 },
+                Layer::Conv2d(c) => {
+                    c.filters * inputs * c.kernel.0 * c.kernel.1
+                        + if c.use_bias { c.filters } else { 0 }
+                }
+                _ => 0,
+            };
+            total = total.saturating_add(count);
+            // Dense layers read flat widths, convolutions the channel count.
+            inputs = match shape.as_slice() {
+                [c, _, _] => *c,
+                s => s.iter().product(),
+            };
+        }
+        Ok(total)
+    }
+
     /// Output width of each layer (all values of one sample), checking that layers chain.
     pub fn widths(&self) -> crate::Result<Vec<usize>> {
         Ok(self.shapes()?.iter().map(|s| s.iter().product()).collect())
