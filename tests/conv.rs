@@ -301,3 +301,37 @@ fn output_shapes_follow_pytorch() {
     let c = Conv2d::valid().with_stride((3, 2)).with_padding((0, 2));
     assert_eq!(c.out_shape(&x, &w(4)).unwrap(), [2, 8, 9, 15]);
 }
+
+#[test]
+fn grids_fold_past_65535_workgroups() {
+    // 4097^2 positions need more than 65535 workgroups of 64 (naive) or 256 (direct, 4 per lane).
+    let s = [1, 1, 4097, 4097];
+    let x = random(s.iter().product(), 7);
+    let (xc, xg) = both(&x, &s);
+    let (wc, wg) = both(&[0.75], &[1, 1, 1, 1]);
+    let c = Conv2d::valid();
+    let y_ref = c.forward(&xc, &wc, None).unwrap();
+    let mut dx_ref = Tensor::zeros(&Device::cpu(), &s).unwrap();
+    c.backward_input_into(&xc, &wc, &mut dx_ref).unwrap();
+    for kernel in [ConvKernel::Naive, ConvKernel::Direct] {
+        let c = c.with_kernel(kernel);
+        let mut y = nan_gpu(&s);
+        c.forward_into(&xg, &wg, None, &mut y).unwrap();
+        assert_same(&y, &y_ref, 1e-6, 0.0, &format!("forward {kernel:?}"));
+        let mut dx = nan_gpu(&s);
+        c.backward_input_into(&xg, &wg, &mut dx).unwrap();
+        assert_same(
+            &dx,
+            &dx_ref,
+            1e-6,
+            0.0,
+            &format!("backward_input {kernel:?}"),
+        );
+    }
+    // The matmul behind im2col does not fold its grid: too many rows are a typed error.
+    let mut y = nan_gpu(&s);
+    let r = c
+        .with_kernel(ConvKernel::Im2col)
+        .forward_into(&xg, &wg, None, &mut y);
+    assert!(matches!(r, Err(Error::OverLimit { .. })), "{r:?}");
+}

@@ -61,3 +61,84 @@ fn chunked_gather_equals_whole_gather() {
         assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
     }
 }
+
+#[test]
+fn palette_gather_returns_the_original_values() {
+    // Pixel-like data: 256 levels scaled by 1/255, odd row width (not a multiple of 4).
+    let (n, cols) = (300, 37);
+    let data: Vec<f32> = (0..n * cols)
+        .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+        .collect();
+    let palette = kiln::ops::gather::PaletteRows::palette_of(&data).expect("256 levels fit");
+    assert_eq!(palette.len(), 256);
+    let index: Vec<f32> = (0..n).map(|i| ((i * 113) % n) as f32).collect();
+    for device in [kiln::Device::cpu(), gpu()] {
+        let idx = Tensor::from_slice(&device, &index, &[n]).unwrap();
+        let mut got = Tensor::zeros(&device, &[50, cols]).unwrap();
+        for (lo, hi) in [(0, 120), (120, 300)] {
+            let rows = &data[lo * cols..hi * cols];
+            let chunk =
+                kiln::ops::gather::PaletteRows::pack(&device, rows, cols, &palette).unwrap();
+            chunk.gather_into(lo, &idx, 100, &mut got).unwrap();
+        }
+        let want: Vec<f32> = (100..150)
+            .flat_map(|i| {
+                let s = index[i] as usize;
+                data[s * cols..(s + 1) * cols].to_vec()
+            })
+            .collect();
+        assert_eq!(got.to_vec().unwrap(), want, "{device:?}");
+    }
+    // 257 distinct values do not fit a byte.
+    let wide: Vec<f32> = (0..257).map(|i| i as f32).collect();
+    assert!(kiln::ops::gather::PaletteRows::palette_of(&wide).is_none());
+}
+
+#[test]
+fn training_on_palette_data_matches_the_cpu_reference() {
+    // The GPU packs these inputs as bytes (the CPU keeps f32): the steps must agree.
+    use kiln::{Device, FitOptions, Loss, Optimizer, Sequential};
+    let x: Vec<f32> = (0..64 * 20)
+        .map(|i| ((i * 31) % 17) as f32 / 16.0)
+        .collect();
+    let y: Vec<f32> = (0..64).map(|i| (i % 3) as f32).collect();
+    let mut weights = Vec::new();
+    for device in [Device::cpu(), gpu()] {
+        let model = Sequential::new(20)
+            .dense(8)
+            .relu()
+            .dense(3)
+            .build(&device, 4)
+            .unwrap();
+        let mut t = model
+            .compile(
+                Loss::SparseCategoricalCrossEntropy,
+                Optimizer::sgd(0.1),
+                &[],
+            )
+            .unwrap();
+        t.fit(
+            &x,
+            &y,
+            FitOptions {
+                seed: 2,
+                ..FitOptions::new(2, 16)
+            },
+        )
+        .unwrap();
+        weights.push(
+            t.model
+                .params()
+                .iter()
+                .flat_map(|p| p.value.to_vec().unwrap())
+                .collect::<Vec<f32>>(),
+        );
+    }
+    assert_close(
+        &weights[1],
+        &weights[0],
+        1e-4,
+        1e-5,
+        "weights after 2 epochs",
+    );
+}

@@ -86,10 +86,12 @@ const POSITIONS: usize = 4;
 pub enum ConvKernel {
     /// One output value per invocation: the baseline.
     Naive,
-    /// Direct (implicit GEMM) kernels: 8 channels by 64 pixels per workgroup, the taps
+    /// Direct (implicit GEMM) kernels: 8 channels by 4 positions per invocation, the taps
     /// read in place.
     Direct,
-    /// The taps copied out into a matrix (im2col), then the matmul kernels.
+    /// The taps copied out into a matrix (im2col), then the matmul kernels. The matmul's
+    /// grid does not fold, so n * oh * ow is limited to 65535 times its tile height
+    /// (32 or 64 rows); past that the op returns [`Error::OverLimit`].
     Im2col,
 }
 
@@ -142,7 +144,7 @@ impl Geom {
         self.oh * self.ow
     }
 
-    /// The uniform block of shaders/conv.wgsl and im2col.wgsl.
+    /// The uniform block of shaders/conv_common.wgsl.
     fn params(&self, chunk: usize) -> [u32; 16] {
         let c = &self.conv;
         [
@@ -350,12 +352,13 @@ impl Conv2d {
 
     /// The kernels this convolution runs with on `ctx`: the direct ones unless forced.
     ///
-    /// On lavapipe (2 shared cores, `cargo bench --bench conv`, batch 128, forward + input
-    /// gradient + weight gradient) the direct kernels took 239 ms for conv1 (1->32, 3x3
-    /// 'same', 28x28) against 538 ms by im2col + matmul and 641 ms naive, and 1449 ms for
-    /// conv2 (32->64, 14x14) against 1974 ms and 9841 ms. im2col pays for writing and
-    /// reading back its tap matrix (9 values per input value) and two layout passes.
-    /// No hardware GPU has been measured; the bench prints all three kernels for one.
+    /// On lavapipe (`cargo bench --bench conv`, batch 128, forward + input gradient +
+    /// weight gradient, two runs on 2 cores shared with other builds, load ~6) the direct
+    /// kernels took 228-239 ms for conv1 (1->32, 3x3 'same', 28x28) against 417-538 ms by
+    /// im2col + matmul and 631-641 ms naive, and 1384-1449 ms for conv2 (32->64, 14x14)
+    /// against 1648-1974 ms and 9841-10565 ms. im2col pays for writing and reading back its
+    /// tap matrix (9 values per input value) and two layout passes. No hardware GPU has
+    /// been measured; the bench prints all three kernels for one.
     pub fn choose(&self, _ctx: &GpuContext) -> ConvKernel {
         self.kernel.unwrap_or(ConvKernel::Direct)
     }

@@ -14,6 +14,12 @@ const GATHER: Kernel = Kernel {
     bounds_checks: true,
 };
 
+const GATHER_PALETTE: Kernel = Kernel {
+    entry: "gather_palette",
+    inputs: 3,
+    ..GATHER
+};
+
 /// Row indices are stored as f32, exact up to 2^24.
 pub const MAX_ROWS: usize = 1 << 24;
 
@@ -100,6 +106,134 @@ pub fn gather_chunk_into(
                 &[chunk, index, out],
                 grid(rows * cols, WG),
             )
+        }
+    }
+}
+
+/// A data set of at most 256 distinct values: one byte per value, packed four to a
+/// word in an f32 tensor's buffer (as bit patterns), and the palette of values.
+pub struct PaletteRows {
+    /// [rows, ceil(cols / 4)] words of bytes.
+    pub packed: Tensor,
+    /// The distinct values, indexed by byte.
+    pub palette: Tensor,
+    /// Values per row.
+    pub cols: usize,
+}
+
+impl PaletteRows {
+    /// The distinct values of `data` (bit-wise, sorted by bits), if there are at most 256.
+    pub fn palette_of(data: &[f32]) -> Option<Vec<u32>> {
+        let mut palette: Vec<u32> = Vec::new();
+        let mut last = None;
+        for v in data.iter().map(|v| v.to_bits()) {
+            // Neighbouring values repeat (image backgrounds): skip the search for them.
+            if last == Some(v) {
+                continue;
+            }
+            last = Some(v);
+            if let Err(at) = palette.binary_search(&v) {
+                if palette.len() == 256 {
+                    return None;
+                }
+                palette.insert(at, v);
+            }
+        }
+        Some(palette)
+    }
+
+    /// Packs `data` ([rows, cols]) as bytes indexing `palette` (from [`Self::palette_of`]).
+    pub fn pack(
+        device: &crate::device::Device,
+        data: &[f32],
+        cols: usize,
+        palette: &[u32],
+    ) -> Result<PaletteRows> {
+        let words_per_row = cols.div_ceil(4);
+        let rows = data.len().checked_div(cols).unwrap_or(0);
+        let mut words = vec![0u32; rows * words_per_row];
+        for (r, row) in data.chunks(cols.max(1)).enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                let code = palette.binary_search(&v.to_bits()).map_err(|_| {
+                    Error::arg(
+                        "palette data",
+                        format!("value {v} at row {r} is not in the palette"),
+                    )
+                })?;
+                words[r * words_per_row + j / 4] |= (code as u32) << (8 * (j % 4));
+            }
+        }
+        let as_f32: Vec<f32> = words.iter().map(|&w| f32::from_bits(w)).collect();
+        let values: Vec<f32> = palette.iter().map(|&b| f32::from_bits(b)).collect();
+        Ok(PaletteRows {
+            packed: Tensor::from_slice(device, &as_f32, &[rows, words_per_row])?,
+            palette: Tensor::from_slice(device, &values, &[values.len().max(1)])?,
+            cols,
+        })
+    }
+
+    /// Gathers batch rows whose index falls in this chunk (rows `lo..`) into `out`.
+    pub fn gather_into(
+        &self,
+        lo: usize,
+        index: &Tensor,
+        start: usize,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let n = self.packed.shape().first().copied().unwrap_or(0);
+        let rows = out.len() / self.cols.max(1);
+        if rows * self.cols != out.len() || start + rows > index.len() {
+            return Err(Error::shape(
+                "gather_palette",
+                format!(
+                    "output {:?} of {}-value rows from indices {start}..",
+                    out.shape(),
+                    self.cols
+                ),
+            ));
+        }
+        match device_of("gather_palette", &[&self.packed, index, out])? {
+            Device::Cpu => {
+                let (words, idx) = (
+                    self.packed.host().unwrap_or(&[]),
+                    index.host().unwrap_or(&[]),
+                );
+                let pal = self.palette.host().unwrap_or(&[]);
+                let wpr = self.cols.div_ceil(4);
+                for (i, dst) in out
+                    .host_mut()
+                    .unwrap_or(&mut [])
+                    .chunks_mut(self.cols.max(1))
+                    .enumerate()
+                {
+                    let src = idx[start + i] as usize;
+                    if (lo..lo + n).contains(&src) {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            let w = words[(src - lo) * wpr + j / 4].to_bits();
+                            *d = pal[((w >> (8 * (j % 4))) & 0xff) as usize];
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Device::Gpu(ctx) => {
+                let params = [
+                    rows as u32,
+                    self.cols as u32,
+                    start as u32,
+                    lo as u32,
+                    (lo + n) as u32,
+                ];
+                let tensors = [&self.packed, index, &self.palette, &*out];
+                launch(
+                    &ctx,
+                    &GATHER_PALETTE,
+                    &[],
+                    &params,
+                    &tensors,
+                    grid(rows * self.cols, WG),
+                )
+            }
         }
     }
 }

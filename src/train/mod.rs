@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::nn::model::Stage;
 use crate::nn::Model;
 use crate::ops::activation::{activation_into, softmax_into};
-use crate::ops::gather::gather_chunk_into;
+use crate::ops::gather::{gather_chunk_into, PaletteRows};
 use crate::ops::loss::{loss_and_grad_into, loss_value_into};
 use crate::ops::metrics::ConfusionMatrix;
 use crate::ops::Activation;
@@ -145,11 +145,18 @@ pub struct Trainer {
     norm: Tensor,
 }
 
-/// An uploaded data set: resident on the device when it fits, else streamed per batch.
+/// Input rows on the device: f32, or bytes and a palette when the data has at most 256
+/// distinct values (pixels), which takes a quarter of the memory and gathers the same values.
+enum Rows {
+    F32(Tensor),
+    Palette(PaletteRows),
+}
+
+/// An uploaded data set, in chunks of at most one binding each.
 struct DeviceData {
     rows: usize,
     /// (first row, inputs, targets): one chunk unless the set exceeds a binding.
-    chunks: Vec<(usize, Tensor, Tensor)>,
+    chunks: Vec<(usize, Rows, Tensor)>,
     index: Tensor,
     order: Vec<f32>,
 }
@@ -319,23 +326,38 @@ impl Trainer {
         }
     }
 
-    /// Uploads the rows once, in as few chunks as the adapter's binding limit allows.
+    /// Uploads the rows once, in as few chunks as the adapter's binding limit allows;
+    /// on a GPU, data of at most 256 distinct values (pixels) goes up as bytes.
     fn upload(&self, x: &[f32], y: &[f32]) -> Result<DeviceData> {
         let (w, tw) = (self.model.input_width(), self.target_width());
         let rows = x.len() / w;
         let d = &self.model.device;
-        let per_chunk = (d.max_tensor_len() / w.max(tw)).clamp(1, rows.max(1));
+        let palette = if d.is_cpu() {
+            None
+        } else {
+            PaletteRows::palette_of(x)
+        };
+        let row_len = if palette.is_some() { w.div_ceil(4) } else { w };
+        let per_chunk = (d.max_tensor_len() / row_len.max(tw)).clamp(1, rows.max(1));
         let chunks = (0..rows)
             .step_by(per_chunk)
             .map(|lo| {
                 let hi = (lo + per_chunk).min(rows);
-                let xs = Tensor::from_slice(d, &x[lo * w..hi * w], &[hi - lo, w])?;
+                let xs = &x[lo * w..hi * w];
+                let inputs = match &palette {
+                    Some(p) => Rows::Palette(PaletteRows::pack(d, xs, w, p)?),
+                    None => Rows::F32(Tensor::from_slice(d, xs, &[hi - lo, w])?),
+                };
                 let ys = Tensor::from_slice(d, &y[lo * tw..hi * tw], &[hi - lo, tw])?;
-                Ok((lo, xs, ys))
+                Ok((lo, inputs, ys))
             })
             .collect::<Result<Vec<_>>>()?;
+        self.finish_upload(rows, chunks)
+    }
+
+    fn finish_upload(&self, rows: usize, chunks: Vec<(usize, Rows, Tensor)>) -> Result<DeviceData> {
         let order: Vec<f32> = (0..rows).map(|i| i as f32).collect();
-        let index = Tensor::from_slice(d, &order, &[rows])?;
+        let index = Tensor::from_slice(&self.model.device, &order, &[rows])?;
         Ok(DeviceData {
             rows,
             chunks,
@@ -354,7 +376,10 @@ impl Trainer {
         let key = (batch, self.target_width());
         let ws = self.model.workspace(batch, key.1)?;
         for (lo, x, y) in &data.chunks {
-            gather_chunk_into(x, *lo, &data.index, start, &mut ws.acts[0])?;
+            match x {
+                Rows::F32(x) => gather_chunk_into(x, *lo, &data.index, start, &mut ws.acts[0])?,
+                Rows::Palette(p) => p.gather_into(*lo, &data.index, start, &mut ws.acts[0])?,
+            }
             gather_chunk_into(y, *lo, &data.index, start, &mut ws.target)?;
         }
         Ok(key)
