@@ -13,7 +13,7 @@ fn main() -> kiln::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let (mut train, mut test) = idx::load_mnist(&dir)?;
-    train.scale(Scaling::Divide(255.0)).apply(&mut test)?;
+    train.scale(Scaling::Divide(255.0))?.apply(&mut test)?;
     let device = Device::gpu()?;
     let model = Sequential::new(784)
         .dense(256)

@@ -15,7 +15,7 @@ fn main() -> kiln::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let (mut train, mut test) = idx::load_mnist(&dir)?;
-    train.scale(Scaling::Divide(255.0)).apply(&mut test)?;
+    train.scale(Scaling::Divide(255.0))?.apply(&mut test)?;
     let device = Device::gpu()?;
     let model = Sequential::image(1, 28, 28)
         .conv2d(32, 3)

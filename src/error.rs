@@ -89,9 +89,33 @@ pub enum Error {
         /// Step within the epoch (1-based).
         step: usize,
     },
-    /// The GPU reported an error (validation, out of memory, lost device).
+    /// The GPU reported an error that is not one of the kinds below (e.g. validation).
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// The device (or the host, for CPU tensors) could not provide the memory asked for.
+    #[error("out of memory: {what}{} could not be allocated: {detail}; drop unused tensors (GpuContext::trim_pool returns pooled buffers to the driver), or use a smaller batch or model", bytes_note(*.size))]
+    OutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// Requested size in bytes (0 when the driver reported it later, without a size).
+        size: u64,
+        /// Who refused, and why.
+        detail: String,
+    },
+    /// The GPU device was lost (driver reset, device removed, or destroyed).
+    #[error("the GPU device was lost ({reason}); nothing more can run on it: open a new Device and rebuild or reload the model (from its last checkpoint)")]
+    DeviceLost {
+        /// The driver's reason.
+        reason: String,
+    },
+}
+
+fn bytes_note(size: u64) -> String {
+    if size == 0 {
+        String::new()
+    } else {
+        format!(" ({size} bytes)")
+    }
 }
 
 /// kiln's result type.

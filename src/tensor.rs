@@ -40,28 +40,65 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
-fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+/// Elements of `shape`, or a `Shape` error when the product overflows usize.
+fn numel(op: &str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            Error::shape(
+                op,
+                format!("shape {shape:?} holds more elements than fit in usize"),
+            )
+        })
+}
+
+/// An empty vector with room for `len` values, or an `OutOfMemory` error where
+/// `Vec::with_capacity` would abort the process.
+pub(crate) fn host_vec<T>(len: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|e| Error::OutOfMemory {
+        what: what.to_string(),
+        size: (len as u64).saturating_mul(std::mem::size_of::<T>() as u64),
+        detail: format!("the host allocator refused it ({e})"),
+    })?;
+    Ok(v)
+}
+
+/// `len` copies of `value` on the host; see [`host_vec`].
+pub(crate) fn host_filled<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = host_vec(len, what)?;
+    v.resize(len, value);
+    Ok(v)
+}
+
+/// `len` zeros on the host; see [`host_filled`].
+pub(crate) fn host_zeros(len: usize, what: &str) -> Result<Vec<f32>> {
+    host_filled(len, 0.0, what)
 }
 
 impl Tensor {
     /// Uploads `data` with the given shape.
     pub fn from_slice(device: &Device, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        if numel(shape) != data.len() {
+        let n = numel("Tensor::from_slice", shape)?;
+        if n != data.len() {
             return Err(Error::shape(
                 "Tensor::from_slice",
                 format!(
-                    "shape {shape:?} holds {} values but {} were given",
-                    numel(shape),
+                    "shape {shape:?} holds {n} values but {} were given",
                     data.len()
                 ),
             ));
         }
         let storage = match device {
-            Device::Cpu => Storage::Cpu(data.to_vec()),
+            Device::Cpu => {
+                let mut v = host_vec(n, "Tensor::from_slice")?;
+                v.extend_from_slice(data);
+                Storage::Cpu(v)
+            }
             Device::Gpu(ctx) => {
                 let buf = ctx.alloc(data.len())?;
-                ctx.upload(&buf, bytemuck::cast_slice(data));
+                ctx.upload(&buf, bytemuck::cast_slice(data))?;
                 Storage::Gpu(GpuBuffer {
                     buf,
                     ctx: ctx.clone(),
@@ -85,16 +122,21 @@ impl Tensor {
 
     /// A tensor filled with `value`.
     pub fn full(device: &Device, shape: &[usize], value: f32) -> Result<Tensor> {
-        Self::from_slice(device, &vec![value; numel(shape)], shape)
+        let n = numel("Tensor::full", shape)?;
+        if let Device::Gpu(ctx) = device {
+            // Refuse a tensor over the limits before building its host copy.
+            ctx.check_size("tensor", n)?;
+        }
+        Self::from_slice(device, &host_filled(n, value, "Tensor::full")?, shape)
     }
 
     /// A tensor whose contents are whatever the buffer held (zeros on the CPU).
     ///
     /// For outputs that a kernel overwrites completely.
     pub fn uninit(device: &Device, shape: &[usize]) -> Result<Tensor> {
-        let n = numel(shape);
+        let n = numel("Tensor::uninit", shape)?;
         let storage = match device {
-            Device::Cpu => Storage::Cpu(vec![0.0; n]),
+            Device::Cpu => Storage::Cpu(host_zeros(n, "Tensor::uninit")?),
             Device::Gpu(ctx) => Storage::Gpu(GpuBuffer {
                 buf: ctx.alloc(n)?,
                 ctx: ctx.clone(),
@@ -113,7 +155,8 @@ impl Tensor {
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        numel(&self.shape)
+        // Every constructor and `reshape` checked that this product fits in usize.
+        self.shape.iter().product()
     }
 
     /// True when the tensor has no elements.
@@ -143,7 +186,7 @@ impl Tensor {
 
     /// The same data under another shape with as many elements.
     pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor> {
-        if numel(shape) != self.len() {
+        if numel("Tensor::reshape", shape)? != self.len() {
             return Err(Error::shape(
                 "Tensor::reshape",
                 format!("cannot view {:?} as {shape:?}", self.shape),
@@ -184,7 +227,7 @@ impl Tensor {
         }
         match &mut self.storage {
             Storage::Cpu(v) => v.copy_from_slice(data),
-            Storage::Gpu(g) => g.ctx.upload(&g.buf, bytemuck::cast_slice(data)),
+            Storage::Gpu(g) => g.ctx.upload(&g.buf, bytemuck::cast_slice(data))?,
         }
         Ok(())
     }

@@ -49,9 +49,10 @@ fn cpu_and_gpu_train_a_cnn_alike() {
 #[test]
 fn a_cnn_learns_the_digits() {
     let data = kiln::data::digits().unwrap();
-    let (mut train, mut test) = data.split(0.2, 3);
+    let (mut train, mut test) = data.split(0.2, 3).unwrap();
     train
         .scale(kiln::data::Scaling::Divide(16.0))
+        .unwrap()
         .apply(&mut test)
         .unwrap();
     let model = Sequential::image(1, 8, 8)

@@ -533,7 +533,7 @@ fn numbered(n: usize, features: usize) -> Dataset {
 #[test]
 fn split_sizes_disjointness_and_determinism() {
     let d = numbered(101, 3);
-    let (a, b) = d.split(0.2, 42);
+    let (a, b) = d.split(0.2, 42).unwrap();
     assert_eq!((a.n, b.n), (81, 20));
     assert_eq!((a.x.len(), b.x.len()), (81 * 3, 20 * 3));
     // Rows stay whole: row i holds 3i, 3i+1, 3i+2 with target i.
@@ -555,23 +555,32 @@ fn split_sizes_disjointness_and_determinism() {
         "not shuffled"
     );
 
-    let (a2, b2) = d.split(0.2, 42);
+    let (a2, b2) = d.split(0.2, 42).unwrap();
     assert_eq!((&a.y, &b.y), (&a2.y, &b2.y));
-    let (a3, _) = d.split(0.2, 43);
+    let (a3, _) = d.split(0.2, 43).unwrap();
     assert_ne!(a.y, a3.y);
 
-    assert_eq!(d.split(0.0, 1).1.n, 0);
-    assert_eq!(d.split(1.0, 1).0.n, 0);
+    assert_eq!(d.split(0.0, 1).unwrap().1.n, 0);
+    assert_eq!(d.split(1.0, 1).unwrap().0.n, 0);
     let g = digits().unwrap();
-    let (tr, te) = g.split(0.25, 7);
+    let (tr, te) = g.split(0.25, 7).unwrap();
     assert_eq!((tr.n, te.n), (1348, 449));
     assert_eq!((tr.classes, te.image), (10, Some((1, 8, 8))));
 }
 
 #[test]
-#[should_panic(expected = "fraction_second")]
-fn split_rejects_fraction_above_one() {
-    numbered(4, 1).split(1.5, 0);
+fn split_rejects_fraction_outside_unit_range() {
+    for f in [1.5, -0.1, f32::NAN] {
+        match numbered(4, 1).split(f, 0) {
+            Err(Error::InvalidArgument { name, detail }) => {
+                assert!(
+                    name.contains("fraction") && detail.contains("[0, 1]"),
+                    "{name}: {detail}"
+                )
+            }
+            other => panic!("split({f}): expected InvalidArgument, got {other:?}"),
+        }
+    }
 }
 
 fn column_stats(d: &Dataset, j: usize) -> (f64, f64, f32, f32) {
@@ -585,10 +594,10 @@ fn column_stats(d: &Dataset, j: usize) -> (f64, f64, f32, f32) {
 
 #[test]
 fn standardize_gives_zero_mean_unit_std_and_keeps_constant_columns_finite() {
-    let (mut train, mut test) = digits().unwrap().split(0.3, 3);
+    let (mut train, mut test) = digits().unwrap().split(0.3, 3).unwrap();
     let before: Vec<_> = (0..64).map(|j| column_stats(&train, j)).collect();
     let original_test = test.clone();
-    let s = train.scale(Scaling::Standardize);
+    let s = train.scale(Scaling::Standardize).unwrap();
     assert!(train.x.iter().all(|v| v.is_finite()));
     let mut constant = 0;
     for (j, b) in before.iter().enumerate() {
@@ -626,7 +635,7 @@ fn minmax_maps_onto_unit_range() {
         classes: 2,
         image: None,
     };
-    let s = d.scale(Scaling::MinMax);
+    let s = d.scale(Scaling::MinMax).unwrap();
     assert_eq!(s.shift, vec![1.0, 5.0, -2.0]);
     assert_eq!(s.divisor, vec![4.0, 1.0, 8.0]);
     assert_eq!(d.x, vec![0.0, 0.0, 0.0, 0.5, 0.0, 0.5, 1.0, 0.0, 1.0]);
@@ -635,7 +644,7 @@ fn minmax_maps_onto_unit_range() {
 #[test]
 fn divide_scales_and_rejects_zero() {
     let mut d = numbered(2, 2);
-    let s = d.scale(Scaling::Divide(255.0));
+    let s = d.scale(Scaling::Divide(255.0)).unwrap();
     assert_eq!(d.x, vec![0.0, 1.0 / 255.0, 2.0 / 255.0, 3.0 / 255.0]);
     assert_eq!(s.divisor, vec![255.0; 2]);
     assert!(matches!(
@@ -646,6 +655,12 @@ fn divide_scales_and_rejects_zero() {
         Scaler::fit(&d, Scaling::Divide(f32::NAN)),
         Err(Error::InvalidArgument { .. })
     ));
+    let before = d.x.clone();
+    assert!(matches!(
+        d.scale(Scaling::Divide(0.0)),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(d.x, before, "a failed scale leaves the set unchanged");
 }
 
 #[test]
@@ -654,13 +669,13 @@ fn one_hot_and_batch() {
     d.y = vec![2.0, 0.0, 1.0, 2.0];
     d.classes = 3;
     assert_eq!(
-        d.one_hot(),
+        d.one_hot().unwrap(),
         vec![0., 0., 1., 1., 0., 0., 0., 1., 0., 0., 0., 1.]
     );
-    let (x, y) = d.batch(&[3, 1, 3]);
+    let (x, y) = d.batch(&[3, 1, 3]).unwrap();
     assert_eq!(x, vec![6.0, 7.0, 2.0, 3.0, 6.0, 7.0]);
     assert_eq!(y, vec![2.0, 0.0, 2.0]);
-    let s = d.select(&[2]);
+    let s = d.select(&[2]).unwrap();
     assert_eq!(
         (s.n, s.x, s.y, s.classes),
         (1, vec![4.0, 5.0], vec![1.0], 3)

@@ -180,8 +180,8 @@ fn digits_mlp_reaches_95_percent() {
     let Ok(data) = kiln::data::digits() else {
         panic!("the embedded digits data set must load");
     };
-    let (mut train, mut test) = data.split(0.2, 7);
-    let scaler = train.scale(kiln::data::Scaling::Divide(16.0));
+    let (mut train, mut test) = data.split(0.2, 7).unwrap();
+    let scaler = train.scale(kiln::data::Scaling::Divide(16.0)).unwrap();
     scaler.apply(&mut test).unwrap();
     let device = gpu();
     let model = Sequential::new(64)

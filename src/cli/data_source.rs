@@ -135,7 +135,7 @@ impl DataSource {
             }
             (None, Some(test)) => (all, Some(test)),
             (None, None) if test_split > 0.0 => {
-                let (train, test) = all.split(test_split, seed);
+                let (train, test) = all.split(test_split, seed)?;
                 (train, Some(test))
             }
             (None, None) => (all, None),

@@ -36,28 +36,21 @@ impl IdxSet {
             x: self.images.iter().map(|&p| p as f32).collect(),
             y: self.labels.iter().map(|&l| l as f32).collect(),
             n: self.n,
-            features: self.rows * self.cols,
+            // The loaders checked this product; saturating keeps hand-made sets panic-free
+            // (Dataset::validate then reports the mismatch).
+            features: self.rows.saturating_mul(self.cols),
             classes,
             image: Some((1, self.rows, self.cols)),
         }
     }
 }
 
-/// Opens `path`, transparently decompressing when it starts with the gzip magic.
-fn open(path: &Path) -> Result<(Box<dyn Read>, bool)> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+/// Puts back the two bytes sniffed from `r`, decompressing when they are the gzip magic.
+fn sniff<'a, R: Read + 'a>(mut r: R) -> std::io::Result<(Box<dyn Read + 'a>, bool)> {
     let mut magic = [0u8; 2];
-    let mut got = 0;
-    while got < 2 {
-        match file.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(path, e)),
-        }
-    }
+    let got = read_full(&mut r, &mut magic)?;
     let head = std::io::Cursor::new(magic[..got].to_vec());
-    let chained = head.chain(BufReader::new(file));
+    let chained = head.chain(r);
     if got == 2 && magic == GZIP_MAGIC {
         Ok((Box::new(GzDecoder::new(chained)), true))
     } else {
@@ -65,20 +58,26 @@ fn open(path: &Path) -> Result<(Box<dyn Read>, bool)> {
     }
 }
 
-fn what(path: &Path, kind: &str) -> String {
-    format!("{} (IDX {kind} file)", path.display())
+/// Opens `path`, transparently decompressing when it starts with the gzip magic.
+fn open(path: &Path) -> Result<(Box<dyn Read>, bool)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    sniff(BufReader::new(file)).map_err(|e| Error::io(path, e))
+}
+
+fn what(name: &str, kind: &str) -> String {
+    format!("{name} (IDX {kind} file)")
 }
 
 /// Maps a read failure: inside a gzip stream, bad data is a format problem, not an I/O one.
-fn read_err(path: &Path, kind: &str, gz: bool, e: std::io::Error) -> Error {
+fn read_err(name: &str, kind: &str, gz: bool, e: std::io::Error) -> Error {
     let corrupt = matches!(
         e.kind(),
         ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::UnexpectedEof
     );
     if gz && corrupt {
-        Error::format(what(path, kind), format!("corrupt gzip stream: {e}"))
+        Error::format(what(name, kind), format!("corrupt gzip stream: {e}"))
     } else {
-        Error::io(path, e)
+        Error::io(name, e)
     }
 }
 
@@ -96,15 +95,42 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
+/// What one IDX file holds: its kind, number of dimensions and their names.
+struct Layout {
+    kind: &'static str,
+    ndim: u8,
+    dim_names: &'static str,
+}
+
+const IMAGES: Layout = Layout {
+    kind: "images",
+    ndim: 3,
+    dim_names: "count, rows, cols",
+};
+const LABELS: Layout = Layout {
+    kind: "labels",
+    ndim: 1,
+    dim_names: "count",
+};
+
 /// Reads and checks the header, then exactly the claimed payload; returns (dims, payload).
-fn read_idx(path: &Path, kind: &str, ndim: u8, dim_names: &str) -> Result<(Vec<usize>, Vec<u8>)> {
-    let (mut r, gz) = open(path)?;
+fn read_idx(
+    r: &mut dyn Read,
+    gz: bool,
+    name: &str,
+    layout: &Layout,
+) -> Result<(Vec<usize>, Vec<u8>)> {
+    let Layout {
+        kind,
+        ndim,
+        dim_names,
+    } = *layout;
     let expected_magic = 0x0800u32 | ndim as u32;
     let mut head = [0u8; 4];
-    let got = read_full(&mut r, &mut head).map_err(|e| read_err(path, kind, gz, e))?;
+    let got = read_full(r, &mut head).map_err(|e| read_err(name, kind, gz, e))?;
     if got < 4 {
         return Err(Error::format(
-            what(path, kind),
+            what(name, kind),
             format!(
                 "truncated: {got} bytes, too short for the 4-byte magic {expected_magic:#010x}"
             ),
@@ -112,7 +138,7 @@ fn read_idx(path: &Path, kind: &str, ndim: u8, dim_names: &str) -> Result<(Vec<u
     }
     if head[0] != 0 || head[1] != 0 || head[2] != UBYTE {
         return Err(Error::format(
-            what(path, kind),
+            what(name, kind),
             format!(
                 "wrong magic {:#010x}, expected {expected_magic:#010x} (unsigned bytes, {ndim} dimension{})",
                 u32::from_be_bytes(head),
@@ -122,7 +148,7 @@ fn read_idx(path: &Path, kind: &str, ndim: u8, dim_names: &str) -> Result<(Vec<u
     }
     if head[3] != ndim {
         return Err(Error::format(
-            what(path, kind),
+            what(name, kind),
             format!(
                 "magic {:#010x} declares {} dimension(s), expected {ndim} ({dim_names}; magic {expected_magic:#010x})",
                 u32::from_be_bytes(head),
@@ -131,10 +157,10 @@ fn read_idx(path: &Path, kind: &str, ndim: u8, dim_names: &str) -> Result<(Vec<u
         ));
     }
     let mut dims_raw = vec![0u8; 4 * ndim as usize];
-    let got = read_full(&mut r, &mut dims_raw).map_err(|e| read_err(path, kind, gz, e))?;
+    let got = read_full(r, &mut dims_raw).map_err(|e| read_err(name, kind, gz, e))?;
     if got < dims_raw.len() {
         return Err(Error::format(
-            what(path, kind),
+            what(name, kind),
             format!(
                 "truncated header: {} of {} bytes of dimensions ({dim_names})",
                 got,
@@ -151,7 +177,7 @@ fn read_idx(path: &Path, kind: &str, ndim: u8, dim_names: &str) -> Result<(Vec<u
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .ok_or_else(|| {
             Error::format(
-                what(path, kind),
+                what(name, kind),
                 format!("dimensions {dims:?} overflow a byte count"),
             )
         })?;
@@ -160,11 +186,11 @@ fn read_idx(path: &Path, kind: &str, ndim: u8, dim_names: &str) -> Result<(Vec<u
     let mut payload = Vec::new();
     r.take(claimed.saturating_add(1))
         .read_to_end(&mut payload)
-        .map_err(|e| read_err(path, kind, gz, e))?;
+        .map_err(|e| read_err(name, kind, gz, e))?;
     let have = payload.len() as u64;
     if have < claimed {
         return Err(Error::format(
-            what(path, kind),
+            what(name, kind),
             format!(
                 "truncated: header claims {dim_names} = {dims:?}, i.e. {claimed} data bytes, but only {have} follow"
             ),
@@ -172,7 +198,7 @@ fn read_idx(path: &Path, kind: &str, ndim: u8, dim_names: &str) -> Result<(Vec<u
     }
     if have > claimed {
         return Err(Error::format(
-            what(path, kind),
+            what(name, kind),
             format!(
                 "trailing data after the {claimed} bytes that the header ({dim_names} = {dims:?}) claims"
             ),
@@ -181,15 +207,47 @@ fn read_idx(path: &Path, kind: &str, ndim: u8, dim_names: &str) -> Result<(Vec<u
     Ok((dims, payload))
 }
 
+/// (pixels, n, rows, cols) from the dimensions `read_idx` checked for an image file.
+fn images_of(
+    name: &str,
+    (dims, data): (Vec<usize>, Vec<u8>),
+) -> Result<(Vec<u8>, usize, usize, usize)> {
+    match dims.as_slice() {
+        &[n, rows, cols] => Ok((data, n, rows, cols)),
+        other => Err(Error::format(
+            what(name, "images"),
+            format!("{} dimensions, expected 3", other.len()),
+        )),
+    }
+}
+
 /// Reads an IDX image file (magic 0x00000803): returns (pixels, n, rows, cols).
 pub fn read_images(path: impl AsRef<Path>) -> Result<(Vec<u8>, usize, usize, usize)> {
-    let (dims, data) = read_idx(path.as_ref(), "images", 3, "count, rows, cols")?;
-    Ok((data, dims[0], dims[1], dims[2]))
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let (mut r, gz) = open(path)?;
+    images_of(&name, read_idx(&mut r, gz, &name, &IMAGES)?)
 }
 
 /// Reads an IDX label file (magic 0x00000801).
 pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<u8>> {
-    Ok(read_idx(path.as_ref(), "labels", 1, "count")?.1)
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let (mut r, gz) = open(path)?;
+    Ok(read_idx(&mut r, gz, &name, &LABELS)?.1)
+}
+
+/// Parses the bytes of an IDX image file (raw or gzip) held in memory; `name` names
+/// them in errors. Returns (pixels, n, rows, cols), as [`read_images`].
+pub fn parse_images(bytes: &[u8], name: &str) -> Result<(Vec<u8>, usize, usize, usize)> {
+    let (mut r, gz) = sniff(bytes).map_err(|e| Error::io(name, e))?;
+    images_of(name, read_idx(&mut r, gz, name, &IMAGES)?)
+}
+
+/// Parses the bytes of an IDX label file (raw or gzip) held in memory, as [`read_labels`].
+pub fn parse_labels(bytes: &[u8], name: &str) -> Result<Vec<u8>> {
+    let (mut r, gz) = sniff(bytes).map_err(|e| Error::io(name, e))?;
+    Ok(read_idx(&mut r, gz, name, &LABELS)?.1)
 }
 
 /// Reads an image file and its label file, checking that the counts agree.
@@ -199,7 +257,7 @@ pub fn load_pair(images: impl AsRef<Path>, labels: impl AsRef<Path>) -> Result<I
     let labels = read_labels(labels_path)?;
     if labels.len() != n {
         return Err(Error::format(
-            what(labels_path, "labels"),
+            what(&labels_path.display().to_string(), "labels"),
             format!(
                 "holds {} labels, expected {n}, one per image in {}",
                 labels.len(),

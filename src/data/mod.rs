@@ -59,14 +59,14 @@ impl Scaler {
                     ));
                 }
                 Ok(Scaler {
-                    shift: vec![0.0; f],
-                    divisor: vec![d; f],
+                    shift: filled(f, 0.0)?,
+                    divisor: filled(f, d)?,
                 })
             }
             Scaling::Standardize => {
                 // f64 sums: 60000 rows of 0..255 lose digits in f32.
-                let mut sum = vec![0f64; f];
-                let mut sq = vec![0f64; f];
+                let mut sum = filled(f, 0f64)?;
+                let mut sq = filled(f, 0f64)?;
                 for row in data.x.chunks_exact(f.max(1)) {
                     for (j, &v) in row.iter().enumerate() {
                         sum[j] += v as f64;
@@ -87,8 +87,8 @@ impl Scaler {
                 })
             }
             Scaling::MinMax => {
-                let mut lo = vec![f32::INFINITY; f];
-                let mut hi = vec![f32::NEG_INFINITY; f];
+                let mut lo = filled(f, f32::INFINITY)?;
+                let mut hi = filled(f, f32::NEG_INFINITY)?;
                 for row in data.x.chunks_exact(f.max(1)) {
                     for (j, &v) in row.iter().enumerate() {
                         lo[j] = lo[j].min(v);
@@ -150,6 +150,12 @@ impl Scaler {
     }
 }
 
+/// Per-feature statistics; a fallible allocation, since `features` is a public field
+/// that may hold anything.
+fn filled<T: Clone>(features: usize, value: T) -> Result<Vec<T>> {
+    crate::tensor::host_filled(features, value, "per-feature statistics")
+}
+
 /// Keeps constant features unchanged instead of dividing by zero.
 fn nonzero(d: f32) -> f32 {
     if d > 0.0 && d.is_finite() {
@@ -160,7 +166,7 @@ fn nonzero(d: f32) -> f32 {
 }
 
 fn check_len(data: &Dataset) -> Result<()> {
-    if data.x.len() != data.n * data.features {
+    if data.n.checked_mul(data.features) != Some(data.x.len()) {
         return Err(Error::shape(
             "dataset",
             format!(
@@ -183,89 +189,109 @@ fn check_len(data: &Dataset) -> Result<()> {
 impl Dataset {
     /// The rows at `indices`, in that order, as a new data set.
     ///
-    /// # Panics
-    /// If an index is not below `n`.
-    pub fn select(&self, indices: &[usize]) -> Dataset {
-        let (x, y) = self.batch(indices);
-        Dataset {
+    /// An index not below `n` is an `InvalidArgument` error.
+    pub fn select(&self, indices: &[usize]) -> Result<Dataset> {
+        let (x, y) = self.batch(indices)?;
+        Ok(Dataset {
             x,
             y,
             n: indices.len(),
             features: self.features,
             classes: self.classes,
             image: self.image,
-        }
+        })
     }
 
     /// Shuffles with `seed` and splits off `round(n * fraction_second)` rows as the second set.
     ///
-    /// # Panics
-    /// If `fraction_second` is not within [0, 1].
-    pub fn split(&self, fraction_second: f32, seed: u64) -> (Dataset, Dataset) {
-        assert!(
-            (0.0..=1.0).contains(&fraction_second),
-            "Dataset::split: fraction_second must be within [0, 1], got {fraction_second}"
-        );
+    /// A `fraction_second` outside [0, 1] (or NaN) is an `InvalidArgument` error.
+    pub fn split(&self, fraction_second: f32, seed: u64) -> Result<(Dataset, Dataset)> {
+        if !(0.0..=1.0).contains(&fraction_second) {
+            return Err(Error::arg(
+                "split fraction",
+                format!("{fraction_second} is not within [0, 1]"),
+            ));
+        }
+        check_len(self)?;
         let mut order: Vec<usize> = (0..self.n).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
         let second = ((self.n as f64 * fraction_second as f64).round() as usize).min(self.n);
         let (b, a) = order.split_at(second);
-        (self.select(a), self.select(b))
+        Ok((self.select(a)?, self.select(b)?))
     }
 
     /// Fits `how` on this set, scales it in place, and returns the statistics for other sets.
     ///
-    /// # Panics
-    /// If `how` is `Divide` by zero or a non-finite value, or `x.len() != n * features`.
-    pub fn scale(&mut self, how: Scaling) -> Scaler {
-        let scaler = Scaler::fit(self, how).unwrap_or_else(|e| panic!("Dataset::scale: {e}"));
-        scaler
-            .apply(self)
-            .unwrap_or_else(|e| panic!("Dataset::scale: {e}"));
-        scaler
+    /// `Divide` by zero or a non-finite value is an `InvalidArgument` error, and
+    /// `x.len() != n * features` a `Shape` error; the set is unchanged on error.
+    pub fn scale(&mut self, how: Scaling) -> Result<Scaler> {
+        let scaler = Scaler::fit(self, how)?;
+        scaler.apply(self)?;
+        Ok(scaler)
     }
 
     /// Targets as one-hot rows, `[n, classes]`.
     ///
-    /// # Panics
-    /// On a regression set (`classes == 0`) or a label outside `0..classes`
-    /// (`validate` reports those as errors).
-    pub fn one_hot(&self) -> Vec<f32> {
-        assert!(
-            self.classes > 0,
-            "Dataset::one_hot: regression set (classes == 0)"
-        );
-        let mut out = vec![0.0; self.y.len() * self.classes];
-        for (i, &label) in self.y.iter().enumerate() {
-            let c = class_of(label, self.classes).unwrap_or_else(|| {
-                panic!(
-                    "Dataset::one_hot: row {i} has label {label}, not a class id below {}",
-                    self.classes
-                )
-            });
-            out[i * self.classes + c] = 1.0;
+    /// A regression set (`classes == 0`) or a label outside `0..classes` is an
+    /// `InvalidArgument` error naming the row.
+    pub fn one_hot(&self) -> Result<Vec<f32>> {
+        if self.classes == 0 {
+            return Err(Error::arg(
+                "one_hot",
+                "a regression set (classes == 0) has no classes to encode",
+            ));
         }
-        out
+        let len = self.y.len().checked_mul(self.classes).ok_or_else(|| {
+            Error::arg(
+                "one_hot",
+                format!(
+                    "{} rows x {} classes overflow the address space",
+                    self.y.len(),
+                    self.classes
+                ),
+            )
+        })?;
+        let mut out = crate::tensor::host_zeros(len, "one_hot")?;
+        for (i, (&label, row)) in self
+            .y
+            .iter()
+            .zip(out.chunks_exact_mut(self.classes))
+            .enumerate()
+        {
+            let c = class_of(label, self.classes).ok_or_else(|| {
+                Error::arg(
+                    "one_hot",
+                    format!(
+                        "row {i} has label {label}, not a class id in 0..{} (0-based row)",
+                        self.classes
+                    ),
+                )
+            })?;
+            row[c] = 1.0;
+        }
+        Ok(out)
     }
 
     /// Features `[indices.len(), features]` and targets `[indices.len()]` of the given rows.
     ///
-    /// # Panics
-    /// If an index is not below `n`.
-    pub fn batch(&self, indices: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    /// An index not below `n` is an `InvalidArgument` error.
+    pub fn batch(&self, indices: &[usize]) -> Result<(Vec<f32>, Vec<f32>)> {
+        check_len(self)?;
         let f = self.features;
-        let mut x = Vec::with_capacity(indices.len() * f);
+        if let Some(&i) = indices.iter().find(|&&i| i >= self.n) {
+            return Err(Error::arg(
+                "row index",
+                format!("row {i} is out of range for a data set of {} rows", self.n),
+            ));
+        }
+        // check_len proved n * f fits, and every index is below n.
+        let mut x = Vec::with_capacity(indices.len().saturating_mul(f));
         let mut y = Vec::with_capacity(indices.len());
         for &i in indices {
-            assert!(
-                i < self.n,
-                "Dataset::batch: row {i} out of range for {} rows",
-                self.n
-            );
             x.extend_from_slice(&self.x[i * f..(i + 1) * f]);
             y.push(self.y[i]);
         }
-        (x, y)
+        Ok((x, y))
     }
 
     /// Checks sizes, finiteness of features and targets, and labels against `classes`.
@@ -278,12 +304,13 @@ impl Dataset {
         }
         check_len(self)?;
         if let Some((c, h, w)) = self.image {
-            if c * h * w != self.features {
+            let values = c.checked_mul(h).and_then(|v| v.checked_mul(w));
+            if values != Some(self.features) {
+                let held = values.map_or("more than usize::MAX".to_string(), |v| v.to_string());
                 return Err(Error::shape(
                     "dataset",
                     format!(
-                        "image shape {c}x{h}x{w} holds {} values, rows have {} features",
-                        c * h * w,
+                        "image shape {c}x{h}x{w} holds {held} values, rows have {} features",
                         self.features
                     ),
                 ));

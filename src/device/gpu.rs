@@ -91,7 +91,10 @@ pub struct GpuContext {
     bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     pending: Mutex<Pending>,
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
-    errors: Arc<Mutex<Vec<String>>>,
+    /// Errors wgpu reported outside any error scope, oldest first.
+    errors: Arc<Mutex<Vec<Error>>>,
+    /// Why the device was lost, once it has been: every later call fails with it.
+    lost: Arc<Mutex<Option<String>>>,
     submissions: AtomicU64,
     dispatches: AtomicU64,
     bytes_read: AtomicU64,
@@ -105,9 +108,43 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Bytes a tensor of `len` f32 occupies on the GPU: at least 16, a multiple of 16.
+/// Bytes a tensor of `len` f32 occupies on the GPU: at least 16, a multiple of 16
+/// (saturating, so an absurd length compares as over every limit instead of wrapping).
 fn buffer_bytes(len: usize) -> u64 {
-    ((len.max(1) as u64 * 4).div_ceil(16)) * 16
+    (len.max(1) as u64)
+        .saturating_mul(4)
+        .div_ceil(16)
+        .saturating_mul(16)
+}
+
+/// Maps an error wgpu reported while `what` (of `size` bytes, 0 if unknown) was being
+/// created or run to kiln's variant for it.
+pub(crate) fn from_wgpu(e: wgpu::Error, what: &str, size: u64) -> Error {
+    match e {
+        wgpu::Error::OutOfMemory { source } => Error::OutOfMemory {
+            what: what.to_string(),
+            size,
+            detail: format!("the GPU driver refused it ({source})"),
+        },
+        wgpu::Error::Validation { description, .. } => {
+            Error::Gpu(format!("{what}: {}", description.trim_end()))
+        }
+        wgpu::Error::Internal { description, .. } => Error::Gpu(format!(
+            "{what}: internal error: {}",
+            description.trim_end()
+        )),
+    }
+}
+
+/// The message of a panic payload, for the rare wgpu call that panics on a device error.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "wgpu panicked".to_string()
+    }
 }
 
 impl GpuContext {
@@ -132,8 +169,22 @@ impl GpuContext {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            lock(&sink).push(e.to_string());
+            lock(&sink).push(from_wgpu(e, "GPU work", 0));
         }));
+        let lost = Arc::new(Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let why = match reason {
+                wgpu::DeviceLostReason::Destroyed => "destroyed".to_string(),
+                wgpu::DeviceLostReason::Unknown => "driver error".to_string(),
+            };
+            let message = message.trim();
+            *lock(&flag) = Some(if message.is_empty() {
+                why
+            } else {
+                format!("{why}: {message}")
+            });
+        });
         let param_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(PARAM_BYTES);
         let arena = |i| {
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -166,6 +217,7 @@ impl GpuContext {
             }),
             pool: Mutex::default(),
             errors,
+            lost,
             submissions: AtomicU64::new(0),
             dispatches: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
@@ -173,6 +225,11 @@ impl GpuContext {
             peak_bytes: AtomicU64::new(0),
             buffers_created: AtomicU64::new(0),
         })
+    }
+
+    /// The limits the device was opened with (the adapter's own).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
     }
 
     /// True when the adapter is a CPU (software) implementation such as lavapipe.
@@ -192,15 +249,70 @@ impl GpuContext {
         }
     }
 
-    /// Returns the first GPU error reported since the last check, if any.
+    /// A `DeviceLost` error once the device has been lost.
+    pub(crate) fn check_lost(&self) -> Result<()> {
+        match lock(&self.lost).as_ref() {
+            Some(reason) => Err(Error::DeviceLost {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Reports a lost device, else the GPU errors reported since the last check:
+    /// the first out-of-memory one if any (it says what to do), else all of them.
     pub(crate) fn take_error(&self) -> Result<()> {
+        self.check_lost()?;
         let mut errors = lock(&self.errors);
         if errors.is_empty() {
             return Ok(());
         }
-        let all = errors.join("; ");
-        errors.clear();
-        Err(Error::Gpu(all))
+        let (oom, rest): (Vec<Error>, Vec<Error>) = errors
+            .drain(..)
+            .partition(|e| matches!(e, Error::OutOfMemory { .. }));
+        drop(errors);
+        if let Some(e) = oom.into_iter().next() {
+            return Err(e);
+        }
+        let text: Vec<String> = rest
+            .iter()
+            .map(|e| match e {
+                Error::Gpu(m) => m.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        Err(Error::Gpu(text.join("; ")))
+    }
+
+    /// Creates a buffer, turning the driver's refusal into an `OutOfMemory` error
+    /// (outside a scope, wgpu would only report it later, to the uncaptured handler).
+    fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>, what: &str) -> Result<wgpu::Buffer> {
+        self.check_lost()?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buf = self.device.create_buffer(desc);
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(from_wgpu(e, what, desc.size)),
+            None => Ok(buf),
+        }
+    }
+
+    /// Waits for the submitted work. wgpu panics on a device error here (a lost device)
+    /// instead of returning it, so the panic is caught and reported as an error.
+    fn poll_wait(&self) -> Result<()> {
+        self.check_lost()?;
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.device.poll(wgpu::PollType::wait_indefinitely())
+        }));
+        match polled {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::Gpu(format!("waiting for the GPU: {e}"))),
+            Err(payload) => {
+                self.check_lost()?;
+                Err(Error::DeviceLost {
+                    reason: panic_message(payload.as_ref()),
+                })
+            }
+        }
     }
 
     /// Checks a tensor's size against the adapter's limits.
@@ -229,17 +341,27 @@ impl GpuContext {
     /// A storage buffer for `len` f32, from the pool when one of that size is free.
     pub(crate) fn alloc(&self, len: usize) -> Result<wgpu::Buffer> {
         let size = self.check_size("tensor", len)?;
+        self.check_lost()?;
         if let Some(buf) = lock(&self.pool).get_mut(&size).and_then(Vec::pop) {
             return Ok(buf);
         }
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let desc = wgpu::BufferDescriptor {
             label: Some("kiln tensor"),
             size,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
+        };
+        let buf = match self.create_buffer(&desc, "tensor") {
+            Ok(buf) => buf,
+            Err(Error::OutOfMemory { .. }) if !lock(&self.pool).is_empty() => {
+                // Pooled buffers of other sizes may be what fills the device: free them, retry.
+                self.trim_pool();
+                self.create_buffer(&desc, "tensor")?
+            }
+            Err(e) => return Err(e),
+        };
         self.buffers_created.fetch_add(1, Ordering::Relaxed);
         let now = self.bytes_allocated.fetch_add(size, Ordering::Relaxed) + size;
         self.peak_bytes.fetch_max(now, Ordering::Relaxed);
@@ -381,6 +503,16 @@ impl GpuContext {
                 limit: max as u64,
             });
         }
+        self.check_lost()?;
+        let bytes: &[u8] = bytemuck::cast_slice(params);
+        if bytes.len() > PARAM_BYTES as usize {
+            return Err(Error::Gpu(format!(
+                "kernel {}::{} takes {} parameter bytes, more than the {PARAM_BYTES} reserved",
+                k.file,
+                k.entry,
+                bytes.len()
+            )));
+        }
         let pipeline = self.pipeline(k, constants)?;
         let mut pending = lock(&self.pending);
         if pending.params.len() as u64 >= self.param_stride * ARENA_SLOTS {
@@ -388,7 +520,6 @@ impl GpuContext {
         }
         let offset = pending.params.len();
         let mut block = [0u8; PARAM_BYTES as usize];
-        let bytes: &[u8] = bytemuck::cast_slice(params);
         block[..bytes.len()].copy_from_slice(bytes);
         pending.params.extend_from_slice(&block);
         pending
@@ -444,25 +575,26 @@ impl GpuContext {
         bg
     }
 
+    fn new_encoder(&self) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("kiln"),
+            })
+    }
+
     fn encoder<'a>(&self, pending: &'a mut Pending) -> &'a mut wgpu::CommandEncoder {
         pending.pass = None;
-        pending.encoder.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("kiln"),
-                })
-        })
+        pending.encoder.get_or_insert_with(|| self.new_encoder())
     }
 
     fn pass<'a>(&self, pending: &'a mut Pending) -> &'a mut wgpu::ComputePass<'static> {
-        if pending.pass.is_none() {
-            let pass = self
-                .encoder(pending)
+        let Pending { encoder, pass, .. } = pending;
+        pass.get_or_insert_with(|| {
+            encoder
+                .get_or_insert_with(|| self.new_encoder())
                 .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
-                .forget_lifetime();
-            pending.pass = Some(pass);
-        }
-        pending.pass.as_mut().expect("pass was just opened")
+                .forget_lifetime()
+        })
     }
 
     /// Records a buffer-to-buffer copy after the dispatches recorded so far.
@@ -479,24 +611,38 @@ impl GpuContext {
     }
 
     /// Uploads `data` into `dst`, ordered after the work recorded so far.
-    pub(crate) fn upload(&self, dst: &wgpu::Buffer, data: &[u8]) {
+    pub(crate) fn upload(&self, dst: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        self.check_lost()?;
         let mut pending = lock(&self.pending);
         if pending.encoder.is_none() {
             // Nothing recorded can still read the old contents: write directly.
             self.queue.write_buffer(dst, 0, data);
-            return;
+            return Ok(());
         }
-        let staging = wgpu::util::DeviceExt::create_buffer_init(
-            &self.device,
-            &wgpu::util::BufferInitDescriptor {
-                label: Some("kiln upload"),
-                contents: data,
-                usage: wgpu::BufferUsages::COPY_SRC,
-            },
-        );
+        // Not DeviceExt::create_buffer_init: it panics when the mapping fails (out of memory).
         let n = data.len() as u64;
+        let desc = wgpu::BufferDescriptor {
+            label: Some("kiln upload"),
+            size: n.div_ceil(wgpu::COPY_BUFFER_ALIGNMENT).max(1) * wgpu::COPY_BUFFER_ALIGNMENT,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        };
+        let staging = self.create_buffer(&desc, "upload staging buffer")?;
+        {
+            let mut view = staging
+                .get_mapped_range_mut(..)
+                .map_err(|e| Error::Gpu(format!("upload staging buffer: {e}")))?;
+            if view.len() < data.len() {
+                return Err(Error::Gpu(
+                    "upload staging buffer is smaller than its data".into(),
+                ));
+            }
+            view.slice(..data.len()).copy_from_slice(data);
+        }
+        staging.unmap();
         self.encoder(&mut pending)
             .copy_buffer_to_buffer(&staging, 0, dst, 0, n);
+        Ok(())
     }
 
     fn submit(&self, pending: &mut Pending) {
@@ -516,30 +662,34 @@ impl GpuContext {
         pending.arena ^= 1;
     }
 
-    /// Submits everything recorded so far as one command buffer.
-    pub fn flush(&self) {
-        let mut pending = lock(&self.pending);
-        self.submit(&mut pending);
+    /// Submits everything recorded so far as one command buffer, then reports a lost
+    /// device or any GPU error seen since the last check (without waiting for the GPU).
+    pub fn flush(&self) -> Result<()> {
+        self.check_lost()?;
+        {
+            let mut pending = lock(&self.pending);
+            self.submit(&mut pending);
+        }
+        self.take_error()
     }
 
     /// Blocks until the GPU has finished all submitted work.
     pub fn synchronize(&self) -> Result<()> {
-        self.flush();
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.flush()?;
+        self.poll_wait()?;
         self.take_error()
     }
 
     /// Copies `bytes` of `src` back to the host once the recorded work has run.
     pub(crate) async fn read(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let padded = bytes.div_ceil(4) * 4;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let desc = wgpu::BufferDescriptor {
             label: Some("kiln readback"),
             size: padded.max(4),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
+        };
+        let staging = self.create_buffer(&desc, "readback staging buffer")?;
         {
             let mut pending = lock(&self.pending);
             if padded > 0 {
@@ -552,38 +702,131 @@ impl GpuContext {
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        let mapped = poll_until(&self.device, rx).await?;
-        mapped.map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let mapped = self.poll_until(rx).await?;
+        if let Err(e) = mapped {
+            self.take_error()?;
+            return Err(Error::Gpu(format!("readback failed: {e}")));
+        }
         self.take_error()?;
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
-        let out = view[..bytes as usize].to_vec();
+        let out = view
+            .get(..bytes as usize)
+            .ok_or_else(|| Error::Gpu("readback buffer is smaller than requested".into()))?
+            .to_vec();
         drop(view);
         staging.unmap();
         self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
         Ok(out)
     }
+
+    /// Drives the device until `rx` resolves; on native targets nothing else polls it.
+    async fn poll_until<T>(&self, mut rx: futures::channel::oneshot::Receiver<T>) -> Result<T> {
+        let lost = || match self.check_lost() {
+            Err(e) => e,
+            Ok(()) => Error::DeviceLost {
+                reason: "the readback was abandoned by the driver".into(),
+            },
+        };
+        if cfg!(target_arch = "wasm32") {
+            // The browser's event loop resolves the mapping.
+            return rx.await.map_err(|_| lost());
+        }
+        loop {
+            self.poll_wait()?;
+            match rx.try_recv() {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => continue,
+                Err(_) => return Err(lost()),
+            }
+        }
+    }
 }
 
-/// Drives the device until `rx` resolves; on native targets nothing else polls it.
-async fn poll_until<T>(
-    device: &wgpu::Device,
-    mut rx: futures::channel::oneshot::Receiver<T>,
-) -> Result<T> {
-    let lost = || Error::Gpu("the device was lost during a readback".into());
-    if cfg!(target_arch = "wasm32") {
-        // The browser's event loop resolves the mapping.
-        return rx.await.map_err(|_| lost());
-    }
-    loop {
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(e.to_string()))?;
-        match rx.try_recv() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => continue,
-            Err(_) => return Err(lost()),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oom() -> wgpu::Error {
+        wgpu::Error::OutOfMemory {
+            source: Box::new(std::io::Error::other("VK_ERROR_OUT_OF_DEVICE_MEMORY")),
         }
+    }
+
+    // lavapipe never refuses an allocation (it reserves address space only), so a real
+    // out-of-memory cannot be provoked there: these check the mapping and the reporting.
+    #[test]
+    fn out_of_memory_maps_to_its_own_variant() {
+        match from_wgpu(oom(), "tensor", 1 << 30) {
+            Error::OutOfMemory { what, size, detail } => {
+                assert_eq!((what.as_str(), size), ("tensor", 1 << 30));
+                assert!(detail.contains("VK_ERROR_OUT_OF_DEVICE_MEMORY"), "{detail}");
+            }
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        let msg = from_wgpu(oom(), "tensor", 1 << 30).to_string();
+        assert!(
+            msg.contains("out of memory") && msg.contains("1073741824 bytes"),
+            "{msg}"
+        );
+        let late = from_wgpu(oom(), "GPU work", 0).to_string();
+        assert!(
+            !late.contains("0 bytes"),
+            "an unknown size is not shown: {late}"
+        );
+        let v = wgpu::Error::Validation {
+            source: Box::new(std::io::Error::other("x")),
+            description: "Buffer is invalid\n".into(),
+        };
+        assert!(matches!(from_wgpu(v, "copy", 4), Error::Gpu(m) if m == "copy: Buffer is invalid"));
+    }
+
+    #[test]
+    fn reported_out_of_memory_wins_over_other_errors() {
+        let ctx = GpuContext::new(None).unwrap();
+        lock(&ctx.errors).push(Error::Gpu("first".into()));
+        lock(&ctx.errors).push(from_wgpu(oom(), "GPU work", 0));
+        assert!(matches!(ctx.flush(), Err(Error::OutOfMemory { .. })));
+        assert!(ctx.flush().is_ok(), "errors are reported once");
+        lock(&ctx.errors).push(Error::Gpu("a".into()));
+        lock(&ctx.errors).push(Error::Gpu("b".into()));
+        assert!(matches!(ctx.synchronize(), Err(Error::Gpu(m)) if m == "a; b"));
+    }
+
+    #[test]
+    fn a_lost_device_is_an_error_everywhere() {
+        let ctx = Arc::new(GpuContext::new(None).unwrap());
+        let buf = ctx.alloc(16).unwrap();
+        ctx.upload(&buf, &[0u8; 64]).unwrap();
+        ctx.synchronize().unwrap();
+        // wgpu marks the device lost at once but calls the lost callback at the next poll,
+        // so the first call to notice is one that waits for the GPU; every one after it fails.
+        ctx.device.destroy();
+        let lost = |r: Result<()>, what: &str| match r {
+            Err(Error::DeviceLost { reason }) => {
+                assert!(reason.contains("destroyed"), "{what}: {reason}")
+            }
+            other => panic!("{what}: expected DeviceLost, got {other:?}"),
+        };
+        lost(ctx.synchronize(), "synchronize");
+        lost(ctx.flush(), "flush");
+        lost(ctx.alloc(1 << 20).map(drop), "alloc");
+        lost(ctx.upload(&buf, &[0u8; 64]), "upload");
+        lost(pollster::block_on(ctx.read(&buf, 64)).map(drop), "readback");
+
+        // A readback is the other place a training loop waits: it notices too.
+        let ctx = GpuContext::new(None).unwrap();
+        let buf = ctx.alloc(16).unwrap();
+        ctx.device.destroy();
+        lost(
+            pollster::block_on(ctx.read(&buf, 64)).map(drop),
+            "first readback",
+        );
+        let msg = Error::DeviceLost {
+            reason: "destroyed".into(),
+        }
+        .to_string();
+        assert!(msg.contains("lost") && msg.contains("new Device"), "{msg}");
     }
 }

@@ -87,10 +87,12 @@ impl Device {
         }
     }
 
-    /// Submits the work recorded so far (no-op on the CPU).
-    pub fn flush(&self) {
-        if let Device::Gpu(g) = self {
-            g.flush();
+    /// Submits the work recorded so far (no-op on the CPU), without waiting for it;
+    /// reports a lost device or a GPU error seen so far.
+    pub fn flush(&self) -> Result<()> {
+        match self {
+            Device::Gpu(g) => g.flush(),
+            Device::Cpu => Ok(()),
         }
     }
 

@@ -32,6 +32,9 @@ pub const FORMAT: &str = "kiln-1";
 /// The safetensors crate refuses headers over 100 MB; refusing them first avoids reading them.
 const MAX_HEADER: u64 = 100_000_000;
 
+/// Parameters a metadata model may have beyond the tensors in its file (4 MB of f32).
+const SMALL_MODEL: usize = 1 << 20;
+
 /// An f32 tensor's little-endian bytes, as the safetensors writer wants them.
 struct F32Bytes {
     shape: Vec<usize>,
@@ -444,6 +447,28 @@ fn build(file: &mut Checked, device: &Device) -> Result<Model> {
         Some(_) => file.number("seed")?,
         None => 0,
     };
+    // The file's length bounds its tensors, and they bound what building may allocate:
+    // a metadata model much larger than the weights present is refused before it is
+    // built. A small one is built, so `fill` can name the tensors that differ.
+    let needed = spec.param_count()?;
+    let held = file
+        .header
+        .tensors()
+        .values()
+        .map(|t| {
+            t.shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .unwrap_or(usize::MAX)
+        })
+        .fold(0usize, usize::saturating_add);
+    if needed > held && needed > SMALL_MODEL {
+        return Err(file.format_error(format!(
+            "the model in its metadata ({}) has {needed} parameters, but the file holds \
+             only {held} values",
+            describe(&spec)
+        )));
+    }
     let mut model = spec.build(device, seed)?;
     fill(&mut model, file, "the model in its metadata")?;
     Ok(model)

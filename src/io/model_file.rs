@@ -500,8 +500,9 @@ impl ModelFile {
     }
 
     /// The TOML text of the file; `parse` gives back an equal `ModelFile`.
+    // Only maps with non-string keys fail to serialize, and these types have none.
+    #[allow(clippy::expect_used)]
     pub fn to_toml(&self) -> String {
-        // Only maps with non-string keys fail to serialize, and these types have none.
         toml::to_string(self).expect("a ModelFile always serializes to TOML")
     }
 
@@ -1005,7 +1006,12 @@ impl TrainingSpec {
                 format!("training.loss is missing (one of {LOSSES})"),
             )
         })?;
-        Ok(parse_loss(name, self.from_logits.unwrap_or(false)).expect("validated"))
+        parse_loss(name, self.from_logits.unwrap_or(false)).ok_or_else(|| {
+            Error::format(
+                "model file",
+                format!("training.loss '{name}' is not one of {LOSSES}"),
+            )
+        })
     }
 
     /// The optimizer this section names, with its hyper-parameters, schedule and clipping.
@@ -1018,7 +1024,12 @@ impl TrainingSpec {
         })?;
         let sgd = matches!(name, "sgd" | "momentum" | "nesterov");
         let lr = self.lr.unwrap_or(if sgd { 0.01 } else { 0.001 });
-        let mut opt = Optimizer::from_name(name, lr).expect("validated");
+        let mut opt = Optimizer::from_name(name, lr).ok_or_else(|| {
+            Error::format(
+                "model file",
+                format!("training.optimizer '{name}' is not one of {OPTIMIZERS}"),
+            )
+        })?;
         opt.rule = match opt.rule {
             Rule::Sgd {
                 momentum,
@@ -1086,13 +1097,19 @@ impl TrainingSpec {
 
     /// The metrics this section names (none when absent).
     pub fn metric_list(&self) -> Result<Vec<Metric>> {
-        Ok(self
-            .checked()?
+        self.checked()?
             .metrics
             .iter()
             .flatten()
-            .map(|m| Metric::from_name(m).expect("validated"))
-            .collect())
+            .map(|m| {
+                Metric::from_name(m).ok_or_else(|| {
+                    Error::format(
+                        "model file",
+                        format!("training.metrics: unknown metric '{m}'"),
+                    )
+                })
+            })
+            .collect()
     }
 }
 

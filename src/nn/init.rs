@@ -27,22 +27,73 @@ pub enum Init {
 
 impl Init {
     /// `n` values for a tensor with the given fans, from a seeded generator.
+    ///
+    /// An initializer that [`Init::check`] rejects gives its first parameter everywhere
+    /// (e.g. `low` for an empty `Uniform` range) instead of panicking.
     pub fn sample(self, n: usize, fan_in: usize, fan_out: usize, seed: u64) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n);
+        self.fill(&mut out, n, fan_in, fan_out, seed);
+        out
+    }
+
+    /// Like [`Init::sample`], but an `OutOfMemory` error instead of an abort when the
+    /// host cannot hold `n` values, and an `InvalidArgument` error for a bad initializer.
+    pub(crate) fn try_sample(
+        self,
+        n: usize,
+        fan_in: usize,
+        fan_out: usize,
+        seed: u64,
+    ) -> crate::Result<Vec<f32>> {
+        self.check()?;
+        let mut out = crate::tensor::host_vec(n, "initial weights")?;
+        self.fill(&mut out, n, fan_in, fan_out, seed);
+        Ok(out)
+    }
+
+    /// An `InvalidArgument` error unless the parameters describe a distribution:
+    /// finite values, `low < high` with a finite width, `std >= 0`.
+    pub fn check(self) -> crate::Result<()> {
+        let bad = |detail: String| Err(crate::Error::arg("initializer", detail));
+        match self {
+            Init::Constant(v) if !v.is_finite() => bad(format!("Constant({v}) is not finite")),
+            Init::Uniform(lo, hi) if !(lo < hi && (hi - lo).is_finite()) => bad(format!(
+                "Uniform({lo}, {hi}) needs finite bounds with low < high"
+            )),
+            Init::Normal(mean, std) if !(mean.is_finite() && std.is_finite() && std >= 0.0) => bad(
+                format!("Normal({mean}, {std}) needs a finite mean and a finite std >= 0"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn fill(self, out: &mut Vec<f32>, n: usize, fan_in: usize, fan_out: usize, seed: u64) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (fi, fo) = (fan_in.max(1) as f32, fan_out.max(1) as f32);
-        let uniform = |rng: &mut rand::rngs::StdRng, limit: f32| -> Vec<f32> {
-            (0..n).map(|_| rng.random_range(-limit..limit)).collect()
+        let uniform = |out: &mut Vec<f32>, rng: &mut rand::rngs::StdRng, lo: f32, hi: f32| {
+            // rand panics on an empty or infinite range; check() reports those.
+            if lo < hi && (hi - lo).is_finite() {
+                out.extend((0..n).map(|_| rng.random_range(lo..hi)));
+            } else {
+                out.resize(n, lo);
+            }
         };
         match self {
-            Init::Zeros => vec![0.0; n],
-            Init::Constant(v) => vec![v; n],
-            Init::Uniform(lo, hi) => (0..n).map(|_| rng.random_range(lo..hi)).collect(),
-            Init::Normal(mean, std) => normal(&mut rng, n, mean, std),
-            Init::GlorotUniform => uniform(&mut rng, (6.0 / (fi + fo)).sqrt()),
-            Init::GlorotNormal => normal(&mut rng, n, 0.0, (2.0 / (fi + fo)).sqrt()),
-            Init::HeUniform => uniform(&mut rng, (6.0 / fi).sqrt()),
-            Init::HeNormal => normal(&mut rng, n, 0.0, (2.0 / fi).sqrt()),
-            Init::LecunNormal => normal(&mut rng, n, 0.0, (1.0 / fi).sqrt()),
+            Init::Zeros => out.resize(n, 0.0),
+            Init::Constant(v) => out.resize(n, v),
+            Init::Uniform(lo, hi) => uniform(out, &mut rng, lo, hi),
+            Init::Normal(mean, std) => normal(out, &mut rng, n, mean, std),
+            Init::GlorotUniform => {
+                let limit = (6.0 / (fi + fo)).sqrt();
+                uniform(out, &mut rng, -limit, limit)
+            }
+            Init::GlorotNormal => normal(out, &mut rng, n, 0.0, (2.0 / (fi + fo)).sqrt()),
+            Init::HeUniform => {
+                let limit = (6.0 / fi).sqrt();
+                uniform(out, &mut rng, -limit, limit)
+            }
+            Init::HeNormal => normal(out, &mut rng, n, 0.0, (2.0 / fi).sqrt()),
+            Init::LecunNormal => normal(out, &mut rng, n, 0.0, (1.0 / fi).sqrt()),
         }
     }
 
@@ -62,16 +113,17 @@ impl Init {
 }
 
 /// Box-Muller: two uniforms give two independent standard normals.
-fn normal(rng: &mut impl Rng, n: usize, mean: f32, std: f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
+fn normal(out: &mut Vec<f32>, rng: &mut impl Rng, n: usize, mean: f32, std: f32) {
+    let end = out.len() + n;
+    while out.len() < end {
         let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: keeps ln finite
         let u2: f64 = rng.random();
         let r = (-2.0 * u1.ln()).sqrt();
         let t = 2.0 * std::f64::consts::PI * u2;
         out.push(mean + std * (r * t.cos()) as f32);
-        out.push(mean + std * (r * t.sin()) as f32);
+        // The pair's second value only when wanted, so `out` never outgrows its reservation.
+        if out.len() < end {
+            out.push(mean + std * (r * t.sin()) as f32);
+        }
     }
-    out.truncate(n);
-    out
 }

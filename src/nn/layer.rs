@@ -241,7 +241,8 @@ impl Sequential {
     /// An empty model taking images of `channels` x `height` x `width` (NCHW).
     pub fn image(channels: usize, height: usize, width: usize) -> Sequential {
         Sequential {
-            input: channels * height * width,
+            // Saturating: shapes() reports a product that overflows instead of panicking here.
+            input: channels.saturating_mul(height).saturating_mul(width),
             layers: Vec::new(),
             image: Some((channels, height, width)),
         }
@@ -334,6 +335,35 @@ impl Sequential {
         self.add(Layer::Dropout(rate))
     }
 
+    /// Trainable values the built model will hold, computed without allocating them
+    /// (e.g. to check a file's claim before building what it describes).
+    pub fn param_count(&self) -> crate::Result<usize> {
+        let shapes = self.shapes()?;
+        let mut inputs = match self.image {
+            Some((c, _, _)) => c,
+            None => self.input,
+        };
+        let mut total = 0usize;
+        for (layer, shape) in self.layers.iter().zip(&shapes) {
+            // shapes() checked every product below against usize.
+            let count = match layer {
+                Layer::Dense(d) => d.units * inputs + if d.use_bias { d.units } else { 0 },
+                Layer::Conv2d(c) => {
+                    c.filters * inputs * c.kernel.0 * c.kernel.1
+                        + if c.use_bias { c.filters } else { 0 }
+                }
+                _ => 0,
+            };
+            total = total.saturating_add(count);
+            // Dense layers read flat widths, convolutions the channel count.
+            inputs = match shape.as_slice() {
+                [c, _, _] => *c,
+                s => s.iter().product(),
+            };
+        }
+        Ok(total)
+    }
+
     /// Output width of each layer (all values of one sample), checking that layers chain.
     pub fn widths(&self) -> crate::Result<Vec<usize>> {
         Ok(self.shapes()?.iter().map(|s| s.iter().product()).collect())
@@ -351,6 +381,13 @@ impl Sequential {
             return Err(Error::arg(
                 "Sequential input",
                 "a model needs at least one input feature",
+            ));
+        }
+        let values = |shape: &[usize]| shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if values(&shape).is_none() {
+            return Err(Error::arg(
+                "Sequential input",
+                format!("{shape:?} holds more values than fit in usize"),
             ));
         }
         for (i, layer) in self.layers.iter().enumerate() {
@@ -388,6 +425,25 @@ impl Sequential {
                     if d.units == 0 {
                         return Err(Error::arg(format!("{name} units"), "must be at least 1"));
                     }
+                    if d.units.checked_mul(width).is_none() {
+                        return Err(Error::arg(
+                            format!("{name} units"),
+                            format!(
+                                "{} units x {width} inputs is more weights than fit in usize",
+                                d.units
+                            ),
+                        ));
+                    }
+                    for (which, init) in
+                        [("kernel_init", d.kernel_init), ("bias_init", d.bias_init)]
+                    {
+                        init.check().map_err(|e| match e {
+                            Error::InvalidArgument { detail, .. } => {
+                                Error::arg(format!("{name} {which}"), detail)
+                            }
+                            other => other,
+                        })?;
+                    }
                     vec![d.units]
                 }
                 Layer::Dropout(rate) if !(0.0..1.0).contains(rate) => {
@@ -401,6 +457,24 @@ impl Sequential {
                     if conv.filters == 0 {
                         return Err(Error::arg(format!("{name} filters"), "must be at least 1"));
                     }
+                    let weights = [conv.filters, c, conv.kernel.0, conv.kernel.1]
+                        .iter()
+                        .try_fold(1usize, |a, &d| a.checked_mul(d));
+                    if weights.is_none() {
+                        return Err(Error::arg(
+                            format!("{name} filters"),
+                            format!(
+                                "{} filters of {c}x{}x{} is more weights than fit in usize",
+                                conv.filters, conv.kernel.0, conv.kernel.1
+                            ),
+                        ));
+                    }
+                    conv.kernel_init.check().map_err(|e| match e {
+                        Error::InvalidArgument { detail, .. } => {
+                            Error::arg(format!("{name} kernel_init"), detail)
+                        }
+                        other => other,
+                    })?;
                     let k = [conv.filters, c, conv.kernel.0, conv.kernel.1];
                     let o = conv
                         .op()?
@@ -417,9 +491,17 @@ impl Sequential {
                     vec![o[1], o[2], o[3]]
                 }
                 Layer::GlobalAvgPool => vec![image(&shape)?.0],
-                Layer::Flatten => vec![shape.iter().product()],
+                // The shape coming in was checked below (or above, for the input).
+                Layer::Flatten => vec![values(&shape).unwrap_or(usize::MAX)],
                 _ => shape,
             };
+            // widths() and the plan multiply these out: refuse what overflows.
+            if values(&shape).is_none() {
+                return Err(Error::shape(
+                    format!("layer {i}"),
+                    format!("output {shape:?} holds more values than fit in usize"),
+                ));
+            }
             out.push(shape.clone());
         }
         Ok(out)

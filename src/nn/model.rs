@@ -110,9 +110,18 @@ impl Sequential {
             let stage = match layer {
                 Layer::Dense(d) => {
                     let width = shape[0];
+                    // shapes() checked that the product fits in usize.
+                    let count = d.units.saturating_mul(width);
+                    if let Device::Gpu(ctx) = device {
+                        // Refuse a weight over the adapter's limits before sampling it on the host.
+                        ctx.check_size(
+                            &format!("layer {i} (dense) weight [{}, {width}]", d.units),
+                            count,
+                        )?;
+                    }
                     let w = d
                         .kernel_init
-                        .sample(d.units * width, width, d.units, layer_seed);
+                        .try_sample(count, width, d.units, layer_seed)?;
                     let wshape = [d.units, width];
                     params.push(Param::new(
                         device,
@@ -125,9 +134,12 @@ impl Sequential {
                     let w = params.len() - 1;
                     let b = match d.use_bias {
                         true => {
-                            let v =
-                                d.bias_init
-                                    .sample(d.units, width, d.units, layer_seed ^ 0xb1a5);
+                            let v = d.bias_init.try_sample(
+                                d.units,
+                                width,
+                                d.units,
+                                layer_seed ^ 0xb1a5,
+                            )?;
                             params.push(Param::new(
                                 device,
                                 format!("{i}.bias"),
@@ -148,9 +160,19 @@ impl Sequential {
                 }
                 Layer::Conv2d(c) => {
                     let (cin, (kh, kw)) = (shape[0], c.kernel);
+                    // shapes() checked that filters * cin * kh * kw fits in usize.
                     let (fan_in, fan_out) = (cin * kh * kw, c.filters * kh * kw);
                     let n = c.filters * fan_in;
-                    let w = c.kernel_init.sample(n, fan_in, fan_out, layer_seed);
+                    if let Device::Gpu(ctx) = device {
+                        ctx.check_size(
+                            &format!(
+                                "layer {i} (conv2d) weight [{}, {cin}, {kh}, {kw}]",
+                                c.filters
+                            ),
+                            n,
+                        )?;
+                    }
+                    let w = c.kernel_init.try_sample(n, fan_in, fan_out, layer_seed)?;
                     let wshape = [c.filters, cin, kh, kw];
                     params.push(Param::new(
                         device,
@@ -355,18 +377,18 @@ impl Model {
         batch: usize,
         target_width: usize,
     ) -> Result<&mut Workspace> {
-        if !self.workspaces.contains_key(&(batch, target_width)) {
+        let key = (batch, target_width);
+        if !self.workspaces.contains_key(&key) {
             // Keep at most a few shapes (the full batch, the last partial one, evaluation).
             if self.workspaces.len() >= 4 {
                 self.workspaces.clear();
             }
             let ws = self.new_workspace(batch, target_width)?;
-            self.workspaces.insert((batch, target_width), ws);
+            self.workspaces.insert(key, ws);
         }
-        Ok(self
-            .workspaces
-            .get_mut(&(batch, target_width))
-            .expect("inserted above"))
+        self.workspaces
+            .get_mut(&key)
+            .ok_or_else(|| Error::arg("workspace", "not created"))
     }
 
     fn new_workspace(&self, batch: usize, target_width: usize) -> Result<Workspace> {
@@ -528,13 +550,19 @@ impl Model {
         self.workspace(batch, 1)?.acts[0].write(x)?;
         let stages = self.stages.clone();
         self.forward_ws(key, &stages, false)?;
-        self.workspaces[&key].acts[stages.len()].to_vec()
+        self.workspace(batch, 1)?.acts[stages.len()].to_vec()
     }
 
     /// Number of rows in a flat input, checking the width.
     pub(crate) fn rows_of(&self, x: &[f32], what: &str) -> Result<usize> {
         let w = self.spec.input;
-        if x.is_empty() || !x.len().is_multiple_of(w) {
+        if x.is_empty() {
+            return Err(Error::arg(
+                what,
+                format!("is empty (0 rows); the model needs at least one row of {w} features"),
+            ));
+        }
+        if !x.len().is_multiple_of(w) {
             return Err(Error::shape(
                 what,
                 format!(

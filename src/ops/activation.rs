@@ -307,7 +307,7 @@ fn launch_rows(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    let Device::Gpu(ctx) = tensors[0].device() else {
+    let Some(Device::Gpu(ctx)) = tensors.first().map(|t| t.device()) else {
         return Err(Error::DeviceMismatch { op: per_row.entry });
     };
     let params = [rows as u32, cols as u32];

@@ -35,7 +35,8 @@ pub fn gather_rows_into(
     // The GPU cannot report a bad index (it leaves the row as it was); the CPU can.
     let n = data.shape().first().copied().unwrap_or(0);
     let rows = out.len() / (data.len() / n.max(1)).max(1);
-    if let Some(idx) = index.host().and_then(|idx| idx.get(start..start + rows)) {
+    let end = start.saturating_add(rows);
+    if let Some(idx) = index.host().and_then(|idx| idx.get(start..end)) {
         if let Some(i) = idx.iter().find(|&&i| i < 0.0 || i as usize >= n) {
             return Err(Error::arg(
                 "index",
@@ -66,17 +67,17 @@ pub fn gather_chunk_into(
             format!("output {:?} is not whole rows of {cols}", out.shape()),
         ));
     }
-    if start + rows > index.len() {
+    if start.saturating_add(rows) > index.len() {
         return Err(Error::shape(
             "gather_rows",
             format!(
                 "rows {start}..{} past the {} indices",
-                start + rows,
+                start.saturating_add(rows),
                 index.len()
             ),
         ));
     }
-    let hi = lo + n;
+    let hi = lo.saturating_add(n);
     if hi > MAX_ROWS {
         return Err(Error::arg(
             "data set",

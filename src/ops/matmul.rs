@@ -185,7 +185,7 @@ impl Gemm {
         out: &mut Tensor,
     ) -> Result<()> {
         let d = self.dims(a, b, bias)?;
-        if out.len() != d.m * d.n {
+        if d.m.checked_mul(d.n) != Some(out.len()) {
             return Err(Error::shape(
                 "matmul",
                 format!(

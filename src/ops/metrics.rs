@@ -291,12 +291,11 @@ pub struct ConfusionMatrix {
 impl ConfusionMatrix {
     /// A matrix from row-major counts (`classes * classes` of them).
     pub fn new(classes: usize, counts: Vec<u64>) -> Result<Self> {
-        if counts.len() != classes * classes {
+        if classes.checked_mul(classes) != Some(counts.len()) {
             return Err(Error::shape(
                 "ConfusionMatrix::new",
                 format!(
-                    "{classes} classes need {} counts, got {}",
-                    classes * classes,
+                    "{classes} classes need {classes} x {classes} counts, got {}",
                     counts.len()
                 ),
             ));
@@ -338,8 +337,11 @@ impl ConfusionMatrix {
         self.classes
     }
 
-    /// Rows whose true class is `truth` and predicted class is `predicted`.
+    /// Rows whose true class is `truth` and predicted class is `predicted` (0 outside the matrix).
     pub fn count(&self, truth: usize, predicted: usize) -> u64 {
+        if truth >= self.classes || predicted >= self.classes {
+            return 0;
+        }
         self.counts[truth * self.classes + predicted]
     }
 

@@ -31,8 +31,11 @@ pub(crate) const WG: u32 = 256;
 
 /// The device all `tensors` share, or an error naming `op`.
 pub(crate) fn device_of(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
-    let first = tensors[0].device();
-    if tensors[1..].iter().all(|t| t.device().same(&first)) {
+    let Some((first, rest)) = tensors.split_first() else {
+        return Err(Error::arg(op, "no operands"));
+    };
+    let first = first.device();
+    if rest.iter().all(|t| t.device().same(&first)) {
         Ok(first)
     } else {
         Err(Error::DeviceMismatch { op })

@@ -277,27 +277,17 @@ impl Trainer {
     fn check_data(&self, x: &[f32], y: &[f32]) -> Result<usize> {
         let rows = self.model.rows_of(x, "input x")?;
         let tw = self.target_width();
-        if y.len() != rows * tw {
+        if rows.checked_mul(tw) != Some(y.len()) {
             return Err(Error::shape(
                 "targets y",
                 format!(
                     "{rows} rows need {} target values ({tw} per row), got {}",
-                    rows * tw,
+                    rows.saturating_mul(tw),
                     y.len()
                 ),
             ));
         }
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Error::arg(
-                "input x",
-                format!(
-                    "row {} column {} is {} (NaN or Inf)",
-                    i / self.model.input_width(),
-                    i % self.model.input_width(),
-                    x[i]
-                ),
-            ));
-        }
+        self.check_finite(x)?;
         if let Some(i) = y.iter().position(|v| !v.is_finite()) {
             return Err(Error::arg("targets y", format!("value {i} is {}", y[i])));
         }
@@ -318,6 +308,22 @@ impl Trainer {
             }
         }
         Ok(rows)
+    }
+
+    /// An error naming the first NaN or infinite input, which would poison every output.
+    fn check_finite(&self, x: &[f32]) -> Result<()> {
+        match x.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(Error::arg(
+                "input x",
+                format!(
+                    "row {} column {} is {} (NaN or Inf)",
+                    i / self.model.input_width(),
+                    i % self.model.input_width(),
+                    x[i]
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Uploads the rows once, in as few chunks as the adapter's binding limit allows;
@@ -404,8 +410,7 @@ impl Trainer {
         let lr = self.current_lr();
         self.optimizer
             .step(&mut self.model.params, lr, self.step, &mut self.norm)?;
-        self.model.device.flush();
-        Ok(())
+        self.model.device.flush()
     }
 
     /// One training step on a batch of host rows; returns nothing (no readback).
@@ -618,11 +623,15 @@ impl Trainer {
     /// Model outputs for rows `x`: probabilities for classifiers, raw values for regression.
     pub fn predict(&mut self, x: &[f32], batch_size: usize) -> Result<Vec<f32>> {
         let rows = self.model.rows_of(x, "input x")?;
+        self.check_finite(x)?;
         let w = self.model.input_width();
         // The full plan, with any final softmax or sigmoid the training loss had fused.
         let stages = self.model.stages.clone();
-        let mut out = Vec::with_capacity(rows * self.model.output_width());
-        for chunk in x.chunks(batch_size.max(1) * w) {
+        let mut out = crate::tensor::host_vec(
+            rows.saturating_mul(self.model.output_width()),
+            "predictions",
+        )?;
+        for chunk in x.chunks(batch_size.clamp(1, rows).saturating_mul(w)) {
             let batch = chunk.len() / w;
             let key = (batch, self.target_width());
             self.model.workspace(batch, key.1)?.acts[0].write(chunk)?;
