@@ -14,6 +14,7 @@ use crate::ops::bias::bias_grad_into;
 use crate::ops::dropout::dropout_into;
 use crate::ops::matmul::Gemm;
 use crate::ops::pool::{global_avg_pool_backward_into, global_avg_pool_into};
+use crate::ops::transpose::transpose_into;
 use crate::ops::Activation;
 use crate::tensor::Tensor;
 
@@ -72,6 +73,8 @@ pub(crate) struct Workspace {
     pub grads: Vec<Tensor>,
     /// Per stage scratch: dL/dz of dense stages with a fused activation, argmax of max pools.
     dz: Vec<Option<Tensor>>,
+    /// Per dense stage: dL/dz transposed to [units, batch].
+    dzt: Vec<Option<Tensor>>,
     /// The batch's targets.
     pub target: Tensor,
     /// The batch's mean loss, on the device.
@@ -422,10 +425,20 @@ impl Model {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
+        let dzt = self
+            .stages
+            .iter()
+            .zip(&shapes[1..])
+            .map(|(stage, shape)| match stage {
+                Stage::Dense { .. } => Tensor::zeros(d, &[shape[1], batch]).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Workspace {
             acts,
             grads,
             dz,
+            dzt,
             target: Tensor::zeros(d, &[batch, target_width])?,
             loss: Tensor::zeros(d, &[1])?,
         })
@@ -504,11 +517,13 @@ impl Model {
                         None => dy,
                     };
                     // dW = dZ^T X, db = column sums of dZ, dX = dZ W.
-                    // (X^T dZ)^T rather than dZ^T X: the same values, but the wide operand
-                    // as A runs several times faster in the software adapter's kernels.
-                    Gemm::tn()
-                        .store_transposed()
-                        .run_into(x, dz, None, &mut params[w].grad)?;
+                    // dW = (dZ^T) X with dZ^T made explicitly: the A^T forms of the matmul
+                    // run several times slower on lavapipe (and leak there per dispatch).
+                    let dzt = ws.dzt[i]
+                        .as_mut()
+                        .ok_or_else(|| Error::arg("workspace", "no dZ^T"))?;
+                    transpose_into(dz, dzt)?;
+                    Gemm::nn().run_into(dzt, x, None, &mut params[w].grad)?;
                     if let Some(b) = b {
                         bias_grad_into(dz, &mut params[b].grad)?;
                     }

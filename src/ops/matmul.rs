@@ -218,7 +218,10 @@ impl Gemm {
                 MatmulKernel::Blocked
             }
             Some(k) => k,
-            None if ctx.is_software() && aligned => MatmulKernel::Vec4,
+            // The vec4 kernel's A^T form leaks memory in lavapipe (Mesa 22.3) on every
+            // dispatch for some shapes (see tests/soak.rs), so software adapters get the
+            // blocked kernel there; kiln's own layers avoid A^T with an explicit transpose.
+            None if ctx.is_software() && aligned && !self.trans_a => MatmulKernel::Vec4,
             None if ctx.is_software() => MatmulKernel::Blocked,
             None => MatmulKernel::Tiled,
         }

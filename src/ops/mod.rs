@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod transpose;
 
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};

@@ -1,0 +1,50 @@
+//! Matrix transpose: [rows, cols] -> [cols, rows].
+
+use super::{device_of, grid, launch, WG};
+use crate::device::{Device, Kernel};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const TRANSPOSE: Kernel = Kernel {
+    file: "transpose.wgsl",
+    source: include_str!("../../shaders/transpose.wgsl"),
+    entry: "transpose",
+    inputs: 1,
+    outputs: 1,
+    bounds_checks: true,
+};
+
+/// `out = x^T` for a 2-D `x` of shape [rows, cols] and `out` of [cols, rows].
+pub fn transpose_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
+    let (rows, cols) = x.dims2("transpose")?;
+    if out.shape() != [cols, rows] {
+        return Err(Error::shape(
+            "transpose",
+            format!(
+                "{:?} transposes to [{cols}, {rows}], not {:?}",
+                x.shape(),
+                out.shape()
+            ),
+        ));
+    }
+    match device_of("transpose", &[x, out])? {
+        Device::Cpu => {
+            let src = x.host().unwrap_or(&[]);
+            for (e, o) in out.host_mut().unwrap_or(&mut []).iter_mut().enumerate() {
+                *o = src[(e % rows) * cols + e / rows];
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            let params = [rows as u32, cols as u32];
+            launch(
+                &ctx,
+                &TRANSPOSE,
+                &[],
+                &params,
+                &[x, out],
+                grid(rows * cols, WG),
+            )
+        }
+    }
+}
