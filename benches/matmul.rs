@@ -58,8 +58,6 @@ fn main() {
         MatmulKernel::Blocked,
         MatmulKernel::Vec4,
         MatmulKernel::Tiled,
-        MatmulKernel::Rows4,
-        MatmulKernel::Rows8,
     ];
     print!("{:<28}", "shape (GFLOP/s)");
     for k in kernels {

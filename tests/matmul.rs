@@ -78,12 +78,6 @@ fn vec4_kernel_matches_reference() {
 }
 
 #[test]
-fn rows_kernels_match_reference() {
-    all_forms(Some(MatmulKernel::Rows4));
-    all_forms(Some(MatmulKernel::Rows8));
-}
-
-#[test]
 fn tiled_kernel_matches_reference() {
     all_forms(Some(MatmulKernel::Tiled));
 }
@@ -150,8 +144,6 @@ fn transposed_store_matches_reference() {
         Some(MatmulKernel::Blocked),
         Some(MatmulKernel::Vec4),
         Some(MatmulKernel::Tiled),
-        Some(MatmulKernel::Rows4),
-        Some(MatmulKernel::Rows8),
     ];
     for kernel in kernels {
         for g in [Gemm::nn(), Gemm::nt(), Gemm::tn()] {

@@ -34,18 +34,6 @@ const VEC4: Kernel = Kernel {
     bounds_checks: false,
 };
 
-const ROWS: Kernel = Kernel {
-    file: "matmul_rows.wgsl",
-    source: concat!(
-        include_str!("../../shaders/act.wgsl"),
-        include_str!("../../shaders/matmul_rows.wgsl")
-    ),
-    entry: "rows",
-    inputs: 3,
-    outputs: 1,
-    bounds_checks: false,
-};
-
 /// Which GPU kernel computes the product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKernel {
@@ -57,10 +45,6 @@ pub enum MatmulKernel {
     Vec4,
     /// Workgroup-memory tiles of 64x64: the kernel for real GPUs.
     Tiled,
-    /// 4 rows per workgroup loaded uniformly, 4 columns per lane (needs aligned shapes).
-    Rows4,
-    /// 8 rows per workgroup loaded uniformly, 4 columns per lane (needs aligned shapes).
-    Rows8,
 }
 
 /// A matrix product `act(op(A) * op(B) + bias)`.
@@ -214,9 +198,7 @@ impl Gemm {
     pub fn choose(&self, ctx: &GpuContext, d: Dims) -> MatmulKernel {
         let aligned = self.vec4_ok(d);
         match self.kernel {
-            Some(MatmulKernel::Vec4 | MatmulKernel::Rows4 | MatmulKernel::Rows8) if !aligned => {
-                MatmulKernel::Blocked
-            }
+            Some(MatmulKernel::Vec4) if !aligned => MatmulKernel::Blocked,
             Some(k) => k,
             // The vec4 kernel's A^T form leaks memory in lavapipe (Mesa 22.3) on every
             // dispatch for some shapes (see tests/soak.rs), so software adapters get the
@@ -259,20 +241,13 @@ impl Gemm {
             MatmulKernel::Blocked => (kernel("blocked"), (32, 32)),
             MatmulKernel::Vec4 => (VEC4, (64, 64)),
             MatmulKernel::Tiled => (kernel("tiled"), (64, 64)),
-            MatmulKernel::Rows4 => (ROWS, (64, 4)),
-            MatmulKernel::Rows8 => (ROWS, (64, 8)),
         };
-        let mut constants = vec![
+        let constants = [
             ("TA", f64::from(u8::from(self.trans_a))),
             ("TB", f64::from(u8::from(self.trans_b))),
             ("BIAS", f64::from(u8::from(bias.is_some()))),
             ("TC", f64::from(u8::from(self.trans_c))),
         ];
-        match which {
-            MatmulKernel::Rows4 => constants.push(("ROWS", 4.0)),
-            MatmulKernel::Rows8 => constants.push(("ROWS", 8.0)),
-            _ => {}
-        }
         let params = [
             d.m as u32,
             d.n as u32,
