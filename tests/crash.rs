@@ -110,3 +110,59 @@ fn killed_saves_leave_a_loadable_checkpoint() {
     assert_eq!(t.steps(), before + 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run that diverges stops with an error naming the epoch and step and suggesting a
+/// lower learning rate, and the checkpoint of the last good epoch stays as it was.
+#[test]
+fn divergence_stops_training_and_keeps_the_last_good_checkpoint() {
+    if std::env::var("KILN_CRASH_CHILD").is_ok() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kiln-diverge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let model = Sequential::new(4)
+        .dense(8)
+        .relu()
+        .dense(3)
+        .build(&Device::cpu(), 1)
+        .unwrap();
+    let mut t = model
+        .compile(
+            Loss::SparseCategoricalCrossEntropy,
+            Optimizer::sgd(0.1),
+            &[],
+        )
+        .unwrap();
+    let x: Vec<f32> = (0..64 * 4).map(|i| (i % 7) as f32 / 7.0).collect();
+    let y: Vec<f32> = (0..64).map(|i| (i % 3) as f32).collect();
+    let opts = || FitOptions {
+        loss_every: 1,
+        ..FitOptions::new(3, 16)
+    };
+    // The CLI's loop: save after every epoch.
+    let mut run = t.start_fit(&x, &y, opts()).unwrap();
+    run.next_epoch().unwrap().unwrap();
+    kiln::io::save(&dir, run.trainer()).unwrap();
+    run.finish().unwrap();
+    let good: Vec<f32> = t.model.params()[0].value.to_vec().unwrap();
+    // Weights blown up to overflow: the next epoch's loss is not finite.
+    let n = t.model.params()[0].value.len();
+    t.model.params_mut()[0].value.write(&vec![3e38; n]).unwrap();
+    let mut run = t.start_fit(&x, &y, opts()).unwrap();
+    let err = loop {
+        match run.next_epoch() {
+            Ok(Some(_)) => kiln::io::save(&dir, run.trainer()).unwrap(),
+            Ok(None) => panic!("training with overflowing weights did not diverge"),
+            Err(e) => break e,
+        }
+    };
+    match &err {
+        kiln::Error::Diverged { epoch, step, .. } => assert_eq!((*epoch, *step), (2, 1)),
+        other => panic!("expected Diverged, got {other:?}"),
+    }
+    assert!(err.to_string().contains("lower the learning rate"), "{err}");
+    let kept = kiln::io::load_trainer(&dir, &Device::cpu()).unwrap();
+    assert_eq!(kept.model.params()[0].value.to_vec().unwrap(), good);
+    assert_eq!(kept.epochs_done(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
