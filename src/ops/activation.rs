@@ -1,6 +1,6 @@
 //! Activations forward and backward (relu, leaky relu, sigmoid, tanh, gelu) and row-wise softmax.
 
-use super::{device_of, grid, launch, same_shape, WG};
+use super::{device_of, grid, host, launch, same_shape, WG};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -205,7 +205,7 @@ pub fn activation_into(act: Activation, x: &Tensor, out: &mut Tensor) -> Result<
     same_shape(name, x, out)?;
     match device_of(name, &[x, out])? {
         Device::Cpu => {
-            let src = x.host().unwrap_or(&[]);
+            let src = host(x);
             let dst = out.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
             for (o, v) in dst.iter_mut().zip(src) {
                 *o = act.forward(f64::from(*v)) as f32;
@@ -267,7 +267,7 @@ fn backward_impl(
     same_shape(name, x, dx)?;
     match device_of(name, &[x, dy, dx])? {
         Device::Cpu => {
-            let (src, grad) = (x.host().unwrap_or(&[]), dy.host().unwrap_or(&[]));
+            let (src, grad) = (host(x), host(dy));
             let dst = dx.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
             for ((o, v), g) in dst.iter_mut().zip(src).zip(grad) {
                 let d = if from_output {
@@ -330,7 +330,7 @@ pub fn softmax_into_split(x: &Tensor, out: &mut Tensor, split: RowSplit) -> Resu
     same_shape(name, x, out)?;
     match device_of(name, &[x, out])? {
         Device::Cpu => {
-            let src = x.host().unwrap_or(&[]);
+            let src = host(x);
             let dst = out.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
             for (xr, yr) in src
                 .chunks_exact(cols.max(1))
@@ -381,7 +381,7 @@ pub fn softmax_backward_into_split(
     same_shape(name, y, dx)?;
     match device_of(name, &[y, dy, dx])? {
         Device::Cpu => {
-            let (ys, gs) = (y.host().unwrap_or(&[]), dy.host().unwrap_or(&[]));
+            let (ys, gs) = (host(y), host(dy));
             let dst = dx.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
             let c = cols.max(1);
             for ((yr, gr), dr) in ys

@@ -1,6 +1,6 @@
 //! Bias broadcast over the rows of a [rows, cols] tensor, and its gradient (the column sum).
 
-use super::{device_of, grid, launch, same_shape, WG};
+use super::{device_of, grid, host, launch, same_shape, WG};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -48,7 +48,7 @@ pub fn bias_add_into(x: &Tensor, bias: &Tensor, out: &mut Tensor) -> Result<()> 
     same_shape(name, x, out)?;
     match device_of(name, &[x, bias, out])? {
         Device::Cpu => {
-            let (src, b) = (x.host().unwrap_or(&[]), bias.host().unwrap_or(&[]));
+            let (src, b) = (host(x), host(bias));
             let dst = out.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
             for (orow, xrow) in dst
                 .chunks_exact_mut(cols.max(1))
@@ -87,7 +87,7 @@ pub fn bias_add_inplace(x: &mut Tensor, bias: &Tensor) -> Result<()> {
     let (rows, cols) = dims(name, x, bias)?;
     match device_of(name, &[x, bias])? {
         Device::Cpu => {
-            let b = bias.host().unwrap_or(&[]);
+            let b = host(bias);
             let dst = x.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
             for row in dst.chunks_exact_mut(cols.max(1)) {
                 for (o, b) in row.iter_mut().zip(b) {
@@ -132,7 +132,7 @@ pub fn bias_grad_into(dy: &Tensor, db: &mut Tensor) -> Result<()> {
     let (rows, cols) = dims(name, dy, db)?;
     match device_of(name, &[dy, db])? {
         Device::Cpu => {
-            let src = dy.host().unwrap_or(&[]);
+            let src = host(dy);
             let mut acc = vec![0f64; cols];
             for row in src.chunks_exact(cols.max(1)) {
                 for (s, v) in acc.iter_mut().zip(row) {

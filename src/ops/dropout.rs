@@ -1,7 +1,7 @@
 //! Inverted dropout with a counter-based mask: the same (seed, index) gives the same
 //! mask on every device and in the backward pass.
 
-use super::{device_of, grid, launch, same_shape, WG};
+use super::{device_of, grid, host, launch, same_shape, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -44,7 +44,7 @@ pub fn dropout_into(x: &Tensor, rate: f32, seed: u32, out: &mut Tensor) -> Resul
     let scale = 1.0 / (1.0 - rate);
     match device_of("dropout", &[x, out])? {
         Device::Cpu => {
-            let src = x.host().unwrap_or(&[]);
+            let src = host(x);
             for (i, (o, v)) in out
                 .host_mut()
                 .unwrap_or(&mut [])

@@ -1,6 +1,6 @@
 //! Elementwise arithmetic: add, sub, mul, scale, axpy.
 
-use super::{device_of, grid, launch, same_shape, WG};
+use super::{device_of, grid, host, launch, same_shape, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -59,7 +59,7 @@ pub fn binary_into(op: BinaryOp, a: &Tensor, b: &Tensor, out: &mut Tensor) -> Re
     same_shape(name, a, out)?;
     match device_of(name, &[a, b, out])? {
         Device::Cpu => {
-            let (a, b) = (a.host().unwrap_or(&[]).to_vec(), b.host().unwrap_or(&[]));
+            let (a, b) = (host(a).to_vec(), host(b));
             let o = out.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
             for ((o, x), y) in o.iter_mut().zip(&a).zip(b) {
                 *o = op.apply(*x, *y);
@@ -107,7 +107,7 @@ pub fn scale(a: &Tensor, alpha: f32) -> Result<Tensor> {
     let mut out = Tensor::uninit(&a.device(), a.shape())?;
     match a.device() {
         Device::Cpu => {
-            let src = a.host().unwrap_or(&[]);
+            let src = host(a);
             for (o, x) in out.host_mut().unwrap_or(&mut []).iter_mut().zip(src) {
                 *o = alpha * x;
             }
@@ -126,7 +126,7 @@ pub fn axpy(alpha: f32, x: &Tensor, y: &mut Tensor) -> Result<()> {
     same_shape("axpy", x, y)?;
     match device_of("axpy", &[x, y])? {
         Device::Cpu => {
-            let src = x.host().unwrap_or(&[]);
+            let src = host(x);
             for (o, x) in y.host_mut().unwrap_or(&mut []).iter_mut().zip(src) {
                 *o += alpha * x;
             }
@@ -145,7 +145,7 @@ pub fn add_penalty_grad(w: &Tensor, grad: &mut Tensor, l1: f32, l2: f32) -> Resu
     same_shape("penalty", w, grad)?;
     match device_of("penalty", &[w, grad])? {
         Device::Cpu => {
-            let src = w.host().unwrap_or(&[]);
+            let src = host(w);
             for (g, w) in grad.host_mut().unwrap_or(&mut []).iter_mut().zip(src) {
                 let sign = if *w > 0.0 {
                     1.0

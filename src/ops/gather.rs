@@ -1,6 +1,6 @@
 //! Gathering batch rows from a GPU-resident data set by (shuffled) indices.
 
-use super::{device_of, grid, launch, WG};
+use super::{device_of, grid, host, launch, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -86,7 +86,7 @@ pub fn gather_chunk_into(
     }
     match device_of("gather_rows", &[chunk, index, out])? {
         Device::Cpu => {
-            let (d, idx) = (chunk.host().unwrap_or(&[]), index.host().unwrap_or(&[]));
+            let (d, idx) = (host(chunk), host(index));
             let o = out.host_mut().unwrap_or(&mut []);
             for (i, dst) in o.chunks_mut(cols.max(1)).enumerate() {
                 let src = idx[start + i] as usize;
@@ -194,11 +194,8 @@ impl PaletteRows {
         }
         match device_of("gather_palette", &[&self.packed, index, out])? {
             Device::Cpu => {
-                let (words, idx) = (
-                    self.packed.host().unwrap_or(&[]),
-                    index.host().unwrap_or(&[]),
-                );
-                let pal = self.palette.host().unwrap_or(&[]);
+                let (words, idx) = (host(&self.packed), host(index));
+                let pal = host(&self.palette);
                 let wpr = self.cols.div_ceil(4);
                 for (i, dst) in out
                     .host_mut()

@@ -1,7 +1,7 @@
 //! Matrix multiply in the three forms a dense layer needs (A*B, A*B^T, A^T*B),
 //! with an optional fused epilogue: bias add and activation.
 
-use super::{device_of, launch, Activation};
+use super::{device_of, host, launch, Activation};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -185,7 +185,7 @@ impl Gemm {
         match device_of("matmul", &operands)? {
             Device::Cpu => {
                 let bias = bias.and_then(Tensor::host);
-                let (a, b) = (a.host().unwrap_or(&[]), b.host().unwrap_or(&[]));
+                let (a, b) = (host(a), host(b));
                 let c = cpu_matmul(self, d, a, b, bias);
                 out.host_mut().unwrap_or(&mut []).copy_from_slice(&c);
                 Ok(())

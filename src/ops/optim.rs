@@ -7,7 +7,7 @@
 //! and friends are not modelled). On the first step (t = 1) the update initialises the
 //! state itself, so state tensors may start uninitialised.
 
-use super::{device_of, grid, launch, same_shape, WG};
+use super::{device_of, grid, host, launch, same_shape, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -434,7 +434,7 @@ pub fn step(
     let s = rule.scalars(lr, weight_decay, t);
     match &device {
         Device::Cpu => {
-            let g = grad.host().unwrap_or(&[]);
+            let g = host(grad);
             let mut slots: [Option<&mut [f32]>; 3] = [None, None, None];
             let mut given = state.iter_mut();
             for (slot, used) in slots.iter_mut().zip(rule.slots()) {
@@ -521,7 +521,7 @@ pub fn global_norm_sq_into(grads: &[&Tensor], out: &mut Tensor) -> Result<()> {
         Device::Cpu => {
             let sum: f64 = grads
                 .iter()
-                .flat_map(|g| g.host().unwrap_or(&[]))
+                .flat_map(|g| host(g))
                 .map(|&v| v as f64 * v as f64)
                 .sum();
             out.host_mut().ok_or(Error::DeviceMismatch { op: name })?[0] = sum as f32;

@@ -1,7 +1,7 @@
 //! Reductions: sum and mean of a whole tensor, and the argmax of each row.
 
 use super::activation::RowSplit;
-use super::{device_of, grid, launch, WG};
+use super::{device_of, grid, host, launch, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -43,7 +43,7 @@ fn scaled_sum_into(name: &'static str, x: &Tensor, out: &mut Tensor, scale: f64)
     check_scalar(name, out)?;
     match device_of(name, &[x, out])? {
         Device::Cpu => {
-            let total: f64 = x.host().unwrap_or(&[]).iter().map(|&v| f64::from(v)).sum();
+            let total: f64 = host(x).iter().map(|&v| f64::from(v)).sum();
             let dst = out.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
             dst[0] = (total * scale) as f32;
             Ok(())
@@ -138,7 +138,7 @@ pub fn argmax_rows_into_split(x: &Tensor, out: &mut Tensor, split: RowSplit) -> 
     }
     match device_of(name, &[x, out])? {
         Device::Cpu => {
-            let src = x.host().unwrap_or(&[]);
+            let src = host(x);
             let dst = out.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
             for (o, row) in dst.iter_mut().zip(src.chunks_exact(cols)) {
                 let mut best = 0;

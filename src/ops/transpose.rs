@@ -1,6 +1,6 @@
 //! Matrix transpose: [rows, cols] -> [cols, rows].
 
-use super::{device_of, grid, launch, WG};
+use super::{device_of, grid, host, launch, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -29,7 +29,7 @@ pub fn transpose_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
     }
     match device_of("transpose", &[x, out])? {
         Device::Cpu => {
-            let src = x.host().unwrap_or(&[]);
+            let src = host(x);
             for (e, o) in out.host_mut().unwrap_or(&mut []).iter_mut().enumerate() {
                 *o = src[(e % rows) * cols + e / rows];
             }
