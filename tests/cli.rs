@@ -127,6 +127,20 @@ fn train_writes_history_curves_and_checkpoint() {
         losses.windows(2).all(|w| w[1] < w[0]),
         "training loss should fall every epoch: {losses:?}"
     );
+    // The default cosine schedule: the lr column falls from the peak along a half cosine.
+    assert!(
+        t.stdout.contains("adam lr 0.002 (cosine over 10 epochs)"),
+        "{}",
+        t.stdout
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let want = 0.001 * (1.0 + (std::f64::consts::PI * i as f64 / EPOCHS as f64).cos());
+        assert!(
+            (row[5] - want).abs() < 1e-6,
+            "epoch {i}: lr {} vs {want}",
+            row[5]
+        );
+    }
     let png = std::fs::read(t.dir.join("curves.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "curves.png is a PNG");
     assert!(png.len() > 5000, "curves.png has content");
@@ -227,6 +241,11 @@ fn resume_continues_the_epochs() {
     ]);
     let epochs: Vec<&str> = out.lines().filter(|l| l.starts_with("epoch ")).collect();
     assert_eq!(epochs.len(), 2, "{out}");
+    // Without the stretch the two new epochs would train at rate 0.
+    assert!(
+        out.contains(&format!("cosine stretched from {EPOCHS} to {total} epochs")),
+        "{out}"
+    );
     assert!(
         epochs[0].starts_with(&format!("epoch {}/{total}", EPOCHS + 1)),
         "{out}"
@@ -439,4 +458,21 @@ fn a_model_file_describes_the_model_and_its_training() {
         1,
         "line 3",
     );
+}
+
+#[test]
+fn constant_schedule_keeps_the_keras_rate() {
+    let dir = temp_dir("constant").join("run");
+    let out = kiln_ok(&[
+        "train",
+        "--schedule",
+        "constant",
+        "--epochs",
+        "2",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.contains("adam lr 0.001, batch 32"), "{out}");
+    let (_, rows) = history(&dir);
+    assert!(rows.iter().all(|r| r[5] == 0.001), "{rows:?}");
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use kiln::data::Dataset;
-use kiln::{Activation, Loss, Metric, Optimizer, Result, Sequential};
+use kiln::{Activation, Loss, Metric, Optimizer, Result, Schedule, Sequential};
 
 use super::{bad_arg, checkpoint};
 
@@ -122,10 +122,33 @@ impl LossName {
     }
 }
 
+/// Learning-rate schedules by their command-line names.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ScheduleName {
+    /// the learning rate falls along a half cosine from --lr to 0 over --epochs
+    #[default]
+    Cosine,
+    /// the same learning rate throughout
+    Constant,
+}
+
+impl ScheduleName {
+    /// The library's schedule for a run of `epochs` epochs.
+    pub fn schedule(self, epochs: usize) -> Schedule {
+        match self {
+            ScheduleName::Cosine => Schedule::Cosine {
+                t_max: epochs,
+                eta_min: 0.0,
+            },
+            ScheduleName::Constant => Schedule::Constant,
+        }
+    }
+}
+
 /// Optimizers by their command-line names.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OptimizerName {
-    /// Adam (default learning rate 0.001)
+    /// Adam (default learning rate 0.002 under cosine, 0.001 constant)
     #[default]
     Adam,
     /// plain stochastic gradient descent (default learning rate 0.01)
@@ -134,9 +157,9 @@ pub enum OptimizerName {
     Momentum,
     /// SGD with Nesterov momentum 0.9 (default learning rate 0.01)
     Nesterov,
-    /// Adam with decoupled weight decay 0.01 (default learning rate 0.001)
+    /// Adam with decoupled weight decay 0.01 (default learning rate as adam)
     Adamw,
-    /// RMSprop (default learning rate 0.001)
+    /// RMSprop (default learning rate as adam)
     Rmsprop,
     /// Adagrad (default learning rate 0.01)
     Adagrad,
@@ -155,10 +178,16 @@ impl OptimizerName {
         name_of(self)
     }
 
-    /// A learning rate that trains a small network well with this optimizer.
-    pub fn default_lr(self) -> f32 {
+    /// A learning rate that trains a small network well with this optimizer and schedule.
+    pub fn default_lr(self, schedule: ScheduleName) -> f32 {
         match self {
-            OptimizerName::Adam | OptimizerName::Adamw | OptimizerName::Rmsprop => 1e-3,
+            // A cosine schedule spends half its time below half its peak, so the adaptive
+            // optimizers start from twice Keras's constant rate (measured on MNIST: 98.0% at
+            // 1e-3, 98.3% at 2e-3 after 5 epochs; README, "Walk through MNIST").
+            OptimizerName::Adam | OptimizerName::Adamw | OptimizerName::Rmsprop => match schedule {
+                ScheduleName::Cosine => 2e-3,
+                ScheduleName::Constant => 1e-3,
+            },
             OptimizerName::Sgd
             | OptimizerName::Momentum
             | OptimizerName::Nesterov

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use kiln::data::Dataset;
 use kiln::train::{FitOptions, Validation};
-use kiln::{Device, History, Result, Trainer};
+use kiln::{Device, History, Result, Schedule, Trainer};
 
 use super::data_source::{self, DataSource, Scale};
-use super::model_args::{self, LossName, ModelArgs, ModelSpec, OptimizerName};
+use super::model_args::{self, LossName, ModelArgs, ModelSpec, OptimizerName, ScheduleName};
 use super::record::{self, RunRecord};
 use super::{bad_arg, io_error, plot, progress};
 
@@ -77,9 +77,14 @@ pub struct TrainArgs {
     #[arg(long, value_enum, value_name = "NAME")]
     pub optimizer: Option<OptimizerName>,
 
-    /// Learning rate [default: 0.001 for adam, adamw, rmsprop; 0.01 for the others]
+    /// Learning rate, the peak of a cosine schedule [default: 0.002 for adam, adamw and
+    /// rmsprop under the cosine schedule, 0.001 under constant; 0.01 for the others]
     #[arg(long, value_name = "RATE")]
     pub lr: Option<f32>,
+
+    /// Learning-rate schedule over the run's epochs [default: cosine, or the model file's]
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub schedule: Option<ScheduleName>,
 
     /// Loss [default: sparse_categorical_crossentropy for class labels, mse otherwise]
     #[arg(long, value_enum, value_name = "NAME")]
@@ -124,7 +129,7 @@ pub struct TrainArgs {
         value_name = "DIR",
         conflicts_with_all = [
             "data", "test_data", "layers", "activation", "model", "batch_size", "optimizer",
-            "lr", "loss", "seed", "scale", "validation_split", "test_split", "out", "name"
+            "lr", "schedule", "loss", "seed", "scale", "validation_split", "test_split", "out", "name"
         ]
     )]
     pub resume: Option<PathBuf>,
@@ -167,6 +172,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if run.record.epochs != epochs {
         run.record.epochs = epochs;
         run.record.save(&run.out)?;
+    }
+    // A cosine schedule ends at its last epoch; a run resumed for more epochs would then
+    // train at rate 0, so the half period stretches to the new end.
+    if let Schedule::Cosine { t_max, eta_min } = run.trainer.optimizer().schedule {
+        if t_max < epochs {
+            say!("schedule: cosine stretched from {t_max} to {epochs} epochs");
+            run.trainer.set_schedule(Schedule::Cosine {
+                t_max: epochs,
+                eta_min,
+            });
+        }
     }
     describe(&run, &device, epochs);
     fit(&mut run, epochs, args.quiet)?;
@@ -243,7 +259,7 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         "--layers"
     };
     model_args::check_fits(&spec.sequential, loss, &train, what)?;
-    let (optimizer_name, optimizer) = match (args.optimizer, spec.optimizer) {
+    let (optimizer_name, mut optimizer) = match (args.optimizer, spec.optimizer) {
         (None, Some((name, mut o))) => {
             if let Some(lr) = args.lr {
                 o.lr = lr;
@@ -252,10 +268,15 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         }
         (name, _) => {
             let name = name.unwrap_or_default();
-            let lr = args.lr.unwrap_or(name.default_lr());
-            (name.name(), name.optimizer(lr)?)
+            let schedule = args.schedule.unwrap_or_default();
+            let lr = args.lr.unwrap_or(name.default_lr(schedule));
+            let o = name.optimizer(lr)?.schedule(schedule.schedule(epochs));
+            (name.name(), o)
         }
     };
+    if let Some(s) = args.schedule {
+        optimizer.schedule = s.schedule(epochs);
+    }
     let lr = optimizer.lr;
     let model = spec.sequential.build(device, seed)?;
     let outputs = model.output_width();
@@ -445,12 +466,13 @@ fn describe(run: &Run, device: &Device, epochs: usize) {
         act => format!(", {act} hidden"),
     };
     say!(
-        "model:  {} ({} parameters){hidden}, loss {}, {} lr {}, batch {}",
+        "model:  {} ({} parameters){hidden}, loss {}, {} lr {}{}, batch {}",
         widths.join("-"),
         run.trainer.model.param_count(),
         r.loss,
         r.optimizer,
         r.lr,
+        schedule_text(&run.trainer.optimizer().schedule),
         r.batch_size
     );
     say!("device: {}", device.name());
@@ -462,6 +484,15 @@ fn describe(run: &Run, device: &Device, epochs: usize) {
         );
     }
     say!("output: {}", run.out.display());
+}
+
+/// How the model line names a schedule.
+fn schedule_text(schedule: &Schedule) -> String {
+    match schedule {
+        Schedule::Constant => String::new(),
+        Schedule::Cosine { t_max, .. } => format!(" (cosine over {t_max} epochs)"),
+        other => format!(" ({other:?})"),
+    }
 }
 
 /// Trains epoch by epoch up to `epochs` in all, saving the checkpoint and history after each.

@@ -259,6 +259,11 @@ impl Trainer {
         &self.optimizer
     }
 
+    /// Replaces the learning-rate schedule (for example to stretch a cosine over a longer run).
+    pub fn set_schedule(&mut self, schedule: crate::optim::Schedule) {
+        self.optimizer.schedule = schedule;
+    }
+
     /// Targets per row: 1 for class ids, the output width otherwise.
     pub fn target_width(&self) -> usize {
         match self.train_loss {
@@ -715,6 +720,11 @@ impl FitRun<'_> {
         let start = Instant::now();
         let (loss, metrics) = t.run_epoch(data, epoch, &mut self.opts)?;
         let seconds = start.elapsed().as_secs_f64();
+        // The rate the epoch's last step used, as Keras logs it (not the next epoch's).
+        let lr =
+            t.optimizer
+                .schedule
+                .lr(t.optimizer.lr, t.epoch, t.step.saturating_sub(1) as usize);
         t.epoch = epoch;
         self.done += 1;
         let (val_loss, val_metrics) = match &self.val_data {
@@ -730,7 +740,7 @@ impl FitRun<'_> {
             metrics,
             val_loss,
             val_metrics,
-            lr: t.current_lr(),
+            lr,
             seconds,
         };
         for hook in self.opts.on_epoch.iter_mut() {
