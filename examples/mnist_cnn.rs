@@ -4,7 +4,7 @@
 //! (DIR defaults to ../shared/data/mnist; EPOCHS to 3).
 use kiln::data::{idx, Scaling};
 use kiln::train::{Control, EpochLog};
-use kiln::{Device, FitOptions, Loss, Metric, Optimizer, Sequential};
+use kiln::{Device, FitOptions, Loss, Metric, Optimizer, Schedule, Sequential};
 
 fn main() -> kiln::Result<()> {
     let dir = std::env::args()
@@ -32,7 +32,11 @@ fn main() -> kiln::Result<()> {
     println!("{}", model.summary());
     let mut model = model.compile(
         Loss::SparseCategoricalCrossEntropy,
-        Optimizer::adam(1e-3),
+        // As `kiln train` does by default: Adam peaking at 2e-3, annealed to 0 along a cosine.
+        Optimizer::adam(2e-3).schedule(Schedule::Cosine {
+            t_max: epochs,
+            eta_min: 0.0,
+        }),
         &[Metric::Accuracy],
     )?;
     let opts = FitOptions {

@@ -7,14 +7,12 @@ use super::layer::{Layer, Sequential};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::activation::{
-    activation_backward_into, activation_grad_from_output_into, activation_into,
-    softmax_backward_into, softmax_into,
+    activation_backward_into, activation_into, softmax_backward_into, softmax_into,
 };
-use crate::ops::bias::bias_grad_into;
+use crate::ops::dense_grad::{dense_grad_into, DenseGrad};
 use crate::ops::dropout::dropout_into;
 use crate::ops::matmul::Gemm;
 use crate::ops::pool::{global_avg_pool_backward_into, global_avg_pool_into};
-use crate::ops::transpose::transpose_into;
 use crate::ops::Activation;
 use crate::tensor::Tensor;
 
@@ -418,9 +416,7 @@ impl Model {
             .iter()
             .zip(&shapes[1..])
             .map(|(stage, shape)| match stage {
-                Stage::Dense { act, .. } if *act != Activation::Identity => {
-                    Tensor::zeros(d, shape).map(Some)
-                }
+                Stage::Dense { .. } => Tensor::zeros(d, shape).map(Some),
                 Stage::MaxPool(_) => Tensor::zeros(d, shape).map(Some),
                 _ => Ok(None),
             })
@@ -509,26 +505,24 @@ impl Model {
             let (x, y) = (&ws.acts[i], &ws.acts[i + 1]);
             match *stage {
                 Stage::Dense { w, b, act } => {
-                    let dz = match ws.dz[i].as_mut() {
-                        Some(dz) => {
-                            activation_grad_from_output_into(act, y, dy, dz)?;
-                            &*dz
-                        }
-                        None => dy,
+                    let (Some(dz), Some(dzt)) = (ws.dz[i].as_mut(), ws.dzt[i].as_mut()) else {
+                        return Err(Error::arg("workspace", "no dZ for a dense layer"));
                     };
-                    // dW = dZ^T X, db = column sums of dZ, dX = dZ W.
-                    // dW = (dZ^T) X with dZ^T made explicitly: the A^T forms of the matmul
-                    // run several times slower on lavapipe (and leak there per dispatch).
-                    let dzt = ws.dzt[i]
-                        .as_mut()
-                        .ok_or_else(|| Error::arg("workspace", "no dZ^T"))?;
-                    transpose_into(dz, dzt)?;
-                    Gemm::nn().run_into(dzt, x, None, &mut params[w].grad)?;
-                    if let Some(b) = b {
-                        bias_grad_into(dz, &mut params[b].grad)?;
-                    }
+                    // dZ = dY f'(Y), dZ^T and db = column sums of dZ in one dispatch; then
+                    // dW = (dZ^T) X and dX = dZ W. dZ^T is made explicitly because the A^T
+                    // forms of the matmul run several times slower on lavapipe (and leak
+                    // there per dispatch).
+                    let (weight, bias) = split_pair(params, w, b)?;
+                    let out = DenseGrad {
+                        dz,
+                        dzt,
+                        db: bias.map(|p| &mut p.grad),
+                    };
+                    dense_grad_into(act, y, dy, out)?;
+                    let (dz, dzt) = (&*dz, &*dzt);
+                    Gemm::nn().run_into(dzt, x, None, &mut weight.grad)?;
                     if i > 0 {
-                        Gemm::nn().run_into(dz, &params[w].value, None, dx)?;
+                        Gemm::nn().run_into(dz, &weight.value, None, dx)?;
                     }
                 }
                 Stage::Conv { w, b, conv } => {
@@ -587,5 +581,21 @@ impl Model {
             ));
         }
         Ok(x.len() / w)
+    }
+}
+
+/// A layer's weight and optional bias, both mutable (the bias comes after the weight).
+fn split_pair(
+    params: &mut [Param],
+    w: usize,
+    b: Option<usize>,
+) -> Result<(&mut Param, Option<&mut Param>)> {
+    match b {
+        None => Ok((&mut params[w], None)),
+        Some(b) if w < b => {
+            let (lo, hi) = params.split_at_mut(b);
+            Ok((&mut lo[w], hi.first_mut()))
+        }
+        Some(_) => Err(Error::arg("model", "a bias stored before its weight")),
     }
 }

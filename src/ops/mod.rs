@@ -8,6 +8,7 @@ pub mod activation;
 pub mod batch_norm;
 pub mod bias;
 pub mod conv;
+pub mod dense_grad;
 pub mod dropout;
 pub mod elementwise;
 pub mod gather;
