@@ -1,7 +1,7 @@
 //! Training throughput and per-step costs of the peer benchmark's MLP workload.
 //!
 //! `cargo bench --bench train` prints, per configuration: samples/s, ms per step, host CPU
-//! time per step spent recording and submitting, submissions, dispatches and bytes read
+//! time per step spent recording and submitting (all, and its user-mode part), submissions, dispatches and bytes read
 //! back per step, and kiln's peak GPU memory. The data is the peers' (../shared/peers):
 //! 2048 MNIST-shaped samples from splitmix64 with labels from a fixed random teacher.
 //! Add `-- --json` for one JSON object per line (benches/compare.sh reads it).
@@ -48,12 +48,24 @@ fn thread_cpu_secs() -> f64 {
         .map_or(f64::NAN, |ns| ns * 1e-9)
 }
 
+/// User-mode CPU seconds of this thread: kiln's and wgpu's recording, without the kernel
+/// time of the thread sleeping and waking around lavapipe's queue.
+fn thread_user_secs() -> f64 {
+    // SAFETY: getrusage writes one rusage struct through the pointer it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    usage.ru_utime.tv_sec as f64 + usage.ru_utime.tv_usec as f64 * 1e-6
+}
+
 struct Row {
     name: String,
     batch: usize,
     samples_per_s: f64,
     ms_per_step: f64,
     host_us_per_step: f64,
+    user_us_per_step: f64,
     submits: f64,
     dispatches: f64,
     bytes_read: f64,
@@ -93,13 +105,14 @@ fn run(device: &Device, layers: &[usize], batch: usize, x: &[f32], y: &[f32]) ->
     let epochs = 200usize.div_ceil(steps_per_epoch).max(1);
     let steps = (epochs * steps_per_epoch) as f64;
     let mut rates = Vec::new();
-    let (mut host, mut last) = (f64::MAX, 0.0);
+    let (mut host, mut user, mut last) = (f64::MAX, f64::MAX, 0.0);
     let before = device.stats();
     for _ in 0..3 {
-        let (wall, cpu) = (Instant::now(), thread_cpu_secs());
+        let (wall, cpu, usr) = (Instant::now(), thread_cpu_secs(), thread_user_secs());
         let h = t.fit(x, y, opts(epochs)).expect("fit");
         let secs = wall.elapsed().as_secs_f64();
         host = host.min((thread_cpu_secs() - cpu) / steps);
+        user = user.min((thread_user_secs() - usr) / steps);
         rates.push((epochs * rows) as f64 / secs);
         last = h.last().map_or(f64::NAN, |e| e.loss);
     }
@@ -116,6 +129,7 @@ fn run(device: &Device, layers: &[usize], batch: usize, x: &[f32], y: &[f32]) ->
         samples_per_s: sps,
         ms_per_step: batch as f64 / sps * 1e3,
         host_us_per_step: host * 1e6,
+        user_us_per_step: user * 1e6,
         submits: per(after.submissions, before.submissions),
         dispatches: per(after.dispatches, before.dispatches),
         bytes_read: per(after.bytes_read, before.bytes_read),
@@ -140,12 +154,13 @@ fn main() {
     if !json {
         println!("adapter: {}", device.name());
         println!(
-            "{:<16}{:>6}{:>12}{:>10}{:>13}{:>9}{:>12}{:>12}{:>10}  loss",
+            "{:<16}{:>6}{:>12}{:>10}{:>13}{:>9}{:>9}{:>12}{:>12}{:>10}  loss",
             "mlp",
             "batch",
             "samples/s",
             "ms/step",
             "host us/step",
+            "user us",
             "submits",
             "dispatches",
             "bytes read",
@@ -156,13 +171,13 @@ fn main() {
         let r = run(&device, layers, batch, &x, &y);
         if json {
             println!(
-                "{{\"lib\":\"kiln\",\"backend\":\"wgpu\",\"bench\":\"mlp\",\"model\":\"{}\",\"batch\":{},\"samples_per_s\":{:.1},\"ms_per_step\":{:.3},\"host_us_per_step\":{:.1},\"dispatches_per_step\":{:.2}}}",
-                r.name, r.batch, r.samples_per_s, r.ms_per_step, r.host_us_per_step, r.dispatches
+                "{{\"lib\":\"kiln\",\"backend\":\"wgpu\",\"bench\":\"mlp\",\"model\":\"{}\",\"batch\":{},\"samples_per_s\":{:.1},\"ms_per_step\":{:.3},\"host_us_per_step\":{:.1},\"host_user_us_per_step\":{:.1},\"dispatches_per_step\":{:.2}}}",
+                r.name, r.batch, r.samples_per_s, r.ms_per_step, r.host_us_per_step, r.user_us_per_step, r.dispatches
             );
         } else {
             println!(
-                "{:<16}{:>6}{:>12.0}{:>10.2}{:>13.0}{:>9.3}{:>12.1}{:>12.1}{:>10.1}  {:.3} -> {:.3}",
-                r.name, r.batch, r.samples_per_s, r.ms_per_step, r.host_us_per_step, r.submits, r.dispatches, r.bytes_read, r.peak_mib, r.loss.0, r.loss.1
+                "{:<16}{:>6}{:>12.0}{:>10.2}{:>13.0}{:>9.0}{:>9.3}{:>12.1}{:>12.1}{:>10.1}  {:.3} -> {:.3}",
+                r.name, r.batch, r.samples_per_s, r.ms_per_step, r.host_us_per_step, r.user_us_per_step, r.submits, r.dispatches, r.bytes_read, r.peak_mib, r.loss.0, r.loss.1
             );
         }
     }
