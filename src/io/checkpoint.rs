@@ -78,10 +78,11 @@ fn model_bytes(model: &Model, mut meta: HashMap<String, String>) -> Result<Vec<u
         ModelFile::from_sequential(model.spec()).to_toml(),
     );
     meta.insert("seed".into(), model.seed.to_string());
-    let tensors = model
-        .params()
-        .iter()
-        .map(|p| Ok((p.name.clone(), F32Bytes::of(&p.value)?)))
+    // Weights, then the non-trainable running statistics, all under state_dict names.
+    let params = model.params().iter().map(|p| (p.name.clone(), &p.value));
+    let tensors = params
+        .chain(model.buffers())
+        .map(|(name, t)| Ok((name, F32Bytes::of(t)?)))
         .collect::<Result<Vec<_>>>()?;
     serialize(tensors, meta)
 }
@@ -416,18 +417,22 @@ impl Checked {
     }
 }
 
-/// Checks the tensors of `file` against the parameters of `model`, then copies them in.
+/// Checks the tensors of `file` against the parameters and buffers of `model`, then
+/// copies them in.
 fn fill(model: &mut Model, file: &mut Checked, whose: &str) -> Result<()> {
-    let expected: Vec<(String, Vec<usize>)> = model
-        .params()
-        .iter()
-        .map(|p| (p.name.clone(), p.value.shape().to_vec()))
+    let params = model.params().iter().map(|p| (p.name.clone(), &p.value));
+    let expected: Vec<(String, Vec<usize>)> = params
+        .chain(model.buffers())
+        .map(|(name, t)| (name, t.shape().to_vec()))
         .collect();
     file.expect(&expected, whose)?;
     file.read_data()?;
     for p in model.params_mut() {
         let values = file.values(&p.name)?;
         p.value.write(&values)?;
+    }
+    for (name, t) in model.buffers_mut() {
+        t.write(&file.values(&name)?)?;
     }
     Ok(())
 }
