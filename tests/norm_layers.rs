@@ -523,6 +523,16 @@ fn batch_norm_1d_refuses_to_train_on_one_row_but_predicts_it() {
             Err(Error::InvalidArgument { .. })
         ));
         assert_eq!(t.predict(&x, 1).unwrap().len(), 2);
+        // fit refuses up front a batch size that leaves a last batch of one row.
+        let x = random(9 * 4, 72);
+        let y = labels(9, 2);
+        match t.fit(&x, &y, FitOptions::new(1, 4)) {
+            Err(Error::InvalidArgument { name, detail }) => {
+                assert_eq!(name, "batch_size", "{detail}")
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        t.fit(&x, &y, FitOptions::new(1, 3)).unwrap();
     }
 }
 

@@ -446,6 +446,15 @@ impl Model {
             .map(|(_, t)| t)
     }
 
+    /// The first batch norm layer that gets one value per channel from each row (flat
+    /// samples, or 1x1 planes), so that it cannot train on a batch of one row.
+    pub(crate) fn batch_norm_needing_two_rows(&self) -> Option<usize> {
+        let shapes = self.spec.shapes().ok()?;
+        self.spec.layers.iter().zip(&shapes).position(|(l, s)| {
+            matches!(l, Layer::BatchNorm(_)) && s.iter().skip(1).product::<usize>() == 1
+        })
+    }
+
     /// Total number of non-trainable values (batch norm's running statistics).
     pub fn buffer_count(&self) -> usize {
         self.buffers().iter().map(|(_, t)| t.len()).sum()

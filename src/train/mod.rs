@@ -498,6 +498,19 @@ impl Trainer {
                 (rows, Some((x, y)))
             }
         };
+        if let Some(layer) = self.model.batch_norm_needing_two_rows() {
+            // Refused now rather than at the end of the first epoch, as the last batch.
+            if train_rows % opts.batch_size == 1 {
+                return Err(Error::arg(
+                    "batch_size",
+                    format!(
+                        "{} leaves a last batch of 1 row out of {train_rows}, and layer {layer} \
+                         (batch_normalization) trains on at least 2: pick another batch size",
+                        opts.batch_size
+                    ),
+                ));
+            }
+        }
         let data = self.upload(&x[..train_rows * w], &y[..train_rows * tw])?;
         let val_data = match &val {
             Some((vx, vy)) if !vx.is_empty() => Some(self.upload(vx, vy)?),
