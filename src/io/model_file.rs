@@ -16,7 +16,9 @@ use crate::train::{Loss, Metric, Trainer};
 /// A sequential model (and optionally its training setup) as a hand-writable TOML file.
 ///
 /// Every `[[layers]]` entry is one of: a dense layer (`dense = UNITS`, optionally with
-/// the activation that follows it), a standalone `activation`, or a `dropout` rate.
+/// the activation that follows it), a standalone `activation`, a `dropout` rate, an
+/// image layer (`conv2d`, `max_pool`, `avg_pool`, `global_avg_pool`, `flatten`), or a
+/// normalization (`batch_norm = true` or `layer_norm = true`, optionally with an activation).
 /// Unknown keys, unknown names and impossible values are errors that name the key and
 /// its line. A complete example, every optional key shown with its default where it
 /// has one:
@@ -38,6 +40,11 @@ use crate::train::{Loss, Metric, Trainer};
 ///
 /// [[layers]]
 /// dropout = 0.2                    # rate in [0, 1)
+///
+/// [[layers]]
+/// batch_norm = true                # per feature (per channel of images)
+/// momentum = 0.1                   # PyTorch's: running = (1 - m) * running + m * batch
+/// eps = 1e-5                       # layer_norm = true takes eps too
 ///
 /// [[layers]]
 /// activation = "leaky_relu"        # relu, leaky_relu, sigmoid, tanh, gelu,
