@@ -406,6 +406,30 @@ fn checkpoint_round_trip_keeps_running_statistics_and_optimizer_state() {
 }
 
 #[test]
+fn pytorch_state_dict_with_num_batches_tracked_loads() {
+    let spec = Sequential::new(6).dense(5).batch_norm().dense(3);
+    let mut t = trainer(&spec, &Device::cpu(), Optimizer::sgd(0.1));
+    t.train_batch(&random(4 * 6, 52), &labels(4, 3)).unwrap();
+    let dir = temp_dir("torch");
+    let file = dir.join("kiln.safetensors");
+    io::save_model(&file, &t.model).unwrap();
+    // Add the int64 scalar PyTorch's BatchNorm1d keeps, as its state_dict would hold it.
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let count = 1i64.to_le_bytes();
+    let tracked =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![], &count).unwrap();
+    let mut tensors = st.tensors();
+    tensors.push(("1.num_batches_tracked".to_string(), tracked));
+    let torch = dir.join("torch.safetensors");
+    safetensors::serialize_to_file(tensors, None, &torch).unwrap();
+    let mut model = spec.build(&Device::cpu(), 9).unwrap();
+    io::load_weights_into(&mut model, &torch).unwrap();
+    assert_eq!(state(&model), state(&t.model));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn model_file_describes_norm_layers() {
     let text = r#"
 input = 17

@@ -251,7 +251,7 @@ impl Checked {
             .collect();
         let mut extra: Vec<&str> = found
             .keys()
-            .filter(|n| !expected.iter().any(|(e, _)| e == *n))
+            .filter(|n| !expected.iter().any(|(e, _)| e == *n) && !batches_tracked(n, expected))
             .map(|n| n.as_str())
             .collect();
         extra.sort();
@@ -314,6 +314,17 @@ impl Checked {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
     }
+}
+
+/// PyTorch's batch norm counter `N.num_batches_tracked`, for a batch norm `N` kiln expects:
+/// kiln keeps no such counter, so a PyTorch state_dict loads without it.
+fn batches_tracked(name: &str, expected: &[(String, Vec<usize>)]) -> bool {
+    name.strip_suffix(".num_batches_tracked")
+        .is_some_and(|layer| {
+            expected
+                .iter()
+                .any(|(e, _)| *e == format!("{layer}.running_mean"))
+        })
 }
 
 /// "input 4 -> dense 8 -> relu -> dense 3", for messages.
