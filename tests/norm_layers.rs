@@ -370,6 +370,37 @@ fn evaluate_and_predict_use_running_statistics() {
     }
 }
 
+#[test]
+fn early_stopping_restores_running_statistics_with_the_weights() {
+    let spec = Sequential::new(6).batch_norm().dense(3);
+    let (x, y) = (random(8 * 6, 45), labels(8, 3));
+    let opts = |epochs| FitOptions {
+        shuffle: false,
+        ..FitOptions::new(epochs, 4)
+    };
+    let mut one = trainer(&spec, &Device::cpu(), Optimizer::sgd(0.1));
+    one.fit(&x, &y, opts(1)).unwrap();
+    // Only the first epoch counts as an improvement: its weights and statistics come back.
+    let mut stopped = trainer(&spec, &Device::cpu(), Optimizer::sgd(0.1));
+    let es = kiln::EarlyStopping {
+        min_delta: 1e9,
+        restore_best: true,
+        ..kiln::EarlyStopping::new("loss", 1)
+    };
+    let history = stopped
+        .fit(
+            &x,
+            &y,
+            FitOptions {
+                early_stopping: Some(es),
+                ..opts(3)
+            },
+        )
+        .unwrap();
+    assert_eq!(history.restored_epoch, Some(1));
+    assert_eq!(state(&stopped.model), state(&one.model));
+}
+
 // ------------------------------------------------------------ files
 
 #[test]

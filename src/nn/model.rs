@@ -46,12 +46,21 @@ pub struct Buffers {
 }
 
 impl Buffers {
-    /// The tensors under their PyTorch state_dict names.
+    /// The PyTorch state_dict names of the running mean and variance.
+    fn names(&self) -> [String; 2] {
+        ["running_mean", "running_var"].map(|field| format!("{}.{field}", self.layer))
+    }
+
+    /// The tensors under their names.
     fn named(&self) -> [(String, &Tensor); 2] {
-        [
-            (format!("{}.running_mean", self.layer), &self.running.mean),
-            (format!("{}.running_var", self.layer), &self.running.var),
-        ]
+        let [mean, var] = self.names();
+        [(mean, &self.running.mean), (var, &self.running.var)]
+    }
+
+    /// The tensors under their names, writable.
+    pub(crate) fn named_mut(&mut self) -> [(String, &mut Tensor); 2] {
+        let [mean, var] = self.names();
+        [(mean, &mut self.running.mean), (var, &mut self.running.var)]
     }
 }
 
@@ -429,12 +438,7 @@ impl Model {
     pub fn buffers_mut(&mut self) -> Vec<(String, &mut Tensor)> {
         self.buffers
             .iter_mut()
-            .flat_map(|b| {
-                [
-                    (format!("{}.running_mean", b.layer), &mut b.running.mean),
-                    (format!("{}.running_var", b.layer), &mut b.running.var),
-                ]
-            })
+            .flat_map(Buffers::named_mut)
             .collect()
     }
 

@@ -606,11 +606,8 @@ impl Trainer {
     fn restore(&mut self, snapshot: Vec<Tensor>) -> Result<()> {
         let model = &mut self.model;
         let params = model.params.iter_mut().map(|p| &mut p.value);
-        let buffers = model
-            .buffers
-            .iter_mut()
-            .flat_map(|b| [&mut b.running.mean, &mut b.running.var]);
-        let targets = params.chain(buffers);
+        let buffers = model.buffers.iter_mut().flat_map(|b| b.named_mut());
+        let targets = params.chain(buffers.map(|(_, t)| t));
         for (t, s) in targets.zip(snapshot) {
             t.copy_from(&s)?;
         }
