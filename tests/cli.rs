@@ -461,6 +461,32 @@ fn a_model_file_describes_the_model_and_its_training() {
 }
 
 #[test]
+fn a_model_file_with_normalization_layers_trains_and_evaluates() {
+    let dir = temp_dir("norm");
+    let file = dir.join("model.toml");
+    std::fs::write(
+        &file,
+        "input = 64\n\n\
+         [[layers]]\ndense = 32\n\n\
+         [[layers]]\nbatch_norm = true\nactivation = \"relu\"\n\n\
+         [[layers]]\nlayer_norm = true\n\n\
+         [[layers]]\ndense = 10\n\n\
+         [training]\nloss = \"sparse_categorical_crossentropy\"\noptimizer = \"adam\"\n\
+         batch_size = 64\nepochs = 2\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let summary = kiln_ok(&["summary", "--model", file]);
+    assert!(summary.contains("batch_normalization_0"), "{summary}");
+    assert!(summary.contains("Non-trainable params: 64"), "{summary}");
+    let run = dir.join("run");
+    kiln_ok(&["train", "--model", file, "--out", run.to_str().unwrap()]);
+    assert_eq!(history(&run).1.len(), 2);
+    let out = kiln_ok(&["eval", "--checkpoint", run.to_str().unwrap()]);
+    assert!(out.contains("accuracy"), "{out}");
+}
+
+#[test]
 fn constant_schedule_keeps_the_keras_rate() {
     let dir = temp_dir("constant").join("run");
     let out = kiln_ok(&[

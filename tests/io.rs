@@ -92,6 +92,7 @@ fn documented_example_is_valid() {
             .dense_with(Dense::with_inputs(784, 128))
             .relu()
             .dropout(0.2)
+            .batch_norm()
             .leaky_relu(0.01)
             .dense(10)
     );

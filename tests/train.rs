@@ -104,40 +104,15 @@ fn model_gradients_match_finite_differences() {
         )
         .unwrap();
     let (loss, grads) = t.gradients(&x, &yf).unwrap();
-    let params: Vec<Vec<f64>> = t
-        .model
-        .params()
-        .iter()
-        .map(|p| {
-            p.value
-                .to_vec()
-                .unwrap()
-                .iter()
-                .map(|&v| v as f64)
-                .collect()
-        })
-        .collect();
+    let params = params_f64(&t.model);
     let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let base = f64_loss(&params, &xd, &y, rows);
     assert!(
         (base - loss as f64).abs() < 1e-5,
         "loss {loss} vs f64 {base}"
     );
-    let h = 1e-6;
-    for (pi, (name, grad)) in grads.iter().enumerate() {
-        for (k, &g) in grad.iter().enumerate() {
-            let mut plus = params.clone();
-            plus[pi][k] += h;
-            let mut minus = params.clone();
-            minus[pi][k] -= h;
-            let fd = (f64_loss(&plus, &xd, &y, rows) - f64_loss(&minus, &xd, &y, rows)) / (2.0 * h);
-            // f32 analytic gradient vs f64 central difference.
-            assert!(
-                (g as f64 - fd).abs() <= 1e-5 + 1e-3 * fd.abs(),
-                "{name}[{k}]: analytic {g}, numeric {fd}"
-            );
-        }
-    }
+    // f32 analytic gradient vs f64 central difference.
+    assert_grads_match_fd(&grads, &params, |p| f64_loss(p, &xd, &y, rows));
 }
 
 fn xor_data() -> (Vec<f32>, Vec<f32>) {

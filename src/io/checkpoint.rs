@@ -78,10 +78,11 @@ fn model_bytes(model: &Model, mut meta: HashMap<String, String>) -> Result<Vec<u
         ModelFile::from_sequential(model.spec()).to_toml(),
     );
     meta.insert("seed".into(), model.seed.to_string());
-    let tensors = model
-        .params()
-        .iter()
-        .map(|p| Ok((p.name.clone(), F32Bytes::of(&p.value)?)))
+    // Weights, then the non-trainable running statistics, all under state_dict names.
+    let params = model.params().iter().map(|p| (p.name.clone(), &p.value));
+    let tensors = params
+        .chain(model.buffers())
+        .map(|(name, t)| Ok((name, F32Bytes::of(t)?)))
         .collect::<Result<Vec<_>>>()?;
     serialize(tensors, meta)
 }
@@ -250,7 +251,7 @@ impl Checked {
             .collect();
         let mut extra: Vec<&str> = found
             .keys()
-            .filter(|n| !expected.iter().any(|(e, _)| e == *n))
+            .filter(|n| !expected.iter().any(|(e, _)| e == *n) && !batches_tracked(n, expected))
             .map(|n| n.as_str())
             .collect();
         extra.sort();
@@ -313,6 +314,17 @@ impl Checked {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
     }
+}
+
+/// PyTorch's batch norm counter `N.num_batches_tracked`, for a batch norm `N` kiln expects:
+/// kiln keeps no such counter, so a PyTorch state_dict loads without it.
+fn batches_tracked(name: &str, expected: &[(String, Vec<usize>)]) -> bool {
+    name.strip_suffix(".num_batches_tracked")
+        .is_some_and(|layer| {
+            expected
+                .iter()
+                .any(|(e, _)| *e == format!("{layer}.running_mean"))
+        })
 }
 
 /// "input 4 -> dense 8 -> relu -> dense 3", for messages.
@@ -416,18 +428,22 @@ impl Checked {
     }
 }
 
-/// Checks the tensors of `file` against the parameters of `model`, then copies them in.
+/// Checks the tensors of `file` against the parameters and buffers of `model`, then
+/// copies them in.
 fn fill(model: &mut Model, file: &mut Checked, whose: &str) -> Result<()> {
-    let expected: Vec<(String, Vec<usize>)> = model
-        .params()
-        .iter()
-        .map(|p| (p.name.clone(), p.value.shape().to_vec()))
+    let params = model.params().iter().map(|p| (p.name.clone(), &p.value));
+    let expected: Vec<(String, Vec<usize>)> = params
+        .chain(model.buffers())
+        .map(|(name, t)| (name, t.shape().to_vec()))
         .collect();
     file.expect(&expected, whose)?;
     file.read_data()?;
     for p in model.params_mut() {
         let values = file.values(&p.name)?;
         p.value.write(&values)?;
+    }
+    for (name, t) in model.buffers_mut() {
+        t.write(&file.values(&name)?)?;
     }
     Ok(())
 }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{Error, Result};
 use crate::nn::layer::{Conv, Pool};
 use crate::nn::{Dense, Init, Layer, Sequential};
+use crate::ops::batch_norm::BatchNorm;
+use crate::ops::layer_norm::LayerNorm;
 use crate::ops::Activation;
 use crate::optim::{Optimizer, Rule, Schedule};
 use crate::train::{Loss, Metric, Trainer};
@@ -14,7 +16,9 @@ use crate::train::{Loss, Metric, Trainer};
 /// A sequential model (and optionally its training setup) as a hand-writable TOML file.
 ///
 /// Every `[[layers]]` entry is one of: a dense layer (`dense = UNITS`, optionally with
-/// the activation that follows it), a standalone `activation`, or a `dropout` rate.
+/// the activation that follows it), a standalone `activation`, a `dropout` rate, an
+/// image layer (`conv2d`, `max_pool`, `avg_pool`, `global_avg_pool`, `flatten`), or a
+/// normalization (`batch_norm = true` or `layer_norm = true`, optionally with an activation).
 /// Unknown keys, unknown names and impossible values are errors that name the key and
 /// its line. A complete example, every optional key shown with its default where it
 /// has one:
@@ -36,6 +40,11 @@ use crate::train::{Loss, Metric, Trainer};
 ///
 /// [[layers]]
 /// dropout = 0.2                    # rate in [0, 1)
+///
+/// [[layers]]
+/// batch_norm = true                # per feature (per channel of images)
+/// momentum = 0.1                   # PyTorch's: running = (1 - m) * running + m * batch
+/// eps = 1e-5                       # layer_norm = true takes eps too
 ///
 /// [[layers]]
 /// activation = "leaky_relu"        # relu, leaky_relu, sigmoid, tanh, gelu,
@@ -145,6 +154,18 @@ pub struct LayerSpec {
     /// Flatten [c, h, w] samples for the dense layers after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flatten: Option<bool>,
+    /// Batch normalisation per feature, or per channel of images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_norm: Option<bool>,
+    /// Layer normalisation over each sample's features.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_norm: Option<bool>,
+    /// Batch norm: weight of each batch in the running statistics, as PyTorch (default 0.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f32>,
+    /// Batch and layer norm: added to the variance (default 1e-5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f32>,
 }
 
 /// Conv2d padding: a Keras name or a size.
@@ -538,6 +559,20 @@ impl ModelFile {
         for (i, spec) in self.layers.iter().enumerate() {
             let at = [Seg::Key("layers"), Seg::Index(i)];
             let field = |name: &'static str| join(&at, [Seg::Key(name)]);
+            if let Some(layer) = norm_layer(spec, &field)? {
+                out.push(layer);
+                if let Some(name) = &spec.activation {
+                    out.push(known_activation(name, spec.slope, &field)?);
+                }
+                // Normalisations keep the width.
+                continue;
+            }
+            check(spec.momentum.is_none(), &field("momentum"), || {
+                "only batch_norm layers take this key".into()
+            })?;
+            check(spec.eps.is_none(), &field("eps"), || {
+                "only batch_norm and layer_norm layers take this key".into()
+            })?;
             if let Some(layer) = image_layer(spec, &field)? {
                 out.push(layer);
                 if let Some(name) = &spec.activation {
@@ -717,6 +752,24 @@ impl ModelFile {
                     layers.push(LayerSpec {
                         global_avg_pool: gap.then_some(true),
                         flatten: (!gap).then_some(true),
+                        ..LayerSpec::default()
+                    });
+                    continue;
+                }
+                Layer::BatchNorm(bn) => {
+                    let default = BatchNorm::default();
+                    layers.push(LayerSpec {
+                        batch_norm: Some(true),
+                        momentum: (bn.momentum != default.momentum).then_some(bn.momentum),
+                        eps: (bn.eps != default.eps).then_some(bn.eps),
+                        ..LayerSpec::default()
+                    });
+                    continue;
+                }
+                Layer::LayerNorm(ln) => {
+                    layers.push(LayerSpec {
+                        layer_norm: Some(true),
+                        eps: (ln.eps != LayerNorm::default().eps).then_some(ln.eps),
                         ..LayerSpec::default()
                     });
                     continue;
@@ -1307,4 +1360,69 @@ fn image_layer(
     } else {
         Layer::Flatten
     }))
+}
+
+/// An activation by name, or an error listing the known ones.
+fn known_activation(
+    name: &str,
+    slope: Option<f32>,
+    field: &dyn Fn(&'static str) -> Vec<Seg>,
+) -> std::result::Result<Layer, Invalid> {
+    if slope.is_some() {
+        check(name == "leaky_relu", &field("slope"), || {
+            "only leaky_relu takes a slope".into()
+        })?;
+        check_f32(slope, &field("slope"), f32::is_finite, "finite")?;
+    }
+    parse_activation(name, slope).ok_or_else(|| {
+        invalid(
+            &field("activation"),
+            format!("unknown activation '{name}' (known: {ACTIVATIONS})"),
+        )
+    })
+}
+
+/// A `batch_norm = true` or `layer_norm = true` entry, with its optional activation after.
+fn norm_layer(
+    spec: &LayerSpec,
+    field: &dyn Fn(&'static str) -> Vec<Seg>,
+) -> std::result::Result<Option<Layer>, Invalid> {
+    let (batch, layer) = (spec.batch_norm == Some(true), spec.layer_norm == Some(true));
+    if !batch && !layer {
+        return Ok(None);
+    }
+    let key = if batch { "batch_norm" } else { "layer_norm" };
+    // Only the activation may share the entry.
+    let others = LayerSpec {
+        batch_norm: None,
+        layer_norm: None,
+        momentum: None,
+        eps: None,
+        activation: None,
+        slope: None,
+        ..spec.clone()
+    };
+    check(
+        !(batch && layer) && others == LayerSpec::default(),
+        &field(key),
+        || {
+            format!("a {key} entry takes only momentum, eps and activation: give other layers their own [[layers]]")
+        },
+    )?;
+    let eps_ok = |v: f32| v.is_finite() && v >= 0.0;
+    check_f32(spec.eps, &field("eps"), eps_ok, "a finite value >= 0")?;
+    if layer {
+        check(spec.momentum.is_none(), &field("momentum"), || {
+            "only batch_norm layers take this key".into()
+        })?;
+        let eps = spec.eps.unwrap_or(LayerNorm::default().eps);
+        return Ok(Some(Layer::LayerNorm(LayerNorm { eps })));
+    }
+    let momentum_ok = |v: f32| (0.0..=1.0).contains(&v);
+    check_f32(spec.momentum, &field("momentum"), momentum_ok, "in [0, 1]")?;
+    let default = BatchNorm::default();
+    Ok(Some(Layer::BatchNorm(BatchNorm {
+        eps: spec.eps.unwrap_or(default.eps),
+        momentum: spec.momentum.unwrap_or(default.momentum),
+    })))
 }

@@ -1,6 +1,8 @@
 //! Layer descriptions and the `Sequential` builder: what a model is, before it has weights.
 
 use super::init::Init;
+use crate::ops::batch_norm::BatchNorm;
+use crate::ops::layer_norm::LayerNorm;
 use crate::ops::Activation;
 
 /// A fully connected layer: `y = x W^T + b`, W stored [units, inputs] as PyTorch does.
@@ -193,6 +195,11 @@ pub enum Layer {
     Softmax,
     /// Inverted dropout with this rate (training only).
     Dropout(f32),
+    /// Batch normalisation per feature of [features] samples (BatchNorm1d) or per channel
+    /// of [c, h, w] ones (BatchNorm2d); momentum follows PyTorch (0.1 = weight of the batch).
+    BatchNorm(BatchNorm),
+    /// Layer normalisation over the features of each [features] sample.
+    LayerNorm(LayerNorm),
 }
 
 impl Layer {
@@ -213,6 +220,8 @@ impl Layer {
             Layer::AvgPool2d(_) => "average_pooling2d",
             Layer::GlobalAvgPool => "global_average_pooling2d",
             Layer::Flatten => "flatten",
+            Layer::BatchNorm(_) => "batch_normalization",
+            Layer::LayerNorm(_) => "layer_normalization",
         }
     }
 }
@@ -335,6 +344,27 @@ impl Sequential {
         self.add(Layer::Dropout(rate))
     }
 
+    /// Appends batch normalisation with PyTorch's defaults (eps 1e-5, momentum 0.1).
+    pub fn batch_norm(self) -> Sequential {
+        self.batch_norm_with(BatchNorm::default())
+    }
+
+    /// Appends batch normalisation with this eps and momentum (PyTorch's convention:
+    /// running = (1 - momentum) * running + momentum * batch; Keras's 0.99 is 0.01 here).
+    pub fn batch_norm_with(self, bn: BatchNorm) -> Sequential {
+        self.add(Layer::BatchNorm(bn))
+    }
+
+    /// Appends layer normalisation with PyTorch's default eps (1e-5).
+    pub fn layer_norm(self) -> Sequential {
+        self.layer_norm_with(LayerNorm::default())
+    }
+
+    /// Appends layer normalisation with this eps.
+    pub fn layer_norm_with(self, ln: LayerNorm) -> Sequential {
+        self.add(Layer::LayerNorm(ln))
+    }
+
     /// Trainable values the built model will hold, computed without allocating them
     /// (e.g. to check a file's claim before building what it describes).
     pub fn param_count(&self) -> crate::Result<usize> {
@@ -352,6 +382,8 @@ impl Sequential {
                     c.filters * inputs * c.kernel.0 * c.kernel.1
                         + if c.use_bias { c.filters } else { 0 }
                 }
+                // gamma and beta, one per feature or channel.
+                Layer::BatchNorm(_) | Layer::LayerNorm(_) => 2 * norm_channels(shape),
                 _ => 0,
             };
             total = total.saturating_add(count);
@@ -362,6 +394,18 @@ impl Sequential {
             };
         }
         Ok(total)
+    }
+
+    /// Non-trainable values the built model will hold: batch norm's running mean and variance.
+    pub fn buffer_count(&self) -> crate::Result<usize> {
+        let shapes = self.shapes()?;
+        Ok(self
+            .layers
+            .iter()
+            .zip(&shapes)
+            .filter(|(l, _)| matches!(l, Layer::BatchNorm(_)))
+            .map(|(_, s)| 2 * norm_channels(s))
+            .sum())
     }
 
     /// Output width of each layer (all values of one sample), checking that layers chain.
@@ -491,6 +535,26 @@ impl Sequential {
                     vec![o[1], o[2], o[3]]
                 }
                 Layer::GlobalAvgPool => vec![image(&shape)?.0],
+                Layer::BatchNorm(bn) => {
+                    crate::ops::check_eps(&name, bn.eps)?;
+                    if !(0.0..=1.0).contains(&bn.momentum) {
+                        return Err(Error::arg(
+                            format!("{name} momentum"),
+                            format!("{} is not in [0, 1]", bn.momentum),
+                        ));
+                    }
+                    shape
+                }
+                Layer::LayerNorm(ln) => {
+                    crate::ops::check_eps(&name, ln.eps)?;
+                    if shape.len() != 1 {
+                        return Err(Error::shape(
+                            name,
+                            format!("normalises flat samples, got {shape:?}: add .flatten() first (or use batch_norm per channel)"),
+                        ));
+                    }
+                    shape
+                }
                 // The shape coming in was checked below (or above, for the input).
                 Layer::Flatten => vec![values(&shape).unwrap_or(usize::MAX)],
                 _ => shape,
@@ -505,5 +569,14 @@ impl Sequential {
             out.push(shape.clone());
         }
         Ok(out)
+    }
+}
+
+/// Channels a normalisation keeps statistics and gamma/beta for: the features of a flat
+/// sample, the channels of an image.
+pub(crate) fn norm_channels(shape: &[usize]) -> usize {
+    match shape {
+        [c, _, _] => *c,
+        s => s.iter().product(),
     }
 }

@@ -6,4 +6,4 @@ pub mod model;
 
 pub use init::Init;
 pub use layer::{Dense, Layer, Sequential};
-pub use model::{Model, Param};
+pub use model::{Buffers, Model, Param};

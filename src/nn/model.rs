@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 
-use super::layer::{Layer, Sequential};
+use super::layer::{norm_channels, Layer, Sequential};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::activation::{
     activation_backward_into, activation_into, softmax_backward_into, softmax_into,
 };
+use crate::ops::batch_norm::{BatchNorm, NormStats, RunningStats};
 use crate::ops::dense_grad::{dense_grad_into, DenseGrad};
 use crate::ops::dropout::dropout_into;
+use crate::ops::layer_norm::LayerNorm;
 use crate::ops::matmul::Gemm;
 use crate::ops::pool::{global_avg_pool_backward_into, global_avg_pool_into};
 use crate::ops::Activation;
@@ -30,6 +32,45 @@ pub struct Param {
     pub l1: f32,
     /// L2 penalty.
     pub l2: f32,
+}
+
+/// Non-trainable state of one layer: batch norm's running statistics, which move during
+/// training, are saved in checkpoints (`N.running_mean`, `N.running_var`) and never optimized.
+pub struct Buffers {
+    /// Index of the layer in the `Sequential`.
+    pub layer: usize,
+    /// Running mean and unbiased variance, per feature or channel.
+    pub running: RunningStats,
+}
+
+impl Buffers {
+    /// The PyTorch state_dict names of the running mean and variance.
+    fn names(&self) -> [String; 2] {
+        ["running_mean", "running_var"].map(|field| format!("{}.{field}", self.layer))
+    }
+
+    /// The tensors under their names.
+    fn named(&self) -> [(String, &Tensor); 2] {
+        let [mean, var] = self.names();
+        [(mean, &self.running.mean), (var, &self.running.var)]
+    }
+
+    /// The tensors under their names, writable.
+    pub(crate) fn named_mut(&mut self) -> [(String, &mut Tensor); 2] {
+        let [mean, var] = self.names();
+        [(mean, &mut self.running.mean), (var, &mut self.running.var)]
+    }
+}
+
+/// What a forward pass is for: it decides dropout and the statistics batch norm uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// A training step: dropout on, batch statistics, running statistics updated.
+    Train,
+    /// Gradients without a step: dropout off, batch statistics, running statistics kept.
+    Probe,
+    /// Inference: dropout off, running statistics.
+    Infer,
 }
 
 /// One step of the execution plan; a dense layer absorbs the activation after it.
@@ -61,6 +102,19 @@ pub(crate) enum Stage {
     GlobalAvgPool,
     /// Reshape to [batch, features]: a copy, as tensors do not share buffers.
     Flatten,
+    /// Batch normalisation; `running` indexes the model's buffers.
+    BatchNorm {
+        gamma: usize,
+        beta: usize,
+        running: usize,
+        op: BatchNorm,
+    },
+    /// Layer normalisation over the features.
+    LayerNorm {
+        gamma: usize,
+        beta: usize,
+        op: LayerNorm,
+    },
 }
 
 /// Buffers for one batch size, created once and reused every step.
@@ -73,6 +127,8 @@ pub(crate) struct Workspace {
     dz: Vec<Option<Tensor>>,
     /// Per dense stage: dL/dz transposed to [units, batch].
     dzt: Vec<Option<Tensor>>,
+    /// Per normalisation stage: the mean and invstd its forward saved for the backward.
+    norm: Vec<Option<NormStats>>,
     /// The batch's targets.
     pub target: Tensor,
     /// The batch's mean loss, on the device.
@@ -87,6 +143,8 @@ pub struct Model {
     /// Sample shape after each stage of the plan.
     stage_shapes: Vec<Vec<usize>>,
     pub(crate) params: Vec<Param>,
+    /// Non-trainable state, in layer order.
+    pub(crate) buffers: Vec<Buffers>,
     pub(crate) stages: Vec<Stage>,
     workspaces: HashMap<(usize, usize), Workspace>,
     pub(crate) seed: u64,
@@ -100,6 +158,7 @@ impl Sequential {
         let widths = self.widths()?;
         let shapes = self.shapes()?;
         let mut params = Vec::new();
+        let mut buffers = Vec::new();
         let mut stages = Vec::new();
         let mut stage_shapes: Vec<Vec<usize>> = Vec::new();
         let mut shape = match self.image {
@@ -221,6 +280,29 @@ impl Sequential {
                 Layer::AvgPool2d(p) => Some(Stage::AvgPool(p.op())),
                 Layer::GlobalAvgPool => Some(Stage::GlobalAvgPool),
                 Layer::Flatten => Some(Stage::Flatten),
+                Layer::BatchNorm(op) => {
+                    let c = norm_channels(&shape);
+                    let (gamma, beta) = push_affine(device, &mut params, i, c)?;
+                    buffers.push(Buffers {
+                        layer: i,
+                        running: RunningStats::new(device, c)?,
+                    });
+                    let running = buffers.len() - 1;
+                    Some(Stage::BatchNorm {
+                        gamma,
+                        beta,
+                        running,
+                        op: *op,
+                    })
+                }
+                Layer::LayerNorm(op) => {
+                    let (gamma, beta) = push_affine(device, &mut params, i, shape[0])?;
+                    Some(Stage::LayerNorm {
+                        gamma,
+                        beta,
+                        op: *op,
+                    })
+                }
             };
             shape = shapes[i].clone();
             match stage {
@@ -241,12 +323,27 @@ impl Sequential {
             widths,
             stage_shapes,
             params,
+            buffers,
             stages,
             workspaces: HashMap::new(),
             seed,
             dropout_step: 0,
         })
     }
+}
+
+/// Adds a normalisation's gamma (ones) and beta (zeros) of `c` values; returns their indices.
+fn push_affine(
+    device: &Device,
+    params: &mut Vec<Param>,
+    layer: usize,
+    c: usize,
+) -> Result<(usize, usize)> {
+    for (field, start) in [("weight", 1.0), ("bias", 0.0)] {
+        let name = format!("{layer}.{field}");
+        params.push(Param::new(device, name, &vec![start; c], &[c], 0.0, 0.0)?);
+    }
+    Ok((params.len() - 2, params.len() - 1))
 }
 
 impl Param {
@@ -330,6 +427,41 @@ impl Model {
         self.params.iter().map(|p| p.value.len()).sum()
     }
 
+    /// Every non-trainable tensor under its state_dict name ("2.running_mean"), in layer order.
+    pub fn buffers(&self) -> Vec<(String, &Tensor)> {
+        self.buffers.iter().flat_map(Buffers::named).collect()
+    }
+
+    /// Every non-trainable tensor, writable (for checkpoints).
+    pub fn buffers_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        self.buffers
+            .iter_mut()
+            .flat_map(Buffers::named_mut)
+            .collect()
+    }
+
+    /// A non-trainable tensor by state_dict name ("2.running_var").
+    pub fn buffer(&self, name: &str) -> Option<&Tensor> {
+        self.buffers()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+    }
+
+    /// The first batch norm layer that gets one value per channel from each row (flat
+    /// samples, or 1x1 planes), so that it cannot train on a batch of one row.
+    pub(crate) fn batch_norm_needing_two_rows(&self) -> Option<usize> {
+        let shapes = self.spec.shapes().ok()?;
+        self.spec.layers.iter().zip(&shapes).position(|(l, s)| {
+            matches!(l, Layer::BatchNorm(_)) && s.iter().skip(1).product::<usize>() == 1
+        })
+    }
+
+    /// Total number of non-trainable values (batch norm's running statistics).
+    pub fn buffer_count(&self) -> usize {
+        self.buffers().iter().map(|(_, t)| t.len()).sum()
+    }
+
     /// A Keras-like table of layers, output shapes and parameter counts.
     pub fn summary(&self) -> String {
         let shapes = self.spec.shapes().unwrap_or_default();
@@ -346,11 +478,14 @@ impl Model {
             let name = format!("{kind}_{k} ({i})");
             *k += 1;
             let prefix = format!("{i}.");
+            // Keras counts a layer's non-trainable values in its row too.
             let count: usize = self
                 .params
                 .iter()
-                .filter(|p| p.name.starts_with(&prefix))
-                .map(|p| p.value.len())
+                .map(|p| (&p.name, p.value.len()))
+                .chain(self.buffers().iter().map(|(n, t)| (n, t.len())))
+                .filter(|(name, _)| name.starts_with(&prefix))
+                .map(|(_, len)| len)
                 .sum();
             let dims: Vec<String> = shapes
                 .get(i)
@@ -363,12 +498,14 @@ impl Model {
                 format!("(None, {})", dims.join(", "))
             );
         }
-        let total = self.param_count();
+        let (trainable, fixed) = (self.param_count(), self.buffer_count());
+        let total = trainable + fixed;
         out += &format!(
             "{rule}\nTotal params: {total} ({:.2} KB)\n",
             total as f64 * 4.0 / 1024.0
         );
-        out += &format!("Trainable params: {total}\n");
+        out += &format!("Trainable params: {trainable}\n");
+        out += &format!("Non-trainable params: {fixed}\n");
         out
     }
 
@@ -406,10 +543,15 @@ impl Model {
             .iter()
             .map(|s| Tensor::zeros(d, s))
             .collect::<Result<Vec<_>>>()?;
+        // No layer needs dL/dx of the input, but normalisations compute it anyway.
+        let first_needs_dx = matches!(
+            self.stages.first(),
+            Some(Stage::BatchNorm { .. } | Stage::LayerNorm { .. })
+        );
         let grads = shapes
             .iter()
             .enumerate()
-            .map(|(i, s)| Tensor::zeros(d, if i == 0 { &[1] } else { s }))
+            .map(|(i, s)| Tensor::zeros(d, if i == 0 && !first_needs_dx { &[1] } else { s }))
             .collect::<Result<Vec<_>>>()?;
         let dz = self
             .stages
@@ -430,11 +572,22 @@ impl Model {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
+        let norm = self
+            .stages
+            .iter()
+            .zip(&shapes[1..])
+            .map(|(stage, shape)| match stage {
+                Stage::BatchNorm { .. } => NormStats::new(d, norm_channels(&shape[1..])).map(Some),
+                Stage::LayerNorm { .. } => NormStats::new(d, batch).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Workspace {
             acts,
             grads,
             dz,
             dzt,
+            norm,
             target: Tensor::zeros(d, &[batch, target_width])?,
             loss: Tensor::zeros(d, &[1])?,
         })
@@ -448,15 +601,17 @@ impl Model {
             ^ (i as u32).wrapping_mul(0xc2b2_ae35)
     }
 
-    /// Runs `stages` on the workspace input acts[0]; dropout is active when `training`.
+    /// Runs `stages` on the workspace input acts[0], for the purpose `pass` names.
     pub(crate) fn forward_ws(
         &mut self,
         key: (usize, usize),
         stages: &[Stage],
-        training: bool,
+        pass: Pass,
     ) -> Result<()> {
         let seeds: Vec<u32> = (0..stages.len()).map(|i| self.dropout_seed(i)).collect();
+        let training = pass == Pass::Train;
         let params = &self.params;
+        let buffers = &mut self.buffers;
         let ws = self
             .workspaces
             .get_mut(&key)
@@ -486,6 +641,40 @@ impl Model {
                 }
                 Stage::AvgPool(pool) => pool.avg_forward_into(x, y)?,
                 Stage::GlobalAvgPool => global_avg_pool_into(x, y)?,
+                Stage::BatchNorm {
+                    gamma,
+                    beta,
+                    running,
+                    op,
+                } => {
+                    let saved = ws.norm[i]
+                        .as_mut()
+                        .ok_or_else(|| Error::arg("workspace", "no batch norm statistics"))?;
+                    let (g, b) = (&params[gamma].value, &params[beta].value);
+                    let stats = buffers
+                        .get_mut(running)
+                        .ok_or_else(|| Error::arg("model", "no running statistics"))?;
+                    match pass {
+                        Pass::Infer => op.forward_eval_into(x, g, b, &stats.running, y)?,
+                        Pass::Train => {
+                            check_batch(stats.layer, x)?;
+                            op.forward_train_into(x, g, b, &mut stats.running, saved, y)?
+                        }
+                        Pass::Probe => {
+                            check_batch(stats.layer, x)?;
+                            // Batch statistics as in training, but the model's running ones stay.
+                            let mut scratch = RunningStats::new(&x.device(), g.len())?;
+                            op.forward_train_into(x, g, b, &mut scratch, saved, y)?
+                        }
+                    }
+                }
+                Stage::LayerNorm { gamma, beta, op } => {
+                    let saved = ws.norm[i]
+                        .as_mut()
+                        .ok_or_else(|| Error::arg("workspace", "no layer norm statistics"))?;
+                    let (g, b) = (&params[gamma].value, &params[beta].value);
+                    op.forward_into(x, g, b, saved, y)?
+                }
             }
         }
         Ok(())
@@ -534,6 +723,19 @@ impl Model {
                         conv.backward_input_into(dy, &params[w].value, dx)?;
                     }
                 }
+                Stage::BatchNorm { gamma, beta, .. } | Stage::LayerNorm { gamma, beta, .. } => {
+                    let saved = ws.norm[i]
+                        .as_ref()
+                        .ok_or_else(|| Error::arg("workspace", "no normalisation statistics"))?;
+                    // gamma precedes beta in params: split there to borrow both.
+                    let (head, tail) = params.split_at_mut(beta);
+                    let (Param { value, grad, .. }, db) = (&mut head[gamma], &mut tail[0].grad);
+                    if matches!(stage, Stage::BatchNorm { .. }) {
+                        BatchNorm::backward_into(x, dy, value, saved, dx, grad, db)?
+                    } else {
+                        LayerNorm::backward_into(x, dy, value, saved, dx, grad, db)?
+                    }
+                }
                 _ if i == 0 => {}
                 Stage::Act(act) => activation_backward_into(act, x, dy, dx)?,
                 Stage::Softmax => softmax_backward_into(y, dy, dx)?,
@@ -552,13 +754,14 @@ impl Model {
         Ok(())
     }
 
-    /// Forward pass of a batch of host inputs; returns the output (no dropout).
+    /// Forward pass of a batch of host inputs; returns the output (no dropout, batch norm
+    /// with its running statistics).
     pub fn forward(&mut self, x: &[f32]) -> Result<Vec<f32>> {
         let batch = self.rows_of(x, "forward")?;
         let key = (batch, 1);
         self.workspace(batch, 1)?.acts[0].write(x)?;
         let stages = self.stages.clone();
-        self.forward_ws(key, &stages, false)?;
+        self.forward_ws(key, &stages, Pass::Infer)?;
         self.workspace(batch, 1)?.acts[stages.len()].to_vec()
     }
 
@@ -598,4 +801,24 @@ fn split_pair(
         }
         Some(_) => Err(Error::arg("model", "a bias stored before its weight")),
     }
+}
+
+/// Training statistics need two values per channel: a typed error naming the layer, not
+/// the op's, when a batch of one row leaves one.
+fn check_batch(layer: usize, x: &Tensor) -> Result<()> {
+    let per_channel = match x.shape() {
+        [n, _, h, w] => n * h * w,
+        s => s.first().copied().unwrap_or(0),
+    };
+    if per_channel < 2 {
+        return Err(Error::arg(
+            format!("layer {layer} (batch_normalization)"),
+            format!(
+                "a training batch of shape {:?} has one value per channel; batch norm \
+                 trains on at least 2 (use a batch size over 1, and avoid a last batch of 1 row)",
+                x.shape()
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::model::Stage;
+use crate::nn::model::{Pass, Stage};
 use crate::nn::Model;
 use crate::ops::activation::{activation_into, softmax_into};
 use crate::ops::gather::{gather_chunk_into, PaletteRows};
@@ -395,7 +395,8 @@ impl Trainer {
         let n = self.train_stages.len();
         // Masks follow the step count, so a resumed run draws the same ones.
         self.model.dropout_step = self.step as u32;
-        self.model.forward_ws(key, &self.train_stages, true)?;
+        self.model
+            .forward_ws(key, &self.train_stages, Pass::Train)?;
         {
             let ws = self.model.workspace(key.0, key.1)?;
             let (acts, grads) = (&ws.acts, &mut ws.grads);
@@ -428,7 +429,8 @@ impl Trainer {
         self.step_ws(key, None)
     }
 
-    /// The mean loss and every parameter's gradient on a batch, without updating (dropout off).
+    /// The mean loss and every parameter's gradient on a batch, without updating: dropout off,
+    /// batch norm with the batch's statistics (as in training) but its running ones untouched.
     pub fn gradients(&mut self, x: &[f32], y: &[f32]) -> Result<(f32, NamedValues)> {
         let rows = self.check_data(x, y)?;
         let key = (rows, self.target_width());
@@ -436,7 +438,8 @@ impl Trainer {
         let ws = self.model.workspace(rows, key.1)?;
         ws.acts[0].write(x)?;
         ws.target.write(y)?;
-        self.model.forward_ws(key, &self.train_stages, false)?;
+        self.model
+            .forward_ws(key, &self.train_stages, Pass::Probe)?;
         let ws = self.model.workspace(rows, key.1)?;
         loss_and_grad_into(
             self.train_loss,
@@ -495,6 +498,19 @@ impl Trainer {
                 (rows, Some((x, y)))
             }
         };
+        if let Some(layer) = self.model.batch_norm_needing_two_rows() {
+            // Refused now rather than at the end of the first epoch, as the last batch.
+            if train_rows % opts.batch_size == 1 {
+                return Err(Error::arg(
+                    "batch_size",
+                    format!(
+                        "{} leaves a last batch of 1 row out of {train_rows}, and layer {layer} \
+                         (batch_normalization) trains on at least 2: pick another batch size",
+                        opts.batch_size
+                    ),
+                ));
+            }
+        }
         let data = self.upload(&x[..train_rows * w], &y[..train_rows * tw])?;
         let val_data = match &val {
             Some((vx, vy)) if !vx.is_empty() => Some(self.upload(vx, vy)?),
@@ -580,17 +596,20 @@ impl Trainer {
         Ok(total)
     }
 
+    /// Copies of the weights and the running statistics, in that order.
     fn snapshot(&self) -> Result<Vec<Tensor>> {
-        self.model
-            .params
-            .iter()
-            .map(|p| p.value.try_clone())
-            .collect()
+        let params = self.model.params.iter().map(|p| &p.value);
+        let buffers = self.model.buffers().into_iter().map(|(_, t)| t);
+        params.chain(buffers).map(Tensor::try_clone).collect()
     }
 
     fn restore(&mut self, snapshot: Vec<Tensor>) -> Result<()> {
-        for (p, s) in self.model.params.iter_mut().zip(snapshot) {
-            p.value.copy_from(&s)?;
+        let model = &mut self.model;
+        let params = model.params.iter_mut().map(|p| &mut p.value);
+        let buffers = model.buffers.iter_mut().flat_map(|b| b.named_mut());
+        let targets = params.chain(buffers.map(|(_, t)| t));
+        for (t, s) in targets.zip(snapshot) {
+            t.copy_from(&s)?;
         }
         Ok(())
     }
@@ -607,7 +626,8 @@ impl Trainer {
         while start < data.rows {
             let batch = batch_size.max(1).min(data.rows - start);
             let key = self.load_batch(data, start, batch)?;
-            self.model.forward_ws(key, &self.train_stages, false)?;
+            self.model
+                .forward_ws(key, &self.train_stages, Pass::Infer)?;
             let ws = self.model.workspace(key.0, key.1)?;
             loss_value_into(self.train_loss, &ws.acts[n], &ws.target, &mut ws.loss)?;
             acc.add(&ws.loss, &ws.acts[n], &ws.target, batch)?;
@@ -640,7 +660,7 @@ impl Trainer {
             let batch = chunk.len() / w;
             let key = (batch, self.target_width());
             self.model.workspace(batch, key.1)?.acts[0].write(chunk)?;
-            self.model.forward_ws(key, &stages, false)?;
+            self.model.forward_ws(key, &stages, Pass::Infer)?;
             let y = &self.model.workspace(batch, key.1)?.acts[stages.len()];
             let mut p = Tensor::uninit(&y.device(), y.shape())?;
             match self.output {

@@ -121,3 +121,42 @@ pub fn assert_affine_grads(
         assert_close(got, fd, 1e-4, 1e-5, &what);
     }
 }
+
+/// A model's parameters as f64, in `params()` order.
+pub fn params_f64(model: &kiln::Model) -> Vec<Vec<f64>> {
+    model
+        .params()
+        .iter()
+        .map(|p| {
+            p.value
+                .to_vec()
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect()
+        })
+        .collect()
+}
+
+/// Asserts f32 analytic gradients (named, in `params` order) match f64 central
+/// differences of `loss` over `params`.
+pub fn assert_grads_match_fd(
+    grads: &[(String, Vec<f32>)],
+    params: &[Vec<f64>],
+    loss: impl Fn(&[Vec<f64>]) -> f64,
+) {
+    let h = 1e-6;
+    for (pi, (name, grad)) in grads.iter().enumerate() {
+        for (k, &g) in grad.iter().enumerate() {
+            let mut plus = params.to_vec();
+            plus[pi][k] += h;
+            let mut minus = params.to_vec();
+            minus[pi][k] -= h;
+            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
+            assert!(
+                (g as f64 - fd).abs() <= 1e-5 + 1e-3 * fd.abs(),
+                "{name}[{k}]: analytic {g}, numeric {fd}"
+            );
+        }
+    }
+}
