@@ -19,8 +19,11 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Largest problem a timing run multiplies, in multiply-adds: bigger products are timed
-/// on a slice of their rows so tuning costs milliseconds, not seconds.
+/// on a slice of their rows so tuning stays short.
 const TIMING_MACS: usize = 1 << 24;
+/// Fewest rows a timing slice keeps: two workgroup rows of the largest tile, so a slice
+/// still spreads over the CPU adapter's threads like the whole product does.
+const TIMING_ROWS: usize = 256;
 
 /// The tuner's memory: choices per class, and whether the cache file has been read.
 #[derive(Default)]
@@ -207,25 +210,30 @@ fn fastest(
     ctx.synchronize()?;
     // A slice of the rows: every index the kernels compute stays inside the buffers,
     // since the row count only shrinks (the results are thrown away).
-    let rows = (TIMING_MACS / (d.n * d.k).max(1)).max(16) / 16 * 16;
+    let rows = (TIMING_MACS / (d.n * d.k).max(1)).max(TIMING_ROWS) / 16 * 16;
     let t = Dims {
         m: d.m.min(rows),
         ..d
     };
+    // Builds the pipeline on a few rows: compiling is not what is being compared.
+    let warm = Dims {
+        m: t.m.min(16),
+        ..t
+    };
     let mut best: Option<(Duration, MatmulKernel)> = None;
     for &k in candidates {
-        let mut run = || -> Result<Duration> {
+        let mut run = |d| -> Result<Duration> {
             let start = Instant::now();
-            g.record(ctx, t, k, a, b, bias, out)?;
+            g.record(ctx, d, k, a, b, bias, out)?;
             ctx.synchronize()?;
             Ok(start.elapsed())
         };
-        // The first run builds the pipeline: not timed. Then the best of two.
-        let Ok(Ok(first)) = run().map(|_| run()) else {
+        // The best of two runs after an untimed one on a few rows.
+        let Ok(Ok(first)) = run(warm).map(|_| run(t)) else {
             ctx.check_lost()?;
             continue;
         };
-        let time = first.min(run().unwrap_or(first));
+        let time = first.min(run(t).unwrap_or(first));
         if best.is_none_or(|(b, _)| time < b) {
             best = Some((time, k));
         }
