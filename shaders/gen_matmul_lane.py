@@ -83,6 +83,10 @@ def entry(rows, cv):
     w("    let m4 = p.m / 4u;")
     w("    let n4 = p.n / 4u;")
     w("    let k4 = p.k / 4u;")
+    w("    // Wholly outside C: a SIMD group with no live invocation then skips the k loop.")
+    w("    if row0 >= p.m || cv0 >= n4 {")
+    w("        return;")
+    w("    }")
     for r in range(rows):
         w(f"    let r{r} = min(row0 + {r}u, p.m - 1u);")
     for q in range(rows // 4):

@@ -67,6 +67,10 @@ fn lane_16x16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     let m4 = p.m / 4u;
     let n4 = p.n / 4u;
     let k4 = p.k / 4u;
+    // Wholly outside C: a SIMD group with no live invocation then skips the k loop.
+    if row0 >= p.m || cv0 >= n4 {
+        return;
+    }
     let r0 = min(row0 + 0u, p.m - 1u);
     let r1 = min(row0 + 1u, p.m - 1u);
     let r2 = min(row0 + 2u, p.m - 1u);
@@ -446,6 +450,10 @@ fn lane_8x16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     let m4 = p.m / 4u;
     let n4 = p.n / 4u;
     let k4 = p.k / 4u;
+    // Wholly outside C: a SIMD group with no live invocation then skips the k loop.
+    if row0 >= p.m || cv0 >= n4 {
+        return;
+    }
     let r0 = min(row0 + 0u, p.m - 1u);
     let r1 = min(row0 + 1u, p.m - 1u);
     let r2 = min(row0 + 2u, p.m - 1u);
@@ -687,6 +695,10 @@ fn lane_4x16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     let m4 = p.m / 4u;
     let n4 = p.n / 4u;
     let k4 = p.k / 4u;
+    // Wholly outside C: a SIMD group with no live invocation then skips the k loop.
+    if row0 >= p.m || cv0 >= n4 {
+        return;
+    }
     let r0 = min(row0 + 0u, p.m - 1u);
     let r1 = min(row0 + 1u, p.m - 1u);
     let r2 = min(row0 + 2u, p.m - 1u);

@@ -305,12 +305,11 @@ impl Gemm {
         let aligned = self.vec4_ok(d);
         match (ctx.is_software(), aligned) {
             // A^T stays on the blocked kernel on lavapipe: see `static_choice`.
-            // Vec4 (8x8) is left out: lane8x16 covers its sizes, and each candidate costs
-            // a pipeline build on first use.
             (true, true) if !self.trans_a => vec![
                 MatmulKernel::Lane16x16,
                 MatmulKernel::Lane8x16,
                 MatmulKernel::Lane4x16,
+                MatmulKernel::Vec4,
             ],
             (true, _) => vec![MatmulKernel::Blocked],
             (false, true) => vec![
