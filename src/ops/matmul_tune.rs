@@ -21,9 +21,11 @@ use crate::tensor::Tensor;
 /// Largest problem a timing run multiplies, in multiply-adds: bigger products are timed
 /// on a slice of their rows so tuning stays short.
 const TIMING_MACS: usize = 1 << 24;
-/// Fewest rows a timing slice keeps: two workgroup rows of the largest tile, so a slice
+/// Fewest workgroup tiles (of the largest candidate, 128x128) a timing slice keeps, so it
 /// still spreads over the CPU adapter's threads like the whole product does.
-const TIMING_ROWS: usize = 256;
+const TIMING_TILES: usize = 4;
+/// A timed run this long is not repeated: one sample is then steady enough.
+const LONG_RUN: Duration = Duration::from_millis(50);
 
 /// The tuner's memory: choices per class, and whether the cache file has been read.
 #[derive(Default)]
@@ -211,7 +213,8 @@ fn fastest(
     ctx.synchronize()?;
     // A slice of the rows: every index the kernels compute stays inside the buffers,
     // since the row count only shrinks (the results are thrown away).
-    let rows = (TIMING_MACS / (d.n * d.k).max(1)).max(TIMING_ROWS) / 16 * 16;
+    let bands = TIMING_TILES.div_ceil(d.n.div_ceil(128).max(1));
+    let rows = (TIMING_MACS / (d.n * d.k).max(1)).max(128 * bands) / 16 * 16;
     let t = Dims {
         m: d.m.min(rows),
         ..d
@@ -229,12 +232,16 @@ fn fastest(
             ctx.synchronize()?;
             Ok(gpu.unwrap_or_else(|| start.elapsed()))
         };
-        // The best of two runs after an untimed one on a few rows.
+        // The best of two runs (one if it is long) after an untimed one on a few rows.
         let Ok(Ok(first)) = run(warm).map(|_| run(t)) else {
             ctx.check_lost()?;
             continue;
         };
-        let time = first.min(run(t).unwrap_or(first));
+        let time = if first > LONG_RUN {
+            first
+        } else {
+            first.min(run(t).unwrap_or(first))
+        };
         if best.is_none_or(|(b, _)| time < b) {
             best = Some((time, k));
         }
