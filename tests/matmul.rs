@@ -30,17 +30,8 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (128, 12, 32),
 ];
 
-/// Keeps the autotuner's cache file out of the user's home directory.
-fn isolate_cache() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("autotune-matmul");
-        std::env::set_var("KILN_CACHE_DIR", dir);
-    });
-}
-
 fn check(g: Gemm, m: usize, n: usize, k: usize, bias: bool, seed: u64) {
-    isolate_cache();
+    isolate_autotune_cache();
     let a_shape = if g.trans_a { [k, m] } else { [m, k] };
     let b_shape = if g.trans_b { [n, k] } else { [k, n] };
     let a = random(m * k, seed);
