@@ -293,7 +293,7 @@ impl Gemm {
             return MatmulKernel::Blocked;
         }
         // The tuner's usual pick; only tiny outputs (under 8 tiles of 16x16) do better
-        // with the 4x16 kernel's more, smaller invocations (measured on batch-32 training).
+        // with the 4x16 kernel's more, smaller invocations (from the tuner's picks).
         if d.m.div_ceil(16) * d.n.div_ceil(16) < 8 {
             MatmulKernel::Lane4x16
         } else {
