@@ -21,9 +21,17 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (64, 64, 64),
     (33, 8, 12),
     (100, 16, 1024),
+    // Small-batch training shapes: forward, dX and dW of 784-128-10 layers at batch 32.
+    (32, 128, 784),
+    (32, 784, 128),
+    (784, 128, 32),
+    (32, 12, 128),
+    (32, 128, 12),
+    (128, 12, 32),
 ];
 
 fn check(g: Gemm, m: usize, n: usize, k: usize, bias: bool, seed: u64) {
+    isolate_autotune_cache();
     let a_shape = if g.trans_a { [k, m] } else { [m, k] };
     let b_shape = if g.trans_b { [n, k] } else { [k, n] };
     let a = random(m * k, seed);
@@ -83,6 +91,41 @@ fn tiled_kernel_matches_reference() {
 }
 
 #[test]
+fn lane_kernels_match_reference() {
+    let lanes = [
+        MatmulKernel::Lane16x16,
+        MatmulKernel::Lane8x16,
+        MatmulKernel::Lane4x16,
+    ];
+    for kernel in lanes {
+        all_forms(Some(kernel));
+    }
+}
+
+#[test]
+fn tuned_choice_is_a_candidate_and_matches_reference() {
+    let dev = gpu();
+    let ctx = dev.gpu_context().unwrap();
+    for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
+        for g in [Gemm::nn(), Gemm::nt(), Gemm::tn()] {
+            // The automatic product tunes the class on first use, then must match.
+            check(g, m, n, k, false, 500 + i as u64);
+            let d = kiln::ops::matmul::Dims { m, n, k };
+            let chosen = g.choose(ctx, d);
+            let candidates = g.candidates(ctx, d);
+            assert!(
+                candidates.contains(&chosen),
+                "{g:?} m{m} n{n} k{k}: {chosen:?} not in {candidates:?}"
+            );
+            // And every candidate it could have picked matches too.
+            for c in candidates {
+                check(g.with_kernel(c), m, n, k, false, 600 + i as u64);
+            }
+        }
+    }
+}
+
+#[test]
 fn fused_bias_and_activation_match_reference() {
     let acts = [
         Activation::Identity,
@@ -96,6 +139,9 @@ fn fused_bias_and_activation_match_reference() {
         MatmulKernel::Blocked,
         MatmulKernel::Vec4,
         MatmulKernel::Tiled,
+        MatmulKernel::Lane16x16,
+        MatmulKernel::Lane8x16,
+        MatmulKernel::Lane4x16,
     ];
     for (i, act) in acts.into_iter().enumerate() {
         for kernel in kernels {
@@ -144,6 +190,9 @@ fn transposed_store_matches_reference() {
         Some(MatmulKernel::Blocked),
         Some(MatmulKernel::Vec4),
         Some(MatmulKernel::Tiled),
+        Some(MatmulKernel::Lane16x16),
+        Some(MatmulKernel::Lane8x16),
+        Some(MatmulKernel::Lane4x16),
     ];
     for kernel in kernels {
         for g in [Gemm::nn(), Gemm::nt(), Gemm::tn()] {

@@ -76,6 +76,8 @@ struct Pending {
     pass: Option<wgpu::ComputePass<'static>>,
     params: Vec<u8>,
     arena: usize,
+    /// While set, a new compute pass writes timestamps 0 and 1 of this set at its ends.
+    timing: Option<wgpu::QuerySet>,
 }
 
 /// Everything kiln keeps per wgpu device.
@@ -84,6 +86,8 @@ pub struct GpuContext {
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
+    /// Whether the device was opened with timestamp queries (the adapter offers them).
+    timestamps: bool,
     param_stride: u64,
     arenas: [wgpu::Buffer; 2],
     layouts: Mutex<HashMap<(u32, u32), Arc<Layout>>>,
@@ -154,9 +158,12 @@ impl GpuContext {
         let adapter = super::adapter::choose(&instance, name)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamps let the matmul autotuner time kernels on the GPU itself; asked for
+        // only where offered, since requesting a missing feature fails device creation.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let desc = wgpu::DeviceDescriptor {
             label: Some("kiln"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         };
@@ -204,6 +211,7 @@ impl GpuContext {
             queue,
             info,
             limits,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             param_stride,
             arenas,
             layouts: Mutex::default(),
@@ -214,6 +222,7 @@ impl GpuContext {
                 pass: None,
                 params: Vec::new(),
                 arena: 0,
+                timing: None,
             }),
             pool: Mutex::default(),
             errors,
@@ -230,6 +239,11 @@ impl GpuContext {
     /// The limits the device was opened with (the adapter's own).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Whether GPU timestamps are available (`Features::TIMESTAMP_QUERY`).
+    pub fn has_timestamps(&self) -> bool {
+        self.timestamps
     }
 
     /// True when the adapter is a CPU (software) implementation such as lavapipe.
@@ -588,12 +602,81 @@ impl GpuContext {
     }
 
     fn pass<'a>(&self, pending: &'a mut Pending) -> &'a mut wgpu::ComputePass<'static> {
-        let Pending { encoder, pass, .. } = pending;
+        let Pending {
+            encoder,
+            pass,
+            timing,
+            ..
+        } = pending;
         pass.get_or_insert_with(|| {
+            let timestamp_writes =
+                timing
+                    .as_ref()
+                    .map(|query_set| wgpu::ComputePassTimestampWrites {
+                        query_set,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    });
             encoder
                 .get_or_insert_with(|| self.new_encoder())
-                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes,
+                })
                 .forget_lifetime()
+        })
+    }
+
+    /// Runs `record` (one dispatch) in a compute pass of its own and, where the device has
+    /// timestamps, returns the GPU time between the pass's ends once it has run; None
+    /// without timestamps or when nothing was recorded (the caller then uses a wall clock).
+    pub(crate) fn time_pass(
+        &self,
+        record: impl FnOnce() -> Result<()>,
+    ) -> Result<Option<std::time::Duration>> {
+        if !self.timestamps {
+            record()?;
+            return Ok(None);
+        }
+        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("kiln timing"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let desc = wgpu::BufferDescriptor {
+            label: Some("kiln timestamps"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        };
+        let resolve = self.create_buffer(&desc, "timestamp buffer")?;
+        {
+            let mut pending = lock(&self.pending);
+            // Earlier work goes first, so the timed dispatch opens a pass of its own.
+            self.submit(&mut pending);
+            pending.timing = Some(set.clone());
+        }
+        let recorded = record();
+        {
+            let mut pending = lock(&self.pending);
+            pending.timing = None;
+            // encoder() ends the timed pass first.
+            self.encoder(&mut pending)
+                .resolve_query_set(&set, 0..2, &resolve, 0);
+        }
+        recorded?;
+        let bytes = pollster::block_on(self.read(&resolve, 16))?;
+        let ticks: Vec<u64> = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        let (start, end) = (ticks.first().copied(), ticks.get(1).copied());
+        Ok(match (start, end) {
+            (Some(s), Some(e)) if e > s => {
+                let ns = (e - s) as f64 * f64::from(self.queue.get_timestamp_period());
+                Some(std::time::Duration::from_nanos(ns as u64))
+            }
+            _ => None,
         })
     }
 

@@ -1,7 +1,7 @@
 //! Matrix multiply in the three forms a dense layer needs (A*B, A*B^T, A^T*B),
 //! with an optional fused epilogue: bias add and activation.
 
-use super::{device_of, host, launch, Activation};
+use super::{device_of, host, launch, matmul_tune, Activation};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -34,8 +34,22 @@ const VEC4: Kernel = Kernel {
     bounds_checks: false,
 };
 
+const fn lane(entry: &'static str) -> Kernel {
+    Kernel {
+        file: "matmul_lane.wgsl",
+        source: concat!(
+            include_str!("../../shaders/act.wgsl"),
+            include_str!("../../shaders/matmul_lane.wgsl")
+        ),
+        entry,
+        inputs: 3,
+        outputs: 1,
+        bounds_checks: false,
+    }
+}
+
 /// Which GPU kernel computes the product.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulKernel {
     /// One output per invocation: the baseline.
     Naive,
@@ -45,6 +59,68 @@ pub enum MatmulKernel {
     Vec4,
     /// Workgroup-memory tiles of 64x64: the kernel for real GPUs.
     Tiled,
+    /// 16x16 outputs per invocation, straight-line code, workgroup 8x8 (aligned shapes).
+    Lane16x16,
+    /// 8x16 outputs per invocation, workgroup 8x2: more invocations for mid-size outputs.
+    Lane8x16,
+    /// 4x16 outputs per invocation, workgroup 8x1: keeps both cores busy on small batches.
+    Lane4x16,
+}
+
+impl MatmulKernel {
+    /// Every kernel, in a fixed order.
+    pub const ALL: [MatmulKernel; 7] = [
+        MatmulKernel::Naive,
+        MatmulKernel::Blocked,
+        MatmulKernel::Vec4,
+        MatmulKernel::Tiled,
+        MatmulKernel::Lane16x16,
+        MatmulKernel::Lane8x16,
+        MatmulKernel::Lane4x16,
+    ];
+
+    /// The kernel's name in the autotune cache (lower case).
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulKernel::Naive => "naive",
+            MatmulKernel::Blocked => "blocked",
+            MatmulKernel::Vec4 => "vec4",
+            MatmulKernel::Tiled => "tiled",
+            MatmulKernel::Lane16x16 => "lane16x16",
+            MatmulKernel::Lane8x16 => "lane8x16",
+            MatmulKernel::Lane4x16 => "lane4x16",
+        }
+    }
+
+    /// The kernel called `name`, as `name()` writes it.
+    pub fn from_name(name: &str) -> Option<MatmulKernel> {
+        MatmulKernel::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether the kernel reads vec4 rows and so needs `Gemm::vec4_ok` shapes.
+    fn needs_vec4(self) -> bool {
+        matches!(
+            self,
+            MatmulKernel::Vec4
+                | MatmulKernel::Lane16x16
+                | MatmulKernel::Lane8x16
+                | MatmulKernel::Lane4x16
+        )
+    }
+
+    /// The shader entry, the outputs one workgroup covers (columns, rows) and, for the
+    /// lane kernels, the workgroup shape.
+    fn launch_spec(self) -> (Kernel, (usize, usize), Option<(u32, u32)>) {
+        match self {
+            MatmulKernel::Naive => (kernel("naive"), (16, 16), None),
+            MatmulKernel::Blocked => (kernel("blocked"), (32, 32), None),
+            MatmulKernel::Vec4 => (VEC4, (64, 64), None),
+            MatmulKernel::Tiled => (kernel("tiled"), (64, 64), None),
+            MatmulKernel::Lane16x16 => (lane("lane_16x16"), (128, 128), Some((8, 8))),
+            MatmulKernel::Lane8x16 => (lane("lane_8x16"), (128, 16), Some((8, 2))),
+            MatmulKernel::Lane4x16 => (lane("lane_4x16"), (128, 4), Some((8, 1))),
+        }
+    }
 }
 
 /// A matrix product `act(op(A) * op(B) + bias)`.
@@ -194,22 +270,59 @@ impl Gemm {
         }
     }
 
-    /// The kernel this product runs with on `ctx`.
+    /// The kernel this product runs with on `ctx`: the forced one, else the autotuner's
+    /// choice for this shape class if it has made one, else the static choice.
     pub fn choose(&self, ctx: &GpuContext, d: Dims) -> MatmulKernel {
-        let aligned = self.vec4_ok(d);
         match self.kernel {
-            Some(MatmulKernel::Vec4) if !aligned => MatmulKernel::Blocked,
+            Some(k) if k.needs_vec4() && !self.vec4_ok(d) => MatmulKernel::Blocked,
             Some(k) => k,
-            // The vec4 kernel's A^T form leaks memory in lavapipe (Mesa 22.3) on every
-            // dispatch for some shapes (see tests/soak.rs), so software adapters get the
-            // blocked kernel there; kiln's own layers avoid A^T with an explicit transpose.
-            None if ctx.is_software() && aligned && !self.trans_a => MatmulKernel::Vec4,
-            None if ctx.is_software() => MatmulKernel::Blocked,
-            None => MatmulKernel::Tiled,
+            None => matmul_tune::cached(self, ctx, d).unwrap_or_else(|| self.static_choice(ctx, d)),
         }
     }
 
-    /// The vec4 kernel reads rows of 4 along the contiguous dimension of each operand.
+    /// The kernel picked without timing anything (also the choice with `KILN_AUTOTUNE=0`).
+    pub fn static_choice(&self, ctx: &GpuContext, d: Dims) -> MatmulKernel {
+        let aligned = self.vec4_ok(d);
+        if !ctx.is_software() {
+            return MatmulKernel::Tiled;
+        }
+        // The vec4 kernel's A^T form leaks memory in lavapipe (Mesa 22.3) on every
+        // dispatch for some shapes (see tests/soak.rs), so software adapters get the
+        // blocked kernel there; kiln's own layers avoid A^T with an explicit transpose.
+        if !aligned || self.trans_a {
+            return MatmulKernel::Blocked;
+        }
+        // The tuner's usual pick; only tiny outputs (under 8 tiles of 16x16) do better
+        // with the 4x16 kernel's more, smaller invocations (from the tuner's picks).
+        if d.m.div_ceil(16) * d.n.div_ceil(16) < 8 {
+            MatmulKernel::Lane4x16
+        } else {
+            MatmulKernel::Lane16x16
+        }
+    }
+
+    /// The kernels the autotuner times for this product on `ctx` (one: nothing to tune).
+    pub fn candidates(&self, ctx: &GpuContext, d: Dims) -> Vec<MatmulKernel> {
+        let aligned = self.vec4_ok(d);
+        match (ctx.is_software(), aligned) {
+            // A^T stays on the blocked kernel on lavapipe: see `static_choice`.
+            (true, true) if !self.trans_a => vec![
+                MatmulKernel::Lane16x16,
+                MatmulKernel::Lane8x16,
+                MatmulKernel::Lane4x16,
+                MatmulKernel::Vec4,
+            ],
+            (true, _) => vec![MatmulKernel::Blocked],
+            (false, true) => vec![
+                MatmulKernel::Tiled,
+                MatmulKernel::Lane16x16,
+                MatmulKernel::Vec4,
+            ],
+            (false, false) => vec![MatmulKernel::Tiled],
+        }
+    }
+
+    /// The vec4 kernels read rows of 4 along the contiguous dimension of each operand.
     fn vec4_ok(&self, d: Dims) -> bool {
         let a_ok = if self.trans_a {
             d.m.is_multiple_of(4)
@@ -235,19 +348,35 @@ impl Gemm {
         bias: Option<&Tensor>,
         out: &mut Tensor,
     ) -> Result<()> {
-        let which = self.choose(ctx, d);
-        let (kernel, per_group) = match which {
-            MatmulKernel::Naive => (kernel("naive"), (16, 16)),
-            MatmulKernel::Blocked => (kernel("blocked"), (32, 32)),
-            MatmulKernel::Vec4 => (VEC4, (64, 64)),
-            MatmulKernel::Tiled => (kernel("tiled"), (64, 64)),
+        let which = match self.kernel {
+            Some(_) => self.choose(ctx, d),
+            None => matmul_tune::pick(self, ctx, d, a, b, bias, out)?,
         };
-        let constants = [
+        self.record(ctx, d, which, a, b, bias, out)
+    }
+
+    /// Records the product with kernel `which` (already checked to suit `d`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record(
+        &self,
+        ctx: &std::sync::Arc<GpuContext>,
+        d: Dims,
+        which: MatmulKernel,
+        a: &Tensor,
+        b: &Tensor,
+        bias: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let (kernel, per_group, workgroup) = which.launch_spec();
+        let mut constants = vec![
             ("TA", f64::from(u8::from(self.trans_a))),
             ("TB", f64::from(u8::from(self.trans_b))),
             ("BIAS", f64::from(u8::from(bias.is_some()))),
             ("TC", f64::from(u8::from(self.trans_c))),
         ];
+        if let Some((x, y)) = workgroup {
+            constants.extend([("WGX", f64::from(x)), ("WGY", f64::from(y))]);
+        }
         let params = [
             d.m as u32,
             d.n as u32,

@@ -15,6 +15,7 @@ pub mod gather;
 pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
+pub mod matmul_tune;
 pub mod metrics;
 pub mod optim;
 pub mod pool;

@@ -8,11 +8,23 @@ use std::sync::OnceLock;
 /// The GPU device for tests; a missing adapter fails the test (never a silent skip).
 pub fn gpu() -> Device {
     static GPU: OnceLock<Device> = OnceLock::new();
-    GPU.get_or_init(|| match Device::gpu() {
-        Ok(d) => d,
-        Err(e) => panic!("GPU tests need an adapter (CI installs lavapipe): {e}"),
+    GPU.get_or_init(|| {
+        isolate_autotune_cache();
+        match Device::gpu() {
+            Ok(d) => d,
+            Err(e) => panic!("GPU tests need an adapter (CI installs lavapipe): {e}"),
+        }
     })
     .clone()
+}
+
+/// Points the matmul autotuner's cache into the target directory (unless the caller chose
+/// one), so test runs neither read nor write the user's ~/.cache.
+pub fn isolate_autotune_cache() {
+    if std::env::var_os("KILN_CACHE_DIR").is_none() {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("autotune");
+        std::env::set_var("KILN_CACHE_DIR", dir);
+    }
 }
 
 /// Seeded uniform values in [-1, 1).
