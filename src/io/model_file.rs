@@ -17,7 +17,8 @@ use crate::train::{Loss, Metric, Trainer};
 ///
 /// Every `[[layers]]` entry is one of: a dense layer (`dense = UNITS`, optionally with
 /// the activation that follows it), a standalone `activation`, a `dropout` rate, an
-/// image layer (`conv2d`, `max_pool`, `avg_pool`, `global_avg_pool`, `flatten`), or a
+/// image layer (`conv2d`, `max_pool`, `avg_pool`, `global_avg_pool`, `flatten`, or
+/// `reshape = [1, 28, 28]` to give flat samples an image shape or any other), or a
 /// normalization (`batch_norm = true` or `layer_norm = true`, optionally with an activation).
 /// Unknown keys, unknown names and impossible values are errors that name the key and
 /// its line. A complete example, every optional key shown with its default where it
@@ -154,6 +155,9 @@ pub struct LayerSpec {
     /// Flatten [c, h, w] samples for the dense layers after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flatten: Option<bool>,
+    /// Reshape each sample, e.g. [1, 28, 28] for flat pixels going into a conv2d.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reshape: Option<Vec<usize>>,
     /// Batch normalisation per feature, or per channel of images.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_norm: Option<bool>,
@@ -747,6 +751,13 @@ impl ModelFile {
                     });
                     continue;
                 }
+                Layer::Reshape(to) => {
+                    layers.push(LayerSpec {
+                        reshape: Some(to.clone()),
+                        ..LayerSpec::default()
+                    });
+                    continue;
+                }
                 Layer::GlobalAvgPool | Layer::Flatten => {
                     let gap = matches!(layer, Layer::GlobalAvgPool);
                     layers.push(LayerSpec {
@@ -1294,6 +1305,7 @@ fn image_layer(
         spec.avg_pool.is_some(),
         spec.global_avg_pool == Some(true),
         spec.flatten == Some(true),
+        spec.reshape.is_some(),
     ];
     let count = kinds.iter().filter(|k| **k).count();
     if count == 0 {
@@ -1354,6 +1366,14 @@ fn image_layer(
                 Layer::AvgPool2d(pool)
             }));
         }
+    }
+    if let Some(to) = &spec.reshape {
+        check(
+            !to.is_empty() && !to.contains(&0),
+            &field("reshape"),
+            || "needs at least one dimension, none of them 0".into(),
+        )?;
+        return Ok(Some(Layer::Reshape(to.clone())));
     }
     Ok(Some(if spec.global_avg_pool == Some(true) {
         Layer::GlobalAvgPool

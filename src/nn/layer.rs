@@ -187,6 +187,8 @@ pub enum Layer {
     GlobalAvgPool,
     /// [c, h, w] -> [c * h * w].
     Flatten,
+    /// Any sample shape to another with as many values (e.g. [784] -> [1, 28, 28]).
+    Reshape(Vec<usize>),
     /// Fully connected.
     Dense(Dense),
     /// A pointwise activation.
@@ -220,6 +222,7 @@ impl Layer {
             Layer::AvgPool2d(_) => "average_pooling2d",
             Layer::GlobalAvgPool => "global_average_pooling2d",
             Layer::Flatten => "flatten",
+            Layer::Reshape(_) => "reshape",
             Layer::BatchNorm(_) => "batch_normalization",
             Layer::LayerNorm(_) => "layer_normalization",
         }
@@ -285,6 +288,11 @@ impl Sequential {
     /// Appends a flatten.
     pub fn flatten(self) -> Sequential {
         self.add(Layer::Flatten)
+    }
+
+    /// Appends a reshape of each sample to `shape` (Keras's `Reshape`, without the batch).
+    pub fn reshape(self, shape: &[usize]) -> Sequential {
+        self.add(Layer::Reshape(shape.to_vec()))
     }
 
     /// Appends any layer (Keras's `model.add`).
@@ -557,6 +565,15 @@ impl Sequential {
                 }
                 // The shape coming in was checked below (or above, for the input).
                 Layer::Flatten => vec![values(&shape).unwrap_or(usize::MAX)],
+                Layer::Reshape(to) => {
+                    if to.is_empty() || to.contains(&0) || values(to) != values(&shape) {
+                        return Err(Error::shape(
+                            name,
+                            format!("cannot reshape {shape:?} samples to {to:?}: the number of values differs"),
+                        ));
+                    }
+                    to.clone()
+                }
                 _ => shape,
             };
             // widths() and the plan multiply these out: refuse what overflows.

@@ -100,7 +100,7 @@ pub(crate) enum Stage {
     AvgPool(crate::ops::pool::Pool2d),
     /// Mean over each channel's plane.
     GlobalAvgPool,
-    /// Reshape to [batch, features]: a copy, as tensors do not share buffers.
+    /// Flatten or reshape each sample: a copy, as tensors do not share buffers.
     Flatten,
     /// Batch normalisation; `running` indexes the model's buffers.
     BatchNorm {
@@ -279,7 +279,7 @@ impl Sequential {
                 Layer::MaxPool2d(p) => Some(Stage::MaxPool(p.op())),
                 Layer::AvgPool2d(p) => Some(Stage::AvgPool(p.op())),
                 Layer::GlobalAvgPool => Some(Stage::GlobalAvgPool),
-                Layer::Flatten => Some(Stage::Flatten),
+                Layer::Flatten | Layer::Reshape(_) => Some(Stage::Flatten),
                 Layer::BatchNorm(op) => {
                     let c = norm_channels(&shape);
                     let (gamma, beta) = push_affine(device, &mut params, i, c)?;
