@@ -321,8 +321,9 @@ fn dataset_operations_on_random_arguments() {
     });
 }
 
-/// Model files to start from: dense and image models, with and without a training setup.
-const MODEL_FILES: [&str; 3] = [
+/// Model files to start from: dense and image models, with and without a training setup,
+/// and one with normalization layers and reshapes.
+const MODEL_FILES: [&str; 4] = [
     "input = 4\n[[layers]]\ndense = 8\nactivation = \"relu\"\n[[layers]]\ndropout = 0.2\n\
      [[layers]]\ndense = 3\n[training]\nloss = \"sparse_categorical_crossentropy\"\n\
      optimizer = \"adam\"\nlr = 0.001\nbetas = [0.9, 0.999]\nclip_norm = 1.0\n\
@@ -334,6 +335,10 @@ const MODEL_FILES: [&str; 3] = [
      [[layers]]\nactivation = \"leaky_relu\"\nslope = 0.1\n[training]\nloss = \"mse\"\n\
      optimizer = \"momentum\"\nmomentum = 0.5\nweight_decay = 0.1\n\
      [training.schedule]\nname = \"step\"\nstep_size = 2\ngamma = 0.5\n",
+    "input = 36\n[[layers]]\nreshape = [1, 6, 6]\n[[layers]]\nconv2d = 2\npadding = \"same\"\n\
+     [[layers]]\nbatch_norm = true\nmomentum = 0.1\nactivation = \"relu\"\n\
+     [[layers]]\nreshape = [72]\n[[layers]]\ndense = 4\n\
+     [[layers]]\nlayer_norm = true\neps = 1e-5\n[[layers]]\ndense = 2\n",
 ];
 
 /// Values a mutated model file likes: edges of numbers, wrong types, odd names.
@@ -359,8 +364,13 @@ const TOML_VALUES: [&str; 20] = [
     "\"constant(nan)\"",
     "\"random_uniform(1, 1)\"",
 ];
-const TOML_KEYS: [&str; 14] = [
+const TOML_KEYS: [&str; 19] = [
     "dense",
+    "reshape",
+    "batch_norm",
+    "layer_norm",
+    "momentum",
+    "eps",
     "conv2d",
     "kernel",
     "stride",
