@@ -6,7 +6,9 @@
 //! `$KILN_CACHE_DIR/autotune.txt`, else `$XDG_CACHE_HOME/kiln/autotune.txt`, else
 //! `~/.cache/kiln/autotune.txt`; it is rewritten atomically (temp file + rename) and an
 //! unreadable or corrupt one is ignored. `KILN_AUTOTUNE=0` turns tuning off: every
-//! product then runs the static choice (`Gemm::static_choice`).
+//! product then runs the static choice (`Gemm::static_choice`). `KILN_AUTOTUNE=retune`
+//! ignores the file's choices and times every class again, rewriting their lines (for
+//! choices first made on a busy machine).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,15 @@ fn enabled_by(value: Option<&str>) -> bool {
         value.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
         Some("0" | "off" | "false" | "no")
     )
+}
+
+/// Whether this process times every class afresh instead of reading the cache file.
+fn retune() -> bool {
+    retune_by(std::env::var("KILN_AUTOTUNE").ok().as_deref())
+}
+
+fn retune_by(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.trim().eq_ignore_ascii_case("retune"))
 }
 
 /// Where the tuner keeps its choices, or None when no cache directory can be found.
@@ -150,7 +161,7 @@ pub(crate) fn cached(g: &Gemm, ctx: &GpuContext, d: Dims) -> Option<MatmulKernel
     let mut table = lock_table();
     if !table.loaded {
         table.loaded = true;
-        if let Some(path) = cache_path() {
+        if let Some(path) = cache_path().filter(|_| !retune()) {
             table.choices = load(&path);
         }
     }
@@ -311,6 +322,8 @@ mod tests {
         for off in ["0", "off", "FALSE", " no "] {
             assert!(!enabled_by(Some(off)), "{off}");
         }
+        assert!(enabled_by(Some("retune")) && retune_by(Some(" Retune ")));
+        assert!(!retune_by(None) && !retune_by(Some("1")));
     }
 
     #[test]
