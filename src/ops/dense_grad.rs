@@ -38,9 +38,10 @@ pub struct DenseGrad<'a> {
 pub fn dense_grad_into(act: Activation, y: &Tensor, dy: &Tensor, out: DenseGrad) -> Result<()> {
     let name = "dense_grad";
     let (rows, cols) = check(name, act, y, dy, &out)?;
-    let mut operands = vec![y, dy, &*out.dz, &*out.dzt];
-    operands.extend(out.db.as_deref());
-    match device_of(name, &operands)? {
+    if let Some(db) = out.db.as_deref() {
+        device_of(name, &[y, db])?;
+    }
+    match device_of(name, &[y, dy, out.dz, out.dzt])? {
         Device::Cpu => {
             cpu(act, host(y), host(dy), rows, cols, out);
             Ok(())
