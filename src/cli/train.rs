@@ -176,7 +176,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // A cosine schedule ends at its last epoch; a run resumed for more epochs would then
     // train at rate 0, so the half period stretches to the new end.
     if let Schedule::Cosine { t_max, eta_min } = run.trainer.optimizer().schedule {
-        if t_max < epochs {
+        if args.resume.is_some() && t_max < epochs {
             say!("schedule: cosine stretched from {t_max} to {epochs} epochs");
             run.trainer.set_schedule(Schedule::Cosine {
                 t_max: epochs,
@@ -259,10 +259,13 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         "--layers"
     };
     model_args::check_fits(&spec.sequential, loss, &train, what)?;
-    let (optimizer_name, mut optimizer) = match (args.optimizer, spec.optimizer) {
+    let (optimizer_name, optimizer) = match (args.optimizer, spec.optimizer) {
         (None, Some((name, mut o))) => {
             if let Some(lr) = args.lr {
                 o.lr = lr;
+            }
+            if let Some(s) = args.schedule {
+                o.schedule = s.schedule(epochs);
             }
             (name, o)
         }
@@ -274,9 +277,6 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
             (name.name(), o)
         }
     };
-    if let Some(s) = args.schedule {
-        optimizer.schedule = s.schedule(epochs);
-    }
     let lr = optimizer.lr;
     let model = spec.sequential.build(device, seed)?;
     let outputs = model.output_width();
