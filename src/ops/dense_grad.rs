@@ -2,6 +2,7 @@
 //! output `y` and its gradient `dy`, the pre-activation gradient `dz`, its transpose
 //! `dzt` (for the weight gradient `dzt * x`) and the bias gradient, in one pass.
 
+use super::transpose::transpose_into;
 use super::{device_of, grid, host, launch, Activation};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
@@ -42,10 +43,7 @@ pub fn dense_grad_into(act: Activation, y: &Tensor, dy: &Tensor, out: DenseGrad)
         device_of(name, &[y, db])?;
     }
     match device_of(name, &[y, dy, out.dz, out.dzt])? {
-        Device::Cpu => {
-            cpu(act, host(y), host(dy), rows, cols, out);
-            Ok(())
-        }
+        Device::Cpu => cpu(act, host(y), host(dy), cols, out),
         Device::Gpu(ctx) => {
             let params = [rows as u32, cols as u32, act.code(), act.alpha().to_bits()];
             let bias = out.db.is_some();
@@ -105,7 +103,7 @@ fn check(
 }
 
 /// The CPU reference, with the bias sums in f64.
-fn cpu(act: Activation, y: &[f32], dy: &[f32], rows: usize, cols: usize, out: DenseGrad) {
+fn cpu(act: Activation, y: &[f32], dy: &[f32], cols: usize, out: DenseGrad) -> Result<()> {
     let mut sums = vec![0f64; cols];
     let dz = out.dz.host_mut().unwrap_or(&mut []);
     for (e, (z, (yv, g))) in dz.iter_mut().zip(y.iter().zip(dy)).enumerate() {
@@ -113,14 +111,11 @@ fn cpu(act: Activation, y: &[f32], dy: &[f32], rows: usize, cols: usize, out: De
         *z = v as f32;
         sums[e % cols] += v;
     }
-    let dz = host(out.dz);
-    let dzt = out.dzt.host_mut().unwrap_or(&mut []);
-    for (e, t) in dzt.iter_mut().enumerate() {
-        *t = dz[(e % rows) * cols + e / rows];
-    }
+    transpose_into(out.dz, out.dzt)?;
     if let Some(db) = out.db.and_then(|db| db.host_mut()) {
         for (o, s) in db.iter_mut().zip(sums) {
             *o = s as f32;
         }
     }
+    Ok(())
 }
