@@ -5,9 +5,10 @@
 // whose address differs per invocation runs as a loop over the SIMD lanes, so the cost is
 // the number of vec4 loads per multiply-add: an R x C tile loads R + C/4*4 vec4 per 4 k
 // and does R*C*4 FMAs. Lane x of a workgroup row owns column vec4s x, x + WGX, ...
-// so neighbouring lanes read neighbouring memory. Layouts as in matmul.wgsl; needs
-// K % 4 == 0, N % 4 == 0, and M % 4 == 0 when TA. Every load index is clamped, every
-// store guarded (the kernels run without naga's bounds checks).
+// so neighbouring lanes read neighbouring memory. The lane_sg kernels also share the rows
+// of A across the 8 lanes of a subgroup: A then costs R/8 loads. Layouts as in
+// matmul.wgsl; needs K % 4 == 0, N % 4 == 0, and M % 4 == 0 when TA. Every load index
+// is clamped, every store guarded (the kernels run without naga's bounds checks).
 
 struct Params {
     m: u32,
@@ -28,6 +29,10 @@ override TB: bool = false;
 override BIAS: bool = false;
 // Store C transposed ([N, M]), as in matmul.wgsl.
 override TC: bool = false;
+// The activation code (act.wgsl), a pipeline constant rather than p.act so the driver
+// folds the epilogue: inlined into every output with a run-time switch, it made these
+// kernels compile for seconds on lavapipe.
+override ACT: u32 = 0u;
 // Workgroup shape: llvmpipe runs 8 consecutive invocations as one SIMD group.
 override WGX: u32 = 8u;
 override WGY: u32 = 8u;
@@ -41,12 +46,12 @@ fn store_out(row: u32, cv: u32, v: vec4<f32>) {
     if BIAS {
         x += bias[cv];
     }
-    if p.act != 0u {
+    if ACT != 0u {
         x = vec4<f32>(
-            act_forward(p.act, p.alpha, x.x),
-            act_forward(p.act, p.alpha, x.y),
-            act_forward(p.act, p.alpha, x.z),
-            act_forward(p.act, p.alpha, x.w)
+            act_forward(ACT, p.alpha, x.x),
+            act_forward(ACT, p.alpha, x.y),
+            act_forward(ACT, p.alpha, x.z),
+            act_forward(ACT, p.alpha, x.w)
         );
     }
     if TC {

@@ -96,8 +96,28 @@ fn lane_kernels_match_reference() {
         MatmulKernel::Lane16x16,
         MatmulKernel::Lane8x16,
         MatmulKernel::Lane4x16,
+        MatmulKernel::LaneSg64x16,
+        MatmulKernel::LaneSg32x16,
+        MatmulKernel::LaneSg16x16,
+        MatmulKernel::LaneSg8x16,
     ];
+    let dev = gpu();
+    let ctx = dev.gpu_context().unwrap();
+    if ctx.subgroup_size() != Some(8) {
+        eprintln!("note: no subgroups of 8 here, the sg kernels fall back to the blocked one");
+    }
     for kernel in lanes {
+        let d = kiln::ops::matmul::Dims {
+            m: 64,
+            n: 64,
+            k: 64,
+        };
+        let ran = Gemm::nn().with_kernel(kernel).choose(ctx, d);
+        assert_eq!(
+            ran == kernel,
+            kernel.runs_on(ctx),
+            "{kernel:?} ran as {ran:?}"
+        );
         all_forms(Some(kernel));
     }
 }
@@ -142,6 +162,9 @@ fn fused_bias_and_activation_match_reference() {
         MatmulKernel::Lane16x16,
         MatmulKernel::Lane8x16,
         MatmulKernel::Lane4x16,
+        // Every sg tile shares one generated epilogue; lane_kernels_match_reference
+        // covers each tile's own loads.
+        MatmulKernel::LaneSg8x16,
     ];
     for (i, act) in acts.into_iter().enumerate() {
         for kernel in kernels {
@@ -193,6 +216,7 @@ fn transposed_store_matches_reference() {
         Some(MatmulKernel::Lane16x16),
         Some(MatmulKernel::Lane8x16),
         Some(MatmulKernel::Lane4x16),
+        Some(MatmulKernel::LaneSg16x16),
     ];
     for kernel in kernels {
         for g in [Gemm::nn(), Gemm::nt(), Gemm::tn()] {

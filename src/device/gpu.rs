@@ -88,6 +88,8 @@ pub struct GpuContext {
     pub(crate) limits: wgpu::Limits,
     /// Whether the device was opened with timestamp queries (the adapter offers them).
     timestamps: bool,
+    /// Whether the device was opened with subgroup operations (the adapter offers them).
+    subgroups: bool,
     param_stride: u64,
     arenas: [wgpu::Buffer; 2],
     layouts: Mutex<HashMap<(u32, u32), Arc<Layout>>>,
@@ -160,7 +162,9 @@ impl GpuContext {
         let limits = adapter.limits();
         // Timestamps let the matmul autotuner time kernels on the GPU itself; asked for
         // only where offered, since requesting a missing feature fails device creation.
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Subgroups let the lavapipe matmuls share loads across SIMD lanes.
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let desc = wgpu::DeviceDescriptor {
             label: Some("kiln"),
             required_features: features,
@@ -212,6 +216,7 @@ impl GpuContext {
             info,
             limits,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
             param_stride,
             arenas,
             layouts: Mutex::default(),
@@ -244,6 +249,13 @@ impl GpuContext {
     /// Whether GPU timestamps are available (`Features::TIMESTAMP_QUERY`).
     pub fn has_timestamps(&self) -> bool {
         self.timestamps
+    }
+
+    /// The fixed subgroup size when the device has subgroup operations and every subgroup
+    /// has the same size (8 on lavapipe with 256-bit vectors), else None.
+    pub fn subgroup_size(&self) -> Option<u32> {
+        let (lo, hi) = (self.info.subgroup_min_size, self.info.subgroup_max_size);
+        (self.subgroups && lo == hi).then_some(lo)
     }
 
     /// True when the adapter is a CPU (software) implementation such as lavapipe.

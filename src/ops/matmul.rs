@@ -48,6 +48,28 @@ const fn lane(entry: &'static str) -> Kernel {
     }
 }
 
+const fn lane_sg(entry: &'static str) -> Kernel {
+    Kernel {
+        file: "matmul_lane_sg.wgsl",
+        source: concat!(
+            include_str!("../../shaders/act.wgsl"),
+            include_str!("../../shaders/matmul_lane_sg.wgsl")
+        ),
+        entry,
+        inputs: 3,
+        outputs: 1,
+        bounds_checks: false,
+    }
+}
+
+/// The subgroup lane kernels, largest tile first.
+const SG_LANES: [MatmulKernel; 4] = [
+    MatmulKernel::LaneSg64x16,
+    MatmulKernel::LaneSg32x16,
+    MatmulKernel::LaneSg16x16,
+    MatmulKernel::LaneSg8x16,
+];
+
 /// Which GPU kernel computes the product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulKernel {
@@ -65,11 +87,19 @@ pub enum MatmulKernel {
     Lane8x16,
     /// 4x16 outputs per invocation, workgroup 8x1: keeps both cores busy on small batches.
     Lane4x16,
+    /// 64x16 outputs per invocation, rows of A shared by subgroup broadcast (subgroups of 8).
+    LaneSg64x16,
+    /// 32x16 outputs per invocation, rows of A shared by subgroup broadcast.
+    LaneSg32x16,
+    /// 16x16 outputs per invocation, rows of A shared by subgroup broadcast.
+    LaneSg16x16,
+    /// 8x16 outputs per invocation, rows of A shared by subgroup broadcast.
+    LaneSg8x16,
 }
 
 impl MatmulKernel {
     /// Every kernel, in a fixed order.
-    pub const ALL: [MatmulKernel; 7] = [
+    pub const ALL: [MatmulKernel; 11] = [
         MatmulKernel::Naive,
         MatmulKernel::Blocked,
         MatmulKernel::Vec4,
@@ -77,6 +107,10 @@ impl MatmulKernel {
         MatmulKernel::Lane16x16,
         MatmulKernel::Lane8x16,
         MatmulKernel::Lane4x16,
+        MatmulKernel::LaneSg64x16,
+        MatmulKernel::LaneSg32x16,
+        MatmulKernel::LaneSg16x16,
+        MatmulKernel::LaneSg8x16,
     ];
 
     /// The kernel's name in the autotune cache (lower case).
@@ -89,6 +123,10 @@ impl MatmulKernel {
             MatmulKernel::Lane16x16 => "lane16x16",
             MatmulKernel::Lane8x16 => "lane8x16",
             MatmulKernel::Lane4x16 => "lane4x16",
+            MatmulKernel::LaneSg64x16 => "sg64x16",
+            MatmulKernel::LaneSg32x16 => "sg32x16",
+            MatmulKernel::LaneSg16x16 => "sg16x16",
+            MatmulKernel::LaneSg8x16 => "sg8x16",
         }
     }
 
@@ -99,13 +137,32 @@ impl MatmulKernel {
 
     /// Whether the kernel reads vec4 rows and so needs `Gemm::vec4_ok` shapes.
     fn needs_vec4(self) -> bool {
+        !matches!(
+            self,
+            MatmulKernel::Naive | MatmulKernel::Blocked | MatmulKernel::Tiled
+        )
+    }
+
+    /// Whether the kernel shares loads through subgroups of exactly 8 lanes.
+    pub fn needs_subgroup8(self) -> bool {
         matches!(
             self,
-            MatmulKernel::Vec4
-                | MatmulKernel::Lane16x16
-                | MatmulKernel::Lane8x16
-                | MatmulKernel::Lane4x16
+            MatmulKernel::LaneSg64x16
+                | MatmulKernel::LaneSg32x16
+                | MatmulKernel::LaneSg16x16
+                | MatmulKernel::LaneSg8x16
         )
+    }
+
+    /// How many workgroups the kernel launches for an output of `d`.
+    fn workgroups(self, d: Dims) -> usize {
+        let (_, (cols, rows), _) = self.launch_spec();
+        d.n.div_ceil(cols) * d.m.div_ceil(rows)
+    }
+
+    /// Whether the kernel can run on `ctx` at all.
+    pub fn runs_on(self, ctx: &GpuContext) -> bool {
+        !self.needs_subgroup8() || ctx.subgroup_size() == Some(8)
     }
 
     /// The shader entry, the outputs one workgroup covers (columns, rows) and, for the
@@ -119,6 +176,11 @@ impl MatmulKernel {
             MatmulKernel::Lane16x16 => (lane("lane_16x16"), (128, 128), Some((8, 8))),
             MatmulKernel::Lane8x16 => (lane("lane_8x16"), (128, 16), Some((8, 2))),
             MatmulKernel::Lane4x16 => (lane("lane_4x16"), (128, 4), Some((8, 1))),
+            // One subgroup per workgroup: the most workgroups for the cores to share.
+            MatmulKernel::LaneSg64x16 => (lane_sg("lane_sg64x16"), (128, 64), Some((8, 1))),
+            MatmulKernel::LaneSg32x16 => (lane_sg("lane_sg32x16"), (128, 32), Some((8, 1))),
+            MatmulKernel::LaneSg16x16 => (lane_sg("lane_sg16x16"), (128, 16), Some((8, 1))),
+            MatmulKernel::LaneSg8x16 => (lane_sg("lane_sg8x16"), (128, 8), Some((8, 1))),
         }
     }
 }
@@ -275,6 +337,7 @@ impl Gemm {
     pub fn choose(&self, ctx: &GpuContext, d: Dims) -> MatmulKernel {
         match self.kernel {
             Some(k) if k.needs_vec4() && !self.vec4_ok(d) => MatmulKernel::Blocked,
+            Some(k) if !k.runs_on(ctx) => MatmulKernel::Blocked,
             Some(k) => k,
             None => matmul_tune::cached(self, ctx, d).unwrap_or_else(|| self.static_choice(ctx, d)),
         }
@@ -292,6 +355,13 @@ impl Gemm {
         if !aligned || self.trans_a {
             return MatmulKernel::Blocked;
         }
+        if ctx.subgroup_size() == Some(8) {
+            // The largest tile that still gives each of two cores a workgroup.
+            return SG_LANES
+                .into_iter()
+                .find(|k| k.workgroups(d) >= 2)
+                .unwrap_or(MatmulKernel::LaneSg8x16);
+        }
         // The tuner's usual pick; only tiny outputs (under 8 tiles of 16x16) do better
         // with the 4x16 kernel's more, smaller invocations (from the tuner's picks).
         if d.m.div_ceil(16) * d.n.div_ceil(16) < 8 {
@@ -304,14 +374,26 @@ impl Gemm {
     /// The kernels the autotuner times for this product on `ctx` (one: nothing to tune).
     pub fn candidates(&self, ctx: &GpuContext, d: Dims) -> Vec<MatmulKernel> {
         let aligned = self.vec4_ok(d);
-        match (ctx.is_software(), aligned) {
-            // A^T stays on the blocked kernel on lavapipe: see `static_choice`.
-            (true, true) if !self.trans_a => vec![
+        let lanes: Vec<MatmulKernel> = if ctx.subgroup_size() == Some(8) {
+            // Big tiles compile for seconds on lavapipe: only those that give both cores
+            // work are worth timing; the smallest two always are.
+            let mut lanes: Vec<_> = SG_LANES
+                .into_iter()
+                .filter(|k| k.workgroups(d) >= 2 || *k == MatmulKernel::LaneSg8x16)
+                .collect();
+            lanes.push(MatmulKernel::Lane4x16);
+            lanes
+        } else {
+            vec![
                 MatmulKernel::Lane16x16,
                 MatmulKernel::Lane8x16,
                 MatmulKernel::Lane4x16,
                 MatmulKernel::Vec4,
-            ],
+            ]
+        };
+        match (ctx.is_software(), aligned) {
+            // A^T stays on the blocked kernel on lavapipe: see `static_choice`.
+            (true, true) if !self.trans_a => lanes,
             (true, _) => vec![MatmulKernel::Blocked],
             (false, true) => vec![
                 MatmulKernel::Tiled,
@@ -375,7 +457,9 @@ impl Gemm {
             ("TC", f64::from(u8::from(self.trans_c))),
         ];
         if let Some((x, y)) = workgroup {
-            constants.extend([("WGX", f64::from(x)), ("WGY", f64::from(y))]);
+            // The lane kernels take the activation as a constant too (see matmul_lane.wgsl).
+            let act = f64::from(self.act.code());
+            constants.extend([("WGX", f64::from(x)), ("WGY", f64::from(y)), ("ACT", act)]);
         }
         let params = [
             d.m as u32,
