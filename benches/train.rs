@@ -102,6 +102,9 @@ fn run(device: &Device, layers: &[usize], batch: usize, x: &[f32], y: &[f32]) ->
         .epochs[0]
         .loss;
     device.synchronize().expect("sync");
+    if std::env::var("KILN_PROFILE").is_ok_and(|v| v == "1") {
+        print_profile(device, &mut t, x, y, batch);
+    }
     let epochs = 200usize.div_ceil(steps_per_epoch).max(1);
     let steps = (epochs * steps_per_epoch) as f64;
     let mut rates = Vec::new();
@@ -135,6 +138,28 @@ fn run(device: &Device, layers: &[usize], batch: usize, x: &[f32], y: &[f32]) ->
         bytes_read: per(after.bytes_read, before.bytes_read),
         peak_mib: after.peak_bytes as f64 / (1 << 20) as f64,
         loss: (first, last),
+    }
+}
+
+/// Under `KILN_PROFILE=1`: GPU time per kernel over one epoch, per step.
+fn print_profile(device: &Device, t: &mut Trainer, x: &[f32], y: &[f32], batch: usize) {
+    let _ = device.take_profile();
+    let opts = FitOptions {
+        shuffle: false,
+        ..FitOptions::new(1, batch)
+    };
+    t.fit(x, y, opts).expect("fit");
+    device.synchronize().expect("sync");
+    let steps = (x.len() / 784).div_ceil(batch) as f64;
+    let rows = device.take_profile();
+    let total: f64 = rows.iter().map(|r| r.2.as_secs_f64()).sum();
+    println!(
+        "  GPU time per step, batch {batch}: {:.0} us",
+        total / steps * 1e6
+    );
+    for (key, n, time) in rows {
+        let us = time.as_secs_f64() / steps * 1e6;
+        println!("  {us:>8.0} us  {:>5.2}x  {key}", n as f64 / steps);
     }
 }
 

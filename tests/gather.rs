@@ -62,10 +62,7 @@ fn chunked_gather_equals_whole_gather() {
     }
 }
 
-#[test]
-fn palette_gather_returns_the_original_values() {
-    // Pixel-like data: 256 levels scaled by 1/255, odd row width (not a multiple of 4).
-    let (n, cols) = (300, 37);
+fn palette_gather_case(n: usize, cols: usize) {
     let data: Vec<f32> = (0..n * cols)
         .map(|i| ((i * 7919) % 256) as f32 / 255.0)
         .collect();
@@ -87,7 +84,16 @@ fn palette_gather_returns_the_original_values() {
                 data[s * cols..(s + 1) * cols].to_vec()
             })
             .collect();
-        assert_eq!(got.to_vec().unwrap(), want, "{device:?}");
+        assert_eq!(got.to_vec().unwrap(), want, "{device:?} cols {cols}");
+    }
+}
+
+#[test]
+fn palette_gather_returns_the_original_values() {
+    // Pixel-like data: 256 levels scaled by 1/255; an odd row width (the scalar kernel)
+    // and a multiple of 4 (the vec4 one).
+    for cols in [37, 784] {
+        palette_gather_case(300, cols);
     }
     // 257 distinct values do not fit a byte.
     let wide: Vec<f32> = (0..257).map(|i| i as f32).collect();

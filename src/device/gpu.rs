@@ -107,6 +107,8 @@ pub struct GpuContext {
     bytes_allocated: AtomicU64,
     peak_bytes: AtomicU64,
     buffers_created: AtomicU64,
+    /// With `KILN_PROFILE=1` (and timestamps): GPU time and count per kernel and grid.
+    profile: Option<Mutex<HashMap<String, (u64, std::time::Duration)>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -238,6 +240,9 @@ impl GpuContext {
             bytes_allocated: AtomicU64::new(0),
             peak_bytes: AtomicU64::new(0),
             buffers_created: AtomicU64::new(0),
+            profile: (std::env::var("KILN_PROFILE").is_ok_and(|v| v == "1")
+                && features.contains(wgpu::Features::TIMESTAMP_QUERY))
+            .then(Mutex::default),
         })
     }
 
@@ -506,6 +511,47 @@ impl GpuContext {
 
     /// Records one dispatch into the pending encoder; nothing runs until a flush.
     pub(crate) fn dispatch(
+        &self,
+        k: &Kernel,
+        constants: &[(&'static str, f64)],
+        params: &[u32],
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let Some(profile) = &self.profile else {
+            return self.record(k, constants, params, buffers, groups);
+        };
+        if lock(&self.pending).timing.is_some() {
+            // Already inside a timed pass (the autotuner's): time nothing twice.
+            return self.record(k, constants, params, buffers, groups);
+        }
+        // Profiling: every dispatch in a timed pass of its own, submitted and read back
+        // at once. Slow, but each kernel's GPU time comes out exact.
+        let took = self.time_pass(|| self.record(k, constants, params, buffers, groups))?;
+        let key = format!("{}::{} {groups:?}", k.file, k.entry);
+        let mut table = lock(profile);
+        let entry = table.entry(key).or_default();
+        entry.0 += 1;
+        entry.1 += took.unwrap_or_default();
+        Ok(())
+    }
+
+    /// The profile so far (kernel and grid, dispatches, GPU time), most time first; empty
+    /// unless `KILN_PROFILE=1` and the adapter has timestamps. Reading it clears it.
+    pub fn take_profile(&self) -> Vec<(String, u64, std::time::Duration)> {
+        let Some(profile) = &self.profile else {
+            return Vec::new();
+        };
+        let mut rows: Vec<_> = lock(profile)
+            .drain()
+            .map(|(key, (n, t))| (key, n, t))
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
+        rows
+    }
+
+    /// Records one dispatch into the pending pass.
+    fn record(
         &self,
         k: &Kernel,
         constants: &[(&'static str, f64)],

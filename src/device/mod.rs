@@ -104,6 +104,16 @@ impl Device {
         }
     }
 
+    /// GPU time per kernel and grid since the last call, most first: (kernel and grid,
+    /// dispatches, time). Filled only under `KILN_PROFILE=1` on an adapter with timestamps,
+    /// which runs every dispatch in a timed submission of its own (slow; for diagnosis).
+    pub fn take_profile(&self) -> Vec<(String, u64, std::time::Duration)> {
+        match self {
+            Device::Gpu(g) => g.take_profile(),
+            Device::Cpu => Vec::new(),
+        }
+    }
+
     /// Submission, dispatch, readback and memory counters (zero on the CPU).
     pub fn stats(&self) -> Stats {
         match self {

@@ -20,6 +20,26 @@ const GATHER_PALETTE: Kernel = Kernel {
     ..GATHER
 };
 
+const GATHER4: Kernel = Kernel {
+    entry: "gather_rows4",
+    ..GATHER
+};
+
+const GATHER_PALETTE4: Kernel = Kernel {
+    entry: "gather_palette4",
+    ..GATHER_PALETTE
+};
+
+/// The kernel for rows of `cols` values and how many values one invocation moves: 4
+/// where the rows allow vec4 access.
+fn pick(cols: usize, plain: &'static Kernel, vec4: &'static Kernel) -> (&'static Kernel, usize) {
+    if cols.is_multiple_of(4) {
+        (vec4, 4)
+    } else {
+        (plain, 1)
+    }
+}
+
 /// Row indices are stored as f32, exact up to 2^24.
 pub const MAX_ROWS: usize = 1 << 24;
 
@@ -98,13 +118,14 @@ pub fn gather_chunk_into(
         }
         Device::Gpu(ctx) => {
             let params = [rows as u32, cols as u32, start as u32, lo as u32, hi as u32];
+            let (kernel, per) = pick(cols, &GATHER, &GATHER4);
             launch(
                 &ctx,
-                &GATHER,
+                kernel,
                 &[],
                 &params,
                 &[chunk, index, out],
-                grid(rows * cols, WG),
+                grid(rows * cols / per, WG),
             )
         }
     }
@@ -222,13 +243,14 @@ impl PaletteRows {
                     (lo + n) as u32,
                 ];
                 let tensors = [&self.packed, index, &self.palette, &*out];
+                let (kernel, per) = pick(self.cols, &GATHER_PALETTE, &GATHER_PALETTE4);
                 launch(
                     &ctx,
-                    &GATHER_PALETTE,
+                    kernel,
                     &[],
                     &params,
                     &tensors,
-                    grid(rows * self.cols, WG),
+                    grid(rows * self.cols / per, WG),
                 )
             }
         }

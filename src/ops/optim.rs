@@ -1,6 +1,6 @@
 //! Optimizer updates (SGD, Adam, AdamW, RMSprop, Adagrad) and global-norm gradient clipping.
 //!
-//! One parameterised kernel (shaders/optim.wgsl) implements every rule: override
+//! One parameterised kernel (shaders/optim_update.wgsl) implements every rule: override
 //! constants pick the rule and which state buffers exist, the uniform carries the
 //! numbers. The formulas are PyTorch's, as documented for torch.optim.SGD, Adam, AdamW,
 //! RMSprop and Adagrad and for torch.nn.utils.clip_grad_norm_ (`maximize`, `foreach`
@@ -13,18 +13,26 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 const UPDATE: Kernel = Kernel {
-    file: "optim.wgsl",
-    source: include_str!("../../shaders/optim.wgsl"),
+    file: "optim_update.wgsl",
+    source: concat!(
+        include_str!("../../shaders/optim_params.wgsl"),
+        include_str!("../../shaders/optim_update.wgsl")
+    ),
     entry: "update",
     inputs: 1,
     outputs: 4,
     bounds_checks: true,
 };
 const SUMSQ: Kernel = Kernel {
+    file: "optim.wgsl",
+    source: concat!(
+        include_str!("../../shaders/optim_params.wgsl"),
+        include_str!("../../shaders/optim.wgsl")
+    ),
     entry: "sumsq",
+    inputs: 1,
     outputs: 1,
     bounds_checks: true,
-    ..UPDATE
 };
 const SUM_PARTIALS: Kernel = Kernel {
     entry: "sum_partials",
@@ -491,7 +499,7 @@ pub fn step(
                 &rule.constants(),
                 &params,
                 &bound,
-                grid(n, WG),
+                grid(n.div_ceil(4), WG),
             )
         }
     }
