@@ -18,4 +18,8 @@ struct Params {
     bc1: f32,
     bc2_sqrt: f32,
     max_norm: f32,
+    // update4: the value counts of tensors 1 to 3 (tensor 0's is n).
+    n1: u32,
+    n2: u32,
+    n3: u32,
 }

@@ -545,3 +545,106 @@ fn norm_shape_errors() {
     let r = optim::clip_by_global_norm(&mut [&mut g], &out2, 1.0);
     assert!(matches!(r, Err(kiln::Error::Shape { .. })), "{r:?}");
 }
+
+/// `step_many` on the GPU (four tensors per dispatch) against `step` on the CPU, tensor by
+/// tensor, for rules with every combination of state slots; six tensors of awkward sizes
+/// make one full group of four and one of two, and the GPU state starts as NaN garbage.
+#[test]
+fn step_many_matches_step_per_tensor() {
+    let rules = [
+        ("sgd", sgd(0.0, 0.0, false), 0.0),
+        ("nesterov", sgd(0.9, 0.0, true), 0.01),
+        ("adam amsgrad", adam(true), 0.01),
+        (
+            "rmsprop centered momentum",
+            Rule::RmsProp {
+                alpha: 0.9,
+                eps: 1e-8,
+                momentum: 0.9,
+                centered: true,
+            },
+            0.01,
+        ),
+        (
+            "rmsprop momentum",
+            Rule::RmsProp {
+                alpha: 0.9,
+                eps: 1e-8,
+                momentum: 0.5,
+                centered: false,
+            },
+            0.0,
+        ),
+        (
+            "adagrad",
+            Rule::Adagrad {
+                eps: 1e-10,
+                lr_decay: 0.1,
+                initial_accumulator: 0.1,
+            },
+            0.01,
+        ),
+    ];
+    let sizes = [1usize, 17, 1000, 3, 100003, 6];
+    let dev = Device::gpu().unwrap();
+    let cpu = Device::cpu();
+    for (name, rule, wd) in rules {
+        let mut pc = Vec::new();
+        let mut pg = Vec::new();
+        let mut sc = Vec::new();
+        let mut sg = Vec::new();
+        for (k, &n) in sizes.iter().enumerate() {
+            let theta = random(n, 50 + k as u64);
+            pc.push(Tensor::from_slice(&cpu, &theta, &[n]).unwrap());
+            pg.push(Tensor::from_slice(&dev, &theta, &[n]).unwrap());
+            sc.push(rule.new_state(&pc[k]).unwrap());
+            sg.push(
+                (0..rule.state_slots())
+                    .map(|_| Tensor::full(&dev, &[n], f32::NAN).unwrap())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        for t in 1..=STEPS as u64 {
+            let grads: Vec<Vec<f32>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(k, &n)| random(n, 100 * t + k as u64))
+                .collect();
+            let gc: Vec<Tensor> = grads
+                .iter()
+                .map(|g| Tensor::from_slice(&cpu, g, &[g.len()]).unwrap())
+                .collect();
+            let gg: Vec<Tensor> = grads
+                .iter()
+                .map(|g| Tensor::from_slice(&dev, g, &[g.len()]).unwrap())
+                .collect();
+            for k in 0..sizes.len() {
+                optim::step(&rule, 0.01, wd, t, &mut pc[k], &gc[k], &mut sc[k]).unwrap();
+            }
+            let before = dev.stats().dispatches;
+            let mut slots: Vec<optim::Slot> = pg
+                .iter_mut()
+                .zip(&gg)
+                .zip(sg.iter_mut())
+                .map(|((value, grad), state)| optim::Slot { value, grad, state })
+                .collect();
+            optim::step_many(&rule, 0.01, wd, t, &mut slots).unwrap();
+            assert_eq!(dev.stats().dispatches - before, 2, "{name}: dispatches");
+        }
+        for k in 0..sizes.len() {
+            let what = format!("{name} tensor {k} (n={})", sizes[k]);
+            let want = pc[k].to_vec().unwrap();
+            assert_close(&pg[k].to_vec().unwrap(), &want, RTOL, ATOL, &what);
+            for (s, (c, g)) in sc[k].iter().zip(&sg[k]).enumerate() {
+                let what = format!("{what} state {s}");
+                assert_close(
+                    &g.to_vec().unwrap(),
+                    &c.to_vec().unwrap(),
+                    RTOL,
+                    ATOL,
+                    &what,
+                );
+            }
+        }
+    }
+}

@@ -23,6 +23,12 @@ const UPDATE: Kernel = Kernel {
     outputs: 4,
     bounds_checks: true,
 };
+const UPDATE4: Kernel = Kernel {
+    entry: "update4",
+    inputs: 4,
+    outputs: 16,
+    ..UPDATE
+};
 const SUMSQ: Kernel = Kernel {
     file: "optim.wgsl",
     source: concat!(
@@ -139,7 +145,7 @@ impl Rule {
     }
 
     /// The override constants that give the kernel this rule's shape (no numbers: see [`step`]).
-    fn constants(&self) -> [(&'static str, f64); 5] {
+    fn constants(&self) -> [(&'static str, f64); 8] {
         let flag = |b: bool| f64::from(u8::from(b));
         let (rule, momentum, nesterov, amsgrad, centered) = match *self {
             Rule::Sgd {
@@ -158,6 +164,9 @@ impl Rule {
             ("NESTEROV", flag(nesterov)),
             ("AMSGRAD", flag(amsgrad)),
             ("CENTERED", flag(centered)),
+            ("USE0", flag(self.slots()[0])),
+            ("USE1", flag(self.slots()[1])),
+            ("USE2", flag(self.slots()[2])),
         ]
     }
 
@@ -465,20 +474,7 @@ pub fn step(
         }
         Device::Gpu(ctx) => {
             let n = param.len();
-            let (a, b, eps) = rule.hyper();
-            let params = [
-                n as u32,
-                u32::from(s.first),
-                0,
-                (s.lr as f32).to_bits(),
-                (s.wd as f32).to_bits(),
-                a.to_bits(),
-                b.to_bits(),
-                eps.to_bits(),
-                (s.bc1 as f32).to_bits(),
-                (s.bc2_sqrt as f32).to_bits(),
-                0f32.to_bits(),
-            ];
+            let params = uniform(rule, &s, [n, 0, 0, 0]);
             // Unused state bindings get distinct one-element buffers: never touched, but
             // a writable binding must not alias the parameter or another binding.
             let mut dummies = Vec::new();
@@ -503,6 +499,139 @@ pub fn step(
             )
         }
     }
+}
+
+/// The update kernels' uniform for tensors of `n` values (update4: up to four of them).
+fn uniform(rule: &Rule, s: &Scalars, n: [usize; 4]) -> [u32; 14] {
+    let (a, b, eps) = rule.hyper();
+    [
+        n[0] as u32,
+        u32::from(s.first),
+        0,
+        (s.lr as f32).to_bits(),
+        (s.wd as f32).to_bits(),
+        a.to_bits(),
+        b.to_bits(),
+        eps.to_bits(),
+        (s.bc1 as f32).to_bits(),
+        (s.bc2_sqrt as f32).to_bits(),
+        0f32.to_bits(),
+        n[1] as u32,
+        n[2] as u32,
+        n[3] as u32,
+    ]
+}
+
+/// One parameter tensor for [`step_many`]: its value, gradient and optimizer state.
+pub struct Slot<'a> {
+    /// The parameter, updated in place.
+    pub value: &'a mut Tensor,
+    /// Its gradient.
+    pub grad: &'a Tensor,
+    /// Its [`Rule::state_slots`] state tensors.
+    pub state: &'a mut [Tensor],
+}
+
+/// [`step`] for many parameter tensors at once: on the GPU one dispatch updates up to
+/// four of them (where the adapter binds 20 storage buffers per shader; else one each).
+pub fn step_many(
+    rule: &Rule,
+    lr: f32,
+    weight_decay: f32,
+    t: u64,
+    slots: &mut [Slot],
+) -> Result<()> {
+    let four = slots
+        .iter()
+        .all(|s| s.value.device().gpu_context().is_some())
+        && slots.first().is_some_and(|s| {
+            let limit = s
+                .value
+                .device()
+                .gpu_context()
+                .map_or(0, |c| c.limits().max_storage_buffers_per_shader_stage);
+            limit >= UPDATE4.inputs + UPDATE4.outputs
+        });
+    for chunk in slots.chunks_mut(if four { 4 } else { 1 }) {
+        if let [one] = chunk {
+            step(rule, lr, weight_decay, t, one.value, one.grad, one.state)?;
+        } else {
+            step4(rule, lr, weight_decay, t, chunk)?;
+        }
+    }
+    Ok(())
+}
+
+/// One `update4` dispatch for two to four GPU tensors.
+fn step4(rule: &Rule, lr: f32, weight_decay: f32, t: u64, chunk: &mut [Slot]) -> Result<()> {
+    let name = "optim::step_many";
+    rule.validate(lr, weight_decay, t)?;
+    for s in chunk.iter() {
+        same_shape(name, s.value, s.grad)?;
+        if s.state.len() != rule.state_slots() {
+            return Err(Error::arg(
+                "state",
+                "not the rule's number of state tensors",
+            ));
+        }
+        for st in s.state.iter() {
+            same_shape(name, s.value, st)?;
+        }
+    }
+    let mut all: Vec<&Tensor> = Vec::new();
+    for s in chunk.iter() {
+        all.extend([&*s.value, s.grad]);
+        all.extend(s.state.iter());
+    }
+    let device = device_of(name, &all)?;
+    let Device::Gpu(ctx) = &device else {
+        return Err(Error::DeviceMismatch { op: name });
+    };
+    let mut n = [0; 4];
+    for (k, s) in chunk.iter().enumerate() {
+        n[k] = s.value.len();
+    }
+    let params = uniform(rule, &rule.scalars(lr, weight_decay, t), n);
+    // Missing tensors and unused state slots get distinct one-element buffers: never
+    // touched, but a writable binding must not alias another.
+    let used = rule.slots();
+    // Missing gradients (read-only) may share one spare, the last.
+    let writable = 4 * 4 - chunk.len() * (1 + rule.state_slots());
+    let spares: Vec<Tensor> = (0..=writable)
+        .map(|_| Tensor::uninit(&device, &[1]))
+        .collect::<Result<_>>()?;
+    let (read_spare, spares) = spares.split_last().ok_or(Error::arg(name, "spares"))?;
+    let mut spare = spares.iter();
+    let mut next_spare = || spare.next().ok_or(Error::arg(name, "spare buffers"));
+    let mut bound: Vec<&Tensor> = Vec::with_capacity(20);
+    for k in 0..4 {
+        bound.push(chunk.get(k).map_or(read_spare, |s| s.grad));
+    }
+    for k in 0..4 {
+        bound.push(match chunk.get(k) {
+            Some(s) => &*s.value,
+            None => next_spare()?,
+        });
+    }
+    for (slot, &is_used) in used.iter().enumerate() {
+        // The rule's state tensors fill its used slots in order.
+        let index = used[..slot].iter().filter(|&&u| u).count();
+        for k in 0..4 {
+            bound.push(match chunk.get(k) {
+                Some(s) if is_used => &s.state[index],
+                _ => next_spare()?,
+            });
+        }
+    }
+    let vec4s: usize = n.iter().map(|v| v.div_ceil(4)).sum();
+    launch(
+        ctx,
+        &UPDATE4,
+        &rule.constants(),
+        &params,
+        &bound,
+        grid(vec4s, WG),
+    )
 }
 
 /// The gradient scale of global-norm clipping: min(1, max_norm / (sqrt(norm_sq) + 1e-6)), as torch.nn.utils.clip_grad_norm_.

@@ -151,16 +151,16 @@ impl Optimizer {
             if p.l1 != 0.0 || p.l2 != 0.0 {
                 crate::ops::elementwise::add_penalty_grad(&p.value, &mut p.grad, p.l1, p.l2)?;
             }
-            optim::step(
-                &self.rule,
-                lr,
-                self.weight_decay,
-                t,
-                &mut p.value,
-                &p.grad,
-                &mut p.state,
-            )?;
         }
-        Ok(())
+        // One dispatch for every four parameter tensors.
+        let mut slots: Vec<optim::Slot> = params
+            .iter_mut()
+            .map(|p| optim::Slot {
+                value: &mut p.value,
+                grad: &p.grad,
+                state: &mut p.state,
+            })
+            .collect();
+        optim::step_many(&self.rule, lr, self.weight_decay, t, &mut slots)
     }
 }
