@@ -2,7 +2,7 @@
 //
 // Every workgroup reduces its share of the items (elements for MSE, MAE and BCE, rows
 // for the categorical losses) into part[workgroup]. A launch of one workgroup binds the
-// value tensor as `part` and writes the mean directly, so small batches take a single
+// value tensor as `part` and writes the mean directly (at value[slot]), so small batches take a single
 // dispatch; larger ones add `finish`, which sums the partials.
 //
 // Variables that share a binding number belong to different entry points: WGSL and
@@ -17,6 +17,8 @@ struct Params {
     scale: f32,
     // A quiet NaN's bits: WGSL has no NaN constant and may fold arithmetic that makes one.
     nan: u32,
+    // Where the mean goes in the value tensor: a training loop keeps one per step there.
+    slot: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -94,7 +96,11 @@ fn workgroup_sum(acc: f32, lid: u32) -> f32 {
 fn store(acc: f32, lid: u32, group: u32, groups: u32) {
     let total = workgroup_sum(acc, lid);
     if lid == 0u {
-        part[group] = select(total, total * p.scale, groups == 1u);
+        if groups == 1u {
+            part[p.slot] = total * p.scale;
+        } else {
+            part[group] = total;
+        }
     }
 }
 
@@ -213,7 +219,7 @@ fn rows_value(
     store(acc, lid, wid.x, nwg.x);
 }
 
-// One workgroup: value[0] = scale * sum of the n partials.
+// One workgroup: value[slot] = scale * sum of the n partials.
 @compute @workgroup_size(256)
 fn finish(@builtin(local_invocation_index) lid: u32) {
     var acc = 0.0;
@@ -222,6 +228,6 @@ fn finish(@builtin(local_invocation_index) lid: u32) {
     }
     let total = workgroup_sum(acc, lid);
     if lid == 0u {
-        value[0] = total * p.scale;
+        value[p.slot] = total * p.scale;
     }
 }

@@ -401,3 +401,34 @@ fn value_stays_on_the_gpu_and_small_batches_take_one_dispatch() {
         );
     }
 }
+
+/// The `_at` forms write the mean into one slot of a log and leave the others alone, on
+/// one workgroup and through the partial-sum pass alike; a slot past the log is an error.
+#[test]
+fn loss_at_writes_only_its_slot() {
+    for l in [Loss::Mse, Loss::SparseCategoricalCrossEntropy] {
+        // 3 rows: one workgroup; 4000 rows: partial sums, then `finish`.
+        for (rows, cols, slot) in [(3, 5, 2), (4000, 10, 0), (4000, 10, 6)] {
+            let (x, t, tshape) = data(l, rows, cols, 11);
+            let what = format!("{l:?} {rows}x{cols} slot {slot}");
+            for dev in [Device::cpu(), gpu()] {
+                let p = Tensor::from_slice(&dev, &x, &[rows, cols]).unwrap();
+                let tt = Tensor::from_slice(&dev, &t, &tshape).unwrap();
+                let (want, _) = loss::loss_and_grad(l, &p, &tt).unwrap();
+                let want = want.to_vec().unwrap()[0];
+                let mut log = Tensor::full(&dev, &[7], -1.0).unwrap();
+                let mut grad = Tensor::zeros(&dev, &[rows, cols]).unwrap();
+                loss::loss_and_grad_at(l, &p, &tt, &mut grad, &mut log, slot).unwrap();
+                let got = log.to_vec().unwrap();
+                let mut expect = vec![-1.0; 7];
+                expect[slot] = want;
+                assert_close(&got, &expect, 1e-6, 0.0, &format!("{what} {dev:?}"));
+                let mut log = Tensor::full(&dev, &[7], -1.0).unwrap();
+                loss::loss_value_at(l, &p, &tt, &mut log, slot).unwrap();
+                assert_close(&log.to_vec().unwrap(), &expect, 1e-6, 0.0, &what);
+                let bad = loss::loss_value_at(l, &p, &tt, &mut log, 7);
+                assert!(matches!(bad, Err(Error::Shape { .. })), "{what}: {bad:?}");
+            }
+        }
+    }
+}

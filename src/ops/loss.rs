@@ -195,6 +195,17 @@ fn check_value(op: &str, value: &Tensor) -> Result<()> {
     }
 }
 
+fn check_slot(op: &str, log: &Tensor, slot: usize) -> Result<()> {
+    if log.shape().len() == 1 && slot < log.len() {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            op,
+            format!("slot {slot} of a loss log shaped {:?}", log.shape()),
+        ))
+    }
+}
+
 /// Computes the mean `loss` of `pred` against `target` into `value` (`[1]`) and its
 /// gradient with respect to `pred` into `grad` (the shape of `pred`).
 ///
@@ -205,6 +216,20 @@ pub fn loss_and_grad_into(
     target: &Tensor,
     grad: &mut Tensor,
     value: &mut Tensor,
+) -> Result<()> {
+    check_value("loss_and_grad", value)?;
+    loss_and_grad_at(loss, pred, target, grad, value, 0)
+}
+
+/// [`loss_and_grad_into`] writing the mean into `log[slot]` (`log` 1-D): a training loop
+/// keeps each step's loss on the device that way and reads them all back at once.
+pub fn loss_and_grad_at(
+    loss: Loss,
+    pred: &Tensor,
+    target: &Tensor,
+    grad: &mut Tensor,
+    log: &mut Tensor,
+    slot: usize,
 ) -> Result<()> {
     let op = "loss_and_grad";
     let (rows, cols) = check(op, loss, pred, target)?;
@@ -218,14 +243,23 @@ pub fn loss_and_grad_into(
             ),
         ));
     }
-    check_value(op, value)?;
-    match device_of(op, &[pred, target, grad, value])? {
+    check_slot(op, log, slot)?;
+    match device_of(op, &[pred, target, grad, log])? {
         Device::Cpu => {
             let g = grad.host_mut().ok_or(Error::DeviceMismatch { op })?;
             let mean = cpu(loss, host(pred), host(target), rows, cols, Some(g))?;
-            write_value(value, mean, op)
+            write_value(log, slot, mean, op)
         }
-        Device::Gpu(ctx) => gpu(&ctx, loss, pred, target, Some(grad), value, rows, cols),
+        Device::Gpu(ctx) => gpu(
+            &ctx,
+            loss,
+            pred,
+            target,
+            Some(grad),
+            (log, slot),
+            rows,
+            cols,
+        ),
     }
 }
 
@@ -236,15 +270,27 @@ pub fn loss_value_into(
     target: &Tensor,
     value: &mut Tensor,
 ) -> Result<()> {
+    check_value("loss_value", value)?;
+    loss_value_at(loss, pred, target, value, 0)
+}
+
+/// [`loss_value_into`] writing the mean into `log[slot]` (`log` 1-D).
+pub fn loss_value_at(
+    loss: Loss,
+    pred: &Tensor,
+    target: &Tensor,
+    log: &mut Tensor,
+    slot: usize,
+) -> Result<()> {
     let op = "loss_value";
     let (rows, cols) = check(op, loss, pred, target)?;
-    check_value(op, value)?;
-    match device_of(op, &[pred, target, value])? {
+    check_slot(op, log, slot)?;
+    match device_of(op, &[pred, target, log])? {
         Device::Cpu => {
             let mean = cpu(loss, host(pred), host(target), rows, cols, None)?;
-            write_value(value, mean, op)
+            write_value(log, slot, mean, op)
         }
-        Device::Gpu(ctx) => gpu(&ctx, loss, pred, target, None, value, rows, cols),
+        Device::Gpu(ctx) => gpu(&ctx, loss, pred, target, None, (log, slot), rows, cols),
     }
 }
 
@@ -264,9 +310,9 @@ pub fn loss_value(loss: Loss, pred: &Tensor, target: &Tensor) -> Result<Tensor> 
     Ok(value)
 }
 
-fn write_value(value: &mut Tensor, mean: f64, op: &'static str) -> Result<()> {
+fn write_value(value: &mut Tensor, slot: usize, mean: f64, op: &'static str) -> Result<()> {
     let v = value.host_mut().ok_or(Error::DeviceMismatch { op })?;
-    v[0] = mean as f32;
+    v[slot] = mean as f32;
     Ok(())
 }
 
@@ -357,7 +403,7 @@ fn gpu(
     pred: &Tensor,
     target: &Tensor,
     grad: Option<&mut Tensor>,
-    value: &mut Tensor,
+    (value, slot): (&mut Tensor, usize),
     rows: usize,
     cols: usize,
 ) -> Result<()> {
@@ -373,7 +419,7 @@ fn gpu(
         (true, false) => &ROWS_VALUE,
     };
     let scale = ((1.0 / items as f64) as f32).to_bits();
-    let params = [items as u32, cols as u32, scale, NAN_BITS];
+    let params = [items as u32, cols as u32, scale, NAN_BITS, slot as u32];
     let constants = [("LOSS", loss.code() as f64)];
     // One workgroup writes the mean straight into `value`.
     let part = if groups == 1 {
@@ -385,7 +431,7 @@ fn gpu(
     bound.extend(grad.as_deref());
     launch(ctx, kernel, &constants, &params, &bound, [groups, 1, 1])?;
     if let Some(part) = &part {
-        let params = [groups, 0, scale, NAN_BITS];
+        let params = [groups, 0, scale, NAN_BITS, slot as u32];
         launch(ctx, &FINISH, &[], &params, &[part, value], [1, 1, 1])?;
     }
     Ok(())

@@ -65,8 +65,10 @@ impl Metric {
 /// Device-side sums for one epoch (or one evaluation).
 pub(crate) struct Accumulator {
     metrics: Vec<Metric>,
-    /// Sum over batches of rows * mean batch loss.
-    pub loss_sum: Tensor,
+    /// Each batch's mean loss, written there by the loss kernel (see `loss_slot`).
+    losses: Tensor,
+    /// Each batch's rows, to weight its mean loss.
+    batch_rows: Vec<usize>,
     confusion: Option<Tensor>,
     errors: Option<Tensor>,
     /// Threshold for one-output classifiers: 0 on logits, 0.5 on probabilities.
@@ -76,11 +78,13 @@ pub(crate) struct Accumulator {
 }
 
 impl Accumulator {
+    /// Sums for up to `batches` batches of `outputs` outputs each.
     pub fn new(
         device: &Device,
         metrics: &[Metric],
         outputs: usize,
         logits: bool,
+        batches: usize,
     ) -> Result<Accumulator> {
         let classes = outputs.max(2);
         let confusion = if metrics.iter().any(|m| m.needs_confusion()) {
@@ -95,7 +99,8 @@ impl Accumulator {
         };
         Ok(Accumulator {
             metrics: metrics.to_vec(),
-            loss_sum: Tensor::zeros(device, &[1])?,
+            losses: Tensor::zeros(device, &[batches.max(1)])?,
+            batch_rows: Vec::with_capacity(batches),
             confusion,
             errors,
             threshold: if logits { 0.0 } else { 0.5 },
@@ -104,9 +109,23 @@ impl Accumulator {
         })
     }
 
-    /// Adds one batch: its mean loss (on the device), outputs and targets.
-    pub fn add(&mut self, loss: &Tensor, out: &Tensor, target: &Tensor, rows: usize) -> Result<()> {
-        crate::ops::elementwise::axpy(rows as f32, loss, &mut self.loss_sum)?;
+    /// Where the next batch's loss kernel writes its mean: the log and the slot. No
+    /// dispatch per step adds it up; `finish` reads the log back once.
+    pub fn loss_slot(&mut self) -> Result<(&mut Tensor, usize)> {
+        let slot = self.batch_rows.len();
+        if slot >= self.losses.len() {
+            return Err(Error::arg(
+                "accumulator",
+                "more batches than it was made for",
+            ));
+        }
+        Ok((&mut self.losses, slot))
+    }
+
+    /// Adds one batch of `rows` rows, whose loss is in the `loss_slot` just handed out:
+    /// its outputs and targets go into the metrics' sums.
+    pub fn add(&mut self, out: &Tensor, target: &Tensor, rows: usize) -> Result<()> {
+        self.batch_rows.push(rows);
         if let Some(c) = self.confusion.as_mut() {
             if out.shape().get(1).copied().unwrap_or(1) == 1 {
                 confusion_accumulate_binary(out, target, self.threshold, c)?;
@@ -126,10 +145,18 @@ impl Accumulator {
         Ok(())
     }
 
+    /// The row-weighted mean of the batch losses so far (reads the log back).
+    pub fn mean_loss(&self) -> Result<f64> {
+        let losses = self.losses.to_vec()?;
+        let sum: f64 = (losses.iter().zip(&self.batch_rows))
+            .map(|(&l, &r)| l as f64 * r as f64)
+            .sum();
+        Ok(sum / self.rows.max(1) as f64)
+    }
+
     /// Reads the sums back (the one readback of an epoch) and returns (loss, metrics).
     pub fn finish(&self) -> Result<Evaluation> {
-        let rows = self.rows.max(1) as f64;
-        let loss = self.loss_sum.to_vec()?[0] as f64 / rows;
+        let loss = self.mean_loss()?;
         let confusion = match &self.confusion {
             Some(c) => Some(ConfusionMatrix::from_tensor(c)?),
             None => None,

@@ -20,7 +20,7 @@ use crate::nn::model::{Pass, Stage};
 use crate::nn::Model;
 use crate::ops::activation::{activation_into, softmax_into};
 use crate::ops::gather::{gather_chunk_into, PaletteRows};
-use crate::ops::loss::{loss_and_grad_into, loss_value_into};
+use crate::ops::loss::{loss_and_grad_at, loss_and_grad_into, loss_value_at};
 use crate::ops::metrics::ConfusionMatrix;
 use crate::ops::Activation;
 use crate::optim::Optimizer;
@@ -400,15 +400,27 @@ impl Trainer {
         {
             let ws = self.model.workspace(key.0, key.1)?;
             let (acts, grads) = (&ws.acts, &mut ws.grads);
-            loss_and_grad_into(
-                self.train_loss,
-                &acts[n],
-                &ws.target,
-                &mut grads[n],
-                &mut ws.loss,
-            )?;
-            if let Some(acc) = acc {
-                acc.add(&ws.loss, &acts[n], &ws.target, key.0)?;
+            match acc {
+                // The loss goes straight into the epoch's log: no dispatch to add it up.
+                Some(acc) => {
+                    let (log, slot) = acc.loss_slot()?;
+                    loss_and_grad_at(
+                        self.train_loss,
+                        &acts[n],
+                        &ws.target,
+                        &mut grads[n],
+                        log,
+                        slot,
+                    )?;
+                    acc.add(&acts[n], &ws.target, key.0)?;
+                }
+                None => loss_and_grad_into(
+                    self.train_loss,
+                    &acts[n],
+                    &ws.target,
+                    &mut grads[n],
+                    &mut ws.loss,
+                )?,
             }
         }
         self.model.backward_ws(key, &self.train_stages)?;
@@ -535,13 +547,14 @@ impl Trainer {
         epoch: usize,
         opts: &mut FitOptions,
     ) -> Result<(f64, Vec<(String, f64)>)> {
+        let steps = data.rows.div_ceil(opts.batch_size);
         let mut acc = Accumulator::new(
             &self.model.device,
             &self.metrics,
             self.model.output_width(),
             self.logits,
+            steps,
         )?;
-        let steps = data.rows.div_ceil(opts.batch_size);
         for step in 1..=steps {
             let start = (step - 1) * opts.batch_size;
             let batch = opts.batch_size.min(data.rows - start);
@@ -549,7 +562,7 @@ impl Trainer {
             self.step_ws(key, Some(&mut acc))?;
             let read = opts.loss_every > 0 && (step % opts.loss_every == 0 || step == steps);
             let loss = if read {
-                let value = acc.loss_sum.to_vec()?[0] / (start + batch) as f32;
+                let value = acc.mean_loss()? as f32;
                 if !value.is_finite() {
                     return Err(Error::Diverged { value, epoch, step });
                 }
@@ -620,6 +633,7 @@ impl Trainer {
             &self.metrics,
             self.model.output_width(),
             self.logits,
+            data.rows.div_ceil(batch_size.max(1)),
         )?;
         let n = self.train_stages.len();
         let mut start = 0;
@@ -629,8 +643,9 @@ impl Trainer {
             self.model
                 .forward_ws(key, &self.train_stages, Pass::Infer)?;
             let ws = self.model.workspace(key.0, key.1)?;
-            loss_value_into(self.train_loss, &ws.acts[n], &ws.target, &mut ws.loss)?;
-            acc.add(&ws.loss, &ws.acts[n], &ws.target, batch)?;
+            let (log, slot) = acc.loss_slot()?;
+            loss_value_at(self.train_loss, &ws.acts[n], &ws.target, log, slot)?;
+            acc.add(&ws.acts[n], &ws.target, batch)?;
             start += batch;
         }
         let mut e = acc.finish()?;
