@@ -10,6 +10,8 @@ struct Params {
     start: u32,
     lo: u32,
     hi: u32,
+    // The *_y entries: values per target row.
+    ycols: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -93,5 +95,59 @@ fn gather_palette4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
         let word = packed[r * c4 + e % c4];
         let bytes = (vec4<u32>(word) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
         out_p4[e] = vec4<f32>(palette[bytes.x], palette[bytes.y], palette[bytes.z], palette[bytes.w]);
+    }
+}
+
+// The *_y entries gather a batch's inputs and its targets in one dispatch: invocations
+// past the inputs' vec4s copy the targets' values (ycols per row) from yd to yo.
+@group(0) @binding(3) var<storage, read> yd: array<f32>;
+@group(0) @binding(4) var<storage, read_write> xo4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> yo: array<f32>;
+
+@compute @workgroup_size(256)
+fn gather_rows4_y(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * 256u;
+    let c4 = p.cols / 4u;
+    let nx = p.rows * c4;
+    if e < nx {
+        let r = chunk_row(e / c4);
+        if r != NONE {
+            xo4[e] = data4[r * c4 + e % c4];
+        }
+        return;
+    }
+    let t = e - nx;
+    if t < p.rows * p.ycols {
+        let r = chunk_row(t / p.ycols);
+        if r != NONE {
+            yo[t] = yd[r * p.ycols + t % p.ycols];
+        }
+    }
+}
+
+@group(0) @binding(4) var<storage, read> yd_p: array<f32>;
+@group(0) @binding(5) var<storage, read_write> xo_p4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> yo_p: array<f32>;
+
+@compute @workgroup_size(256)
+fn gather_palette4_y(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * 256u;
+    let c4 = p.cols / 4u;
+    let nx = p.rows * c4;
+    if e < nx {
+        let r = chunk_row(e / c4);
+        if r != NONE {
+            let word = packed[r * c4 + e % c4];
+            let bytes = (vec4<u32>(word) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+            xo_p4[e] = vec4<f32>(palette[bytes.x], palette[bytes.y], palette[bytes.z], palette[bytes.w]);
+        }
+        return;
+    }
+    let t = e - nx;
+    if t < p.rows * p.ycols {
+        let r = chunk_row(t / p.ycols);
+        if r != NONE {
+            yo_p[t] = yd_p[r * p.ycols + t % p.ycols];
+        }
     }
 }

@@ -148,3 +148,70 @@ fn training_on_palette_data_matches_the_cpu_reference() {
         "weights after 2 epochs",
     );
 }
+
+/// Inputs and targets in one call: the GPU (one dispatch where rows hold a multiple of 4
+/// values) matches the CPU, for f32 and palette inputs, over two chunks.
+#[test]
+fn inputs_and_targets_gather_together() {
+    use kiln::ops::gather::{PaletteRows, Rows};
+    let n = 300;
+    for (cols, ycols, palette) in [
+        (784, 1, false),
+        (784, 3, true),
+        (36, 2, false),
+        (37, 1, true),
+    ] {
+        let data: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+            .collect();
+        let targets = random(n * ycols, 5);
+        let index: Vec<f32> = (0..n).map(|i| ((i * 113) % n) as f32).collect();
+        let mut results = Vec::new();
+        // A GPU device of its own, so other tests' work does not show in its counters.
+        for device in [kiln::Device::cpu(), kiln::Device::gpu().unwrap()] {
+            let idx = Tensor::from_slice(&device, &index, &[n]).unwrap();
+            let mut x = Tensor::zeros(&device, &[50, cols]).unwrap();
+            let mut y = Tensor::zeros(&device, &[50, ycols]).unwrap();
+            let before = device.stats().dispatches;
+            for (lo, hi) in [(0, 120), (120, 300)] {
+                let rows = &data[lo * cols..hi * cols];
+                let chunk = if palette {
+                    let pal = PaletteRows::palette_of(&data).unwrap();
+                    Rows::Palette(PaletteRows::pack(&device, rows, cols, &pal).unwrap())
+                } else {
+                    Rows::F32(Tensor::from_slice(&device, rows, &[hi - lo, cols]).unwrap())
+                };
+                let t = &targets[lo * ycols..hi * ycols];
+                let t = Tensor::from_slice(&device, t, &[hi - lo, ycols]).unwrap();
+                chunk
+                    .gather_with_targets(&t, lo, &idx, 100, &mut x, &mut y)
+                    .unwrap();
+            }
+            if device.gpu_context().is_some() {
+                let per_chunk = if cols % 4 == 0 { 1 } else { 2 };
+                assert_eq!(
+                    device.stats().dispatches - before,
+                    2 * per_chunk,
+                    "cols {cols}"
+                );
+            }
+            results.push((x.to_vec().unwrap(), y.to_vec().unwrap()));
+        }
+        let want_x: Vec<f32> = (100..150)
+            .flat_map(|i| {
+                let s = index[i] as usize;
+                data[s * cols..(s + 1) * cols].to_vec()
+            })
+            .collect();
+        let want_y: Vec<f32> = (100..150)
+            .flat_map(|i| {
+                let s = index[i] as usize;
+                targets[s * ycols..(s + 1) * ycols].to_vec()
+            })
+            .collect();
+        for (x, y) in results {
+            assert_eq!(x, want_x, "cols {cols} palette {palette}");
+            assert_eq!(y, want_y, "cols {cols} ycols {ycols}");
+        }
+    }
+}

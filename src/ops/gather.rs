@@ -20,6 +20,20 @@ const GATHER_PALETTE: Kernel = Kernel {
     ..GATHER
 };
 
+const GATHER4_Y: Kernel = Kernel {
+    entry: "gather_rows4_y",
+    inputs: 3,
+    outputs: 2,
+    ..GATHER
+};
+
+const GATHER_PALETTE4_Y: Kernel = Kernel {
+    entry: "gather_palette4_y",
+    inputs: 4,
+    outputs: 2,
+    ..GATHER
+};
+
 const GATHER4: Kernel = Kernel {
     entry: "gather_rows4",
     ..GATHER
@@ -252,6 +266,100 @@ impl PaletteRows {
                     &tensors,
                     grid(rows * self.cols / per, WG),
                 )
+            }
+        }
+    }
+}
+
+/// Input rows on the device: f32, or bytes and a palette when the data has at most 256
+/// distinct values (pixels), which takes a quarter of the memory and gathers the same values.
+pub enum Rows {
+    /// Plain f32 rows, [rows, cols].
+    F32(Tensor),
+    /// Packed bytes and their palette.
+    Palette(PaletteRows),
+}
+
+impl Rows {
+    /// Values per row.
+    fn cols(&self) -> usize {
+        match self {
+            Rows::F32(t) => t.shape().get(1).copied().unwrap_or(1),
+            Rows::Palette(p) => p.cols,
+        }
+    }
+
+    /// Gathers a batch's inputs from this chunk into `out` and its targets from `targets`
+    /// (the same rows of the target set) into `out_targets`: one dispatch where the rows
+    /// hold a multiple of 4 values, two otherwise.
+    pub fn gather_with_targets(
+        &self,
+        targets: &Tensor,
+        lo: usize,
+        index: &Tensor,
+        start: usize,
+        out: &mut Tensor,
+        out_targets: &mut Tensor,
+    ) -> Result<()> {
+        let fused = out.device().gpu_context().is_some() && self.cols().is_multiple_of(4);
+        // Both gathers check their own arguments first (the CPU runs them too).
+        match self {
+            Rows::F32(x) if !fused => gather_chunk_into(x, lo, index, start, out)?,
+            Rows::Palette(p) if !fused => p.gather_into(lo, index, start, out)?,
+            _ => {}
+        }
+        if !fused {
+            return gather_chunk_into(targets, lo, index, start, out_targets);
+        }
+        let (n, ycols) = match targets.shape() {
+            [n] => (*n, 1),
+            _ => targets.dims2("gather_rows")?,
+        };
+        let (cols, rows) = (self.cols(), out.len() / self.cols());
+        let chunk_rows = match self {
+            Rows::F32(x) => x.shape().first().copied().unwrap_or(0),
+            Rows::Palette(p) => p.packed.shape().first().copied().unwrap_or(0),
+        };
+        if rows * cols != out.len()
+            || rows * ycols != out_targets.len()
+            || chunk_rows != n
+            || start.saturating_add(rows) > index.len()
+            || lo.saturating_add(n) > MAX_ROWS
+        {
+            return Err(Error::shape(
+                "gather_with_targets",
+                format!(
+                    "inputs {:?} and targets {:?} from a chunk of {chunk_rows} and {n} rows, indices {start}..",
+                    out.shape(),
+                    out_targets.shape()
+                ),
+            ));
+        }
+        let ctx = match device_of("gather_with_targets", &[index, targets, out, out_targets])? {
+            Device::Gpu(ctx) => ctx,
+            Device::Cpu => {
+                return Err(Error::DeviceMismatch {
+                    op: "gather_with_targets",
+                })
+            }
+        };
+        let params = [
+            rows as u32,
+            cols as u32,
+            start as u32,
+            lo as u32,
+            (lo + n) as u32,
+            ycols as u32,
+        ];
+        let groups = grid(rows * cols / 4 + rows * ycols, WG);
+        match self {
+            Rows::F32(x) => {
+                let bound = [x, index, targets, &*out, &*out_targets];
+                launch(&ctx, &GATHER4_Y, &[], &params, &bound, groups)
+            }
+            Rows::Palette(p) => {
+                let bound = [&p.packed, index, &p.palette, targets, &*out, &*out_targets];
+                launch(&ctx, &GATHER_PALETTE4_Y, &[], &params, &bound, groups)
             }
         }
     }

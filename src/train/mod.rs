@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::nn::model::{Pass, Stage};
 use crate::nn::Model;
 use crate::ops::activation::{activation_into, softmax_into};
-use crate::ops::gather::{gather_chunk_into, PaletteRows};
+use crate::ops::gather::{PaletteRows, Rows};
 use crate::ops::loss::{loss_and_grad_at, loss_and_grad_into, loss_value_at};
 use crate::ops::metrics::ConfusionMatrix;
 use crate::ops::Activation;
@@ -143,13 +143,6 @@ pub struct Trainer {
     step: u64,
     epoch: usize,
     norm: Tensor,
-}
-
-/// Input rows on the device: f32, or bytes and a palette when the data has at most 256
-/// distinct values (pixels), which takes a quarter of the memory and gathers the same values.
-enum Rows {
-    F32(Tensor),
-    Palette(PaletteRows),
 }
 
 /// An uploaded data set, in chunks of at most one binding each.
@@ -381,11 +374,7 @@ impl Trainer {
         let key = (batch, self.target_width());
         let ws = self.model.workspace(batch, key.1)?;
         for (lo, x, y) in &data.chunks {
-            match x {
-                Rows::F32(x) => gather_chunk_into(x, *lo, &data.index, start, &mut ws.acts[0])?,
-                Rows::Palette(p) => p.gather_into(*lo, &data.index, start, &mut ws.acts[0])?,
-            }
-            gather_chunk_into(y, *lo, &data.index, start, &mut ws.target)?;
+            x.gather_with_targets(y, *lo, &data.index, start, &mut ws.acts[0], &mut ws.target)?;
         }
         Ok(key)
     }
