@@ -199,7 +199,7 @@ def entry(rows, cv, sg):
 def main():
     # (rows, vec4 columns): keep in step with MatmulKernel in src/ops/matmul.rs.
     tiles = [(16, 4), (8, 4), (4, 4)]
-    sg_tiles = [(64, 4), (32, 4), (16, 4), (8, 4)]
+    sg_tiles = [(64, 4), (32, 4), (16, 4), (8, 4), (32, 2), (16, 2)]
     here = os.path.dirname(os.path.abspath(__file__))
     for name, body in [
         ("matmul_lane.wgsl", [entry(r, c, False) for r, c in tiles]),

@@ -100,6 +100,8 @@ fn lane_kernels_match_reference() {
         MatmulKernel::LaneSg32x16,
         MatmulKernel::LaneSg16x16,
         MatmulKernel::LaneSg8x16,
+        MatmulKernel::LaneSg32x8,
+        MatmulKernel::LaneSg16x8,
     ];
     let dev = gpu();
     let ctx = dev.gpu_context().unwrap();

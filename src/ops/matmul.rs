@@ -63,10 +63,12 @@ const fn lane_sg(entry: &'static str) -> Kernel {
 }
 
 /// The subgroup lane kernels, largest tile first.
-const SG_LANES: [MatmulKernel; 4] = [
+const SG_LANES: [MatmulKernel; 6] = [
     MatmulKernel::LaneSg64x16,
     MatmulKernel::LaneSg32x16,
+    MatmulKernel::LaneSg32x8,
     MatmulKernel::LaneSg16x16,
+    MatmulKernel::LaneSg16x8,
     MatmulKernel::LaneSg8x16,
 ];
 
@@ -95,11 +97,15 @@ pub enum MatmulKernel {
     LaneSg16x16,
     /// 8x16 outputs per invocation, rows of A shared by subgroup broadcast.
     LaneSg8x16,
+    /// 32x8 outputs per invocation, rows of A shared by subgroup broadcast.
+    LaneSg32x8,
+    /// 16x8 outputs per invocation, rows of A shared by subgroup broadcast.
+    LaneSg16x8,
 }
 
 impl MatmulKernel {
     /// Every kernel, in a fixed order.
-    pub const ALL: [MatmulKernel; 11] = [
+    pub const ALL: [MatmulKernel; 13] = [
         MatmulKernel::Naive,
         MatmulKernel::Blocked,
         MatmulKernel::Vec4,
@@ -111,6 +117,8 @@ impl MatmulKernel {
         MatmulKernel::LaneSg32x16,
         MatmulKernel::LaneSg16x16,
         MatmulKernel::LaneSg8x16,
+        MatmulKernel::LaneSg32x8,
+        MatmulKernel::LaneSg16x8,
     ];
 
     /// The kernel's name in the autotune cache (lower case).
@@ -127,6 +135,8 @@ impl MatmulKernel {
             MatmulKernel::LaneSg32x16 => "sg32x16",
             MatmulKernel::LaneSg16x16 => "sg16x16",
             MatmulKernel::LaneSg8x16 => "sg8x16",
+            MatmulKernel::LaneSg32x8 => "sg32x8",
+            MatmulKernel::LaneSg16x8 => "sg16x8",
         }
     }
 
@@ -145,13 +155,7 @@ impl MatmulKernel {
 
     /// Whether the kernel shares loads through subgroups of exactly 8 lanes.
     pub fn needs_subgroup8(self) -> bool {
-        matches!(
-            self,
-            MatmulKernel::LaneSg64x16
-                | MatmulKernel::LaneSg32x16
-                | MatmulKernel::LaneSg16x16
-                | MatmulKernel::LaneSg8x16
-        )
+        self.name().starts_with("sg")
     }
 
     /// How many workgroups the kernel launches for an output of `d`.
@@ -181,6 +185,8 @@ impl MatmulKernel {
             MatmulKernel::LaneSg32x16 => (lane_sg("lane_sg32x16"), (128, 32), Some((8, 1))),
             MatmulKernel::LaneSg16x16 => (lane_sg("lane_sg16x16"), (128, 16), Some((8, 1))),
             MatmulKernel::LaneSg8x16 => (lane_sg("lane_sg8x16"), (128, 8), Some((8, 1))),
+            MatmulKernel::LaneSg32x8 => (lane_sg("lane_sg32x8"), (64, 32), Some((8, 1))),
+            MatmulKernel::LaneSg16x8 => (lane_sg("lane_sg16x8"), (64, 16), Some((8, 1))),
         }
     }
 }
@@ -376,10 +382,14 @@ impl Gemm {
         let aligned = self.vec4_ok(d);
         let lanes: Vec<MatmulKernel> = if ctx.subgroup_size() == Some(8) {
             // Big tiles compile for seconds on lavapipe: only those that give both cores
-            // work are worth timing; the smallest two always are.
+            // work are worth timing (the 64-row one only on tall outputs, where it wins);
+            // the smallest two always are.
             let mut lanes: Vec<_> = SG_LANES
                 .into_iter()
-                .filter(|k| k.workgroups(d) >= 2 || *k == MatmulKernel::LaneSg8x16)
+                .filter(|&k| {
+                    let tall = k != MatmulKernel::LaneSg64x16 || d.m >= 512;
+                    (tall && k.workgroups(d) >= 2) || k == MatmulKernel::LaneSg8x16
+                })
                 .collect();
             lanes.push(MatmulKernel::Lane4x16);
             lanes
