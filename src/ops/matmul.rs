@@ -356,12 +356,14 @@ impl Gemm {
             return MatmulKernel::Tiled;
         }
         // The vec4 kernel's A^T form leaks memory in lavapipe (Mesa 22.3) on every
-        // dispatch for some shapes (see tests/soak.rs), so software adapters get the
-        // blocked kernel there; kiln's own layers avoid A^T with an explicit transpose.
-        if !aligned || self.trans_a {
+        // dispatch for some shapes (see tests/soak.rs), so software adapters without the
+        // sg kernels get the blocked kernel there; kiln's dense layers avoid A^T with an
+        // explicit transpose.
+        let sg = ctx.subgroup_size() == Some(8);
+        if !aligned || (self.trans_a && !sg) {
             return MatmulKernel::Blocked;
         }
-        if ctx.subgroup_size() == Some(8) {
+        if sg {
             // The largest tile that still gives each of two cores a workgroup.
             return SG_LANES
                 .into_iter()
@@ -391,7 +393,9 @@ impl Gemm {
                     (tall && k.workgroups(d) >= 2) || k == MatmulKernel::LaneSg8x16
                 })
                 .collect();
-            lanes.push(MatmulKernel::Lane4x16);
+            if !self.trans_a {
+                lanes.push(MatmulKernel::Lane4x16);
+            }
             lanes
         } else {
             vec![
@@ -401,9 +405,11 @@ impl Gemm {
                 MatmulKernel::Vec4,
             ]
         };
+        let sg = ctx.subgroup_size() == Some(8);
         match (ctx.is_software(), aligned) {
-            // A^T stays on the blocked kernel on lavapipe: see `static_choice`.
-            (true, true) if !self.trans_a => lanes,
+            // A^T stays off the vec4 and plain lane kernels on lavapipe: see
+            // `static_choice`; the sg kernels load A^T without that leak.
+            (true, true) if !self.trans_a || sg => lanes,
             (true, _) => vec![MatmulKernel::Blocked],
             (false, true) => vec![
                 MatmulKernel::Tiled,
