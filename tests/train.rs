@@ -280,3 +280,62 @@ fn optimizer_rules_have_the_documented_state() {
     assert!(Optimizer::from_name("adamw", 1e-3).is_some());
     assert!(Optimizer::from_name("lbfgs", 1e-3).is_none());
 }
+
+/// A fitted step of a two-layer MLP on the GPU is one submission of ten dispatches
+/// (one gather, two forward matmuls, the fused loss, per layer the fused backward
+/// epilogue and the weight-gradient matmul, one input-gradient matmul, one optimizer
+/// dispatch for all four tensors) and reads nothing back; the epoch reads its loss log
+/// back once.
+#[test]
+fn a_fitted_step_is_one_submission_of_ten_dispatches() {
+    isolate_autotune_cache();
+    // A device of its own, so other tests' work does not show in its counters.
+    let device = Device::gpu().unwrap();
+    let (rows, batch) = (64, 16);
+    let x = random(rows * 16, 3);
+    let y: Vec<f32> = (0..rows).map(|i| (i % 3) as f32).collect();
+    let model = Sequential::new(16)
+        .dense(8)
+        .relu()
+        .dense(3)
+        .build(&device, 1)
+        .unwrap();
+    let mut t = model
+        .compile(
+            Loss::SparseCategoricalCrossEntropy,
+            Optimizer::adam(1e-2),
+            &[],
+        )
+        .unwrap();
+    let opts = || FitOptions {
+        shuffle: false,
+        ..FitOptions::new(1, batch)
+    };
+    // The first epoch builds pipelines, workspaces and state, and tunes the matmuls.
+    t.fit(&x, &y, opts()).unwrap();
+    device.synchronize().unwrap();
+    let before = device.stats();
+    t.fit(&x, &y, opts()).unwrap();
+    let after = device.stats();
+    let steps = (rows / batch) as u64;
+    assert_eq!(
+        after.dispatches - before.dispatches,
+        10 * steps,
+        "dispatches"
+    );
+    // A submission per step, and one for the epoch's readback.
+    assert_eq!(
+        after.submissions - before.submissions,
+        steps + 1,
+        "submissions"
+    );
+    assert_eq!(
+        after.bytes_read - before.bytes_read,
+        4 * steps,
+        "bytes read"
+    );
+    assert_eq!(
+        after.buffers_created, before.buffers_created,
+        "buffers created"
+    );
+}
