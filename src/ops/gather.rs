@@ -81,19 +81,16 @@ pub fn gather_rows_into(
     gather_chunk_into(data, 0, index, start, out)
 }
 
-/// Like [`gather_rows_into`] for one chunk of a larger data set: `chunk` holds rows
-/// `lo..lo + chunk rows`, and only the batch rows whose index falls there are written.
-pub fn gather_chunk_into(
-    chunk: &Tensor,
+/// Checks a gather of `out` (whole rows of `cols`) from a chunk of `n` rows starting at
+/// data-set row `lo`, by indices `start..`; returns the batch's rows.
+fn batch_rows(
+    n: usize,
+    cols: usize,
     lo: usize,
     index: &Tensor,
     start: usize,
-    out: &mut Tensor,
-) -> Result<()> {
-    let (n, cols) = match chunk.shape() {
-        [n] => (*n, 1),
-        _ => chunk.dims2("gather_rows")?,
-    };
+    out: &Tensor,
+) -> Result<usize> {
     let rows = out.len() / cols.max(1);
     if rows * cols != out.len() {
         return Err(Error::shape(
@@ -118,6 +115,24 @@ pub fn gather_chunk_into(
             format!("{hi} rows, at most {MAX_ROWS} are supported"),
         ));
     }
+    Ok(rows)
+}
+
+/// Like [`gather_rows_into`] for one chunk of a larger data set: `chunk` holds rows
+/// `lo..lo + chunk rows`, and only the batch rows whose index falls there are written.
+pub fn gather_chunk_into(
+    chunk: &Tensor,
+    lo: usize,
+    index: &Tensor,
+    start: usize,
+    out: &mut Tensor,
+) -> Result<()> {
+    let (n, cols) = match chunk.shape() {
+        [n] => (*n, 1),
+        _ => chunk.dims2("gather_rows")?,
+    };
+    let rows = batch_rows(n, cols, lo, index, start, out)?;
+    let hi = lo + n;
     match device_of("gather_rows", &[chunk, index, out])? {
         Device::Cpu => {
             let (d, idx) = (host(chunk), host(index));
@@ -315,21 +330,17 @@ impl Rows {
             [n] => (*n, 1),
             _ => targets.dims2("gather_rows")?,
         };
-        let (cols, rows) = (self.cols(), out.len() / self.cols());
+        let cols = self.cols();
         let chunk_rows = match self {
             Rows::F32(x) => x.shape().first().copied().unwrap_or(0),
             Rows::Palette(p) => p.packed.shape().first().copied().unwrap_or(0),
         };
-        if rows * cols != out.len()
-            || rows * ycols != out_targets.len()
-            || chunk_rows != n
-            || start.saturating_add(rows) > index.len()
-            || lo.saturating_add(n) > MAX_ROWS
-        {
+        let rows = batch_rows(chunk_rows, cols, lo, index, start, out)?;
+        if chunk_rows != n || batch_rows(n, ycols, lo, index, start, out_targets)? != rows {
             return Err(Error::shape(
                 "gather_with_targets",
                 format!(
-                    "inputs {:?} and targets {:?} from a chunk of {chunk_rows} and {n} rows, indices {start}..",
+                    "inputs {:?} and targets {:?} from a chunk of {chunk_rows} and {n} rows",
                     out.shape(),
                     out_targets.shape()
                 ),

@@ -431,20 +431,7 @@ pub fn step(
 ) -> Result<()> {
     let name = "optim::step";
     rule.validate(lr, weight_decay, t)?;
-    same_shape(name, param, grad)?;
-    if state.len() != rule.state_slots() {
-        return Err(Error::arg(
-            "state",
-            format!(
-                "{rule:?} keeps {} state tensors, got {}",
-                rule.state_slots(),
-                state.len()
-            ),
-        ));
-    }
-    for s in state.iter() {
-        same_shape(name, param, s)?;
-    }
+    check_tensors(name, rule, param, grad, state)?;
     let mut all: Vec<&Tensor> = vec![param, grad];
     all.extend(state.iter());
     let device = device_of(name, &all)?;
@@ -499,6 +486,28 @@ pub fn step(
             )
         }
     }
+}
+
+/// A parameter's gradient and state must have its shape, and the state the rule's count.
+fn check_tensors(
+    name: &str,
+    rule: &Rule,
+    param: &Tensor,
+    grad: &Tensor,
+    state: &[Tensor],
+) -> Result<()> {
+    same_shape(name, param, grad)?;
+    if state.len() != rule.state_slots() {
+        return Err(Error::arg(
+            "state",
+            format!(
+                "{rule:?} keeps {} state tensors, got {}",
+                rule.state_slots(),
+                state.len()
+            ),
+        ));
+    }
+    state.iter().try_for_each(|s| same_shape(name, param, s))
 }
 
 /// The update kernels' uniform for tensors of `n` values (update4: up to four of them).
@@ -567,16 +576,7 @@ fn step4(rule: &Rule, lr: f32, weight_decay: f32, t: u64, chunk: &mut [Slot]) ->
     let name = "optim::step_many";
     rule.validate(lr, weight_decay, t)?;
     for s in chunk.iter() {
-        same_shape(name, s.value, s.grad)?;
-        if s.state.len() != rule.state_slots() {
-            return Err(Error::arg(
-                "state",
-                "not the rule's number of state tensors",
-            ));
-        }
-        for st in s.state.iter() {
-            same_shape(name, s.value, st)?;
-        }
+        check_tensors(name, rule, s.value, s.grad, s.state)?;
     }
     let mut all: Vec<&Tensor> = Vec::new();
     for s in chunk.iter() {
