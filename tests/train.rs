@@ -281,13 +281,12 @@ fn optimizer_rules_have_the_documented_state() {
     assert!(Optimizer::from_name("lbfgs", 1e-3).is_none());
 }
 
-/// A fitted step of a two-layer MLP on the GPU is one submission of ten dispatches
-/// (one gather, two forward matmuls, the fused loss, per layer the fused backward
-/// epilogue and the weight-gradient matmul, one input-gradient matmul, one optimizer
-/// dispatch for all four tensors) and reads nothing back; the epoch reads its loss log
-/// back once.
+/// A fitted step of a two-layer MLP on the GPU is one submission of five dispatches
+/// (one gather, the hidden layer's forward matmul, the fused classifier head, the hidden
+/// layer's weight-gradient matmul, one optimizer dispatch for all four tensors) and reads
+/// nothing back; the epoch reads its loss log back once.
 #[test]
-fn a_fitted_step_is_one_submission_of_ten_dispatches() {
+fn a_fitted_step_is_one_submission_of_five_dispatches() {
     isolate_autotune_cache();
     // A device of its own, so other tests' work does not show in its counters.
     let device = Device::gpu().unwrap();
@@ -320,7 +319,7 @@ fn a_fitted_step_is_one_submission_of_ten_dispatches() {
     let steps = (rows / batch) as u64;
     assert_eq!(
         after.dispatches - before.dispatches,
-        10 * steps,
+        5 * steps,
         "dispatches"
     );
     // A submission per step, and one for the epoch's readback.
@@ -338,4 +337,87 @@ fn a_fitted_step_is_one_submission_of_ten_dispatches() {
         after.buffers_created, before.buffers_created,
         "buffers created"
     );
+}
+
+/// The fused classifier head (output layer, loss and the backward into the layer before,
+/// one dispatch) gives the gradients of the unfused ops: a training step's gradients,
+/// left in the parameters, against `gradients()` at the same weights, which runs the
+/// ops one by one. Covers a dense hidden layer with each fusable activation, one without
+/// biases, a standalone activation before the head, one-hot targets through a final
+/// softmax, a deeper stack, and a hidden width the kernel does not take (unfused).
+#[test]
+fn the_fused_head_gives_the_unfused_gradients() {
+    let (rows, inputs, classes) = (24, 12, 5);
+    let x = random(rows * inputs, 7);
+    let labels: Vec<f32> = (0..rows).map(|i| ((i * 7) % classes) as f32).collect();
+    let one_hot: Vec<f32> = (0..rows * classes)
+        .map(|e| f32::from(u8::from(labels[e / classes] as usize == e % classes)))
+        .collect();
+    let base = || Sequential::new(inputs);
+    let cases: Vec<(&str, Sequential, Loss)> = vec![
+        (
+            "relu",
+            base().dense(16).relu().dense(classes),
+            Loss::SparseCategoricalCrossEntropy,
+        ),
+        (
+            "tanh",
+            base().dense(8).tanh().dense(classes),
+            Loss::SparseCategoricalCrossEntropy,
+        ),
+        (
+            "sigmoid",
+            base().dense(8).sigmoid().dense(classes),
+            Loss::SparseCategoricalCrossEntropy,
+        ),
+        (
+            "leaky",
+            base().dense(8).leaky_relu(0.2).dense(classes),
+            Loss::SparseCategoricalCrossEntropy,
+        ),
+        (
+            "no bias",
+            base()
+                .dense_with(Dense::new(8).no_bias())
+                .relu()
+                .dense_with(Dense::new(classes).no_bias()),
+            Loss::SparseCategoricalCrossEntropy,
+        ),
+        (
+            "gelu before",
+            base().dense(8).gelu().dense(classes),
+            Loss::SparseCategoricalCrossEntropy,
+        ),
+        (
+            "softmax one-hot",
+            base().dense(8).relu().dense(classes).softmax(),
+            Loss::CategoricalCrossEntropy,
+        ),
+        (
+            "deep",
+            base().dense(16).relu().dense(8).relu().dense(classes),
+            Loss::SparseCategoricalCrossEntropy,
+        ),
+        (
+            "width 6",
+            base().dense(6).relu().dense(classes),
+            Loss::SparseCategoricalCrossEntropy,
+        ),
+    ];
+    for (name, spec, loss) in cases {
+        let y = match loss {
+            Loss::CategoricalCrossEntropy => &one_hot,
+            _ => &labels,
+        };
+        let model = spec.build(&gpu(), 3).unwrap();
+        let mut t = model.compile(loss, Optimizer::sgd(0.1), &[]).unwrap();
+        let (_, want) = t.gradients(&x, y).unwrap();
+        t.train_batch(&x, y).unwrap();
+        for (p, (wname, w)) in t.model.params().iter().zip(&want) {
+            assert_eq!(&p.name, wname);
+            let got = p.grad.to_vec().unwrap();
+            // The same sums in another order, in f32.
+            assert_close(&got, w, 1e-4, 1e-6, &format!("{name}: {wname}"));
+        }
+    }
 }

@@ -11,8 +11,10 @@ use crate::ops::activation::{
 };
 use crate::ops::batch_norm::{BatchNorm, NormStats, RunningStats};
 use crate::ops::dense_grad::{dense_grad_into, DenseGrad};
+use crate::ops::dense_head::{dense_head_at, head_fits, Head, HeadOut};
 use crate::ops::dropout::dropout_into;
 use crate::ops::layer_norm::LayerNorm;
+use crate::ops::loss::Loss;
 use crate::ops::matmul::Gemm;
 use crate::ops::pool::{global_avg_pool_backward_into, global_avg_pool_into};
 use crate::ops::Activation;
@@ -115,6 +117,50 @@ pub(crate) enum Stage {
         beta: usize,
         op: LayerNorm,
     },
+}
+
+/// A plan whose last stage is a classifier's output layer: the fused head
+/// ([`dense_head_at`]) runs it forward and backward, with the loss, in one dispatch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct HeadPlan {
+    loss: Loss,
+    /// The output layer's weight and bias.
+    w: usize,
+    b: Option<usize>,
+    /// The stage before, when it is a dense layer: its bias and activation. Its dZ, dZ^T and
+    /// bias gradient then come from the head, and its backward starts at its weight product.
+    hidden: Option<(Option<usize>, Activation)>,
+}
+
+impl HeadPlan {
+    /// Whether the head also did the dense stage before it (dZ, dZ^T, bias gradient).
+    pub(crate) fn hidden_is_dense(&self) -> bool {
+        self.hidden.is_some()
+    }
+
+    /// The plan's head, if `stages` end in logits for a softmax cross-entropy `loss`.
+    pub(crate) fn of(stages: &[Stage], loss: Loss) -> Option<HeadPlan> {
+        let categorical = matches!(
+            loss,
+            Loss::SparseCategoricalCrossEntropy | Loss::CategoricalCrossEntropy
+        );
+        let [.., before, Stage::Dense { w, b, act }] = stages else {
+            return None;
+        };
+        if !categorical || *act != Activation::Identity {
+            return None;
+        }
+        let hidden = match *before {
+            Stage::Dense { b, act, .. } => Some((b, act)),
+            _ => None,
+        };
+        Some(HeadPlan {
+            loss,
+            w: *w,
+            b: *b,
+            hidden,
+        })
+    }
 }
 
 /// Buffers for one batch size, created once and reused every step.
@@ -681,7 +727,15 @@ impl Model {
     }
 
     /// Back-propagates grads[stages.len()] through `stages`, filling every parameter's grad.
-    pub(crate) fn backward_ws(&mut self, key: (usize, usize), stages: &[Stage]) -> Result<()> {
+    /// With `top_ready`, the last stage is a dense layer whose dZ, dZ^T and bias gradient
+    /// are already in place (the fused head wrote them).
+    pub(crate) fn backward_ws(
+        &mut self,
+        key: (usize, usize),
+        stages: &[Stage],
+        top_ready: bool,
+    ) -> Result<()> {
+        let top = stages.len().wrapping_sub(1);
         let seeds: Vec<u32> = (0..stages.len()).map(|i| self.dropout_seed(i)).collect();
         let params = &mut self.params;
         let ws = self
@@ -707,7 +761,9 @@ impl Model {
                         dzt,
                         db: bias.map(|p| &mut p.grad),
                     };
-                    dense_grad_into(act, y, dy, out)?;
+                    if !(top_ready && i == top) {
+                        dense_grad_into(act, y, dy, out)?;
+                    }
                     let (dz, dzt) = (&*dz, &*dzt);
                     Gemm::nn().run_into(dzt, x, None, &mut weight.grad)?;
                     if i > 0 {
@@ -752,6 +808,90 @@ impl Model {
             }
         }
         Ok(())
+    }
+
+    /// Whether the fused head pays for the workspace `key` (its batch and layer sizes).
+    pub(crate) fn head_fits(&self, key: (usize, usize), stages: &[Stage]) -> bool {
+        let Some(ws) = self.workspaces.get(&key) else {
+            return false;
+        };
+        let n = stages.len();
+        match (ws.acts[n - 1].shape(), ws.acts[n].shape()) {
+            (&[rows, hid], &[_, cols]) => head_fits(&self.device, rows, hid, cols),
+            _ => false,
+        }
+    }
+
+    /// A training step's last stage, loss and the backward into the stage before, fused
+    /// (see [`HeadPlan`]); the loss goes to `log[slot]`, or to the workspace's loss.
+    /// Continue with [`Model::backward_ws`] over `stages[..n - 1]`.
+    pub(crate) fn head_ws(
+        &mut self,
+        key: (usize, usize),
+        stages: &[Stage],
+        plan: HeadPlan,
+        log: Option<(&mut Tensor, usize)>,
+    ) -> Result<()> {
+        let n = stages.len();
+        let ws = self
+            .workspaces
+            .get_mut(&key)
+            .ok_or_else(|| Error::arg("workspace", "not created"))?;
+        let Workspace {
+            acts,
+            grads,
+            dz,
+            dzt,
+            target,
+            loss,
+            ..
+        } = ws;
+        let (hidden_acts, out_acts) = acts.split_at_mut(n);
+        let (hidden_grads, out_grads) = grads.split_at_mut(n);
+        // The head writes three gradients; each is a distinct parameter.
+        let (value, grad): (Vec<&Tensor>, Vec<&mut Tensor>) = self
+            .params
+            .iter_mut()
+            .map(|p| (&p.value, &mut p.grad))
+            .unzip();
+        let mut grad: Vec<Option<&mut Tensor>> = grad.into_iter().map(Some).collect();
+        let mut take = |i: usize| {
+            grad[i]
+                .take()
+                .ok_or_else(|| Error::arg("model", "a parameter used twice in the head"))
+        };
+        let dw = take(plan.w)?;
+        let db = plan.b.map(&mut take).transpose()?;
+        let (dh, dht, dhb, act) = match plan.hidden {
+            Some((hb, act)) => {
+                let (Some(dz), Some(dzt)) = (dz[n - 2].as_mut(), dzt[n - 2].as_mut()) else {
+                    return Err(Error::arg("workspace", "no dZ for a dense layer"));
+                };
+                (dz, Some(dzt), hb.map(&mut take).transpose()?, act)
+            }
+            None => (&mut hidden_grads[n - 1], None, None, Activation::Identity),
+        };
+        let head = Head {
+            loss: plan.loss,
+            h: &hidden_acts[n - 1],
+            act,
+            w: value[plan.w],
+            b: plan.b.map(|b| value[b]),
+            target,
+        };
+        let out = HeadOut {
+            logits: &mut out_acts[0],
+            dz: &mut out_grads[0],
+            dw,
+            db,
+            dh,
+            dht,
+            dhb,
+        };
+        match log {
+            Some((log, slot)) => dense_head_at(head, out, log, slot),
+            None => dense_head_at(head, out, loss, 0),
+        }
     }
 
     /// Forward pass of a batch of host inputs; returns the output (no dropout, batch norm

@@ -81,7 +81,7 @@ pub enum Loss {
 
 impl Loss {
     /// The code the shader switches on (see shaders/loss.wgsl).
-    fn code(self) -> u32 {
+    pub(crate) fn code(self) -> u32 {
         match self {
             Loss::Mse => 0,
             Loss::Mae => 1,

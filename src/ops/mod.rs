@@ -9,6 +9,7 @@ pub mod batch_norm;
 pub mod bias;
 pub mod conv;
 pub mod dense_grad;
+pub mod dense_head;
 pub mod dropout;
 pub mod elementwise;
 pub mod gather;

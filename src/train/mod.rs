@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::model::{Pass, Stage};
+use crate::nn::model::{HeadPlan, Pass, Stage};
 use crate::nn::Model;
 use crate::ops::activation::{activation_into, softmax_into};
 use crate::ops::gather::{PaletteRows, Rows};
@@ -138,6 +138,8 @@ pub struct Trainer {
     /// The plan used for training and evaluation: it ends in logits where the loss fuses
     /// the final softmax or sigmoid.
     train_stages: Vec<Stage>,
+    /// The fused classifier head, where the plan ends in one (used when the sizes fit).
+    head: Option<HeadPlan>,
     output: Output,
     logits: bool,
     step: u64,
@@ -203,6 +205,9 @@ impl Model {
             train_loss,
             optimizer,
             metrics: metrics.to_vec(),
+            // KILN_FUSED_HEAD=0 keeps the unfused ops (for comparisons).
+            head: HeadPlan::of(&stages, train_loss)
+                .filter(|_| std::env::var("KILN_FUSED_HEAD").map_or(true, |v| v != "0")),
             train_stages: stages,
             output,
             logits,
@@ -384,6 +389,26 @@ impl Trainer {
         let n = self.train_stages.len();
         // Masks follow the step count, so a resumed run draws the same ones.
         self.model.dropout_step = self.step as u32;
+        let head = self
+            .head
+            .filter(|_| self.model.head_fits(key, &self.train_stages));
+        if let Some(plan) = head {
+            // Output layer, loss and their backward in one dispatch.
+            let stages = &self.train_stages[..n - 1];
+            self.model.forward_ws(key, stages, Pass::Train)?;
+            match acc {
+                Some(acc) => {
+                    self.model
+                        .head_ws(key, &self.train_stages, plan, Some(acc.loss_slot()?))?;
+                    let ws = self.model.workspace(key.0, key.1)?;
+                    acc.add(&ws.acts[n], &ws.target, key.0)?;
+                }
+                None => self.model.head_ws(key, &self.train_stages, plan, None)?,
+            }
+            self.model
+                .backward_ws(key, stages, plan.hidden_is_dense())?;
+            return self.update();
+        }
         self.model
             .forward_ws(key, &self.train_stages, Pass::Train)?;
         {
@@ -412,7 +437,12 @@ impl Trainer {
                 )?,
             }
         }
-        self.model.backward_ws(key, &self.train_stages)?;
+        self.model.backward_ws(key, &self.train_stages, false)?;
+        self.update()
+    }
+
+    /// The optimizer step on the gradients in place, then the step's submission.
+    fn update(&mut self) -> Result<()> {
         self.step += 1;
         let lr = self.current_lr();
         self.optimizer
@@ -450,7 +480,7 @@ impl Trainer {
             &mut ws.loss,
         )?;
         let loss = ws.loss.to_vec()?[0];
-        self.model.backward_ws(key, &self.train_stages)?;
+        self.model.backward_ws(key, &self.train_stages, false)?;
         let grads = self
             .model
             .params
