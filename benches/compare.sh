@@ -105,5 +105,10 @@ for r in peers:
     print(f"{name(k):<18}{label:>10}{a:>10.{d}f}{r['lib'] + '/' + r['backend']:>18}{b:>12.{d}f}{a / b:>10.2f}x{extra}")
 if missing:
     print("no kiln figure for: " + ", ".join(sorted(set(missing))))
+print("kiln host CPU per training step (recording and submitting):")
+for r in kiln:
+    if r["bench"] == "mlp" and "host_us_per_step" in r:
+        print(f"  {r['model']:<28} batch {r['batch']:>4}: {r['host_us_per_step']:7.1f} us, "
+              f"{r['ms_per_step']:.2f} ms/step, {r['samples_per_s']:.0f} samples/s")
 PY
 echo "== saved: $out/{kiln,peers}.jsonl, load.txt, summary.txt" >&2

@@ -73,7 +73,15 @@ struct Row {
     loss: (f64, f64),
 }
 
-fn run(device: &Device, layers: &[usize], batch: usize, x: &[f32], y: &[f32]) -> Row {
+/// How a configuration trains: kiln's defaults, or the previous design (one submission
+/// per step, the output layer unfused) as a baseline measured in the same run.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Default,
+    Baseline,
+}
+
+fn run(device: &Device, layers: &[usize], batch: usize, v: Variant, x: &[f32], y: &[f32]) -> Row {
     let mut spec = Sequential::new(784);
     for (i, &units) in layers.iter().enumerate() {
         spec = spec.dense(units);
@@ -82,6 +90,11 @@ fn run(device: &Device, layers: &[usize], batch: usize, x: &[f32], y: &[f32]) ->
         }
     }
     let model = spec.build(device, 1).expect("build");
+    // Read when the model is compiled.
+    std::env::set_var(
+        "KILN_FUSED_HEAD",
+        if v == Variant::Baseline { "0" } else { "1" },
+    );
     let mut t: Trainer = model
         .compile(
             Loss::SparseCategoricalCrossEntropy,
@@ -93,6 +106,10 @@ fn run(device: &Device, layers: &[usize], batch: usize, x: &[f32], y: &[f32]) ->
     let steps_per_epoch = rows.div_ceil(batch);
     let opts = |epochs| FitOptions {
         shuffle: false,
+        steps_per_execution: match v {
+            Variant::Default => FitOptions::default().steps_per_execution,
+            Variant::Baseline => 1,
+        },
         ..FitOptions::new(epochs, batch)
     };
     // Warm-up: pipelines, workspaces, optimizer state (at least 20 steps, as the peers).
@@ -123,9 +140,12 @@ fn run(device: &Device, layers: &[usize], batch: usize, x: &[f32], y: &[f32]) ->
     rates.sort_by(|a, b| a.total_cmp(b));
     let sps = rates[1];
     let per = |a: u64, b: u64| (a - b) as f64 / (3.0 * steps);
-    let name = layers
+    let mut name = layers
         .iter()
         .fold("784".to_string(), |s, u| format!("{s}-{u}"));
+    if v == Variant::Baseline {
+        name += " (baseline)";
+    }
     Row {
         name,
         batch,
@@ -170,16 +190,18 @@ fn main() {
         false => Device::gpu().expect("no GPU adapter"),
     };
     let (x, y) = make_data(2048);
-    let configs: [(&[usize], usize); 4] = [
-        (&[128, 10], 32),
-        (&[128, 10], 128),
-        (&[128, 10], 512),
-        (&[256, 128, 10], 128),
+    let configs: [(&[usize], usize, Variant); 6] = [
+        (&[128, 10], 32, Variant::Default),
+        (&[128, 10], 32, Variant::Baseline),
+        (&[128, 10], 128, Variant::Default),
+        (&[128, 10], 128, Variant::Baseline),
+        (&[128, 10], 512, Variant::Default),
+        (&[256, 128, 10], 128, Variant::Default),
     ];
     if !json {
         println!("adapter: {}", device.name());
         println!(
-            "{:<16}{:>6}{:>12}{:>10}{:>13}{:>9}{:>9}{:>12}{:>12}{:>10}  loss",
+            "{:<28}{:>6}{:>12}{:>10}{:>13}{:>9}{:>9}{:>12}{:>12}{:>10}  loss",
             "mlp",
             "batch",
             "samples/s",
@@ -192,8 +214,8 @@ fn main() {
             "peak MiB"
         );
     }
-    for (layers, batch) in configs {
-        let r = run(&device, layers, batch, &x, &y);
+    for (layers, batch, variant) in configs {
+        let r = run(&device, layers, batch, variant, &x, &y);
         if json {
             println!(
                 "{{\"lib\":\"kiln\",\"backend\":\"wgpu\",\"bench\":\"mlp\",\"model\":\"{}\",\"batch\":{},\"samples_per_s\":{:.1},\"ms_per_step\":{:.3},\"host_us_per_step\":{:.1},\"host_user_us_per_step\":{:.1},\"dispatches_per_step\":{:.2}}}",
@@ -201,7 +223,7 @@ fn main() {
             );
         } else {
             println!(
-                "{:<16}{:>6}{:>12.0}{:>10.2}{:>13.0}{:>9.0}{:>9.3}{:>12.1}{:>12.1}{:>10.1}  {:.3} -> {:.3}",
+                "{:<28}{:>6}{:>12.0}{:>10.2}{:>13.0}{:>9.0}{:>9.3}{:>12.1}{:>12.1}{:>10.1}  {:.3} -> {:.3}",
                 r.name, r.batch, r.samples_per_s, r.ms_per_step, r.host_us_per_step, r.user_us_per_step, r.submits, r.dispatches, r.bytes_read, r.peak_mib, r.loss.0, r.loss.1
             );
         }

@@ -158,20 +158,7 @@ fn digits_mlp_reaches_95_percent() {
     let (mut train, mut test) = data.split(0.2, 7).unwrap();
     let scaler = train.scale(kiln::data::Scaling::Divide(16.0)).unwrap();
     scaler.apply(&mut test).unwrap();
-    let device = gpu();
-    let model = Sequential::new(64)
-        .dense(64)
-        .relu()
-        .dense(10)
-        .build(&device, 1)
-        .unwrap();
-    let mut t = model
-        .compile(
-            Loss::SparseCategoricalCrossEntropy,
-            Optimizer::adam(1e-2),
-            &[Metric::Accuracy],
-        )
-        .unwrap();
+    let mut t = relu_classifier(&gpu(), &[64, 64, 10], 1e-2, &[Metric::Accuracy]);
     let opts = FitOptions {
         validation: Validation::Split(0.1),
         ..FitOptions::new(30, 32)
@@ -281,62 +268,63 @@ fn optimizer_rules_have_the_documented_state() {
     assert!(Optimizer::from_name("lbfgs", 1e-3).is_none());
 }
 
-/// A fitted step of a two-layer MLP on the GPU is one submission of five dispatches
-/// (one gather, the hidden layer's forward matmul, the fused classifier head, the hidden
-/// layer's weight-gradient matmul, one optimizer dispatch for all four tensors) and reads
-/// nothing back; the epoch reads its loss log back once.
+/// A fitted step of a two-layer MLP on the GPU is five dispatches (one gather, the hidden
+/// layer's forward matmul, the fused classifier head, the hidden layer's weight-gradient
+/// matmul, one optimizer dispatch for all four tensors) and reads nothing back; the
+/// epoch reads its loss log back once. Steps go to the GPU `steps_per_execution` at a
+/// time, and how they are grouped changes nothing in the weights.
 #[test]
-fn a_fitted_step_is_one_submission_of_five_dispatches() {
+fn fitted_steps_are_five_dispatches_submitted_steps_per_execution_at_a_time() {
     isolate_autotune_cache();
     // A device of its own, so other tests' work does not show in its counters.
     let device = Device::gpu().unwrap();
-    let (rows, batch) = (64, 16);
+    let (rows, batch) = (128, 16);
     let x = random(rows * 16, 3);
     let y: Vec<f32> = (0..rows).map(|i| (i % 3) as f32).collect();
-    let model = Sequential::new(16)
-        .dense(8)
-        .relu()
-        .dense(3)
-        .build(&device, 1)
-        .unwrap();
-    let mut t = model
-        .compile(
-            Loss::SparseCategoricalCrossEntropy,
-            Optimizer::adam(1e-2),
-            &[],
-        )
-        .unwrap();
-    let opts = || FitOptions {
-        shuffle: false,
-        ..FitOptions::new(1, batch)
-    };
-    // The first epoch builds pipelines, workspaces and state, and tunes the matmuls.
-    t.fit(&x, &y, opts()).unwrap();
-    device.synchronize().unwrap();
-    let before = device.stats();
-    t.fit(&x, &y, opts()).unwrap();
-    let after = device.stats();
     let steps = (rows / batch) as u64;
-    assert_eq!(
-        after.dispatches - before.dispatches,
-        5 * steps,
-        "dispatches"
-    );
-    // A submission per step, and one for the epoch's readback.
-    assert_eq!(
-        after.submissions - before.submissions,
-        steps + 1,
-        "submissions"
-    );
-    assert_eq!(
-        after.bytes_read - before.bytes_read,
-        4 * steps,
-        "bytes read"
-    );
-    assert_eq!(
-        after.buffers_created, before.buffers_created,
-        "buffers created"
-    );
+    let mut weights = Vec::new();
+    for per in [1, 3, FitOptions::default().steps_per_execution] {
+        let mut t = relu_classifier(&device, &[16, 8, 3], 1e-2, &[]);
+        let opts = || FitOptions {
+            shuffle: false,
+            steps_per_execution: per,
+            ..FitOptions::new(1, batch)
+        };
+        // The first epoch builds pipelines, workspaces and state, and tunes the matmuls.
+        t.fit(&x, &y, opts()).unwrap();
+        device.synchronize().unwrap();
+        let before = device.stats();
+        t.fit(&x, &y, opts()).unwrap();
+        let after = device.stats();
+        assert_eq!(
+            after.dispatches - before.dispatches,
+            5 * steps,
+            "dispatches"
+        );
+        // A submission per `per` steps, and one for the epoch's readback.
+        assert_eq!(
+            after.submissions - before.submissions,
+            steps.div_ceil(per as u64) + 1,
+            "submissions, {per} steps per execution"
+        );
+        assert_eq!(
+            after.bytes_read - before.bytes_read,
+            4 * steps,
+            "bytes read"
+        );
+        assert_eq!(
+            after.buffers_created, before.buffers_created,
+            "buffers created"
+        );
+        let w: Vec<Vec<f32>> = t
+            .model
+            .params()
+            .iter()
+            .map(|p| p.value.to_vec().unwrap())
+            .collect();
+        weights.push(w);
+    }
+    assert!(weights.windows(2).all(|w| w[0] == w[1]), "same weights");
 }
 
 /// The fused classifier head (output layer, loss and the backward into the layer before,

@@ -67,6 +67,12 @@ pub struct FitOptions {
     pub on_epoch: Vec<EpochHook>,
     /// Hook called after every step.
     pub on_step: Option<StepHook>,
+    /// Training steps recorded into one GPU submission (Keras's `steps_per_execution`);
+    /// 0 counts as 1. Submitting costs host time (on lavapipe about as much as recording
+    /// a small step), so several steps per submission train small models faster. The
+    /// work is submitted at least when a value is read back (the loss every `loss_every`
+    /// steps, the epoch's end).
+    pub steps_per_execution: usize,
 }
 
 impl Default for FitOptions {
@@ -81,6 +87,7 @@ impl Default for FitOptions {
             loss_every: 0,
             on_epoch: Vec::new(),
             on_step: None,
+            steps_per_execution: 8,
         }
     }
 }
@@ -441,13 +448,12 @@ impl Trainer {
         self.update()
     }
 
-    /// The optimizer step on the gradients in place, then the step's submission.
+    /// The optimizer step on the gradients in place (recorded; the caller submits).
     fn update(&mut self) -> Result<()> {
         self.step += 1;
         let lr = self.current_lr();
         self.optimizer
-            .step(&mut self.model.params, lr, self.step, &mut self.norm)?;
-        self.model.device.flush()
+            .step(&mut self.model.params, lr, self.step, &mut self.norm)
     }
 
     /// One training step on a batch of host rows; returns nothing (no readback).
@@ -457,7 +463,8 @@ impl Trainer {
         let ws = self.model.workspace(rows, key.1)?;
         ws.acts[0].write(x)?;
         ws.target.write(y)?;
-        self.step_ws(key, None)
+        self.step_ws(key, None)?;
+        self.model.device.flush()
     }
 
     /// The mean loss and every parameter's gradient on a batch, without updating: dropout off,
@@ -580,6 +587,9 @@ impl Trainer {
             let key = self.load_batch(data, start, batch)?;
             self.step_ws(key, Some(&mut acc))?;
             let read = opts.loss_every > 0 && (step % opts.loss_every == 0 || step == steps);
+            if read || step % opts.steps_per_execution.max(1) == 0 || step == steps {
+                self.model.device.flush()?;
+            }
             let loss = if read {
                 let value = acc.mean_loss()? as f32;
                 if !value.is_finite() {

@@ -172,3 +172,27 @@ pub fn assert_grads_match_fd(
         }
     }
 }
+
+/// A ReLU MLP classifier (`widths`: inputs, hidden layers, classes) built with seed 1 and
+/// compiled with sparse categorical cross-entropy and Adam at `lr`.
+pub fn relu_classifier(
+    device: &Device,
+    widths: &[usize],
+    lr: f32,
+    metrics: &[kiln::Metric],
+) -> kiln::Trainer {
+    let (classes, hidden) = widths[1..].split_last().expect("inputs and classes");
+    let mut spec = kiln::Sequential::new(widths[0]);
+    for &units in hidden {
+        spec = spec.dense(units).relu();
+    }
+    spec.dense(*classes)
+        .build(device, 1)
+        .unwrap()
+        .compile(
+            kiln::Loss::SparseCategoricalCrossEntropy,
+            kiln::Optimizer::adam(lr),
+            metrics,
+        )
+        .unwrap()
+}
