@@ -546,9 +546,10 @@ fn norm_shape_errors() {
     assert!(matches!(r, Err(kiln::Error::Shape { .. })), "{r:?}");
 }
 
-/// `step_many` on the GPU (four tensors per dispatch) against `step` on the CPU, tensor by
-/// tensor, for rules with every combination of state slots; six tensors of awkward sizes
-/// make one full group of four and one of two, and the GPU state starts as NaN garbage.
+/// `step_many` on the GPU (four small tensors per dispatch, a large one alone) against
+/// `step` on the CPU, tensor by tensor, for rules with every combination of state slots;
+/// six small tensors of awkward sizes make one full group of four and one of two, the
+/// large one (100,003 values) a dispatch of its own, and the GPU state starts as NaN garbage.
 #[test]
 fn step_many_matches_step_per_tensor() {
     let rules = [
@@ -585,7 +586,7 @@ fn step_many_matches_step_per_tensor() {
             0.01,
         ),
     ];
-    let sizes = [1usize, 17, 1000, 3, 100003, 6];
+    let sizes = [1usize, 17, 1000, 3, 100003, 6, 5];
     let dev = Device::gpu().unwrap();
     let cpu = Device::cpu();
     for (name, rule, wd) in rules {
@@ -629,7 +630,7 @@ fn step_many_matches_step_per_tensor() {
                 .map(|((value, grad), state)| optim::Slot { value, grad, state })
                 .collect();
             optim::step_many(&rule, 0.01, wd, t, &mut slots).unwrap();
-            assert_eq!(dev.stats().dispatches - before, 2, "{name}: dispatches");
+            assert_eq!(dev.stats().dispatches - before, 3, "{name}: dispatches");
         }
         for k in 0..sizes.len() {
             let what = format!("{name} tensor {k} (n={})", sizes[k]);
