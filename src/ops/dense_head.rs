@@ -6,6 +6,7 @@
 //! One workgroup does it all, so it pays only where the layer is small: on lavapipe the
 //! five dispatches it replaces cost about 50 us of GPU time and 10 us of host time each.
 
+use super::bias::bias_grad_into;
 use super::dense_grad::{dense_grad_into, DenseGrad};
 use super::loss::{loss_and_grad_at, Loss};
 use super::matmul::Gemm;
@@ -218,10 +219,7 @@ fn cpu(head: Head, out: HeadOut, log: &mut Tensor, slot: usize) -> Result<()> {
     loss_and_grad_at(head.loss, out.logits, head.target, out.dz, log, slot)?;
     Gemm::tn().run_into(out.dz, head.h, None, out.dw)?;
     if let Some(db) = out.db {
-        let ones = Tensor::full(&device, &[1, out.dz.shape()[0]], 1.0)?;
-        let mut sums = Tensor::zeros(&device, &[1, db.len()])?;
-        Gemm::nn().run_into(&ones, out.dz, None, &mut sums)?;
-        db.write(&sums.to_vec()?)?;
+        bias_grad_into(out.dz, db)?;
     }
     let mut dh = Tensor::zeros(&device, out.dh.shape())?;
     Gemm::nn().run_into(out.dz, head.w, None, &mut dh)?;
