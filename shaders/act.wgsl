@@ -52,7 +52,8 @@ fn act_derivative(code: u32, alpha: f32, x: f32) -> f32 {
     }
 }
 
-// Derivative from the output y = f(z), for all but gelu (whose output does not determine z).
+// Derivative from the output y = f(z), for all but gelu and leaky relu with a negative slope
+// (whose outputs do not determine the side of zero z is on; the host keeps z for those).
 fn act_derivative_from_output(code: u32, alpha: f32, y: f32) -> f32 {
     switch code {
         case 1u: { return select(0.0, 1.0, y > 0.0); }

@@ -4,10 +4,11 @@ use kiln::ops::activation::{self as act, Activation, RowSplit};
 use kiln::{Device, Tensor};
 use std::time::Instant;
 
-const ALL: [Activation; 6] = [
+const ALL: [Activation; 7] = [
     Activation::Identity,
     Activation::Relu,
     Activation::LeakyRelu(0.1),
+    Activation::LeakyRelu(-0.3),
     Activation::Sigmoid,
     Activation::Tanh,
     Activation::Gelu,
@@ -84,6 +85,42 @@ fn activation_backward_matches_reference() {
             assert_same(&gpu, &cpu, 1e-5, 1e-6, &format!("{a:?}' {r}x{c}"));
         }
     }
+}
+
+/// Where an activation claims its derivative follows from its output, the backward from the
+/// output equals the backward from the input; where it does not, asking is a typed error.
+#[test]
+fn backward_from_output_equals_backward_from_input_or_is_refused() {
+    let (r, c) = (17, 33);
+    let x = wide(r * c, 6);
+    let dy = random(r * c, 7);
+    for dev in [Device::cpu(), gpu()] {
+        let xt = Tensor::from_slice(&dev, &x, &[r, c]).unwrap();
+        let dt = Tensor::from_slice(&dev, &dy, &[r, c]).unwrap();
+        for a in ALL {
+            let y = act::activation(a, &xt).unwrap();
+            let mut from_y = Tensor::uninit(&dev, &[r, c]).unwrap();
+            let got = act::activation_grad_from_output_into(a, &y, &dt, &mut from_y);
+            if !a.derivative_from_output() {
+                assert!(
+                    matches!(got, Err(kiln::Error::InvalidArgument { .. })),
+                    "{a:?}: {got:?}"
+                );
+                continue;
+            }
+            got.unwrap();
+            let from_x = act::activation_backward(a, &xt, &dt).unwrap();
+            assert_same(
+                &from_y,
+                &from_x,
+                1e-5,
+                1e-6,
+                &format!("{a:?} from y, {dev:?}"),
+            );
+        }
+    }
+    assert!(Activation::LeakyRelu(0.2).derivative_from_output());
+    assert!(!Activation::LeakyRelu(-0.3).derivative_from_output());
 }
 
 #[test]

@@ -351,3 +351,45 @@ fn initializers_have_the_documented_spread() {
         .iter()
         .all(|&v| v == 0.5));
 }
+
+/// Warmup's rate three ways: the documented formula (step s, 0-based, takes (s + 1) / steps of
+/// the base rate), the rate each optimizer step applies (under plain SGD a weight moves by
+/// the rate times its gradient) and the rate `History` records for the epoch.
+#[test]
+fn warmup_rate_is_applied_and_recorded_as_documented() {
+    let schedule = Schedule::Warmup {
+        steps: 4,
+        then: Box::new(Schedule::Constant),
+    };
+    let documented: Vec<f32> = (0..6).map(|s| schedule.lr(0.1, 0, s)).collect();
+    let formula = [0.025, 0.05, 0.075, 0.1, 0.1, 0.1];
+    assert_close(&documented, &formula, 1e-6, 0.0, "Schedule::lr");
+    let (x, y) = (random(5 * 3, 2), random(5 * 2, 3));
+    for device in [Device::cpu(), gpu()] {
+        let opt = Optimizer::sgd(0.1).schedule(schedule.clone());
+        let model = Sequential::new(3).dense(2).build(&device, 1).unwrap();
+        let mut t = model.compile(Loss::Mse, opt, &[]).unwrap();
+        for (s, &want) in formula.iter().enumerate() {
+            let what = format!("{device:?} step {s}");
+            assert_close(&[t.current_lr()], &[want], 1e-6, 0.0, &what);
+            let (_, grads) = t.gradients(&x, &y).unwrap();
+            let before = params_f64(&t.model);
+            // One epoch of one full batch is one optimizer step.
+            let opts = FitOptions {
+                shuffle: false,
+                ..FitOptions::new(1, 5)
+            };
+            let history = t.fit(&x, &y, opts).unwrap();
+            let after = params_f64(&t.model);
+            for (p, (name, g)) in grads.iter().enumerate() {
+                let applied: Vec<f32> = (0..g.len())
+                    .map(|k| ((before[p][k] - after[p][k]) / g[k] as f64) as f32)
+                    .collect();
+                let what = format!("{what}: rate applied to {name}");
+                // The weights are f32: a difference of two of them is exact to about 1e-7 / |g|.
+                assert_close(&applied, &vec![want; g.len()], 1e-3, 0.0, &what);
+            }
+            assert_close(&[history.epochs[0].lr], &[want], 1e-6, 0.0, "History");
+        }
+    }
+}

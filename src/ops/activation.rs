@@ -101,17 +101,24 @@ impl Activation {
         }
     }
 
-    /// True when f'(z) follows from y = f(z) alone (all but GELU).
+    /// True when f'(z) follows from y = f(z) alone: all but GELU and leaky ReLU with a
+    /// negative slope (whose output is positive on both sides of zero).
     pub fn derivative_from_output(self) -> bool {
-        self != Activation::Gelu
+        match self {
+            Activation::Gelu => false,
+            Activation::LeakyRelu(a) => a >= 0.0,
+            _ => true,
+        }
     }
 
     /// CPU reference: f'(z) from the output y = f(z), in f64.
     pub fn derivative_at_output(self, y: f64) -> f64 {
         match self {
             Activation::Identity => 1.0,
-            // y > 0 exactly when z > 0 (a leaky slope is positive).
-            Activation::Relu | Activation::LeakyRelu(_) => self.derivative(y),
+            // y > 0 exactly when z > 0, for a slope of at least 0.
+            Activation::Relu => self.derivative(y),
+            Activation::LeakyRelu(a) if a >= 0.0 => self.derivative(y),
+            Activation::LeakyRelu(_) => f64::NAN,
             Activation::Sigmoid => y * (1.0 - y),
             Activation::Tanh => 1.0 - y * y,
             Activation::Gelu => f64::NAN,

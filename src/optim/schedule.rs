@@ -24,7 +24,8 @@ pub enum Schedule {
         /// Final rate.
         eta_min: f32,
     },
-    /// Linear warmup from 0 over the first `steps` optimizer steps, then `then`.
+    /// Linear warmup over the first `steps` optimizer steps: 0-based step s takes
+    /// (s + 1) / steps of the rate `then` gives; after them, `then`.
     Warmup {
         /// Steps of warmup.
         steps: usize,

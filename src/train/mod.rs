@@ -277,7 +277,8 @@ impl Trainer {
         }
     }
 
-    /// The learning rate at the current step and epoch.
+    /// The learning rate the next optimizer step applies: the schedule at the current epoch
+    /// and at that step's 0-based index (the number of steps taken so far).
     pub fn current_lr(&self) -> f32 {
         let o = &self.optimizer;
         o.schedule.lr(o.lr, self.epoch, self.step as usize)
@@ -450,8 +451,9 @@ impl Trainer {
 
     /// The optimizer step on the gradients in place (recorded; the caller submits).
     fn update(&mut self) -> Result<()> {
-        self.step += 1;
+        // Ask the schedule before counting the step: its index is 0-based.
         let lr = self.current_lr();
+        self.step += 1;
         self.optimizer
             .step(&mut self.model.params, lr, self.step, &mut self.norm)
     }
