@@ -1,5 +1,7 @@
 //! Host-side data: IDX and CSV loading, the embedded digits set, split, scaling, validation.
 
+mod common;
+
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -101,7 +103,11 @@ fn shared(name: &str) -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!("skipped: {} is absent", dir.display());
+        let why = format!(
+            "{} is absent (the data sets ship beside the project)",
+            dir.display()
+        );
+        common::cannot_run(name, &why);
         None
     }
 }

@@ -1221,20 +1221,17 @@ fn python_reads_the_checkpoint() {
     let probe = std::process::Command::new("python3")
         .args(["-c", "import numpy, safetensors"])
         .output();
-    match probe {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            eprintln!(
-                "SKIP python_reads_the_checkpoint: python3 lacks numpy or safetensors \
-                 (pip install numpy safetensors): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return;
-        }
-        Err(e) => {
-            eprintln!("SKIP python_reads_the_checkpoint: no python3 ({e})");
-            return;
-        }
+    let missing = match probe {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "python3 lacks numpy or safetensors (pip install numpy safetensors): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("no python3 ({e})")),
+    };
+    if let Some(why) = missing {
+        cannot_run("python_reads_the_checkpoint", &why);
+        return;
     }
     let (x, y) = digits();
     let mut t = trainer(&Device::cpu());
