@@ -71,6 +71,8 @@ pub(crate) enum Pass {
     Train,
     /// Gradients without a step: dropout off, batch statistics, running statistics kept.
     Probe,
+    /// Gradients without a step, as `Probe` but with dropout on (the current step's masks).
+    ProbeTrain,
     /// Inference: dropout off, running statistics.
     Infer,
 }
@@ -179,6 +181,8 @@ pub(crate) struct Workspace {
     pub target: Tensor,
     /// The batch's mean loss, on the device.
     pub loss: Tensor,
+    /// Whether the last forward pass applied dropout (its backward masks likewise).
+    dropout: bool,
 }
 
 /// A model with weights on a device.
@@ -636,6 +640,7 @@ impl Model {
             norm,
             target: Tensor::zeros(d, &[batch, target_width])?,
             loss: Tensor::zeros(d, &[1])?,
+            dropout: false,
         })
     }
 
@@ -655,13 +660,14 @@ impl Model {
         pass: Pass,
     ) -> Result<()> {
         let seeds: Vec<u32> = (0..stages.len()).map(|i| self.dropout_seed(i)).collect();
-        let training = pass == Pass::Train;
+        let training = matches!(pass, Pass::Train | Pass::ProbeTrain);
         let params = &self.params;
         let buffers = &mut self.buffers;
         let ws = self
             .workspaces
             .get_mut(&key)
             .ok_or_else(|| Error::arg("workspace", "not created"))?;
+        ws.dropout = training;
         for (i, stage) in stages.iter().enumerate() {
             let (before, after) = ws.acts.split_at_mut(i + 1);
             let (x, y) = (&before[i], &mut after[0]);
@@ -706,7 +712,7 @@ impl Model {
                             check_batch(stats.layer, x)?;
                             op.forward_train_into(x, g, b, &mut stats.running, saved, y)?
                         }
-                        Pass::Probe => {
+                        Pass::Probe | Pass::ProbeTrain => {
                             check_batch(stats.layer, x)?;
                             // Batch statistics as in training, but the model's running ones stay.
                             let mut scratch = RunningStats::new(&x.device(), g.len())?;
@@ -795,8 +801,8 @@ impl Model {
                 _ if i == 0 => {}
                 Stage::Act(act) => activation_backward_into(act, x, dy, dx)?,
                 Stage::Softmax => softmax_backward_into(y, dy, dx)?,
-                Stage::Dropout(rate) => dropout_into(dy, rate, seeds[i], dx)?,
-                Stage::Flatten => dx.copy_from(dy)?,
+                Stage::Dropout(rate) if ws.dropout => dropout_into(dy, rate, seeds[i], dx)?,
+                Stage::Dropout(_) | Stage::Flatten => dx.copy_from(dy)?,
                 Stage::MaxPool(pool) => {
                     let argmax = ws.dz[i]
                         .as_ref()
