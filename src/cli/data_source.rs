@@ -89,6 +89,11 @@ impl DataSource {
         matches!(self, DataSource::Idx { .. })
     }
 
+    /// True for a CSV file, the one kind that `--delimiter` applies to.
+    pub fn is_csv(&self) -> bool {
+        matches!(self, DataSource::Csv { .. })
+    }
+
     /// The scaling used when `--scale` is not given: pixels / 255, tables standardized.
     pub fn default_scale(&self) -> Scale {
         match self {
@@ -98,8 +103,13 @@ impl DataSource {
     }
 
     /// Loads the training rows and, when the source has them, its own test rows;
-    /// `classes` forces a CSV to be read as classification or regression.
-    fn load_parts(&self, classes: Option<bool>) -> Result<(Dataset, Option<Dataset>)> {
+    /// `classes` forces a CSV to be read as classification or regression, and
+    /// `delimiter` separates its fields.
+    fn load_parts(
+        &self,
+        classes: Option<bool>,
+        delimiter: u8,
+    ) -> Result<(Dataset, Option<Dataset>)> {
         match self {
             DataSource::Digits => Ok((data::digits()?, None)),
             DataSource::Idx { dir, .. } => {
@@ -107,26 +117,31 @@ impl DataSource {
                 Ok((train, Some(test)))
             }
             DataSource::Csv { path, label } => {
-                Ok((data::csv::load(path, label.as_deref(), classes)?, None))
+                let options = data::csv::Options::new(label.as_deref(), classes);
+                Ok((
+                    data::csv::load_with(path, &options.delimiter(delimiter))?,
+                    None,
+                ))
             }
         }
     }
 
     /// Train and test sets: every row of `test_source` when given, else the source's
     /// own test set, else `test_split` of the rows held out by a shuffle seeded with
-    /// `seed` (the same rows every time).
+    /// `seed` (the same rows every time). `delimiter` separates the fields of CSV files.
     pub fn load(
         &self,
         test_source: Option<&DataSource>,
         test_split: f32,
         seed: u64,
+        delimiter: u8,
     ) -> Result<Split> {
         check_fraction("--test-split", test_split)?;
-        let (mut all, own_test) = self.load_parts(None)?;
+        let (mut all, own_test) = self.load_parts(None, delimiter)?;
         let (train, test) = match (test_source, own_test) {
             (Some(source), _) => {
                 // Read as the training rows were, even if the test file lacks some class.
-                let mut test = source.load_parts(Some(all.classes > 0))?.0;
+                let mut test = source.load_parts(Some(all.classes > 0), delimiter)?.0;
                 if all.classes > 0 {
                     all.classes = all.classes.max(test.classes);
                     test.classes = all.classes;
@@ -162,6 +177,31 @@ pub struct Split {
     pub train: Dataset,
     /// Rows to test on after training, if any.
     pub test: Option<Dataset>,
+}
+
+/// Reads `--delimiter`: a character such as `,` `;` `|`, `tab` (or `\t`), `space`, or
+/// `0xNN` for any byte.
+pub fn parse_delimiter(s: &str) -> std::result::Result<u8, String> {
+    data::csv::parse_delimiter(s).map_err(|e| match e {
+        kiln::Error::InvalidArgument { detail, .. } => detail,
+        e => e.to_string(),
+    })
+}
+
+/// The `--delimiter` to read with: the one given, else the run's, else a comma; one
+/// given must have a CSV source to apply to (`sources` are those read).
+pub fn delimiter(
+    given: Option<u8>,
+    recorded: Option<u8>,
+    sources: &[Option<&DataSource>],
+) -> Result<u8> {
+    if given.is_some() && !sources.iter().flatten().any(|s| s.is_csv()) {
+        return Err(bad_arg(
+            "--delimiter",
+            "applies to CSV data (csv:FILE), and no source given is one",
+        ));
+    }
+    Ok(given.or(recorded).unwrap_or(b','))
 }
 
 /// Checks that a fraction of rows is in [0, 1).
@@ -265,6 +305,23 @@ mod tests {
         assert!("mnist:".parse::<DataSource>().is_err());
         assert!("parquet:x".parse::<DataSource>().is_err());
         assert!("nothing".parse::<DataSource>().is_err());
+    }
+
+    #[test]
+    fn delimiters_parse_and_apply_to_csv_only() {
+        assert_eq!(parse_delimiter(";"), Ok(b';'));
+        assert_eq!(parse_delimiter("tab"), Ok(b'\t'));
+        assert!(parse_delimiter("\"").unwrap_err().contains("quotes"));
+        assert!(parse_delimiter(",,").unwrap_err().contains("not one byte"));
+        let csv: DataSource = "csv:a.csv".parse().unwrap();
+        let digits = DataSource::Digits;
+        assert_eq!(delimiter(None, None, &[Some(&digits)]).unwrap(), b',');
+        assert_eq!(delimiter(None, Some(b';'), &[Some(&csv)]).unwrap(), b';');
+        assert_eq!(
+            delimiter(Some(b'|'), Some(b';'), &[Some(&digits), Some(&csv)]).unwrap(),
+            b'|'
+        );
+        assert!(delimiter(Some(b';'), None, &[Some(&digits), None]).is_err());
     }
 
     #[test]

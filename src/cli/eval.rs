@@ -50,6 +50,11 @@ pub struct EvalArgs {
     /// with the run's seed [default: 0, every row]
     #[arg(long, value_name = "FRACTION", requires = "data")]
     pub test_split: Option<f32>,
+
+    /// With a CSV --data: what separates its fields, a character such as , or ; or |,
+    /// tab, space, or 0xNN [default: the training run's, a comma unless it gave one]
+    #[arg(long, value_name = "CHAR", requires = "data", value_parser = data_source::parse_delimiter)]
+    pub delimiter: Option<u8>,
 }
 
 /// Runs `kiln eval`.
@@ -71,7 +76,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
             (format!("{} (the run's test rows)", record.data), test)
         }
         Some(source) => {
-            let split = source.load(None, args.test_split.unwrap_or(0.0), record.seed)?;
+            let delimiter =
+                data_source::delimiter(args.delimiter, record.delimiter, &[Some(source)])?;
+            let split =
+                source.load(None, args.test_split.unwrap_or(0.0), record.seed, delimiter)?;
             let test = match split.test {
                 Some(t) if t.n > 0 => t,
                 _ => split.train,

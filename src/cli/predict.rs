@@ -17,7 +17,10 @@ Predict classes (or values) for the rows of a CSV or IDX file.
 
 The input is a CSV file with a header row (the model's features, with or without
 the label column, which is ignored) or an IDX images file such as
-t10k-images-idx3-ubyte (gzipped or not). Features are scaled as at training time.
+t10k-images-idx3-ubyte (gzipped or not). A file is read as CSV when its name ends
+in .csv or when --delimiter is given; its fields are separated as the training
+data's were unless --delimiter says otherwise. Features are scaled as at
+training time.
 
 The output is CSV with a header and one line per input row: the row number (from
 0), the predicted class and the probability of each class; for regression
@@ -30,7 +33,10 @@ Examples:
   kiln predict --checkpoint runs/mnist --input data/mnist/t10k-images-idx3-ubyte.gz --output predictions.csv
 
   # A CSV printed to the terminal
-  kiln predict --checkpoint runs/iris --input new-flowers.csv";
+  kiln predict --checkpoint runs/iris --input new-flowers.csv
+
+  # Tab-separated rows
+  kiln predict --checkpoint runs/iris --input new-flowers.txt --delimiter tab";
 
 /// Options of `kiln predict`.
 #[derive(Args, Debug)]
@@ -41,6 +47,11 @@ pub struct PredictArgs {
     /// Rows to predict: a .csv file, or an IDX images file
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
+
+    /// Read --input as CSV whose fields this separates: a character such as , or ; or |,
+    /// tab, space, or 0xNN [default: the training run's, a comma unless it gave one]
+    #[arg(long, value_name = "CHAR", value_parser = super::data_source::parse_delimiter)]
+    pub delimiter: Option<u8>,
 
     /// Write the predictions here instead of to standard output
     #[arg(long, value_name = "FILE.csv")]
@@ -54,7 +65,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         mut trainer,
         batch_size,
     } = args.run.open()?;
-    let mut x = read_rows(&args.input, &record)?;
+    let mut x = read_rows(&args.input, args.delimiter, &record)?;
     if let Some(s) = record.scaler() {
         s.transform(&mut x)?;
     }
@@ -73,13 +84,14 @@ pub fn run(args: PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// The features of every row of `path`, unscaled, checked against the run.
-fn read_rows(path: &Path, record: &RunRecord) -> Result<Vec<f32>> {
+/// The features of every row of `path`, unscaled, checked against the run; a CSV
+/// file's fields are separated by `delimiter` when given.
+fn read_rows(path: &Path, delimiter: Option<u8>, record: &RunRecord) -> Result<Vec<f32>> {
     let f = record.features;
     let is_csv = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    if !is_csv {
+    if !is_csv && delimiter.is_none() {
         let (pixels, n, rows, cols) = idx::read_images(path)?;
         if rows * cols != f {
             return Err(bad_arg(
@@ -93,8 +105,10 @@ fn read_rows(path: &Path, record: &RunRecord) -> Result<Vec<f32>> {
         }
         return Ok(pixels.into_iter().map(f32::from).collect());
     }
+    let delimiter = delimiter.or(record.delimiter).unwrap_or(b',');
+    let options = |label: Option<&str>| csv::Options::new(label, Some(false)).delimiter(delimiter);
     // Read as regression with the last column as target, which accepts any numbers.
-    let all = csv::load(path, None, Some(false))?;
+    let all = csv::load_with(path, &options(None))?;
     let columns = all.features + 1;
     if columns == f {
         // No label column: the "target" read is the last feature.
@@ -110,7 +124,7 @@ fn read_rows(path: &Path, record: &RunRecord) -> Result<Vec<f32>> {
         if label.is_none() {
             return Ok(all.x);
         }
-        return Ok(csv::load(path, label.as_deref(), Some(false))?.x);
+        return Ok(csv::load_with(path, &options(label.as_deref()))?.x);
     }
     Err(bad_arg(
         "--input",

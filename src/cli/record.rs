@@ -20,6 +20,8 @@ pub struct RunRecord {
     pub data: String,
     /// The `--test-data` source, if any.
     pub test_data: Option<String>,
+    /// The `--delimiter` of CSV sources, when not a comma.
+    pub delimiter: Option<u8>,
     /// Fraction of rows held out for testing (sources without their own test set).
     pub test_split: f32,
     /// Fraction of training rows held out for validation.
@@ -101,6 +103,9 @@ impl RunRecord {
         if let Some(t) = &self.test_data {
             line("test_data", t.clone());
         }
+        if let Some(d) = self.delimiter {
+            line("delimiter", kiln::data::csv::delimiter_name(d));
+        }
         line("test_split", self.test_split.to_string());
         line("validation_split", self.validation_split.to_string());
         line("seed", self.seed.to_string());
@@ -140,6 +145,12 @@ impl RunRecord {
             match key {
                 "data" => r.data = value.to_string(),
                 "test_data" => r.test_data = Some(value.to_string()),
+                "delimiter" => {
+                    r.delimiter = Some(
+                        kiln::data::csv::parse_delimiter(value)
+                            .map_err(|e| bad(format!("line {}: {e}", i + 1)))?,
+                    )
+                }
                 "test_split" => r.test_split = value.parse().map_err(|_| bad(number(key)))?,
                 "validation_split" => {
                     r.validation_split = value.parse().map_err(|_| bad(number(key)))?
@@ -260,6 +271,7 @@ mod tests {
         let r = RunRecord {
             data: "csv:a b.csv:label".into(),
             test_data: Some("csv:t.csv".into()),
+            delimiter: Some(b'\t'),
             test_split: 0.2,
             validation_split: 0.1,
             seed: 7,
@@ -277,6 +289,14 @@ mod tests {
             lr: 0.001,
         };
         assert_eq!(RunRecord::parse(&r.to_text(), "t").unwrap(), r);
+        for d in [b';', b' ', b'=', b'#', 0x1f] {
+            let r = RunRecord {
+                delimiter: Some(d),
+                ..r.clone()
+            };
+            assert_eq!(RunRecord::parse(&r.to_text(), "t").unwrap(), r);
+        }
+        assert!(RunRecord::parse("data = digits\ndelimiter = ab\n", "t").is_err());
         assert!(RunRecord::parse("seed = 1\n", "t").is_err());
     }
 

@@ -42,6 +42,9 @@ Examples:
   # Regression on a CSV (labels that are not class ids), with SGD and momentum
   kiln train --data csv:houses.csv:price --loss mse --optimizer momentum --lr 0.01
 
+  # A CSV whose fields are separated by semicolons (or tabs: --delimiter tab)
+  kiln train --data csv:wine.csv:quality --delimiter ';' --loss mse
+
   # Finish an interrupted run (its checkpoint is saved after every epoch)
   kiln train --resume runs/mnist
 
@@ -60,6 +63,12 @@ pub struct TrainArgs {
     /// Test rows from another source (e.g. csv:test.csv) instead of --test-split
     #[arg(long, value_name = "SOURCE")]
     pub test_data: Option<DataSource>,
+
+    /// What separates the fields of CSV data (--data and --test-data): a character such
+    /// as , or ; or |, tab, space, or 0xNN for any byte; a field in double quotes may
+    /// hold it, and line breaks [default: ,]
+    #[arg(long, value_name = "CHAR", value_parser = data_source::parse_delimiter)]
+    pub delimiter: Option<u8>,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -133,7 +142,7 @@ pub struct TrainArgs {
         long,
         value_name = "DIR",
         conflicts_with_all = [
-            "data", "test_data", "layers", "activation", "model", "batch_size", "optimizer",
+            "data", "test_data", "delimiter", "layers", "activation", "model", "batch_size", "optimizer",
             "lr", "schedule", "loss", "seed", "scale", "validation_split", "test_split", "out", "name"
         ]
     )]
@@ -231,7 +240,12 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         return Err(bad_arg("--batch-size", "must be at least 1"));
     }
 
-    let split = source.load(args.test_data.as_ref(), test_split, seed)?;
+    let delimiter = data_source::delimiter(
+        args.delimiter,
+        None,
+        &[Some(&source), args.test_data.as_ref()],
+    )?;
+    let split = source.load(args.test_data.as_ref(), test_split, seed, delimiter)?;
     let (mut train, mut test) = (split.train, split.test);
     let scale = args.scale.unwrap_or(source.default_scale());
     let scaler = scale.fit(&train)?;
@@ -295,6 +309,7 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
     let mut record = RunRecord {
         data: source.to_string(),
         test_data: args.test_data.as_ref().map(|s| s.to_string()),
+        delimiter: Some(delimiter).filter(|&d| d != b','),
         test_split,
         validation_split,
         seed,
@@ -365,7 +380,12 @@ pub fn load_recorded(record: &RunRecord) -> Result<(Dataset, Option<Dataset>)> {
         Some(t) => Some(t.parse().map_err(|e| bad_arg("test_data", e))?),
         None => None,
     };
-    let split = source.load(test_source.as_ref(), record.test_split, record.seed)?;
+    let split = source.load(
+        test_source.as_ref(),
+        record.test_split,
+        record.seed,
+        record.delimiter.unwrap_or(b','),
+    )?;
     if split.train.features != record.features {
         return Err(bad_arg(
             "data",

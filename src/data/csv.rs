@@ -486,8 +486,18 @@ impl<R: Read> QuoteTracker<R> {
                     } else {
                         format!("byte 0x{b:02x}")
                     };
+                    // A file read with the wrong delimiter often ends here first.
+                    let hint = if b",;\t|".contains(&b) {
+                        format!(
+                            " (read with delimiter {}; is {} the delimiter?)",
+                            delimiter_name(self.delimiter),
+                            delimiter_name(b)
+                        )
+                    } else {
+                        String::new()
+                    };
                     let detail = format!(
-                        "line {}: {what} after the closing quote of field {}",
+                        "line {}: {what} after the closing quote of field {}{hint}",
                         self.line, self.field
                     );
                     self.problem(detail);
