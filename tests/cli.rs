@@ -502,3 +502,99 @@ fn constant_schedule_keeps_the_keras_rate() {
     let (_, rows) = history(&dir);
     assert!(rows.iter().all(|r| r[5] == 0.001), "{rows:?}");
 }
+
+/// `rows` of two features and a 0/1 label (their sum's sign), as delimited text whose
+/// header quotes the delimiter and a line break.
+fn delimited(rows: usize, d: &str) -> String {
+    let mut text = format!("\"x{d} one\"{d}\"x\ntwo\"{d}label\n");
+    for i in 0..rows {
+        let a = ((i * 37) % 41) as f64 / 20.0 - 1.0;
+        let b = ((i * 11) % 17) as f64 / 8.0 - 1.0;
+        let label = u8::from(a + b > 0.0);
+        // Some values quoted, one with a line break inside the quotes.
+        let b = if i % 5 == 0 {
+            format!("\"{b}\n\"")
+        } else {
+            b.to_string()
+        };
+        text += &format!("{a}{d}{b}{d}{label}\n");
+    }
+    text
+}
+
+#[test]
+fn delimiter_reads_semicolon_and_tab_files() {
+    let dir = temp_dir("delimiter");
+    let semi = dir.join("semi.csv");
+    std::fs::write(&semi, delimited(80, ";")).unwrap();
+    let tab = dir.join("rows.txt");
+    std::fs::write(&tab, delimited(80, "\t")).unwrap();
+    let run = dir.join("run");
+    let (run, source) = (
+        run.to_str().unwrap(),
+        format!("csv:{}:label", semi.display()),
+    );
+    let train = [
+        "train", "--data", &source, "--layers", "2,8,2", "--epochs", "3", "--device", "cpu",
+    ];
+    let out = kiln_ok(&[&train[..], &["--delimiter", ";", "--out", run]].concat());
+    assert!(out.contains("2 features, 2 classes"), "{out}");
+    let record = std::fs::read_to_string(dir.join("run/kiln-run.txt")).unwrap();
+    assert!(record.contains("\ndelimiter = ;\n"), "{record}");
+    // eval reads the run's rows again with the run's delimiter.
+    let out = kiln_ok(&["eval", "--checkpoint", run, "--device", "cpu"]);
+    assert!(out.contains("(the run's test rows), 16 rows"), "{out}");
+    // Another file, tab-separated: every row.
+    let tab_source = format!("csv:{}:label", tab.display());
+    let out = kiln_ok(&[
+        "eval",
+        "--checkpoint",
+        run,
+        "--device",
+        "cpu",
+        "--data",
+        &tab_source,
+        "--delimiter",
+        "tab",
+    ]);
+    assert!(out.contains("80 rows, 2 features, 2 classes"), "{out}");
+    // predict: a .txt file is CSV with --delimiter; a .csv one uses the run's delimiter.
+    let tab = tab.to_str().unwrap();
+    let predict = ["predict", "--checkpoint", run, "--device", "cpu", "--input"];
+    let out = kiln_ok(&[&predict[..], &[tab, "--delimiter", "\\t"]].concat());
+    assert_eq!(out.lines().count(), 81, "{out}");
+    let semi = semi.to_str().unwrap();
+    assert_eq!(kiln_ok(&[&predict[..], &[semi]].concat()), out);
+
+    // Read with commas, the header's quotes end in a semicolon, and the message says so.
+    let err = kiln_fails(
+        &[&train[..], &["--out", run]].concat(),
+        1,
+        "line 1: ';' after",
+    );
+    assert!(err.contains("is ; the delimiter?"), "{err}");
+    kiln_fails(
+        &[&train[..], &["--delimiter", ";;", "--out", run]].concat(),
+        2,
+        "not one byte",
+    );
+    kiln_fails(
+        &["train", "--delimiter", ";", "--out", run],
+        1,
+        "applies to CSV data",
+    );
+    kiln_fails(
+        &["train", "--resume", run, "--delimiter", ";"],
+        2,
+        "--delimiter",
+    );
+    kiln_fails(
+        &["eval", "--checkpoint", run, "--delimiter", ";"],
+        2,
+        "--data",
+    );
+    for command in ["train", "eval", "predict"] {
+        let help = kiln_ok(&[command, "--help"]);
+        assert!(help.contains("--delimiter <CHAR>"), "{command}: {help}");
+    }
+}
