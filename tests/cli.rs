@@ -390,6 +390,12 @@ fn idx_folder_trains_and_predicts_from_an_images_file() {
         "16,8,2",
         "--epochs",
         "3",
+        // 45 steps at 0.01 learn the task (one step per epoch at the default batch of
+        // 128 and lr of 0.002 would leave the model at its random start).
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
         "--out",
         run.to_str().unwrap(),
     ]);
@@ -406,6 +412,21 @@ fn idx_folder_trains_and_predicts_from_an_images_file() {
     ]);
     assert_eq!(predictions.lines().count(), 41, "{predictions}");
     assert!(predictions.starts_with("row,predicted,prob_0,prob_1\n"));
+    // Top half bright or bottom half bright is a task the model learns perfectly: every
+    // prediction is the image's label, with the larger of its two probabilities.
+    let (_, labels) = idx_images(40);
+    for (i, (line, &label)) in predictions.lines().skip(1).zip(&labels).enumerate() {
+        let fields: Vec<f64> = line.split(',').map(|v| v.parse().unwrap()).collect();
+        assert_eq!(fields.len(), 4, "{line}");
+        assert_eq!(fields[0], i as f64, "{line}");
+        assert_eq!(
+            fields[1],
+            f64::from(label),
+            "row {i}: {line}\n{predictions}"
+        );
+        let (p, q) = (fields[2 + label as usize], fields[3 - label as usize]);
+        assert!(p > q && (p + q - 1.0).abs() < 1e-3, "row {i}: {line}");
+    }
     kiln_fails(
         &[
             "train",
