@@ -593,7 +593,7 @@ fn delimiter_reads_semicolon_and_tab_files() {
         1,
         "line 1: ';' after",
     );
-    assert!(err.contains("is ; the delimiter?"), "{err}");
+    assert!(err.contains("is ';' the delimiter?"), "{err}");
     kiln_fails(
         &[&train[..], &["--delimiter", ";;", "--out", run]].concat(),
         2,

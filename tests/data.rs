@@ -582,10 +582,15 @@ fn csv_quoted_newlines_keep_later_line_numbers() {
 fn csv_tab_and_semicolon_files() {
     let dir = temp_dir("csv-delimiters");
     let comma = csv::parse("a,b,y\n1,2.5,0\n3,4,1\n", "comma", None, None).unwrap();
-    for (name, d, text) in [
-        ("tab", b'\t', "a\tb\ty\n1\t2.5\t0\n3\t 4 \t1\n"),
-        ("semicolon", b';', "a;b;y\r\n1;\"2.5\";0\r\n3 ; 4;1\r\n"),
-        ("pipe", b'|', "a|b|y\n1|2.5|0\n\n3|4|1"),
+    for (name, d, shown, text) in [
+        ("tab", b'\t', "tab", "a\tb\ty\n1\t2.5\t0\n3\t 4 \t1\n"),
+        (
+            "semicolon",
+            b';',
+            "';'",
+            "a;b;y\r\n1;\"2.5\";0\r\n3 ; 4;1\r\n",
+        ),
+        ("pipe", b'|', "'|'", "a|b|y\n1|2.5|0\n\n3|4|1"),
     ] {
         let p = write(&dir, &format!("{name}.csv"), text);
         let options = csv::Options::default().delimiter(d);
@@ -596,7 +601,9 @@ fn csv_tab_and_semicolon_files() {
         assert!(what.contains(&format!("{name}.csv")), "{what}");
         assert!(
             detail.contains("header has 1 column(s)")
-                && detail.contains(&format!("the header holds {}", csv::delimiter_name(d))),
+                && detail.contains(&format!(
+                    "(read with delimiter ','; the header holds {shown}: is that the delimiter?)"
+                )),
             "{detail}"
         );
     }
@@ -609,6 +616,12 @@ fn csv_tab_and_semicolon_files() {
         &csv::Options::new(Some("a"), None).delimiter(b'\t'),
     ));
     assert!(detail.contains("the columns are: a\tb, label"), "{detail}");
+    // A quoted header read with the wrong delimiter fails at the first closing quote.
+    let (_, detail) = format_err(csv::parse("\"a\";\"y\"\n1;0\n", "q", None, None));
+    assert_eq!(
+        detail,
+        "line 1: ';' after the closing quote of field 1 (read with delimiter ','; is ';' the delimiter?)"
+    );
     // A semicolon file with a missing value names the line, as a comma file does.
     let p = write(&dir, "gap.csv", "a;b;y\n1;2;0\n3;;1\n");
     let (_, detail) = format_err(csv::load_with(&p, &csv::Options::default().delimiter(b';')));

@@ -106,6 +106,14 @@ pub fn delimiter_name(delimiter: u8) -> String {
     }
 }
 
+/// A delimiter in a message: its name, quoted when it is a character.
+fn shown(d: u8) -> String {
+    match delimiter_name(d) {
+        name if name.len() == 1 => format!("'{name}'"),
+        name => name,
+    }
+}
+
 fn check_delimiter(d: u8) -> Result<()> {
     if matches!(d, b'"' | b'\n' | b'\r') {
         return Err(Error::arg(
@@ -306,8 +314,8 @@ fn delimiter_hint(columns: &[String], delimiter: u8) -> String {
         .map_or(String::new(), |d| {
             format!(
                 " (read with delimiter {}; the header holds {}: is that the delimiter?)",
-                delimiter_name(delimiter),
-                delimiter_name(d)
+                shown(delimiter),
+                shown(d)
             )
         })
 }
@@ -490,8 +498,8 @@ impl<R: Read> QuoteTracker<R> {
                     let hint = if b",;\t|".contains(&b) {
                         format!(
                             " (read with delimiter {}; is {} the delimiter?)",
-                            delimiter_name(self.delimiter),
-                            delimiter_name(b)
+                            shown(self.delimiter),
+                            shown(b)
                         )
                     } else {
                         String::new()
