@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::nn::model::planner::{fuse_loss, Output};
 use crate::nn::model::{HeadPlan, Pass, Stage};
 use crate::nn::Model;
 use crate::ops::activation::{activation_into, softmax_into};
@@ -124,14 +125,6 @@ impl Evaluation {
     }
 }
 
-/// What `predict` applies to the training-time outputs to give probabilities.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Output {
-    Raw,
-    Softmax,
-    Sigmoid,
-}
-
 /// A model compiled with a loss, an optimizer and metrics: it can be trained.
 pub struct Trainer {
     /// The model being trained.
@@ -166,58 +159,20 @@ struct DeviceData {
 impl Model {
     /// Attaches a loss, an optimizer and metrics (Keras's compile).
     pub fn compile(self, loss: Loss, optimizer: Optimizer, metrics: &[Metric]) -> Result<Trainer> {
-        let mut stages = self.stages.clone();
-        let categorical = matches!(
-            loss,
-            Loss::CategoricalCrossEntropy | Loss::SparseCategoricalCrossEntropy
-        );
-        let mut train_loss = loss;
-        let mut output = Output::Raw;
-        let mut logits = false;
-        match (loss, stages.last_mut()) {
-            (_, Some(Stage::Softmax)) if categorical => {
-                stages.pop();
-                logits = true;
-            }
-            _ if categorical => {
-                output = Output::Softmax;
-                logits = true;
-            }
-            (Loss::BinaryCrossEntropy { from_logits: false }, Some(Stage::Dense { act, .. }))
-                if *act == Activation::Sigmoid =>
-            {
-                // Train on logits with the stable fused loss; predict still gives probabilities.
-                *act = Activation::Identity;
-                train_loss = Loss::BinaryCrossEntropy { from_logits: true };
-                logits = true;
-            }
-            (
-                Loss::BinaryCrossEntropy { from_logits: false },
-                Some(Stage::Act(Activation::Sigmoid)),
-            ) => {
-                stages.pop();
-                train_loss = Loss::BinaryCrossEntropy { from_logits: true };
-                logits = true;
-            }
-            (Loss::BinaryCrossEntropy { from_logits: true }, _) => {
-                output = Output::Sigmoid;
-                logits = true;
-            }
-            _ => {}
-        }
+        let plan = fuse_loss(&self.stages, loss);
         let norm = Tensor::zeros(&self.device, &[1])?;
         Ok(Trainer {
             model: self,
             loss,
-            train_loss,
+            train_loss: plan.loss,
             optimizer,
             metrics: metrics.to_vec(),
             // KILN_FUSED_HEAD=0 keeps the unfused ops (for comparisons).
-            head: HeadPlan::of(&stages, train_loss)
+            head: HeadPlan::of(&plan.stages, plan.loss)
                 .filter(|_| std::env::var("KILN_FUSED_HEAD").map_or(true, |v| v != "0")),
-            train_stages: stages,
-            output,
-            logits,
+            train_stages: plan.stages,
+            output: plan.output,
+            logits: plan.logits,
             step: 0,
             epoch: 0,
             norm,
