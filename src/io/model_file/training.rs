@@ -85,6 +85,7 @@ impl TrainingSpec {
         Ok(t)
     }
 
+    /// Checks every key; `Err` names the first bad one.
     pub(crate) fn validate(&self, at: &[Seg]) -> std::result::Result<(), Invalid> {
         let field = |name: &'static str| join(at, [Seg::Key(name)]);
         if let Some(name) = &self.loss {
@@ -98,8 +99,6 @@ impl TrainingSpec {
             )?;
         }
         let positive = |v: f32| v.is_finite() && v > 0.0;
-        let non_negative = |v: f32| v.is_finite() && v >= 0.0;
-        let fraction = |v: f32| (0.0..1.0).contains(&v);
         check_f32(self.lr, &field("lr"), positive, "a finite rate > 0")?;
         if let Some(name) = &self.optimizer {
             check(
@@ -135,6 +134,15 @@ impl TrainingSpec {
                 )?;
             }
         }
+        self.validate_values(at)
+    }
+
+    /// Checks the numbers, lists and the schedule.
+    fn validate_values(&self, at: &[Seg]) -> std::result::Result<(), Invalid> {
+        let field = |name: &'static str| join(at, [Seg::Key(name)]);
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        let non_negative = |v: f32| v.is_finite() && v >= 0.0;
+        let fraction = |v: f32| (0.0..1.0).contains(&v);
         check_f32(self.momentum, &field("momentum"), fraction, "in [0, 1)")?;
         check_f32(
             self.dampening,
@@ -243,7 +251,22 @@ impl TrainingSpec {
                 format!("training.optimizer '{name}' is not one of {OPTIMIZERS}"),
             )
         })?;
-        opt.rule = match opt.rule {
+        opt.rule = self.rule_with_keys(opt.rule);
+        if let Some(wd) = self.weight_decay {
+            opt.weight_decay = wd;
+        }
+        opt.clip_norm = self.clip_norm;
+        if let Some(s) = &self.schedule {
+            opt.schedule = s
+                .to_schedule(&[Seg::Key("training"), Seg::Key("schedule")])
+                .map_err(|_| Error::format("model file", "training.schedule is invalid"))?;
+        }
+        Ok(opt)
+    }
+
+    /// `rule` with the hyper-parameters this section sets.
+    fn rule_with_keys(&self, rule: Rule) -> Rule {
+        match rule {
             Rule::Sgd {
                 momentum,
                 dampening,
@@ -295,17 +318,7 @@ impl TrainingSpec {
                 lr_decay: self.lr_decay.unwrap_or(lr_decay),
                 initial_accumulator: self.initial_accumulator.unwrap_or(initial_accumulator),
             },
-        };
-        if let Some(wd) = self.weight_decay {
-            opt.weight_decay = wd;
         }
-        opt.clip_norm = self.clip_norm;
-        if let Some(s) = &self.schedule {
-            opt.schedule = s
-                .to_schedule(&[Seg::Key("training"), Seg::Key("schedule")])
-                .map_err(|_| Error::format("model file", "training.schedule is invalid"))?;
-        }
-        Ok(opt)
     }
 
     /// The metrics this section names (none when absent).
