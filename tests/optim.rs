@@ -630,7 +630,14 @@ fn step_many_matches_step_per_tensor() {
                 .map(|((value, grad), state)| optim::Slot { value, grad, state })
                 .collect();
             optim::step_many(&rule, 0.01, wd, t, &mut slots).unwrap();
-            assert_eq!(dev.stats().dispatches - before, 3, "{name}: dispatches");
+            // Six small tensors in groups of four where the adapter binds enough storage
+            // buffers (one each where not), and the large one alone.
+            let want = if optim::groups_of_four(&dev) {
+                2 + 1
+            } else {
+                6 + 1
+            };
+            assert_eq!(dev.stats().dispatches - before, want, "{name}: dispatches");
         }
         for k in 0..sizes.len() {
             let what = format!("{name} tensor {k} (n={})", sizes[k]);

@@ -542,3 +542,44 @@ pub fn cpu_matmul(g: &Gemm, d: Dims, a: &[f32], b: &[f32], bias: Option<&[f32]>)
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Gemm::nn().run(a, b, None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MatmulKernel;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The names of the `@compute` entry points in a WGSL source.
+    fn entry_points(source: &str) -> BTreeSet<String> {
+        let mut lines = source.lines();
+        let mut found = BTreeSet::new();
+        while let Some(line) = lines.next() {
+            if !line.trim_start().starts_with("@compute") {
+                continue;
+            }
+            let decl = lines.next().unwrap_or_default().trim_start();
+            let name = decl.strip_prefix("fn ").and_then(|d| d.split('(').next());
+            found.insert(name.unwrap_or(decl).to_string());
+        }
+        found
+    }
+
+    /// The generated lane files hold exactly the kernels `MatmulKernel` launches from them,
+    /// and every kernel's entry point exists in its source.
+    #[test]
+    fn kernels_and_shader_entry_points_agree() {
+        let mut named: BTreeMap<&str, (BTreeSet<String>, &str)> = BTreeMap::new();
+        for k in MatmulKernel::ALL {
+            let (spec, ..) = k.launch_spec();
+            let (entries, _) = named
+                .entry(spec.file)
+                .or_insert((BTreeSet::new(), spec.source));
+            entries.insert(spec.entry.to_string());
+            let present = entry_points(spec.source);
+            assert!(present.contains(spec.entry), "{k:?}: no {}", spec.entry);
+        }
+        for file in ["matmul_lane.wgsl", "matmul_lane_sg.wgsl"] {
+            let (entries, source) = &named[file];
+            assert_eq!(&entry_points(source), entries, "{file}");
+        }
+    }
+}

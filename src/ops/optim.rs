@@ -548,6 +548,14 @@ pub struct Slot<'a> {
 /// dispatch of its own.
 const OWN_DISPATCH: usize = 16384;
 
+/// Whether [`step_many`] updates up to four small tensors per dispatch on `device`: a GPU
+/// whose shaders may bind the 20 storage buffers that takes (GL adapters often bind fewer).
+pub fn groups_of_four(device: &Device) -> bool {
+    device.gpu_context().is_some_and(|c| {
+        c.limits().max_storage_buffers_per_shader_stage >= UPDATE4.inputs + UPDATE4.outputs
+    })
+}
+
 /// [`step`] for many parameter tensors at once: on the GPU one dispatch updates up to
 /// four small ones (where the adapter binds 20 storage buffers per shader; else one
 /// each), and each large one (`OWN_DISPATCH` values or more) has its own. Reorders `slots`.
@@ -558,17 +566,7 @@ pub fn step_many(
     t: u64,
     slots: &mut [Slot],
 ) -> Result<()> {
-    let four = slots
-        .iter()
-        .all(|s| s.value.device().gpu_context().is_some())
-        && slots.first().is_some_and(|s| {
-            let limit = s
-                .value
-                .device()
-                .gpu_context()
-                .map_or(0, |c| c.limits().max_storage_buffers_per_shader_stage);
-            limit >= UPDATE4.inputs + UPDATE4.outputs
-        });
+    let four = slots.iter().all(|s| groups_of_four(&s.value.device()));
     // Small tensors first, then the large ones, each of which makes a chunk of its own.
     slots.sort_by_key(|s| s.value.len() >= OWN_DISPATCH);
     let small = slots.partition_point(|s| s.value.len() < OWN_DISPATCH);
