@@ -38,3 +38,8 @@ pub use ops::Activation;
 pub use optim::{Optimizer, Schedule};
 pub use tensor::Tensor;
 pub use train::{EarlyStopping, FitOptions, History, Loss, Metric, Trainer, Validation};
+
+/// The README's Rust examples, run by `cargo test --doc` so that they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -525,6 +525,206 @@ fn csv_quoted_header_and_crlf() {
     assert!(detail.contains("unclosed quote"), "{detail}");
 }
 
+#[test]
+fn csv_quoted_fields_hold_delimiters() {
+    // Commas and semicolons inside quotes are text, not separators; "" is a quote.
+    let text = "\"width, cm\",\"say \"\"hi\"\"; ok\",label\n\"1.5\",2,0\n3,\" 4 \",1\n";
+    let d = csv::parse(text, "commas", Some("width, cm"), Some(false)).unwrap();
+    assert_eq!((d.n, d.features), (2, 2));
+    assert_eq!(d.x, vec![2.0, 0.0, 4.0, 1.0]);
+    assert_eq!(d.y, vec![1.5, 3.0]);
+    let (_, detail) = format_err(csv::parse(text, "commas", Some("say"), None));
+    assert!(
+        detail.contains("the columns are: width, cm, say \"hi\"; ok, label"),
+        "{detail}"
+    );
+    // A quoted number with a comma in it is one field, and not a number.
+    let (_, detail) = format_err(csv::parse("a,y\n\"1,5\",0\n", "t", None, None));
+    assert!(
+        detail.contains("line 2") && detail.contains("\"1,5\" is not a finite number"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn csv_quoted_newlines_keep_later_line_numbers() {
+    // The header spans lines 1-2 and the first row lines 3-5.
+    let text = "\"first\ncolumn\",b,y\n1,\"2\n\n\",0\n3,4,1\n5,oops,0\n";
+    let d = csv::parse_with(
+        &text.replace("oops", "6"),
+        "nl",
+        &csv::Options::new(Some("first\ncolumn"), None),
+    )
+    .unwrap();
+    assert_eq!(d.y, vec![1.0, 3.0, 5.0]);
+    assert_eq!(d.x, vec![2.0, 0.0, 4.0, 1.0, 6.0, 0.0]);
+    match csv::parse(text, "nl", None, None) {
+        Err(Error::Format { what, detail }) => {
+            assert_eq!(what, "nl (CSV)");
+            assert!(detail.starts_with("line 7, column \"b\""), "{detail}");
+        }
+        other => panic!("expected Error::Format, got {other:?}"),
+    }
+    // Blank lines and CRLF line ends count too; so does a ragged row after them.
+    let text = "a,b,y\r\n\"1\r\n\",2,0\r\n\r\n  \r\n3,x,1\r\n";
+    let (_, detail) = format_err(csv::parse(text, "crlf", None, None));
+    assert!(detail.starts_with("line 6, column \"b\""), "{detail}");
+    let (_, detail) = format_err(csv::parse("a,y\n\"1\n\",0\n\n\n2\n", "r", None, None));
+    assert_eq!(detail, "line 6 has 1 fields, expected 2 as in the header");
+    // A quote left open swallows the rest of the file: named by the line it opens on.
+    let (_, detail) = format_err(csv::parse("a,y\n1,0\n2,\"0\n3,1\n", "open", None, None));
+    assert_eq!(detail, "line 3: unclosed quote in field 2");
+    let (_, detail) = format_err(csv::parse("a,y\n\"1\n\" 2,0\n", "after", None, None));
+    assert_eq!(detail, "line 3: '2' after the closing quote of field 1");
+}
+
+#[test]
+fn csv_tab_and_semicolon_files() {
+    let dir = temp_dir("csv-delimiters");
+    let comma = csv::parse("a,b,y\n1,2.5,0\n3,4,1\n", "comma", None, None).unwrap();
+    for (name, d, text) in [
+        ("tab", b'\t', "a\tb\ty\n1\t2.5\t0\n3\t 4 \t1\n"),
+        ("semicolon", b';', "a;b;y\r\n1;\"2.5\";0\r\n3 ; 4;1\r\n"),
+        ("pipe", b'|', "a|b|y\n1|2.5|0\n\n3|4|1"),
+    ] {
+        let p = write(&dir, &format!("{name}.csv"), text);
+        let options = csv::Options::default().delimiter(d);
+        assert_eq!(csv::load_with(&p, &options).unwrap(), comma, "{name}");
+        assert_eq!(csv::parse_delimiter(name).unwrap(), d);
+        // Read with commas, the header is one column: the error says which delimiter.
+        let (what, detail) = format_err(csv::load(&p, None, None));
+        assert!(what.contains(&format!("{name}.csv")), "{what}");
+        assert!(
+            detail.contains("header has 1 column(s)")
+                && detail.contains(&format!("the header holds {}", csv::delimiter_name(d))),
+            "{detail}"
+        );
+    }
+    // Quoted fields hold the delimiter whatever it is.
+    let p = write(&dir, "quoted.tsv", "\"a\tb\"\tlabel\n1\t0\n2\t1\n");
+    let d = csv::load_with(&p, &csv::Options::new(Some("label"), None).delimiter(b'\t')).unwrap();
+    assert_eq!((d.x, d.classes), (vec![1.0, 2.0], 2));
+    let (_, detail) = format_err(csv::load_with(
+        &p,
+        &csv::Options::new(Some("a"), None).delimiter(b'\t'),
+    ));
+    assert!(detail.contains("the columns are: a\tb, label"), "{detail}");
+    // A semicolon file with a missing value names the line, as a comma file does.
+    let p = write(&dir, "gap.csv", "a;b;y\n1;2;0\n3;;1\n");
+    let (_, detail) = format_err(csv::load_with(&p, &csv::Options::default().delimiter(b';')));
+    assert!(detail.starts_with("line 3, column \"b\""), "{detail}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn csv_delimiter_names() {
+    for (text, d) in [
+        (",", b','),
+        (";", b';'),
+        ("tab", b'\t'),
+        ("\\t", b'\t'),
+        ("\t", b'\t'),
+        ("space", b' '),
+        ("|", b'|'),
+        ("0x1f", 0x1f),
+        ("0xFF", 0xff),
+    ] {
+        assert_eq!(csv::parse_delimiter(text).unwrap(), d, "{text:?}");
+        assert_eq!(csv::parse_delimiter(&csv::delimiter_name(d)).unwrap(), d);
+    }
+    for bad in ["\"", "\n", "0x0d", "", ";;", "é", "0xzz"] {
+        match csv::parse_delimiter(bad) {
+            Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, "delimiter"),
+            other => panic!("{bad:?}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    // The library refuses them too, before reading anything.
+    let quote = csv::Options::default().delimiter(b'"');
+    assert!(matches!(
+        csv::parse_with("a\"y\n1\"0\n", "q", &quote),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        csv::load_with("/no/such/file.csv", &quote),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
+/// Hands out its bytes a few at a time, then fails if told to.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    step: usize,
+    fail: bool,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.bytes.is_empty() && self.fail {
+            return Err(std::io::Error::other("the disk went away"));
+        }
+        let n = self.step.min(buf.len()).min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn csv_streams_from_any_reader() {
+    // A byte order mark and quotes split across reads; a larger file in small reads.
+    let text = "\u{feff}\"a\",\"b\nc\",y\n1,\"2\",0\n\n3,4,1\n";
+    let whole = csv::parse(text, "whole", None, None).unwrap();
+    let mut big = String::from("f0,f1,f2,y\n");
+    for i in 0..20_000 {
+        big += &format!("{i},\"{}\",{}.5,{}\n", i * 2, i % 7, i % 3);
+    }
+    let big_whole = csv::parse(&big, "big", None, None).unwrap();
+    assert_eq!((big_whole.n, big_whole.classes), (20_000, 3));
+    for step in [1, 2, 3, 7, 4096] {
+        let r = Trickle {
+            bytes: text.as_bytes(),
+            step,
+            fail: false,
+        };
+        let d = csv::read(r, "trickle", &csv::Options::default()).unwrap();
+        assert_eq!(d, whole, "step {step}");
+        let r = Trickle {
+            bytes: big.as_bytes(),
+            step: step * 13,
+            fail: false,
+        };
+        assert_eq!(
+            csv::read(r, "big", &csv::Options::default()).unwrap(),
+            big_whole
+        );
+        // Errors keep their lines whatever the reads.
+        let r = Trickle {
+            bytes: b"a,y\n\"1\n\n\",0\n2,x\n",
+            step,
+            fail: false,
+        };
+        let (_, detail) = format_err(csv::read(r, "t", &csv::Options::default()));
+        assert!(detail.starts_with("line 5, column \"y\""), "{detail}");
+    }
+    // A read that fails is an Io error naming the input.
+    let r = Trickle {
+        bytes: b"a,y\n1,0\n",
+        step: 3,
+        fail: true,
+    };
+    match csv::read(r, "flaky.csv", &csv::Options::default()) {
+        Err(Error::Io { path, source }) => {
+            assert_eq!(path, "flaky.csv");
+            assert!(source.to_string().contains("went away"));
+        }
+        other => panic!("expected Error::Io, got {other:?}"),
+    }
+    // Bytes that are not UTF-8 are a Format error with the line and field.
+    let r: &[u8] = b"a,y\n1,0\n2,\xff\n";
+    let (_, detail) = format_err(csv::read(r, "bin", &csv::Options::default()));
+    assert_eq!(detail, "line 3, field 2: not valid UTF-8");
+}
+
 fn numbered(n: usize, features: usize) -> Dataset {
     Dataset {
         x: (0..n * features).map(|i| i as f32).collect(),

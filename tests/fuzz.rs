@@ -3,7 +3,7 @@
 //! must return (Ok or a typed error), never panic; a panic fails the test with the seed
 //! and case number that reproduce it. `KILN_FUZZ_CASES` raises the count for longer runs.
 //!
-//! Parsers covered: IDX (raw and gzip), numeric CSV, model-file TOML, and the
+//! Parsers covered: IDX (raw and gzip), numeric CSV (with each delimiter and quoting), model-file TOML, and the
 //! safetensors checkpoint loaders (weights file and checkpoint directory).
 
 use flate2::write::GzEncoder;
@@ -229,26 +229,161 @@ fn structured_csv(rng: &mut StdRng) -> String {
 }
 
 fn random_csv(rng: &mut StdRng) -> String {
-    const ALPHABET: &[u8] = b"0123456789.,-+eE\"\n\r \tnaif,,\n";
+    const ALPHABET: &[u8] = b"0123456789.,-+eE\"\n\r \tnaif,,\n;;|";
     let len = rng.random_range(0..80);
     (0..len)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
 }
 
-/// Parses `text` with every option and checks what an Ok data set promises.
+/// Parses `text` with every option and checks what an Ok data set promises, and that
+/// an error names a line the text has.
 fn parse_csv(rng: &mut StdRng, text: &str) {
     let label = match rng.random_range(0..3) {
         0 => None,
         1 => Some("c0"),
         _ => Some("y"),
     };
+    let delimiter = [b',', b',', b';', b'\t', b'|'][rng.random_range(0..5)];
     for classes in [None, Some(true), Some(false)] {
-        match csv::parse(text, "fuzz", label, classes) {
+        let options = csv::Options::new(label, classes).delimiter(delimiter);
+        match csv::parse_with(text, "fuzz", &options) {
             Ok(d) => check_dataset(&d),
-            Err(e) => assert!(matches!(e, Error::Format { .. }), "{e}"),
+            Err(Error::Format { detail, .. }) => check_line(text, &detail),
+            Err(e) => panic!("expected a Format error, got {e}"),
         }
     }
+}
+
+/// A "line N" in an error is a line of `text`.
+fn check_line(text: &str, detail: &str) {
+    if let Some(rest) = detail.strip_prefix("line ") {
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let line: usize = digits.parse().unwrap();
+        let lines = text.matches('\n').count() + 1;
+        assert!(
+            (1..=lines).contains(&line),
+            "{detail:?}: the text has {lines} lines"
+        );
+    }
+}
+
+/// Values of a table, header included, as the CSV reader should see them.
+fn structured_table(rng: &mut StdRng) -> Vec<Vec<String>> {
+    const VALUES: [&str; 12] = [
+        "0", "1", "2", "-3.5", "1e3", "x", "", " 9 ", "NaN", "1e39", "a \"q\"", "4;5",
+    ];
+    let cols = rng.random_range(1..5);
+    let mut table = vec![(0..cols)
+        .map(|j| {
+            if rng.random_bool(0.2) {
+                format!("c{j}, \"x\"|\ty")
+            } else {
+                format!("c{j}")
+            }
+        })
+        .collect::<Vec<_>>()];
+    for _ in 0..rng.random_range(0..6) {
+        let width = if rng.random_bool(0.9) {
+            cols
+        } else {
+            rng.random_range(1..cols + 2)
+        };
+        let row = (0..width)
+            .map(|_| {
+                let i = if rng.random_bool(0.8) {
+                    0..5
+                } else {
+                    0..VALUES.len()
+                };
+                VALUES[rng.random_range(i)].to_string()
+            })
+            .collect();
+        table.push(row);
+    }
+    table
+}
+
+/// `table` as CSV with `delimiter`: a value is quoted when it must be (it holds the
+/// delimiter, a quote or a blank the delimiter would split) and, with `quote_all`, at
+/// random; `newlines` adds a line break to the end of quoted values, which trimming
+/// takes off again.
+fn render(
+    rng: &mut StdRng,
+    table: &[Vec<String>],
+    delimiter: u8,
+    quote_all: bool,
+    newlines: bool,
+) -> String {
+    let d = delimiter as char;
+    let end = if quote_all && rng.random_bool(0.3) {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let rows: Vec<String> = table
+        .iter()
+        .map(|row| {
+            let fields: Vec<String> = row
+                .iter()
+                .map(|v| {
+                    let must = v.contains(d) || v.contains('"');
+                    // A lone empty value quoted is a row; unquoted, a blank line.
+                    let lone_blank = row.len() == 1 && v.trim().is_empty();
+                    if must || (quote_all && !lone_blank && rng.random_bool(0.5)) {
+                        let nl = if newlines && rng.random_bool(0.5) {
+                            "\n"
+                        } else {
+                            ""
+                        };
+                        format!("\"{}{nl}\"", v.replace('"', "\"\""))
+                    } else {
+                        v.clone()
+                    }
+                })
+                .collect();
+            fields.join(&d.to_string())
+        })
+        .collect();
+    rows.join(end)
+}
+
+/// The error text without the delimiter hint, which depends on the delimiter.
+fn without_hint(e: &Error) -> String {
+    let text = e.to_string();
+    text.split(" (read with delimiter")
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn csv_delimiters_and_quoting_agree() {
+    fuzz("csv delimiters", 7, |rng, _| {
+        let table = structured_table(rng);
+        let label = ["c0", "c1"][rng.random_range(0..2)];
+        let classes = [None, Some(true), Some(false)][rng.random_range(0..3)];
+        let plain = render(rng, &table, b',', false, false);
+        let expected = csv::parse(&plain, "fuzz", Some(label), classes);
+        let delimiter = [b',', b';', b'\t', b'|'][rng.random_range(0..4)];
+        let options = csv::Options::new(Some(label), classes).delimiter(delimiter);
+        // Other delimiters and quoting: the same data set, or the same error.
+        let text = render(rng, &table, delimiter, true, false);
+        match (&expected, csv::parse_with(&text, "fuzz", &options)) {
+            (Ok(a), Ok(b)) => assert_eq!(a, &b, "{plain:?} / {text:?}"),
+            (Err(a), Err(b)) => {
+                assert_eq!(without_hint(a), without_hint(&b), "{plain:?} / {text:?}")
+            }
+            (a, b) => panic!("{plain:?} gives {a:?} but {text:?} gives {b:?}"),
+        }
+        // Line breaks inside quotes: the same data set, or an error on a later line.
+        let text = render(rng, &table, delimiter, true, true);
+        match (&expected, csv::parse_with(&text, "fuzz", &options)) {
+            (Ok(a), Ok(b)) => assert_eq!(a, &b, "{plain:?} / {text:?}"),
+            (Err(_), Err(Error::Format { detail, .. })) => check_line(&text, &detail),
+            (a, b) => panic!("{plain:?} gives {a:?} but {text:?} gives {b:?}"),
+        }
+    });
 }
 
 fn check_dataset(d: &Dataset) {

@@ -92,14 +92,25 @@ impl Trainer {
     /// The mean loss and every parameter's gradient on a batch, without updating: dropout off,
     /// batch norm with the batch's statistics (as in training) but its running ones untouched.
     pub fn gradients(&mut self, x: &[f32], y: &[f32]) -> Result<(f32, NamedValues)> {
+        self.probe(x, y, Pass::Probe)
+    }
+
+    /// As [`Trainer::gradients`] but with dropout on, masked as the next training step will
+    /// be (the step is not advanced, so repeated calls draw the same masks).
+    pub fn gradients_training(&mut self, x: &[f32], y: &[f32]) -> Result<(f32, NamedValues)> {
+        self.model.dropout_step = self.step as u32;
+        self.probe(x, y, Pass::ProbeTrain)
+    }
+
+    /// The loss and gradients of one forward and backward `pass`, without an update.
+    fn probe(&mut self, x: &[f32], y: &[f32], pass: Pass) -> Result<(f32, NamedValues)> {
         let rows = self.check_data(x, y)?;
         let key = (rows, self.target_width());
         let n = self.train_stages.len();
         let ws = self.model.workspace(rows, key.1)?;
         ws.acts[0].write(x)?;
         ws.target.write(y)?;
-        self.model
-            .forward_ws(key, &self.train_stages, Pass::Probe)?;
+        self.model.forward_ws(key, &self.train_stages, pass)?;
         let ws = self.model.workspace(rows, key.1)?;
         loss_and_grad_into(
             self.train_loss,

@@ -101,7 +101,7 @@ impl Step for BatchNormStep {
                 check_batch(stats.layer, x)?;
                 op.forward_train_into(x, g, b, &mut stats.running, saved, y)
             }
-            Pass::Probe => {
+            Pass::Probe | Pass::ProbeTrain => {
                 check_batch(stats.layer, x)?;
                 // Batch statistics as in training, but the model's running ones stay.
                 let mut scratch = RunningStats::new(&x.device(), g.len())?;

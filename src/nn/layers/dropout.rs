@@ -68,12 +68,15 @@ impl LayerDef for Dropout {
 impl Step for Dropout {
     fn forward(&self, cx: Forward<'_>) -> Result<()> {
         match cx.pass {
-            Pass::Train => dropout_into(cx.x, self.0, cx.seed, cx.y),
+            Pass::Train | Pass::ProbeTrain => dropout_into(cx.x, self.0, cx.seed, cx.y),
             Pass::Probe | Pass::Infer => cx.y.copy_from(cx.x),
         }
     }
 
     fn backward(&self, cx: Backward<'_>) -> Result<()> {
-        dropout_into(cx.dy, self.0, cx.seed, cx.dx)
+        match cx.dropout {
+            true => dropout_into(cx.dy, self.0, cx.seed, cx.dx),
+            false => cx.dx.copy_from(cx.dy),
+        }
     }
 }

@@ -19,6 +19,8 @@ pub enum Pass {
     Train,
     /// Gradients without a step: dropout off, batch statistics, running statistics kept.
     Probe,
+    /// Gradients without a step, as `Probe` but with dropout on (the current step's masks).
+    ProbeTrain,
     /// Inference: dropout off, running statistics.
     Infer,
 }
@@ -92,6 +94,8 @@ pub struct Backward<'a> {
     pub scratch: &'a mut Scratch,
     /// The dropout seed the forward used.
     pub seed: u32,
+    /// Whether the forward applied dropout (its backward masks likewise).
+    pub dropout: bool,
     /// The fused classifier head already wrote this step's dZ, dZ^T and bias gradient.
     pub ready: bool,
 }

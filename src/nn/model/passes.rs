@@ -34,6 +34,7 @@ impl Model {
             .workspaces
             .get_mut(&key)
             .ok_or_else(|| Error::arg("workspace", "not created"))?;
+        ws.dropout = matches!(pass, Pass::Train | Pass::ProbeTrain);
         for (i, (stage, scratch)) in stages.iter().zip(ws.scratch.iter_mut()).enumerate() {
             let (before, after) = ws.acts.split_at_mut(i + 1);
             stage.forward(Forward {
@@ -65,6 +66,7 @@ impl Model {
             acts,
             grads,
             scratch,
+            dropout,
             ..
         } = self
             .workspaces
@@ -88,6 +90,7 @@ impl Model {
                 params,
                 scratch,
                 seed: dropout_seed(seed, step, i),
+                dropout: *dropout,
                 ready: top_ready && i == top,
             })?;
         }
@@ -127,6 +130,7 @@ impl Model {
             scratch,
             target,
             loss,
+            ..
         } = ws;
         let (hidden_acts, out_acts) = acts.split_at_mut(n);
         let (hidden_grads, out_grads) = grads.split_at_mut(n);

@@ -18,6 +18,8 @@ pub(crate) struct Workspace {
     pub target: Tensor,
     /// The batch's mean loss, on the device.
     pub loss: Tensor,
+    /// Whether the last forward pass applied dropout (its backward masks likewise).
+    pub dropout: bool,
 }
 
 impl Model {
@@ -71,6 +73,7 @@ impl Model {
             scratch,
             target: Tensor::zeros(d, &[batch, target_width])?,
             loss: Tensor::zeros(d, &[1])?,
+            dropout: false,
         })
     }
 }
