@@ -3,7 +3,8 @@
 //! Layers, top to bottom (each uses only those below it):
 //! `io` (model files and checkpoints), `train` (compile, fit, evaluate, predict),
 //! `nn` and `optim` (layers, models, optimizers), `ops` (one file per op: shape checks, CPU reference, GPU dispatch),
-//! `tensor`, `device`, `error`.
+//! `tensor`, `device`, `error`. One exception, by design: each layer's file in `nn::layers`
+//! also reads and writes its own model-file entry (the schema types of `io::model_file`).
 //!
 //! Nothing reachable from the public API panics on bad input: every failure is an
 //! [`Error`]. The lints below make clippy prove it for the library's own code (tests may

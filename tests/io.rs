@@ -72,7 +72,7 @@ fn newcomer_toml_builds_the_model_loss_and_optimizer() {
 /// The full example in ModelFile's documentation parses and means what its comments say.
 #[test]
 fn documented_example_is_valid() {
-    let source = include_str!("../src/io/model_file.rs");
+    let source = include_str!("../src/io/model_file/schema.rs");
     let mut lines = source
         .lines()
         .map(str::trim_start)

@@ -2,6 +2,7 @@
 
 pub mod init;
 pub mod layer;
+pub mod layers;
 pub mod model;
 
 pub use init::Init;

@@ -1,0 +1,112 @@
+//! Conversion between model files and models: the `Sequential` a file describes, and the
+//! file describing a model or a trainer. Each layer writes its own entry
+//! ([`crate::nn::layers::LayerDef::entry`]).
+
+use std::path::Path;
+
+use super::schema::{loss_name, LayerSpec, ModelFile, TrainingSpec};
+use super::validation::path_text;
+use crate::error::{Error, Result};
+use crate::nn::{Layer, Sequential};
+use crate::optim::Optimizer;
+use crate::train::{Loss, Metric, Trainer};
+
+impl ModelFile {
+    /// Reads and parses a model file.
+    pub fn load(path: impl AsRef<Path>) -> Result<ModelFile> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse_named(&text, &format!("{} (model file)", path.display()))
+    }
+
+    /// The TOML text of the file; `parse` gives back an equal `ModelFile`.
+    // Only maps with non-string keys fail to serialize, and these types have none.
+    #[allow(clippy::expect_used)]
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a ModelFile always serializes to TOML")
+    }
+
+    /// The model this file describes.
+    pub fn to_sequential(&self) -> Result<Sequential> {
+        let layers = self.layer_list().map_err(|bad| {
+            Error::format(
+                "model file",
+                format!("{}: {}", path_text(&bad.path), bad.detail),
+            )
+        })?;
+        Ok(Sequential {
+            input: self.input_width(),
+            layers,
+            image: self.image.map(|[c, h, w]| (c, h, w)),
+        })
+    }
+
+    /// The file describing `model` (no training section); defaults are left out.
+    pub fn from_sequential(model: &Sequential) -> ModelFile {
+        let mut layers: Vec<LayerSpec> = Vec::new();
+        for layer in &model.layers {
+            let entry = layer.def().entry();
+            let activation = matches!(layer, Layer::Activation(_) | Layer::Softmax);
+            // An activation right after a dense or conv layer joins its entry, as Keras writes it.
+            match layers.last_mut() {
+                Some(last)
+                    if activation
+                        && (last.dense.is_some() || last.conv2d.is_some())
+                        && last.activation.is_none() =>
+                {
+                    last.activation = entry.activation;
+                    last.slope = entry.slope;
+                }
+                _ => layers.push(entry),
+            }
+        }
+        ModelFile {
+            input: model.input,
+            image: model.image.map(|(c, h, w)| [c, h, w]),
+            layers,
+            training: None,
+        }
+    }
+
+    /// The file describing a trainer's model, loss, optimizer, metrics and seed.
+    ///
+    /// Fails only for an optimizer this format cannot express (a warmup inside a warmup).
+    pub fn from_trainer(trainer: &Trainer) -> Result<ModelFile> {
+        let mut file = ModelFile::from_sequential(trainer.model.spec());
+        let mut training = TrainingSpec::from_optimizer(trainer.optimizer())?;
+        let (loss, from_logits) = loss_name(trainer.loss());
+        training.loss = Some(loss.into());
+        training.from_logits = from_logits.then_some(true);
+        training.metrics = Some(
+            trainer
+                .metrics()
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect(),
+        );
+        training.seed = Some(trainer.model.seed);
+        file.training = Some(training);
+        Ok(file)
+    }
+
+    /// The loss of the `[training]` section.
+    pub fn loss(&self) -> Result<Loss> {
+        self.training_section()?.loss()
+    }
+
+    /// The optimizer of the `[training]` section.
+    pub fn optimizer(&self) -> Result<Optimizer> {
+        self.training_section()?.optimizer()
+    }
+
+    /// The metrics of the `[training]` section (none when absent).
+    pub fn metrics(&self) -> Result<Vec<Metric>> {
+        self.training_section()?.metric_list()
+    }
+
+    fn training_section(&self) -> Result<&TrainingSpec> {
+        self.training
+            .as_ref()
+            .ok_or_else(|| Error::format("model file", "has no [training] section"))
+    }
+}

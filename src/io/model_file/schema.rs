@@ -1,0 +1,373 @@
+//! The model file's schema: the TOML tables and keys, as serde reads and writes them,
+//! and the names of losses, optimizers, metrics and initializers.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::nn::Init;
+use crate::ops::loss::Loss;
+use crate::optim::Rule;
+
+/// A sequential model (and optionally its training setup) as a hand-writable TOML file.
+///
+/// Every `[[layers]]` entry is one of: a dense layer (`dense = UNITS`, optionally with
+/// the activation that follows it), a standalone `activation`, a `dropout` rate, an
+/// image layer (`conv2d`, `max_pool`, `avg_pool`, `global_avg_pool`, `flatten`, or
+/// `reshape = [1, 28, 28]` to give flat samples an image shape or any other), or a
+/// normalization (`batch_norm = true` or `layer_norm = true`, optionally with an activation).
+/// Unknown keys, unknown names and impossible values are errors that name the key and
+/// its line. A complete example, every optional key shown with its default where it
+/// has one:
+///
+/// ```toml
+/// input = 784                      # features per sample
+///
+/// [[layers]]
+/// dense = 128                      # units
+/// activation = "relu"              # applied after this layer (optional)
+/// inputs = 784                     # checked against the previous width (optional)
+/// use_bias = true
+/// kernel_init = "glorot_uniform"   # zeros, ones, constant(V), random_uniform(LO, HI),
+///                                  # random_normal(MEAN, STD), glorot_uniform,
+///                                  # glorot_normal, he_uniform, he_normal, lecun_normal
+/// bias_init = "zeros"
+/// l1 = 0.0                         # penalties on the weight
+/// l2 = 0.0
+///
+/// [[layers]]
+/// dropout = 0.2                    # rate in [0, 1)
+///
+/// [[layers]]
+/// batch_norm = true                # per feature (per channel of images)
+/// momentum = 0.1                   # PyTorch's: running = (1 - m) * running + m * batch
+/// eps = 1e-5                       # layer_norm = true takes eps too
+///
+/// [[layers]]
+/// activation = "leaky_relu"        # relu, leaky_relu, sigmoid, tanh, gelu,
+/// slope = 0.01                     # identity (or linear), softmax
+///
+/// [[layers]]
+/// dense = 10
+///
+/// [training]
+/// loss = "sparse_categorical_crossentropy"  # mse, mae, binary_crossentropy,
+///                                  # categorical_crossentropy, sparse_categorical_crossentropy
+/// # from_logits = true            # binary_crossentropy: the model outputs logits
+/// optimizer = "adam"               # sgd, momentum, nesterov, adam, adamw, rmsprop, adagrad
+/// lr = 0.001                       # default: 0.01 for the SGD family, 0.001 otherwise
+/// betas = [0.9, 0.999]             # adam, adamw
+/// eps = 1e-8                       # adam, adamw, rmsprop (1e-8), adagrad (1e-10)
+/// amsgrad = false                  # adam
+/// weight_decay = 0.0               # any optimizer (adamw: 0.01)
+/// clip_norm = 1.0                  # clip the global gradient norm (optional)
+/// # momentum = 0.9                 # momentum, nesterov (0.9), sgd, rmsprop (0)
+/// # dampening = 0.0                # sgd family
+/// # alpha = 0.99                   # rmsprop, with centered = false
+/// # lr_decay = 0.0                 # adagrad, with initial_accumulator = 0.0
+/// batch_size = 32
+/// epochs = 10
+/// metrics = ["accuracy"]           # accuracy, binary_accuracy, precision, recall, f1, mse, mae
+/// seed = 42
+///
+/// [training.schedule]              # optional; name is constant, step, exponential or cosine
+/// name = "cosine"
+/// t_max = 10                       # cosine: epochs of the half period; eta_min = 0.0
+/// warmup = 100                     # any: linear warmup over this many steps first
+/// # step: step_size = N, gamma = 0.1; exponential: gamma = G
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// Features per input sample (for images: channels * height * width, or left out).
+    #[serde(default)]
+    pub input: usize,
+    /// Image samples: [channels, height, width], NCHW.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<[usize; 3]>,
+    /// The layers in order.
+    #[serde(default)]
+    pub layers: Vec<LayerSpec>,
+    /// How to train the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingSpec>,
+}
+
+/// One `[[layers]]` entry: a dense layer (with an optional activation), an activation, or dropout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LayerSpec {
+    /// A dense layer of this many units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dense: Option<usize>,
+    /// An activation: after the dense layer of this entry, or alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation: Option<String>,
+    /// The negative slope of leaky_relu (default 0.01).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slope: Option<f32>,
+    /// A dropout layer of this rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f32>,
+    /// Dense: the declared input width.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<usize>,
+    /// Dense: whether the layer has a bias (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_bias: Option<bool>,
+    /// Dense: the weight initializer (default glorot_uniform).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_init: Option<String>,
+    /// Dense: the bias initializer (default zeros).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bias_init: Option<String>,
+    /// Dense: L1 penalty on the weight (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l1: Option<f32>,
+    /// Dense: L2 penalty on the weight (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f32>,
+    /// A 2-D convolution with this many filters (with `kernel`, `stride`, `padding`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv2d: Option<usize>,
+    /// Conv2d: kernel size (default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<usize>,
+    /// Conv2d: stride (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stride: Option<usize>,
+    /// Conv2d: "same", "valid" (default) or a number of zeros on each side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub padding: Option<Padding>,
+    /// Max pooling with this window (and stride).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pool: Option<usize>,
+    /// Average pooling with this window (and stride).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avg_pool: Option<usize>,
+    /// Global average pooling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_avg_pool: Option<bool>,
+    /// Flatten [c, h, w] samples for the dense layers after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flatten: Option<bool>,
+    /// Reshape each sample, e.g. [1, 28, 28] for flat pixels going into a conv2d.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reshape: Option<Vec<usize>>,
+    /// Batch normalisation per feature, or per channel of images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_norm: Option<bool>,
+    /// Layer normalisation over each sample's features.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_norm: Option<bool>,
+    /// Batch norm: weight of each batch in the running statistics, as PyTorch (default 0.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f32>,
+    /// Batch and layer norm: added to the variance (default 1e-5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f32>,
+}
+
+/// Conv2d padding: a Keras name or a size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Padding {
+    /// "same" or "valid".
+    Name(String),
+    /// Zeros on each side.
+    Size(usize),
+}
+
+/// The `[training]` section: loss, optimizer and its hyper-parameters, and fit settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// Keras loss name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<String>,
+    /// binary_crossentropy: the model outputs logits (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_logits: Option<bool>,
+    /// Optimizer name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<String>,
+    /// Base learning rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f32>,
+    /// Momentum of the SGD family and RMSprop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f32>,
+    /// Dampening of the SGD family.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dampening: Option<f32>,
+    /// Adam and AdamW moment decays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub betas: Option<[f32; 2]>,
+    /// Denominator epsilon of Adam, AdamW, RMSprop and Adagrad.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f32>,
+    /// Adam: use the running maximum of the second moment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amsgrad: Option<bool>,
+    /// RMSprop smoothing constant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f32>,
+    /// RMSprop: normalise by the estimated variance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub centered: Option<bool>,
+    /// Adagrad learning-rate decay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr_decay: Option<f32>,
+    /// Adagrad's starting sum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_accumulator: Option<f32>,
+    /// Weight decay (decoupled for AdamW).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f32>,
+    /// Clip gradients to this global L2 norm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_norm: Option<f32>,
+    /// Rows per optimizer step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// Passes over the data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    /// Metric names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Vec<String>>,
+    /// Seed of initialisation, shuffling and dropout.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "seed_out",
+        deserialize_with = "seed_in"
+    )]
+    pub seed: Option<u64>,
+    /// Learning-rate schedule (default constant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// The `[training.schedule]` table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// constant, step, exponential or cosine.
+    pub name: String,
+    /// step: epochs between decays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_size: Option<usize>,
+    /// step (default 0.1), exponential: decay factor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f32>,
+    /// cosine: epochs of the half period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub t_max: Option<usize>,
+    /// cosine: final rate (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_min: Option<f32>,
+    /// Linear warmup over this many optimizer steps before the schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<usize>,
+}
+
+/// TOML integers stop at i64::MAX: larger seeds travel as decimal strings.
+fn seed_out<S: Serializer>(seed: &Option<u64>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match seed.map(i64::try_from) {
+        Some(Ok(v)) => s.serialize_i64(v),
+        Some(Err(_)) => s.serialize_str(&seed.unwrap_or_default().to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+fn seed_in<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Seed {
+        Int(u64),
+        Text(String),
+    }
+    match Seed::deserialize(d)? {
+        Seed::Int(v) => Ok(Some(v)),
+        Seed::Text(t) => t.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("seed '{t}' is not a non-negative integer"))
+        }),
+    }
+}
+
+/// Parses an initializer: a Keras name, or constant(V), random_uniform(LO, HI), random_normal(MEAN, STD).
+pub(crate) fn parse_init(text: &str) -> Option<Init> {
+    let text = text.trim();
+    let Some((name, rest)) = text.split_once('(') else {
+        return Init::from_name(text);
+    };
+    let args: Vec<f32> = rest
+        .strip_suffix(')')?
+        .split(',')
+        .map(|a| a.trim().parse::<f32>().ok().filter(|v| v.is_finite()))
+        .collect::<Option<_>>()?;
+    match (name.trim().to_ascii_lowercase().as_str(), args.as_slice()) {
+        ("constant", [v]) => Some(Init::Constant(*v)),
+        ("random_uniform" | "uniform", [lo, hi]) if lo < hi => Some(Init::Uniform(*lo, *hi)),
+        ("random_normal" | "normal", [mean, std]) if *std >= 0.0 => Some(Init::Normal(*mean, *std)),
+        _ => None,
+    }
+}
+
+/// The name `parse_init` reads back as `init`.
+pub(crate) fn init_name(init: Init) -> String {
+    match init {
+        Init::Zeros => "zeros".into(),
+        Init::Constant(v) if v == 1.0 && v.is_sign_positive() => "ones".into(),
+        Init::Constant(v) => format!("constant({v})"),
+        Init::Uniform(lo, hi) => format!("random_uniform({lo}, {hi})"),
+        Init::Normal(mean, std) => format!("random_normal({mean}, {std})"),
+        Init::GlorotUniform => "glorot_uniform".into(),
+        Init::GlorotNormal => "glorot_normal".into(),
+        Init::HeUniform => "he_uniform".into(),
+        Init::HeNormal => "he_normal".into(),
+        Init::LecunNormal => "lecun_normal".into(),
+    }
+}
+
+pub(crate) const LOSSES: &str =
+    "mse, mae, binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy";
+pub(crate) const OPTIMIZERS: &str = "sgd, momentum, nesterov, adam, adamw, rmsprop, adagrad";
+pub(crate) const METRICS: &str = "accuracy, binary_accuracy, precision, recall, f1, mse, mae";
+pub(crate) const SCHEDULES: &str = "constant, step, exponential, cosine";
+pub(crate) const INITS: &str =
+    "zeros, ones, constant(V), random_uniform(LO, HI), random_normal(MEAN, STD), \
+     glorot_uniform, glorot_normal, he_uniform, he_normal, lecun_normal";
+
+pub(crate) fn parse_loss(name: &str, from_logits: bool) -> Option<Loss> {
+    Some(match name {
+        "mse" | "mean_squared_error" => Loss::Mse,
+        "mae" | "mean_absolute_error" => Loss::Mae,
+        "binary_crossentropy" => Loss::BinaryCrossEntropy { from_logits },
+        "categorical_crossentropy" => Loss::CategoricalCrossEntropy,
+        "sparse_categorical_crossentropy" => Loss::SparseCategoricalCrossEntropy,
+        _ => return None,
+    })
+}
+
+/// Keras's name of a loss and whether it reads logits.
+pub(crate) fn loss_name(loss: Loss) -> (&'static str, bool) {
+    match loss {
+        Loss::Mse => ("mse", false),
+        Loss::Mae => ("mae", false),
+        Loss::BinaryCrossEntropy { from_logits } => ("binary_crossentropy", from_logits),
+        Loss::CategoricalCrossEntropy => ("categorical_crossentropy", false),
+        Loss::SparseCategoricalCrossEntropy => ("sparse_categorical_crossentropy", false),
+    }
+}
+
+/// The optimizer name that `TrainingSpec::optimizer` maps back to `rule`.
+pub(crate) fn rule_name(rule: &Rule) -> &'static str {
+    match *rule {
+        Rule::Sgd { nesterov: true, .. } => "nesterov",
+        Rule::Sgd { momentum, .. } if momentum != 0.0 => "momentum",
+        Rule::Sgd { .. } => "sgd",
+        Rule::Adam { .. } => "adam",
+        Rule::AdamW { .. } => "adamw",
+        Rule::RmsProp { .. } => "rmsprop",
+        Rule::Adagrad { .. } => "adagrad",
+    }
+}

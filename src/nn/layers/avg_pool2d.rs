@@ -1,0 +1,49 @@
+//! Average pooling over NCHW images (padding not counted).
+
+use std::sync::Arc;
+
+use super::max_pool2d::Pool;
+use super::step::{Backward, Forward, Step};
+use super::{LayerDef, Slots};
+use crate::error::Result;
+use crate::io::model_file::schema::LayerSpec;
+use crate::ops::pool::Pool2d;
+
+/// The average pooling layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AvgPool2d(pub Pool);
+
+impl LayerDef for AvgPool2d {
+    fn kind(&self) -> &'static str {
+        "average_pooling2d"
+    }
+
+    fn output_shape(&self, name: &str, input: &[usize]) -> Result<Vec<usize>> {
+        self.0.output_shape(name, input)
+    }
+
+    fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {
+        Ok(Arc::new(AvgPoolStep(self.0.op())))
+    }
+
+    fn entry(&self) -> LayerSpec {
+        LayerSpec {
+            avg_pool: Some(self.0.kernel.0),
+            ..LayerSpec::default()
+        }
+    }
+}
+
+/// The planned average pooling.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct AvgPoolStep(Pool2d);
+
+impl Step for AvgPoolStep {
+    fn forward(&self, cx: Forward<'_>) -> Result<()> {
+        self.0.avg_forward_into(cx.x, cx.y)
+    }
+
+    fn backward(&self, cx: Backward<'_>) -> Result<()> {
+        self.0.avg_backward_into(cx.dy, cx.dx)
+    }
+}

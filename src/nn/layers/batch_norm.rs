@@ -1,0 +1,153 @@
+//! Batch normalisation per feature of [features] samples (BatchNorm1d) or per channel of
+//! [c, h, w] ones (BatchNorm2d); gamma and beta are `weight` and `bias`, the running
+//! statistics `running_mean` and `running_var`, as in PyTorch's state_dict.
+
+use std::sync::Arc;
+
+use super::step::{Backward, Forward, Pass, Scratch, Step};
+use super::{affine_params, norm_channels, LayerDef, ParamSpec, Slots};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::io::model_file::schema::LayerSpec;
+use crate::io::model_file::validation::{check_f32, Field, Invalid};
+use crate::ops::batch_norm::{BatchNorm, NormStats, RunningStats};
+use crate::tensor::Tensor;
+
+/// The batch normalisation layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormLayer(pub BatchNorm);
+
+impl BatchNormLayer {
+    /// A `batch_norm = true` entry's momentum and eps (the entry's keys checked already).
+    pub(crate) fn from_entry(
+        spec: &LayerSpec,
+        field: Field<'_>,
+    ) -> std::result::Result<BatchNorm, Invalid> {
+        let momentum_ok = |v: f32| (0.0..=1.0).contains(&v);
+        check_f32(spec.momentum, &field("momentum"), momentum_ok, "in [0, 1]")?;
+        let default = BatchNorm::default();
+        Ok(BatchNorm {
+            eps: spec.eps.unwrap_or(default.eps),
+            momentum: spec.momentum.unwrap_or(default.momentum),
+        })
+    }
+}
+
+impl LayerDef for BatchNormLayer {
+    fn kind(&self) -> &'static str {
+        "batch_normalization"
+    }
+
+    fn output_shape(&self, name: &str, input: &[usize]) -> Result<Vec<usize>> {
+        crate::ops::check_eps(name, self.0.eps)?;
+        if !(0.0..=1.0).contains(&self.0.momentum) {
+            return Err(Error::arg(
+                format!("{name} momentum"),
+                format!("{} is not in [0, 1]", self.0.momentum),
+            ));
+        }
+        Ok(input.to_vec())
+    }
+
+    fn params(&self, _input: &[usize], output: &[usize]) -> Vec<ParamSpec> {
+        affine_params(norm_channels(output))
+    }
+
+    fn buffer_channels(&self, output: &[usize]) -> Option<usize> {
+        Some(norm_channels(output))
+    }
+
+    fn lower(&self, slots: &Slots) -> Result<Arc<dyn Step>> {
+        Ok(Arc::new(BatchNormStep {
+            gamma: slots.param(0)?,
+            beta: slots.param(1)?,
+            running: slots.buffer()?,
+            op: self.0,
+        }))
+    }
+
+    fn entry(&self) -> LayerSpec {
+        let default = BatchNorm::default();
+        LayerSpec {
+            batch_norm: Some(true),
+            momentum: (self.0.momentum != default.momentum).then_some(self.0.momentum),
+            eps: (self.0.eps != default.eps).then_some(self.0.eps),
+            ..LayerSpec::default()
+        }
+    }
+}
+
+/// The planned batch norm; `running` indexes the model's buffers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct BatchNormStep {
+    gamma: usize,
+    beta: usize,
+    running: usize,
+    op: BatchNorm,
+}
+
+impl Step for BatchNormStep {
+    fn forward(&self, cx: Forward<'_>) -> Result<()> {
+        let saved = cx.scratch.norm_mut()?;
+        let (g, b) = (&cx.params[self.gamma].value, &cx.params[self.beta].value);
+        let stats = cx
+            .buffers
+            .get_mut(self.running)
+            .ok_or_else(|| Error::arg("model", "no running statistics"))?;
+        let (x, y, op) = (cx.x, cx.y, self.op);
+        match cx.pass {
+            Pass::Infer => op.forward_eval_into(x, g, b, &stats.running, y),
+            Pass::Train => {
+                check_batch(stats.layer, x)?;
+                op.forward_train_into(x, g, b, &mut stats.running, saved, y)
+            }
+            Pass::Probe | Pass::ProbeTrain => {
+                check_batch(stats.layer, x)?;
+                // Batch statistics as in training, but the model's running ones stay.
+                let mut scratch = RunningStats::new(&x.device(), g.len())?;
+                op.forward_train_into(x, g, b, &mut scratch, saved, y)
+            }
+        }
+    }
+
+    fn backward(&self, cx: Backward<'_>) -> Result<()> {
+        let saved = cx.scratch.norm_mut()?;
+        let (value, dgamma, dbeta) = super::affine_grads(cx.params, self.gamma, self.beta)?;
+        BatchNorm::backward_into(cx.x, cx.dy, value, saved, cx.dx, dgamma, dbeta)
+    }
+
+    fn scratch(&self, device: &Device, y: &[usize]) -> Result<Scratch> {
+        Ok(Scratch {
+            tensors: Vec::new(),
+            norm: Some(NormStats::new(device, norm_channels(&y[1..]))?),
+        })
+    }
+
+    fn has_params(&self) -> bool {
+        true
+    }
+
+    fn input_grad_always(&self) -> bool {
+        true
+    }
+}
+
+/// Training statistics need two values per channel: a typed error naming the layer, not
+/// the op's, when a batch of one row leaves one.
+fn check_batch(layer: usize, x: &Tensor) -> Result<()> {
+    let per_channel = match x.shape() {
+        [n, _, h, w] => n * h * w,
+        s => s.first().copied().unwrap_or(0),
+    };
+    if per_channel < 2 {
+        return Err(Error::arg(
+            format!("layer {layer} (batch_normalization)"),
+            format!(
+                "a training batch of shape {:?} has one value per channel; batch norm \
+                 trains on at least 2 (use a batch size over 1, and avoid a last batch of 1 row)",
+                x.shape()
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! Global average pooling: the mean over each channel's plane, [c, h, w] -> [c].
+
+use std::sync::Arc;
+
+use super::step::{Backward, Forward, Step};
+use super::{image, LayerDef, Slots};
+use crate::error::Result;
+use crate::io::model_file::schema::LayerSpec;
+use crate::ops::pool::{global_avg_pool_backward_into, global_avg_pool_into};
+
+/// The global average pooling layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GlobalAvgPool;
+
+impl LayerDef for GlobalAvgPool {
+    fn kind(&self) -> &'static str {
+        "global_average_pooling2d"
+    }
+
+    fn output_shape(&self, name: &str, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(vec![image(name, input)?.0])
+    }
+
+    fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {
+        Ok(Arc::new(GlobalAvgPool))
+    }
+
+    fn entry(&self) -> LayerSpec {
+        LayerSpec {
+            global_avg_pool: Some(true),
+            ..LayerSpec::default()
+        }
+    }
+}
+
+impl Step for GlobalAvgPool {
+    fn forward(&self, cx: Forward<'_>) -> Result<()> {
+        global_avg_pool_into(cx.x, cx.y)
+    }
+
+    fn backward(&self, cx: Backward<'_>) -> Result<()> {
+        global_avg_pool_backward_into(cx.dy, cx.dx)
+    }
+}

@@ -1,0 +1,194 @@
+//! The passes over a plan: forward, backward and the fused classifier head, each step
+//! handed its tensors from the workspace. Every op records into the device's pending
+//! work; nothing here reads back.
+
+use super::planner::{HeadPlan, Stage};
+use super::{Model, Workspace};
+use crate::error::{Error, Result};
+use crate::nn::layers::dense::dz_pair;
+use crate::nn::layers::{Backward, Forward, Pass};
+use crate::ops::dense_head::{dense_head_at, head_fits, Head, HeadOut};
+use crate::ops::Activation;
+use crate::tensor::Tensor;
+
+/// Dropout seed of stage `i` in training step `step` of a model seeded `seed`.
+fn dropout_seed(seed: u64, step: u32, i: usize) -> u32 {
+    let s = seed as u32 ^ (seed >> 32) as u32;
+    s.wrapping_mul(0x9e37_79b9)
+        ^ step.wrapping_mul(0x85eb_ca6b)
+        ^ (i as u32).wrapping_mul(0xc2b2_ae35)
+}
+
+impl Model {
+    /// Runs `stages` on the workspace input acts[0], for the purpose `pass` names.
+    pub(crate) fn forward_ws(
+        &mut self,
+        key: (usize, usize),
+        stages: &[Stage],
+        pass: Pass,
+    ) -> Result<()> {
+        let (seed, step) = (self.seed, self.dropout_step);
+        let params = &self.params;
+        let buffers = &mut self.buffers;
+        let ws = self
+            .workspaces
+            .get_mut(&key)
+            .ok_or_else(|| Error::arg("workspace", "not created"))?;
+        ws.dropout = matches!(pass, Pass::Train | Pass::ProbeTrain);
+        for (i, (stage, scratch)) in stages.iter().zip(ws.scratch.iter_mut()).enumerate() {
+            let (before, after) = ws.acts.split_at_mut(i + 1);
+            stage.forward(Forward {
+                x: &before[i],
+                y: &mut after[0],
+                params,
+                buffers,
+                scratch,
+                pass,
+                seed: dropout_seed(seed, step, i),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Back-propagates grads[stages.len()] through `stages`, filling every parameter's grad.
+    /// With `top_ready`, the last stage is a dense layer whose dZ, dZ^T and bias gradient
+    /// are already in place (the fused head wrote them).
+    pub(crate) fn backward_ws(
+        &mut self,
+        key: (usize, usize),
+        stages: &[Stage],
+        top_ready: bool,
+    ) -> Result<()> {
+        let top = stages.len().wrapping_sub(1);
+        let (seed, step) = (self.seed, self.dropout_step);
+        let params = &mut self.params;
+        let Workspace {
+            acts,
+            grads,
+            scratch,
+            dropout,
+            ..
+        } = self
+            .workspaces
+            .get_mut(&key)
+            .ok_or_else(|| Error::arg("workspace", "not created"))?;
+        for (i, stage) in stages.iter().enumerate().rev() {
+            // Nothing flows back into the model's input from a step without parameters.
+            if i == 0 && !stage.has_params() {
+                continue;
+            }
+            let (gb, ga) = grads.split_at_mut(i + 1);
+            let scratch = scratch
+                .get_mut(i)
+                .ok_or_else(|| Error::arg("workspace", "no scratch for a stage"))?;
+            stage.backward(Backward {
+                x: &acts[i],
+                y: &acts[i + 1],
+                dy: &ga[0],
+                dx: &mut gb[i],
+                first: i == 0,
+                params,
+                scratch,
+                seed: dropout_seed(seed, step, i),
+                dropout: *dropout,
+                ready: top_ready && i == top,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether the fused head pays for the workspace `key` (its batch and layer sizes).
+    pub(crate) fn head_fits(&self, key: (usize, usize), stages: &[Stage]) -> bool {
+        let Some(ws) = self.workspaces.get(&key) else {
+            return false;
+        };
+        let n = stages.len();
+        match (ws.acts[n - 1].shape(), ws.acts[n].shape()) {
+            (&[rows, hid], &[_, cols]) => head_fits(&self.device, rows, hid, cols),
+            _ => false,
+        }
+    }
+
+    /// A training step's last stage, loss and the backward into the stage before, fused
+    /// (see [`HeadPlan`]); the loss goes to `log[slot]`, or to the workspace's loss.
+    /// Continue with [`Model::backward_ws`] over `stages[..n - 1]`.
+    pub(crate) fn head_ws(
+        &mut self,
+        key: (usize, usize),
+        stages: &[Stage],
+        plan: HeadPlan,
+        log: Option<(&mut Tensor, usize)>,
+    ) -> Result<()> {
+        let n = stages.len();
+        let ws = self
+            .workspaces
+            .get_mut(&key)
+            .ok_or_else(|| Error::arg("workspace", "not created"))?;
+        let Workspace {
+            acts,
+            grads,
+            scratch,
+            target,
+            loss,
+            ..
+        } = ws;
+        let (hidden_acts, out_acts) = acts.split_at_mut(n);
+        let (hidden_grads, out_grads) = grads.split_at_mut(n);
+        // The head writes three gradients; each is a distinct parameter.
+        let (value, grad): (Vec<&Tensor>, Vec<&mut Tensor>) = self
+            .params
+            .iter_mut()
+            .map(|p| (&p.value, &mut p.grad))
+            .unzip();
+        let mut grad: Vec<Option<&mut Tensor>> = grad.into_iter().map(Some).collect();
+        let mut take = |i: usize| {
+            grad[i]
+                .take()
+                .ok_or_else(|| Error::arg("model", "a parameter used twice in the head"))
+        };
+        let dw = take(plan.w)?;
+        let db = plan.b.map(&mut take).transpose()?;
+        let (dh, dht, dhb, act) = match plan.hidden {
+            Some((hb, act)) => {
+                let hidden = scratch
+                    .get_mut(n - 2)
+                    .ok_or_else(|| Error::arg("workspace", "no dZ for a dense layer"))?;
+                let (dz, dzt) = dz_pair(hidden)?;
+                (dz, Some(dzt), hb.map(&mut take).transpose()?, act)
+            }
+            None => (&mut hidden_grads[n - 1], None, None, Activation::Identity),
+        };
+        let head = Head {
+            loss: plan.loss,
+            h: &hidden_acts[n - 1],
+            act,
+            w: value[plan.w],
+            b: plan.b.map(|b| value[b]),
+            target,
+        };
+        let out = HeadOut {
+            logits: &mut out_acts[0],
+            dz: &mut out_grads[0],
+            dw,
+            db,
+            dh,
+            dht,
+            dhb,
+        };
+        match log {
+            Some((log, slot)) => dense_head_at(head, out, log, slot),
+            None => dense_head_at(head, out, loss, 0),
+        }
+    }
+
+    /// Forward pass of a batch of host inputs; returns the output (no dropout, batch norm
+    /// with its running statistics).
+    pub fn forward(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        let batch = self.rows_of(x, "forward")?;
+        let key = (batch, 1);
+        self.workspace(batch, 1)?.acts[0].write(x)?;
+        let stages = self.stages.clone();
+        self.forward_ws(key, &stages, Pass::Infer)?;
+        self.workspace(batch, 1)?.acts[stages.len()].to_vec()
+    }
+}
