@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod batch_norm;
 pub mod bias;
+pub mod concat;
 pub mod conv;
 pub mod dense_grad;
 pub mod dense_head;
