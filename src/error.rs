@@ -102,12 +102,83 @@ pub enum Error {
         /// Who refused, and why.
         detail: String,
     },
+    /// A graph model's description is inconsistent; nothing was built.
+    #[error("graph model: {0}")]
+    Graph(#[from] GraphError),
     /// The GPU device was lost (driver reset, device removed, or destroyed).
     #[error("the GPU device was lost ({reason}); nothing more can run on it: open a new Device and rebuild or reload the model (from its last checkpoint)")]
     DeviceLost {
         /// The driver's reason.
         reason: String,
     },
+}
+
+/// What is wrong with a [`crate::nn::Graph`], naming the nodes involved.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum GraphError {
+    /// Two inputs or nodes share a name.
+    #[error("the name '{0}' is used twice; every input and node needs its own")]
+    DuplicateName(String),
+    /// A node (or the outputs, or a shared layer) names a node that does not exist.
+    #[error("{node} names '{missing}', which is no input or node of the graph")]
+    UnknownNode {
+        /// The node that refers (or "outputs").
+        node: String,
+        /// The name it refers to.
+        missing: String,
+    },
+    /// The nodes feed each other in a loop.
+    #[error("the nodes {0:?} form a cycle: each waits for another's output")]
+    Cycle(Vec<String>),
+    /// An input, or a node, contributes to no output.
+    #[error("'{0}' reaches no output: connect it, or remove it")]
+    Unused(String),
+    /// An output depends on a node that no input reaches (a node without inputs).
+    #[error("output '{output}' is reached by no input: node '{node}' has no inputs")]
+    Unreached {
+        /// The output.
+        output: String,
+        /// The node without inputs it depends on.
+        node: String,
+    },
+    /// A graph without outputs (or inputs).
+    #[error("the graph has no {0}")]
+    Empty(&'static str),
+    /// The inputs of a merge (add, concatenate, multiply) do not fit together.
+    #[error("merge '{node}' cannot join {inputs:?}: {detail}")]
+    MergeShapes {
+        /// The merge node.
+        node: String,
+        /// Each input's name and sample shape.
+        inputs: Vec<(String, Vec<usize>)>,
+        /// Why.
+        detail: String,
+    },
+    /// A layer applied to a node whose output shape it cannot take.
+    #[error("node '{node}' cannot take the output {shape:?} of '{input}': {detail}")]
+    LayerShape {
+        /// The layer's node.
+        node: String,
+        /// The node it was applied to.
+        input: String,
+        /// That node's sample shape.
+        shape: Vec<usize>,
+        /// Why.
+        detail: String,
+    },
+    /// A layer given the wrong number of inputs.
+    #[error("node '{node}' takes {expected} input(s), got {got:?}")]
+    Arity {
+        /// The node.
+        node: String,
+        /// How many it takes.
+        expected: &'static str,
+        /// The inputs it was given.
+        got: Vec<String>,
+    },
+    /// What this version of the graph API does not do yet.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 fn bytes_note(size: u64) -> String {

@@ -32,8 +32,8 @@ pub mod tensor;
 pub mod train;
 
 pub use device::{list_adapters, AdapterSummary, Device, Stats};
-pub use error::{Error, Result};
-pub use nn::{Dense, Init, Layer, Model, Sequential};
+pub use error::{Error, GraphError, Result};
+pub use nn::{Dense, Graph, Init, Layer, Model, Sequential};
 pub use ops::Activation;
 pub use optim::{Optimizer, Schedule};
 pub use tensor::Tensor;

@@ -132,13 +132,13 @@ fn summary_and_model_file_cover_image_layers() {
     );
     // conv 1*4*9+4 = 40, conv 4*6*9+6 = 222, dense 24*10+10 = 250.
     assert_eq!(model.param_count(), 40 + 222 + 250);
-    let file = kiln::io::ModelFile::from_sequential(model.spec());
+    let file = kiln::io::ModelFile::from_sequential(model.spec().unwrap());
     let text = file.to_toml();
     let back = kiln::io::ModelFile::parse(&text)
         .unwrap()
         .to_sequential()
         .unwrap();
-    assert_eq!(&back, model.spec(), "{text}");
+    assert_eq!(&back, model.spec().unwrap(), "{text}");
     let toml = "image = [1, 28, 28]\n[[layers]]\nconv2d = 8\nkernel = 5\npadding = \"same\"\nactivation = \"relu\"\n[[layers]]\nmax_pool = 2\n[[layers]]\nflatten = true\n[[layers]]\ndense = 10\n";
     let spec = kiln::io::ModelFile::parse(toml)
         .unwrap()

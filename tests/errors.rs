@@ -30,6 +30,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Gpu(_) => "Gpu",
         Error::OutOfMemory { .. } => "OutOfMemory",
         Error::DeviceLost { .. } => "DeviceLost",
+        Error::Graph(_) => "Graph",
     }
 }
 

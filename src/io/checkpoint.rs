@@ -75,7 +75,7 @@ fn model_bytes(model: &Model, mut meta: HashMap<String, String>) -> Result<Vec<u
     meta.insert("format".into(), FORMAT.into());
     meta.insert(
         "model".into(),
-        ModelFile::from_sequential(model.spec()).to_toml(),
+        ModelFile::from_sequential(model.sequential()?).to_toml(),
     );
     meta.insert("seed".into(), model.seed.to_string());
     // Weights, then the non-trainable running statistics, all under state_dict names.

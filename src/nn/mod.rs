@@ -1,10 +1,12 @@
 //! Layers, the `Sequential` builder and built models.
 
+pub mod graph;
 pub mod init;
 pub mod layer;
 pub mod layers;
 pub mod model;
 
+pub use graph::Graph;
 pub use init::Init;
 pub use layer::{Dense, Layer, Sequential};
 pub use model::{Buffers, Model, Param};

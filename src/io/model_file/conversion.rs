@@ -72,7 +72,7 @@ impl ModelFile {
     ///
     /// Fails only for an optimizer this format cannot express (a warmup inside a warmup).
     pub fn from_trainer(trainer: &Trainer) -> Result<ModelFile> {
-        let mut file = ModelFile::from_sequential(trainer.model.spec());
+        let mut file = ModelFile::from_sequential(trainer.model.sequential()?);
         let mut training = TrainingSpec::from_optimizer(trainer.optimizer())?;
         let (loss, from_logits) = loss_name(trainer.loss());
         training.loss = Some(loss.into());

@@ -98,11 +98,11 @@ impl Step for BatchNormStep {
         match cx.pass {
             Pass::Infer => op.forward_eval_into(x, g, b, &stats.running, y),
             Pass::Train => {
-                check_batch(stats.layer, x)?;
+                check_batch(&stats.prefix, x)?;
                 op.forward_train_into(x, g, b, &mut stats.running, saved, y)
             }
             Pass::Probe | Pass::ProbeTrain => {
-                check_batch(stats.layer, x)?;
+                check_batch(&stats.prefix, x)?;
                 // Batch statistics as in training, but the model's running ones stay.
                 let mut scratch = RunningStats::new(&x.device(), g.len())?;
                 op.forward_train_into(x, g, b, &mut scratch, saved, y)
@@ -134,7 +134,7 @@ impl Step for BatchNormStep {
 
 /// Training statistics need two values per channel: a typed error naming the layer, not
 /// the op's, when a batch of one row leaves one.
-fn check_batch(layer: usize, x: &Tensor) -> Result<()> {
+fn check_batch(layer: &str, x: &Tensor) -> Result<()> {
     let per_channel = match x.shape() {
         [n, _, h, w] => n * h * w,
         s => s.first().copied().unwrap_or(0),

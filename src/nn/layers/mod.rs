@@ -9,8 +9,10 @@
 //! variant of [`Layer`] and its arm in [`Layer::def`] (the registration), and its test.
 
 pub mod activation;
+pub mod add;
 pub mod avg_pool2d;
 pub mod batch_norm;
+pub mod concatenate;
 pub mod conv2d;
 pub mod dense;
 pub mod dropout;
@@ -18,6 +20,7 @@ pub mod flatten;
 pub mod global_avg_pool;
 pub mod layer_norm;
 pub mod max_pool2d;
+pub mod multiply;
 pub mod reshape;
 pub mod softmax;
 pub mod step;
@@ -28,7 +31,7 @@ use std::sync::Arc;
 pub use conv2d::Conv;
 pub use dense::Dense;
 pub use max_pool2d::Pool;
-pub use step::{Backward, Forward, Pass, Pattern, Scratch, Step};
+pub use step::{Backward, Forward, Inputs, Pass, Pattern, Scratch, Step};
 
 use crate::error::{Error, Result};
 use crate::io::model_file::schema::LayerSpec;
@@ -46,6 +49,17 @@ pub trait LayerDef: Debug {
     fn kind(&self) -> &'static str;
     /// The output shape for this input shape, or a typed error naming `name`.
     fn output_shape(&self, name: &str, input: &[usize]) -> Result<Vec<usize>>;
+    /// The output shape for these input shapes: one for most layers, several for merges
+    /// (which override this).
+    fn output_shape_of(&self, name: &str, inputs: &[Vec<usize>]) -> Result<Vec<usize>> {
+        match inputs {
+            [one] => self.output_shape(name, one),
+            _ => Err(Error::shape(
+                name,
+                format!("takes one input, got {}", inputs.len()),
+            )),
+        }
+    }
     /// The trainable parameters, in order, for these (checked) shapes.
     fn params(&self, _input: &[usize], _output: &[usize]) -> Vec<ParamSpec> {
         Vec::new()
@@ -222,6 +236,35 @@ pub(crate) fn norm_channels(shape: &[usize]) -> usize {
         [c, _, _] => *c,
         s => s.iter().product(),
     }
+}
+
+/// The one shape all of a merge's inputs share, or an error listing them.
+pub(crate) fn same_shapes(
+    name: &str,
+    inputs: &[Vec<usize>],
+    at_least: usize,
+) -> Result<Vec<usize>> {
+    match inputs {
+        [first, rest @ ..] if inputs.len() >= at_least && rest.iter().all(|s| s == first) => {
+            Ok(first.clone())
+        }
+        _ if inputs.len() < at_least => Err(Error::shape(
+            name,
+            format!("needs at least {at_least} inputs, got {}", inputs.len()),
+        )),
+        _ => Err(Error::shape(
+            name,
+            format!("needs inputs of one shape, got {inputs:?}"),
+        )),
+    }
+}
+
+/// A merge's LayerDef::output_shape: merges take several inputs.
+pub(crate) fn merge_needs_inputs(name: &str) -> Result<Vec<usize>> {
+    Err(Error::shape(
+        name,
+        "is a merge: it needs at least two inputs (use it in a Graph)",
+    ))
 }
 
 /// An image shape, or an error naming the layer that needs one.

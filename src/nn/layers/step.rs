@@ -59,8 +59,10 @@ impl Scratch {
 
 /// The forward pass of one step: its input, its output and what it may read or update.
 pub struct Forward<'a> {
-    /// The input activation [batch, ..].
+    /// The (first) input activation [batch, ..].
     pub x: &'a Tensor,
+    /// Every input of a merge step (see [`Inputs`]).
+    pub inputs: Inputs<'a>,
     /// The output activation, written.
     pub y: &'a mut Tensor,
     /// Every parameter of the model; a step reads the indices it was lowered with.
@@ -76,9 +78,16 @@ pub struct Forward<'a> {
 }
 
 /// The backward pass of one step: dL/dy in, dL/dx and the parameter gradients out.
+///
+/// A step with several inputs (a merge) is called once per input, `slot` naming which
+/// one `x` and `dx` are; a step's parameter gradients are written on slot 0.
 pub struct Backward<'a> {
-    /// The input the forward read.
+    /// The input the forward read (input `slot`).
     pub x: &'a Tensor,
+    /// Every input, for merges whose gradient needs the others (multiply).
+    pub inputs: Inputs<'a>,
+    /// Which input `x` and `dx` are.
+    pub slot: usize,
     /// The output the forward wrote.
     pub y: &'a Tensor,
     /// dL/dy.
@@ -98,6 +107,36 @@ pub struct Backward<'a> {
     pub dropout: bool,
     /// The fused classifier head already wrote this step's dZ, dZ^T and bias gradient.
     pub ready: bool,
+}
+
+/// The inputs of a step, borrowed from the workspace without copying: `acts` are the
+/// activations before the step's output, `wires` the indices of its inputs among them.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The workspace's activations up to (not including) the step's output.
+    pub acts: &'a [Tensor],
+    /// The index of each input in `acts`.
+    pub wires: &'a [usize],
+}
+
+impl<'a> Inputs<'a> {
+    /// How many inputs the step has.
+    pub fn len(&self) -> usize {
+        self.wires.len()
+    }
+
+    /// Whether the step has no inputs.
+    pub fn is_empty(&self) -> bool {
+        self.wires.is_empty()
+    }
+
+    /// Input `k`, or an error.
+    pub fn get(&self, k: usize) -> Result<&'a Tensor> {
+        self.wires
+            .get(k)
+            .and_then(|&i| self.acts.get(i))
+            .ok_or_else(|| Error::arg("workspace", format!("a step without input {k}")))
+    }
 }
 
 /// What the planner's rewrites (the fusions) can see of a step.

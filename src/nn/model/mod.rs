@@ -16,12 +16,13 @@ use crate::ops::batch_norm::RunningStats;
 use crate::tensor::Tensor;
 
 pub(crate) use crate::nn::layers::Pass;
-pub(crate) use planner::{HeadPlan, Stage};
+pub(crate) use planner::{HeadPlan, NodeInfo, Stage};
 pub(crate) use workspace::Workspace;
 
 /// One trainable tensor with its gradient and optimizer state.
 pub struct Param {
-    /// PyTorch state_dict name: "{layer index}.weight" or ".bias".
+    /// PyTorch state_dict name: "{node}.weight" or ".bias" (a Sequential's nodes are
+    /// named by layer index: "0.weight").
     pub name: String,
     /// The values.
     pub value: Tensor,
@@ -38,8 +39,8 @@ pub struct Param {
 /// Non-trainable state of one layer: batch norm's running statistics, which move during
 /// training, are saved in checkpoints (`N.running_mean`, `N.running_var`) and never optimized.
 pub struct Buffers {
-    /// Index of the layer in the `Sequential`.
-    pub layer: usize,
+    /// The layer's node name (its index in a `Sequential`), which prefixes the names.
+    pub prefix: String,
     /// Running mean and unbiased variance, per feature or channel.
     pub running: RunningStats,
 }
@@ -47,7 +48,7 @@ pub struct Buffers {
 impl Buffers {
     /// The PyTorch state_dict names of the running mean and variance.
     fn names(&self) -> [String; 2] {
-        ["running_mean", "running_var"].map(|field| format!("{}.{field}", self.layer))
+        ["running_mean", "running_var"].map(|field| format!("{}.{field}", self.prefix))
     }
 
     /// The tensors under their names.
@@ -66,8 +67,12 @@ impl Buffers {
 /// A model with weights on a device.
 pub struct Model {
     pub(crate) device: Device,
-    pub(crate) spec: Sequential,
-    pub(crate) widths: Vec<usize>,
+    /// The Sequential the model was built from (none for a graph).
+    pub(crate) spec: Option<Sequential>,
+    /// The input's sample shape.
+    pub(crate) input_shape: Vec<usize>,
+    /// The nodes as described (before the fusions), in execution order.
+    pub(crate) nodes: Vec<NodeInfo>,
     /// Sample shape after each stage of the plan.
     pub(crate) stage_shapes: Vec<Vec<usize>>,
     pub(crate) params: Vec<Param>,
@@ -86,19 +91,31 @@ impl Model {
         &self.device
     }
 
-    /// The description the model was built from.
-    pub fn spec(&self) -> &Sequential {
-        &self.spec
+    /// The `Sequential` the model was built from (`None` for a graph model).
+    pub fn spec(&self) -> Option<&Sequential> {
+        self.spec.as_ref()
+    }
+
+    /// The `Sequential` the model was built from, or an error for a graph model.
+    pub fn sequential(&self) -> Result<&Sequential> {
+        self.spec.as_ref().ok_or_else(|| {
+            crate::error::GraphError::Unsupported(
+                "a graph model has no model file yet (graph model files are a later phase)".into(),
+            )
+            .into()
+        })
     }
 
     /// Width of one input sample.
     pub fn input_width(&self) -> usize {
-        self.spec.input
+        self.input_shape.iter().product()
     }
 
     /// Width of the model's output.
     pub fn output_width(&self) -> usize {
-        self.widths.last().copied().unwrap_or(self.spec.input)
+        self.nodes
+            .last()
+            .map_or(self.input_width(), |n| n.shape.iter().product())
     }
 
     /// Every parameter, in layer order.
@@ -127,6 +144,7 @@ impl Model {
         let k: usize = layer.strip_prefix("dense_")?.parse().ok()?;
         let (index, _) = self
             .spec
+            .as_ref()?
             .layers
             .iter()
             .enumerate()
@@ -165,9 +183,8 @@ impl Model {
     /// The first batch norm layer that gets one value per channel from each row (flat
     /// samples, or 1x1 planes), so that it cannot train on a batch of one row.
     pub(crate) fn batch_norm_needing_two_rows(&self) -> Option<usize> {
-        let shapes = self.spec.shapes().ok()?;
-        self.spec.layers.iter().zip(&shapes).position(|(l, s)| {
-            matches!(l, Layer::BatchNorm(_)) && s.iter().skip(1).product::<usize>() == 1
+        self.nodes.iter().position(|n| {
+            n.kind == "batch_normalization" && n.shape.iter().skip(1).product::<usize>() == 1
         })
     }
 
@@ -176,41 +193,54 @@ impl Model {
         self.buffers().iter().map(|(_, t)| t.len()).sum()
     }
 
-    /// A Keras-like table of layers, output shapes and parameter counts.
+    /// A Keras-like table of layers, output shapes and parameter counts; a graph model's
+    /// also shows each node's inputs (Keras's "Connected to").
     pub fn summary(&self) -> String {
-        let shapes = self.spec.shapes().unwrap_or_default();
+        let graph = self.spec.is_none();
         let mut kinds: HashMap<&str, usize> = HashMap::new();
-        let mut out = format!("Model: sequential on {}\n", self.device.name());
-        let rule = "─".repeat(64);
+        let what = if graph { "graph" } else { "sequential" };
+        let mut out = format!("Model: {what} on {}\n", self.device.name());
+        let width = if graph { 92 } else { 64 };
+        let rule = "─".repeat(width);
         out += &format!(
-            "{rule}\n{:<28}{:<20}{:>16}\n{rule}\n",
-            "Layer (type)", "Output Shape", "Param #"
+            "{rule}\n{:<28}{:<20}{:>16}{}\n{rule}\n",
+            "Layer (type)",
+            "Output Shape",
+            "Param #",
+            if graph { "  Connected to" } else { "" }
         );
-        for (i, layer) in self.spec.layers.iter().enumerate() {
-            let kind = layer.kind();
-            let k = kinds.entry(kind).or_default();
-            let name = format!("{kind}_{k} ({i})");
-            *k += 1;
-            let prefix = format!("{i}.");
-            // Keras counts a layer's non-trainable values in its row too.
-            let count: usize = self
-                .params
-                .iter()
-                .map(|p| (&p.name, p.value.len()))
-                .chain(self.buffers().iter().map(|(n, t)| (n, t.len())))
-                .filter(|(name, _)| name.starts_with(&prefix))
-                .map(|(_, len)| len)
-                .sum();
-            let dims: Vec<String> = shapes
-                .get(i)
-                .into_iter()
-                .flatten()
-                .map(|d| d.to_string())
-                .collect();
+        let mut counted = std::collections::HashSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let name = if graph {
+                format!("{} ({})", node.name, node.kind)
+            } else {
+                let k = kinds.entry(node.kind).or_default();
+                let name = format!("{}_{k} ({i})", node.kind);
+                *k += 1;
+                name
+            };
+            let prefix = format!("{}.", node.prefix);
+            // Keras counts a layer's non-trainable values in its row too, once.
+            let count: usize = if counted.insert(node.prefix.clone()) {
+                self.params
+                    .iter()
+                    .map(|p| (&p.name, p.value.len()))
+                    .chain(self.buffers().iter().map(|(n, t)| (n, t.len())))
+                    .filter(|(name, _)| name.starts_with(&prefix))
+                    .map(|(_, len)| len)
+                    .sum()
+            } else {
+                0
+            };
+            let dims: Vec<String> = node.shape.iter().map(|d| d.to_string()).collect();
             out += &format!(
-                "{name:<28}{:<20}{count:>16}\n",
+                "{name:<28}{:<20}{count:>16}",
                 format!("(None, {})", dims.join(", "))
             );
+            if graph {
+                out += &format!("  {}", node.inputs.join(", "));
+            }
+            out += "\n";
         }
         let (trainable, fixed) = (self.param_count(), self.buffer_count());
         let total = trainable + fixed;
@@ -225,7 +255,7 @@ impl Model {
 
     /// Number of rows in a flat input, checking the width.
     pub(crate) fn rows_of(&self, x: &[f32], what: &str) -> Result<usize> {
-        let w = self.spec.input;
+        let w = self.input_width();
         if x.is_empty() {
             return Err(Error::arg(
                 what,

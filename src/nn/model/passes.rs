@@ -6,8 +6,10 @@ use super::planner::{HeadPlan, Stage};
 use super::{Model, Workspace};
 use crate::error::{Error, Result};
 use crate::nn::layers::dense::dz_pair;
-use crate::nn::layers::{Backward, Forward, Pass};
+use crate::nn::layers::{Backward, Forward, Inputs, Pass};
+use crate::nn::model::Param;
 use crate::ops::dense_head::{dense_head_at, head_fits, Head, HeadOut};
+use crate::ops::elementwise::axpy;
 use crate::ops::Activation;
 use crate::tensor::Tensor;
 
@@ -17,6 +19,17 @@ fn dropout_seed(seed: u64, step: u32, i: usize) -> u32 {
     s.wrapping_mul(0x9e37_79b9)
         ^ step.wrapping_mul(0x85eb_ca6b)
         ^ (i as u32).wrapping_mul(0xc2b2_ae35)
+}
+
+/// Swaps the gradients of `which` parameters with their buffers in `sums` (no copy).
+fn swap_grads(params: &mut [Param], which: &[usize], sums: &mut [Option<Tensor>]) -> Result<()> {
+    for (&p, sum) in which.iter().zip(sums.iter_mut()) {
+        let (Some(param), Some(sum)) = (params.get_mut(p), sum.as_mut()) else {
+            return Err(Error::arg("workspace", "no buffer for a shared gradient"));
+        };
+        std::mem::swap(&mut param.grad, sum);
+    }
+    Ok(())
 }
 
 impl Model {
@@ -36,9 +49,15 @@ impl Model {
             .ok_or_else(|| Error::arg("workspace", "not created"))?;
         ws.dropout = matches!(pass, Pass::Train | Pass::ProbeTrain);
         for (i, (stage, scratch)) in stages.iter().zip(ws.scratch.iter_mut()).enumerate() {
+            // Every input comes before the output (the plan is in execution order).
             let (before, after) = ws.acts.split_at_mut(i + 1);
-            stage.forward(Forward {
-                x: &before[i],
+            let inputs = Inputs {
+                acts: before,
+                wires: &stage.inputs,
+            };
+            stage.step.forward(Forward {
+                x: inputs.get(0)?,
+                inputs,
                 y: &mut after[0],
                 params,
                 buffers,
@@ -66,6 +85,7 @@ impl Model {
             acts,
             grads,
             scratch,
+            sums,
             dropout,
             ..
         } = self
@@ -73,26 +93,52 @@ impl Model {
             .get_mut(&key)
             .ok_or_else(|| Error::arg("workspace", "not created"))?;
         for (i, stage) in stages.iter().enumerate().rev() {
-            // Nothing flows back into the model's input from a step without parameters.
-            if i == 0 && !stage.has_params() {
-                continue;
-            }
+            let missing = || Error::arg("workspace", "no buffers for a stage");
+            let scratch = scratch.get_mut(i).ok_or_else(missing)?;
+            let sums = sums.get_mut(i).ok_or_else(missing)?;
+            let split = stage.inputs.len().min(sums.len());
+            let (dx_sums, param_sums) = sums.split_at_mut(split);
+            // A shared layer's later uses write their gradients aside, then add them.
+            swap_grads(params, &stage.param_sum, param_sums)?;
             let (gb, ga) = grads.split_at_mut(i + 1);
-            let scratch = scratch
-                .get_mut(i)
-                .ok_or_else(|| Error::arg("workspace", "no scratch for a stage"))?;
-            stage.backward(Backward {
-                x: &acts[i],
-                y: &acts[i + 1],
-                dy: &ga[0],
-                dx: &mut gb[i],
-                first: i == 0,
-                params,
-                scratch,
-                seed: dropout_seed(seed, step, i),
-                dropout: *dropout,
-                ready: top_ready && i == top,
-            })?;
+            for (k, (&a, sum)) in stage.inputs.iter().zip(dx_sums.iter_mut()).enumerate() {
+                // Nothing flows back into the model's input from a step without parameters.
+                if a == 0 && !stage.step.has_params() {
+                    continue;
+                }
+                let inputs = Inputs {
+                    acts: &acts[..i + 1],
+                    wires: &stage.inputs,
+                };
+                let direct = gb.get_mut(a).ok_or_else(missing)?;
+                let dx = match sum.as_mut() {
+                    Some(sum) => sum,
+                    None => &mut *direct,
+                };
+                stage.step.backward(Backward {
+                    x: inputs.get(k)?,
+                    inputs,
+                    slot: k,
+                    y: &acts[i + 1],
+                    dy: &ga[0],
+                    dx,
+                    first: a == 0,
+                    params,
+                    scratch,
+                    seed: dropout_seed(seed, step, i),
+                    dropout: *dropout,
+                    ready: top_ready && i == top,
+                })?;
+                if let Some(sum) = sum {
+                    axpy(1.0, sum, direct)?;
+                }
+            }
+            swap_grads(params, &stage.param_sum, param_sums)?;
+            for (&p, sum) in stage.param_sum.iter().zip(param_sums.iter()) {
+                if let (Some(sum), Some(p)) = (sum, params.get_mut(p)) {
+                    axpy(1.0, sum, &mut p.grad)?;
+                }
+            }
         }
         Ok(())
     }

@@ -5,12 +5,13 @@
 //! hands a final softmax or sigmoid to the loss, and a classifier's output layer becomes
 //! the fused head.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{Buffers, Model, Param};
 use crate::device::Device;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::nn::graph::{Graph, Resolved};
 use crate::nn::layer::Sequential;
 use crate::nn::layers::dense::DenseStep;
 use crate::nn::layers::{LayerDef, ParamInit, ParamSpec, Pattern, Slots, Step};
@@ -19,49 +20,142 @@ use crate::ops::loss::Loss;
 use crate::ops::Activation;
 use crate::tensor::Tensor;
 
-/// One step of the execution plan.
-pub(crate) type Stage = Arc<dyn Step>;
+/// One step of the execution plan, wired into the workspace's activations.
+#[derive(Clone, Debug)]
+pub(crate) struct Stage {
+    /// What runs.
+    pub step: Arc<dyn Step>,
+    /// Activation indices of its inputs: 0 is the model's input, i + 1 stage i's output.
+    pub inputs: Vec<usize>,
+    /// Per input: another stage's backward writes that gradient first, so this one writes
+    /// into a workspace buffer that is then added (a node feeding several consumers).
+    pub dx_sum: Vec<bool>,
+    /// Those another stage's backward writes first (a shared layer): summed likewise.
+    pub param_sum: Vec<usize>,
+}
+
+impl Stage {
+    /// What the rewrites see of the step.
+    pub fn pattern(&self) -> Pattern {
+        self.step.pattern()
+    }
+
+    /// The same wiring running another step (a rewrite).
+    fn with_step(&self, step: Arc<dyn Step>) -> Stage {
+        Stage {
+            step,
+            ..self.clone()
+        }
+    }
+}
+
+/// A node of a built model as summaries and messages show it (before the fusions).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct NodeInfo {
+    /// Its name.
+    pub name: String,
+    /// Its layer's kind.
+    pub kind: &'static str,
+    /// Its output's sample shape.
+    pub shape: Vec<usize>,
+    /// The names of its inputs.
+    pub inputs: Vec<String>,
+    /// The prefix of its parameters' names (the owner's name, for a shared layer).
+    pub prefix: String,
+}
 
 impl Sequential {
     /// Allocates and initialises the weights on `device` (seeded) and plans execution.
     pub fn build(&self, device: &Device, seed: u64) -> Result<Model> {
-        let widths = self.widths()?;
-        let shapes = self.shapes()?;
-        let mut params = Vec::new();
-        let mut buffers = Vec::new();
-        let mut steps = Vec::with_capacity(self.layers.len());
-        let mut input = self.input_shape();
-        for (i, (layer, output)) in self.layers.iter().zip(&shapes).enumerate() {
-            let def = layer.def();
-            let at = LayerAt {
-                index: i,
-                seed: seed.wrapping_mul(0x9e37_79b9).wrapping_add(i as u64),
-                input: &input,
-                output,
-            };
-            let slots = at.allocate(device, &*def, &mut params, &mut buffers)?;
-            steps.push((def.lower(&slots)?, output.clone()));
-            input = output.clone();
-        }
-        let (stages, stage_shapes) = fold_activations(steps).into_iter().unzip();
-        Ok(Model {
-            device: device.clone(),
-            spec: self.clone(),
-            widths,
-            stage_shapes,
-            params,
-            buffers,
-            stages,
-            workspaces: HashMap::new(),
-            seed,
-            dropout_step: 0,
-        })
+        // The sequential messages ("layer 3 (dense)") for what does not fit.
+        self.shapes()?;
+        let resolved = Graph::from_sequential(self).resolve()?;
+        plan(&resolved, Some(self.clone()), device, seed)
     }
+}
+
+/// A lowered node before the fusions and the wiring.
+struct Planned {
+    step: Arc<dyn Step>,
+    inputs: Vec<usize>,
+    params: Vec<usize>,
+    shape: Vec<usize>,
+}
+
+/// Lowers a checked graph: allocates each layer's parameters and buffers once (a shared
+/// layer's uses get the same slots), lowers every node to its step, then applies the
+/// activation fold and marks the gradients that are summed.
+pub(crate) fn plan(
+    r: &Resolved,
+    spec: Option<Sequential>,
+    device: &Device,
+    seed: u64,
+) -> Result<Model> {
+    let mut params = Vec::new();
+    let mut buffers = Vec::new();
+    let mut slots: Vec<Option<Slots>> = vec![None; r.nodes.len()];
+    let mut steps = Vec::with_capacity(r.nodes.len());
+    for node in &r.nodes {
+        let owner = r
+            .nodes
+            .get(node.owner)
+            .ok_or_else(|| Error::arg("graph", "a shared layer without its owner"))?;
+        let s = match &slots[node.owner] {
+            Some(s) => s.clone(),
+            None => {
+                let at = LayerAt {
+                    name: &owner.name,
+                    seed: seed
+                        .wrapping_mul(0x9e37_79b9)
+                        .wrapping_add(owner.decl as u64),
+                    input: &owner.input_shape,
+                    output: &owner.shape,
+                };
+                let s = at.allocate(device, &*owner.def, &mut params, &mut buffers)?;
+                slots[node.owner] = Some(s.clone());
+                s
+            }
+        };
+        steps.push(Planned {
+            step: node.def.lower(&s)?,
+            inputs: node.inputs.clone(),
+            params: s.params,
+            shape: node.shape.clone(),
+        });
+    }
+    let nodes = r
+        .nodes
+        .iter()
+        .map(|n| NodeInfo {
+            name: n.name.clone(),
+            kind: n.def.kind(),
+            shape: n.shape.clone(),
+            inputs: n.input_names.clone(),
+            prefix: r
+                .nodes
+                .get(n.owner)
+                .map_or(n.name.clone(), |o| o.name.clone()),
+        })
+        .collect();
+    let (stages, stage_shapes) = wire(fold_activations(steps));
+    Ok(Model {
+        device: device.clone(),
+        spec,
+        input_shape: r.input.1.clone(),
+        nodes,
+        stage_shapes,
+        params,
+        buffers,
+        stages,
+        workspaces: HashMap::new(),
+        seed,
+        dropout_step: 0,
+    })
 }
 
 /// A layer's place in the model while it is being built.
 struct LayerAt<'a> {
-    index: usize,
+    name: &'a str,
     seed: u64,
     input: &'a [usize],
     output: &'a [usize],
@@ -83,7 +177,7 @@ impl LayerAt<'_> {
         }
         if let Some(channels) = def.buffer_channels(self.output) {
             buffers.push(Buffers {
-                layer: self.index,
+                prefix: self.name.to_string(),
                 running: RunningStats::new(device, channels)?,
             });
             slots.buffers = Some(buffers.len() - 1);
@@ -91,14 +185,15 @@ impl LayerAt<'_> {
         Ok(slots)
     }
 
-    /// One parameter, named "{layer}.{field}" as PyTorch's state_dict.
+    /// One parameter, named "{node}.{field}" as PyTorch's state_dict (a Sequential's
+    /// nodes are named by layer index).
     fn param(&self, device: &Device, def: &dyn LayerDef, spec: ParamSpec) -> Result<Param> {
         let count = spec.len();
         if let (true, Device::Gpu(ctx)) = (spec.checked, device) {
             // Refuse a weight over the adapter's limits before sampling it on the host.
             let what = format!(
                 "layer {} ({}) {} {:?}",
-                self.index,
+                self.name,
                 def.kind(),
                 spec.field,
                 spec.shape
@@ -115,7 +210,7 @@ impl LayerAt<'_> {
             ParamInit::Fill(v) => vec![v; count],
         };
         Ok(Param {
-            name: format!("{}.{}", self.index, spec.field),
+            name: format!("{}.{}", self.name, spec.field),
             value: Tensor::from_slice(device, &values, &spec.shape)?,
             grad: Tensor::zeros(device, &spec.shape)?,
             state: Vec::new(),
@@ -125,28 +220,91 @@ impl LayerAt<'_> {
     }
 }
 
-/// The activation fold: a dense step without an activation absorbs the activation after
-/// it when that activation's derivative can come from its output.
-fn fold_activations(steps: Vec<(Stage, Vec<usize>)>) -> Vec<(Stage, Vec<usize>)> {
-    let mut out: Vec<(Stage, Vec<usize>)> = Vec::with_capacity(steps.len());
-    for (stage, shape) in steps {
-        let before = out.last().map(|(s, _)| s.pattern());
-        match (before, stage.pattern()) {
-            (
-                Some(Pattern::Dense {
-                    w,
-                    b,
-                    act: Activation::Identity,
-                }),
-                Pattern::Act(act),
-            ) if act.derivative_from_output() => {
-                out.pop();
-                out.push((Arc::new(DenseStep { w, b, act }), shape));
-            }
-            _ => out.push((stage, shape)),
+/// The activation fold: a dense step without an activation absorbs the activation that
+/// is the only consumer of its output, when that activation's derivative can come from
+/// its output. Fires wherever the pattern is, inside residual branches included.
+fn fold_activations(mut steps: Vec<Planned>) -> Vec<Planned> {
+    let n = steps.len();
+    let mut consumers = vec![0usize; n + 1];
+    for a in steps.iter().flat_map(|s| &s.inputs) {
+        consumers[*a] += 1;
+    }
+    // alias[act]: the activation that stands for `act` once its node is folded away.
+    let mut alias: Vec<usize> = (0..=n).collect();
+    let mut keep = vec![true; n];
+    for j in 0..n {
+        steps[j].inputs = steps[j].inputs.iter().map(|&a| alias[a]).collect();
+        let (Pattern::Act(act), [a]) = (steps[j].step.pattern(), steps[j].inputs.as_slice()) else {
+            continue;
+        };
+        let a = *a;
+        if a == 0 || consumers[a] != 1 || !act.derivative_from_output() {
+            continue;
+        }
+        if let Pattern::Dense {
+            w,
+            b,
+            act: Activation::Identity,
+        } = steps[a - 1].step.pattern()
+        {
+            steps[a - 1].step = Arc::new(DenseStep { w, b, act });
+            keep[j] = false;
+            alias[j + 1] = a;
         }
     }
-    out
+    // Renumber the activations of the steps that remain.
+    let mut renumber = vec![0usize; n + 1];
+    let mut next = 1;
+    for j in 0..n {
+        if keep[j] {
+            renumber[j + 1] = next;
+            next += 1;
+        }
+    }
+    for j in 0..n {
+        if !keep[j] {
+            renumber[j + 1] = renumber[alias[j + 1]];
+        }
+    }
+    steps
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(mut s, _)| {
+            s.inputs = s.inputs.iter().map(|&a| renumber[a]).collect();
+            s
+        })
+        .collect()
+}
+
+/// The stages with their summed gradients marked: walking the plan backwards (the order
+/// the backward pass runs), the first stage to write a gradient overwrites it, the
+/// others add theirs. The model's input takes no sum (its gradient is not wanted).
+fn wire(steps: Vec<Planned>) -> (Vec<Stage>, Vec<Vec<usize>>) {
+    let mut written = HashSet::new();
+    let mut params_written = HashSet::new();
+    let mut out: Vec<(Stage, Vec<usize>)> = Vec::with_capacity(steps.len());
+    for s in steps.into_iter().rev() {
+        let dx_sum = s
+            .inputs
+            .iter()
+            .map(|&a| a != 0 && !written.insert(a))
+            .collect();
+        let param_sum = s
+            .params
+            .iter()
+            .copied()
+            .filter(|&p| !params_written.insert(p))
+            .collect();
+        let stage = Stage {
+            step: s.step,
+            inputs: s.inputs,
+            dx_sum,
+            param_sum,
+        };
+        out.push((stage, s.shape));
+    }
+    out.into_iter().rev().unzip()
 }
 
 /// What `predict` applies to the training-time outputs to give probabilities.
@@ -203,9 +361,11 @@ pub(crate) fn fuse_loss(stages: &[Stage], loss: Loss) -> TrainPlan {
             }),
         ) if l == bce => {
             // Train on logits with the stable fused loss; predict still gives probabilities.
-            plan.stages.pop();
             let act = Activation::Identity;
-            plan.stages.push(Arc::new(DenseStep { w, b, act }));
+            if let Some(last) = plan.stages.pop() {
+                plan.stages
+                    .push(last.with_step(Arc::new(DenseStep { w, b, act })));
+            }
             plan.loss = Loss::BinaryCrossEntropy { from_logits: true };
             plan.logits = true;
         }
@@ -249,17 +409,20 @@ impl HeadPlan {
             loss,
             Loss::SparseCategoricalCrossEntropy | Loss::CategoricalCrossEntropy
         );
+        let n = stages.len();
         let [.., before, last] = stages else {
             return None;
         };
         let Pattern::Dense { w, b, act } = last.pattern() else {
             return None;
         };
-        if !categorical || act != Activation::Identity {
+        // The head reads the stage before's output (the plan's wiring, in a graph too).
+        if !categorical || act != Activation::Identity || last.inputs != [n - 1] {
             return None;
         }
         let hidden = match before.pattern() {
-            Pattern::Dense { b, act, .. } => Some((b, act)),
+            // Not where the stage before shares a weight written first elsewhere.
+            Pattern::Dense { b, act, .. } if before.param_sum.is_empty() => Some((b, act)),
             _ => None,
         };
         Some(HeadPlan { loss, w, b, hidden })

@@ -14,6 +14,9 @@ pub(crate) struct Workspace {
     pub grads: Vec<Tensor>,
     /// Per stage scratch (dense: dZ and dZ^T; max pool: argmax; normalisations: statistics).
     pub scratch: Vec<Scratch>,
+    /// Per stage: a buffer for each summed input gradient (`None` where it is written
+    /// directly), then one for each summed parameter gradient.
+    pub sums: Vec<Vec<Option<Tensor>>>,
     /// The batch's targets.
     pub target: Tensor,
     /// The batch's mean loss, on the device.
@@ -45,7 +48,7 @@ impl Model {
 
     fn new_workspace(&self, batch: usize, target_width: usize) -> Result<Workspace> {
         let d = &self.device;
-        let input = self.spec.input_shape();
+        let input = self.input_shape.clone();
         let shapes: Vec<Vec<usize>> = std::iter::once(&input)
             .chain(&self.stage_shapes)
             .map(|s| std::iter::once(batch).chain(s.iter().copied()).collect())
@@ -55,7 +58,10 @@ impl Model {
             .map(|s| Tensor::zeros(d, s))
             .collect::<Result<Vec<_>>>()?;
         // No layer needs dL/dx of the input, but normalisations compute it anyway.
-        let first_needs_dx = self.stages.first().is_some_and(|s| s.input_grad_always());
+        let first_needs_dx = self
+            .stages
+            .iter()
+            .any(|s| s.inputs.contains(&0) && s.step.input_grad_always());
         let grads = shapes
             .iter()
             .enumerate()
@@ -65,12 +71,29 @@ impl Model {
             .stages
             .iter()
             .zip(&shapes[1..])
-            .map(|(stage, shape)| stage.scratch(d, shape))
+            .map(|(stage, shape)| stage.step.scratch(d, shape))
             .collect::<Result<Vec<_>>>()?;
+        // Where a gradient is summed, the stage writes here first.
+        let sums =
+            self.stages
+                .iter()
+                .map(|stage| {
+                    let dx =
+                        stage.inputs.iter().zip(&stage.dx_sum).map(|(&a, &sum)| {
+                            sum.then(|| Tensor::zeros(d, &shapes[a])).transpose()
+                        });
+                    let params = stage.param_sum.iter().map(|&p| {
+                        let shape = self.params.get(p).map_or(&[1][..], |p| p.value.shape());
+                        Tensor::zeros(d, shape).map(Some)
+                    });
+                    dx.chain(params).collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<Vec<_>>>()?;
         Ok(Workspace {
             acts,
             grads,
             scratch,
+            sums,
             target: Tensor::zeros(d, &[batch, target_width])?,
             loss: Tensor::zeros(d, &[1])?,
             dropout: false,

@@ -1,0 +1,311 @@
+//! Checking a graph whole before anything is allocated: names, references, reachability,
+//! cycles, arities and shapes, each failure a [`GraphError`] naming the nodes. What comes
+//! out is the nodes in an execution order (every node after its inputs, the output last)
+//! with their shapes, wired by activation index.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{Graph, Op};
+use crate::error::{GraphError, Result};
+use crate::nn::layers::LayerDef;
+
+/// A checked node in execution order.
+#[derive(Debug)]
+pub(crate) struct ResolvedNode {
+    /// Its name.
+    pub name: String,
+    /// The layer it runs (the owner's, for a shared layer).
+    pub def: Box<dyn LayerDef>,
+    /// Activation indices of its inputs: 0 is the model's input, k + 1 node k's output.
+    pub inputs: Vec<usize>,
+    /// The names of its inputs.
+    pub input_names: Vec<String>,
+    /// Its first input's sample shape (parameters follow it).
+    pub input_shape: Vec<usize>,
+    /// Its output's sample shape.
+    pub shape: Vec<usize>,
+    /// The node (index in execution order) whose parameters it uses: itself, or the
+    /// owner of a shared layer.
+    pub owner: usize,
+    /// Its place in the declaration order (seeds its weights).
+    pub decl: usize,
+}
+
+/// A checked graph: its input and its nodes in execution order.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    /// The input's name and sample shape.
+    pub input: (String, Vec<usize>),
+    /// The nodes in execution order; the output is the last (or the input, if none).
+    pub nodes: Vec<ResolvedNode>,
+}
+
+impl Graph {
+    /// Checks the graph and orders its nodes.
+    pub(crate) fn resolve(&self) -> Result<Resolved> {
+        self.check_names()?;
+        let input = match self.inputs.as_slice() {
+            [] => return Err(GraphError::Empty("inputs").into()),
+            [one] => one.clone(),
+            _ => {
+                return Err(GraphError::Unsupported(format!(
+                    "{} inputs: graphs take one input in this version",
+                    self.inputs.len()
+                ))
+                .into())
+            }
+        };
+        match self.outputs.as_slice() {
+            [] => return Err(GraphError::Empty("outputs").into()),
+            [_] => {}
+            _ => {
+                return Err(GraphError::Unsupported(format!(
+                    "outputs {:?}: graphs have one output in this version",
+                    self.outputs
+                ))
+                .into())
+            }
+        }
+        self.check_reach()?;
+        let order = self.order()?;
+        let nodes = self.shapes(&input, &order)?;
+        Ok(Resolved { input, nodes })
+    }
+
+    /// Every name once; every reference to a known name.
+    fn check_names(&self) -> Result<()> {
+        let mut seen = HashSet::new();
+        let names = self
+            .inputs
+            .iter()
+            .map(|(n, _)| n)
+            .chain(self.nodes.iter().map(|n| &n.name));
+        for name in names {
+            if !seen.insert(name.as_str()) {
+                return Err(GraphError::DuplicateName(name.clone()).into());
+            }
+        }
+        let unknown = |node: &str, missing: &str| GraphError::UnknownNode {
+            node: node.to_string(),
+            missing: missing.to_string(),
+        };
+        for node in &self.nodes {
+            for input in &node.inputs {
+                if !seen.contains(input.as_str()) {
+                    return Err(unknown(&node.name, input).into());
+                }
+            }
+            if let Op::Shared(of) = &node.op {
+                match self.nodes.iter().find(|n| &n.name == of) {
+                    Some(n) if matches!(n.op, Op::Layer(_)) => {}
+                    Some(_) => {
+                        return Err(GraphError::Unsupported(format!(
+                            "'{}' shares '{of}', which is not a layer node",
+                            node.name
+                        ))
+                        .into())
+                    }
+                    None => return Err(unknown(&node.name, of).into()),
+                }
+            }
+        }
+        for output in &self.outputs {
+            if !seen.contains(output.as_str()) {
+                return Err(unknown("outputs", output).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Every input and node contributes to an output, which inputs reach.
+    fn check_reach(&self) -> Result<()> {
+        let by_name: HashMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        let mut reached: HashSet<&str> = HashSet::new();
+        for output in &self.outputs {
+            let mut stack = vec![output.as_str()];
+            while let Some(name) = stack.pop() {
+                if !reached.insert(name) {
+                    continue;
+                }
+                if let Some(node) = by_name.get(name).map(|&i| &self.nodes[i]) {
+                    if node.inputs.is_empty() {
+                        return Err(GraphError::Unreached {
+                            output: output.clone(),
+                            node: node.name.clone(),
+                        }
+                        .into());
+                    }
+                    stack.extend(node.inputs.iter().map(String::as_str));
+                }
+            }
+        }
+        let names = self
+            .inputs
+            .iter()
+            .map(|(n, _)| n)
+            .chain(self.nodes.iter().map(|n| &n.name));
+        for name in names {
+            if !reached.contains(name.as_str()) {
+                return Err(GraphError::Unused(name.clone()).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Node indices (declaration order) in an execution order, or the cycle.
+    fn order(&self) -> Result<Vec<usize>> {
+        let mut placed: HashSet<&str> = self.inputs.iter().map(|(n, _)| n.as_str()).collect();
+        let mut order = Vec::with_capacity(self.nodes.len());
+        let mut pending: Vec<usize> = (0..self.nodes.len()).collect();
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut waiting = Vec::new();
+            for i in pending {
+                let node = &self.nodes[i];
+                if node.inputs.iter().all(|n| placed.contains(n.as_str())) {
+                    placed.insert(&node.name);
+                    order.push(i);
+                } else {
+                    waiting.push(i);
+                }
+            }
+            if waiting.len() == before {
+                let names = waiting.iter().map(|&i| self.nodes[i].name.clone());
+                return Err(GraphError::Cycle(names.collect()).into());
+            }
+            pending = waiting;
+        }
+        Ok(order)
+    }
+
+    /// Shapes in execution order, with the layer behind each node.
+    fn shapes(&self, input: &(String, Vec<usize>), order: &[usize]) -> Result<Vec<ResolvedNode>> {
+        let mut act: HashMap<&str, usize> = HashMap::from([(input.0.as_str(), 0)]);
+        let mut shapes: Vec<Vec<usize>> = vec![input.1.clone()];
+        let mut out: Vec<ResolvedNode> = Vec::with_capacity(order.len());
+        for &i in order {
+            let node = &self.nodes[i];
+            let def = match &node.op {
+                Op::Shared(of) => self
+                    .nodes
+                    .iter()
+                    .find(|n| &n.name == of)
+                    .and_then(|n| n.op.def()),
+                op => op.def(),
+            };
+            let def = def.ok_or_else(|| {
+                GraphError::Unsupported(format!("node '{}' has no layer", node.name))
+            })?;
+            let inputs: Vec<usize> = node
+                .inputs
+                .iter()
+                .map(|n| act.get(n.as_str()).copied().unwrap_or(0))
+                .collect();
+            let in_shapes: Vec<Vec<usize>> = inputs.iter().map(|&a| shapes[a].clone()).collect();
+            check_arity(&node.name, &node.op, &node.inputs)?;
+            let shape = def.output_shape_of(&node.name, &in_shapes).map_err(|e| {
+                let detail = e.to_string();
+                if node.op.is_merge() {
+                    GraphError::MergeShapes {
+                        node: node.name.clone(),
+                        inputs: node
+                            .inputs
+                            .iter()
+                            .cloned()
+                            .zip(in_shapes.iter().cloned())
+                            .collect(),
+                        detail,
+                    }
+                } else {
+                    GraphError::LayerShape {
+                        node: node.name.clone(),
+                        input: node.inputs[0].clone(),
+                        shape: in_shapes[0].clone(),
+                        detail,
+                    }
+                }
+            })?;
+            act.insert(&node.name, out.len() + 1);
+            shapes.push(shape.clone());
+            out.push(ResolvedNode {
+                name: node.name.clone(),
+                def,
+                inputs,
+                input_names: node.inputs.clone(),
+                input_shape: in_shapes[0].clone(),
+                shape,
+                // A shared node's owner is linked below, once every node has its place.
+                owner: out.len(),
+                decl: i,
+            });
+        }
+        self.link_owners(&mut out)?;
+        Ok(out)
+    }
+
+    /// Points each shared node at its owner, whose parameters must have its shapes.
+    fn link_owners(&self, nodes: &mut [ResolvedNode]) -> Result<()> {
+        let place: HashMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        for i in 0..nodes.len() {
+            let Some(Op::Shared(of)) = self.nodes.get(nodes[i].decl).map(|n| &n.op) else {
+                continue;
+            };
+            let Some(&owner) = place.get(of) else {
+                return Err(GraphError::UnknownNode {
+                    node: nodes[i].name.clone(),
+                    missing: of.clone(),
+                }
+                .into());
+            };
+            let shapes = |n: &ResolvedNode| -> Vec<Vec<usize>> {
+                n.def
+                    .params(&n.input_shape, &n.shape)
+                    .into_iter()
+                    .map(|p| p.shape)
+                    .collect()
+            };
+            if shapes(&nodes[i]) != shapes(&nodes[owner]) {
+                let n = &nodes[i];
+                return Err(GraphError::LayerShape {
+                    node: n.name.clone(),
+                    input: n.input_names.first().cloned().unwrap_or_default(),
+                    shape: n.input_shape.clone(),
+                    detail: format!(
+                        "the weights of '{of}' were made for inputs {:?}",
+                        nodes[owner].input_shape
+                    ),
+                }
+                .into());
+            }
+            nodes[i].owner = owner;
+        }
+        Ok(())
+    }
+}
+
+/// A layer takes one input, add and concatenate two or more, multiply two.
+fn check_arity(node: &str, op: &Op, inputs: &[String]) -> Result<()> {
+    let (ok, expected) = match op {
+        Op::Layer(_) | Op::Shared(_) => (inputs.len() == 1, "1"),
+        Op::Add | Op::Concatenate => (inputs.len() >= 2, "2 or more"),
+        Op::Multiply => (inputs.len() == 2, "2"),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(GraphError::Arity {
+        node: node.to_string(),
+        expected,
+        got: inputs.to_vec(),
+    }
+    .into())
+}
