@@ -175,12 +175,34 @@ impl Graph {
                 }
             }
             if waiting.len() == before {
-                let names = waiting.iter().map(|&i| self.nodes[i].name.clone());
-                return Err(GraphError::Cycle(names.collect()).into());
+                return Err(GraphError::Cycle(self.cycle(waiting)).into());
             }
             pending = waiting;
         }
         Ok(order)
+    }
+
+    /// The names of the nodes in a cycle among `waiting` (those that could not be placed),
+    /// leaving out the ones only downstream of it.
+    fn cycle(&self, mut waiting: Vec<usize>) -> Vec<String> {
+        loop {
+            let feeds = |i: usize, w: &[usize]| {
+                let name = &self.nodes[i].name;
+                w.iter().any(|&j| self.nodes[j].inputs.contains(name))
+            };
+            let kept: Vec<usize> = waiting
+                .iter()
+                .copied()
+                .filter(|&i| feeds(i, &waiting))
+                .collect();
+            if kept.len() == waiting.len() {
+                return waiting
+                    .iter()
+                    .map(|&i| self.nodes[i].name.clone())
+                    .collect();
+            }
+            waiting = kept;
+        }
     }
 
     /// Shapes in execution order, with the layer behind each node.

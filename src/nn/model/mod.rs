@@ -154,6 +154,12 @@ impl Model {
         self.params.iter().position(|p| p.name == canonical)
     }
 
+    /// Steps in the execution plan after the fusions (a dense layer that absorbed the
+    /// activation after it is one step), for checking where the rewrites fired.
+    pub fn plan_len(&self) -> usize {
+        self.stages.len()
+    }
+
     /// Total number of trainable values.
     pub fn param_count(&self) -> usize {
         self.params.iter().map(|p| p.value.len()).sum()
