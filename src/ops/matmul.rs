@@ -5,6 +5,7 @@ use super::{device_of, host, launch, matmul_tune, Activation};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
 const SOURCE: &str = concat!(
     include_str!("../../shaders/act.wgsl"),
@@ -60,6 +61,20 @@ const fn lane_sg(entry: &'static str) -> Kernel {
         outputs: 1,
         bounds_checks: false,
     }
+}
+
+/// The uniform block of shaders/matmul.wgsl, matmul_vec4.wgsl, matmul_lane.wgsl and
+/// matmul_lane_sg.wgsl (one struct in all four), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) m: u32,
+    pub(super) n: u32,
+    pub(super) k: u32,
+    /// The epilogue's activation code (see act.wgsl).
+    pub(super) act: u32,
+    /// The activation's parameter (leaky ReLU's slope).
+    pub(super) alpha: f32,
 }
 
 /// The subgroup lane kernels, largest tile first.
@@ -477,13 +492,13 @@ impl Gemm {
             let act = f64::from(self.act.code());
             constants.extend([("WGX", f64::from(x)), ("WGY", f64::from(y)), ("ACT", act)]);
         }
-        let params = [
-            d.m as u32,
-            d.n as u32,
-            d.k as u32,
-            self.act.code(),
-            self.act.alpha().to_bits(),
-        ];
+        let params = Params {
+            m: d.m as u32,
+            n: d.n as u32,
+            k: d.k as u32,
+            act: self.act.code(),
+            alpha: self.act.alpha(),
+        };
         let groups = [
             d.n.div_ceil(per_group.0) as u32,
             d.m.div_ceil(per_group.1) as u32,

@@ -57,12 +57,13 @@ pub(crate) fn grid(n: usize, per_group: u32) -> [u32; 3] {
     }
 }
 
-/// Records `kernel` over the tensors' buffers (inputs first, then outputs).
-pub(crate) fn launch(
+/// Records `kernel` over the tensors' buffers (inputs first, then outputs); `params` is
+/// the kernel family's uniform block, the `#[repr(C)]` struct next to its `Kernel`.
+pub(crate) fn launch<P: bytemuck::Pod>(
     ctx: &Arc<GpuContext>,
     kernel: &Kernel,
     constants: &[(&'static str, f64)],
-    params: &[u32],
+    params: &P,
     tensors: &[&Tensor],
     groups: [u32; 3],
 ) -> Result<()> {
