@@ -77,6 +77,12 @@ pub(super) struct Params {
     pub(super) alpha: f32,
 }
 
+/// Every matmul kernel, for the uniform layout test in src/ops/mod.rs.
+#[cfg(test)]
+pub(super) fn kernels() -> Vec<Kernel> {
+    MatmulKernel::ALL.map(|k| k.launch_spec().0).to_vec()
+}
+
 /// The subgroup lane kernels, largest tile first.
 const SG_LANES: [MatmulKernel; 6] = [
     MatmulKernel::LaneSg64x16,
