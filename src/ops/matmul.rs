@@ -83,6 +83,10 @@ pub(super) fn kernels() -> Vec<Kernel> {
     MatmulKernel::ALL.map(|k| k.launch_spec().0).to_vec()
 }
 
+/// Products of fewer multiply-adds than this run on a small kernel on CPU adapters, untuned
+/// (see `Gemm::small_kernel`).
+const SMALL_PRODUCT: usize = 1 << 19;
+
 /// The subgroup lane kernels, largest tile first.
 const SG_LANES: [MatmulKernel; 6] = [
     MatmulKernel::LaneSg64x16,
@@ -376,6 +380,9 @@ impl Gemm {
         if !ctx.is_software() {
             return MatmulKernel::Tiled;
         }
+        if let Some(k) = self.small_kernel(ctx, d) {
+            return k;
+        }
         // The vec4 kernel's A^T form leaks memory in lavapipe (Mesa 22.3) on every
         // dispatch for some shapes (see tests/soak.rs), so software adapters without the
         // sg kernels get the blocked kernel there; kiln's dense layers avoid A^T with an
@@ -400,8 +407,20 @@ impl Gemm {
         }
     }
 
+    /// On a CPU adapter, the kernel for a product too small to repay compiling a large tile:
+    /// the blocked one. There the straight-line lane kernels compile (once per process with
+    /// a cold shader cache) for far longer than such a product runs, and their speed-up on
+    /// it is lost in the dispatch cost.
+    fn small_kernel(&self, ctx: &GpuContext, d: Dims) -> Option<MatmulKernel> {
+        let macs = d.m.saturating_mul(d.n).saturating_mul(d.k);
+        (ctx.is_software() && macs < SMALL_PRODUCT).then_some(MatmulKernel::Blocked)
+    }
+
     /// The kernels the autotuner times for this product on `ctx` (one: nothing to tune).
     pub fn candidates(&self, ctx: &GpuContext, d: Dims) -> Vec<MatmulKernel> {
+        if let Some(k) = self.small_kernel(ctx, d) {
+            return vec![k];
+        }
         let aligned = self.vec4_ok(d);
         let lanes: Vec<MatmulKernel> = if ctx.subgroup_size() == Some(8) {
             // Big tiles compile for seconds on lavapipe: only those that give both cores
