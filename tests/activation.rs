@@ -2,7 +2,6 @@ mod common;
 use common::*;
 use kiln::ops::activation::{self as act, Activation, RowSplit};
 use kiln::{Device, Tensor};
-use std::time::Instant;
 
 const ALL: [Activation; 7] = [
     Activation::Identity,
@@ -330,61 +329,4 @@ fn bad_shapes_are_errors() {
         act::activation_into(Activation::Relu, &x, &mut out),
         Err(kiln::Error::DeviceMismatch { .. })
     ));
-}
-
-/// Best seconds per call of `f` over five batches, after a warm-up call (the minimum
-/// discounts other work on a shared machine).
-fn time_gpu(dev: &Device, reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    dev.synchronize().unwrap();
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        for _ in 0..reps {
-            f();
-        }
-        dev.synchronize().unwrap();
-        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
-    }
-    best
-}
-
-/// Prints softmax timings of both row mappings; run with `--ignored --nocapture`.
-#[test]
-#[ignore]
-fn softmax_timing() {
-    let dev = gpu();
-    let shapes = [
-        (60_000, 10),
-        (10_000, 33),
-        (10_000, 64),
-        (128, 784),
-        (4_096, 784),
-        (100, 5000),
-        (2_000, 5000),
-    ];
-    for (r, c) in shapes {
-        let xg = Tensor::from_slice(&dev, &wide(r * c, 1), &[r, c]).unwrap();
-        let mut out = Tensor::uninit(&dev, &[r, c]).unwrap();
-        let mut dx = Tensor::uninit(&dev, &[r, c]).unwrap();
-        for split in [RowSplit::Invocation, RowSplit::Workgroup] {
-            let f = time_gpu(&dev, 10, || {
-                act::softmax_into_split(&xg, &mut out, split).unwrap()
-            });
-            let b = time_gpu(&dev, 10, || {
-                act::softmax_backward_into_split(&out, &xg, &mut dx, split).unwrap()
-            });
-            println!(
-                "softmax {r}x{c} {split:?}: forward {:.3} ms, backward {:.3} ms",
-                f * 1e3,
-                b * 1e3
-            );
-        }
-    }
-    let xg = Tensor::from_slice(&dev, &wide(1 << 20, 1), &[1 << 20]).unwrap();
-    let mut out = Tensor::uninit(&dev, &[1 << 20]).unwrap();
-    let s = time_gpu(&dev, 10, || {
-        act::activation_into(Activation::Gelu, &xg, &mut out).unwrap()
-    });
-    println!("gelu 1M: {:.3} ms", s * 1e3);
 }

@@ -2,7 +2,6 @@ mod common;
 use common::*;
 use kiln::ops::bias;
 use kiln::{Device, Tensor};
-use std::time::Instant;
 
 /// Shapes for the column sum: AWKWARD plus tall inputs on both sides of the one-pass limit.
 fn grad_shapes() -> Vec<(usize, usize)> {
@@ -152,47 +151,4 @@ fn bad_shapes_are_errors() {
         bias::bias_add(&x, &b),
         Err(kiln::Error::DeviceMismatch { .. })
     ));
-}
-
-/// Best seconds per call of `f` over five batches, after a warm-up call (the minimum
-/// discounts other work on a shared machine).
-fn time_gpu(dev: &Device, reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    dev.synchronize().unwrap();
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        for _ in 0..reps {
-            f();
-        }
-        dev.synchronize().unwrap();
-        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
-    }
-    best
-}
-
-/// Prints bias timings; run with `--ignored --nocapture`.
-#[test]
-#[ignore]
-fn bias_grad_timing() {
-    let dev = gpu();
-    for (r, c) in [
-        (60_000, 10),
-        (128, 128),
-        (1_000, 1_000),
-        (100_000, 1),
-        (256, 784),
-    ] {
-        let dy = Tensor::from_slice(&dev, &random(r * c, 1), &[r, c]).unwrap();
-        let mut db = Tensor::uninit(&dev, &[c]).unwrap();
-        let t = time_gpu(&dev, 20, || bias::bias_grad_into(&dy, &mut db).unwrap());
-        let b = Tensor::from_slice(&dev, &random(c, 2), &[c]).unwrap();
-        let mut out = Tensor::uninit(&dev, &[r, c]).unwrap();
-        let a = time_gpu(&dev, 20, || bias::bias_add_into(&dy, &b, &mut out).unwrap());
-        println!(
-            "{r}x{c}: bias_grad {:.3} ms, bias_add {:.3} ms",
-            t * 1e3,
-            a * 1e3
-        );
-    }
 }

@@ -3,7 +3,6 @@ use common::*;
 use kiln::ops::activation::RowSplit;
 use kiln::ops::reduce;
 use kiln::{Device, Tensor};
-use std::time::Instant;
 
 /// Element counts around the block of 16384 elements, and ones that need a second pass:
 /// 4,194,305 is 256 full blocks and one more element, alone in a block of its own.
@@ -206,44 +205,5 @@ fn bad_shapes_are_errors() {
         assert!(is_shape(reduce::argmax_rows(&empty_rows).map(|_| ())));
         let mut six = Tensor::zeros(&dev, &[6]).unwrap();
         assert!(is_shape(reduce::argmax_rows_into(&x, &mut six)));
-    }
-}
-
-/// Best seconds per call of `f` over five batches, after a warm-up call (the minimum
-/// discounts other work on a shared machine).
-fn time_gpu(dev: &Device, reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    dev.synchronize().unwrap();
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        for _ in 0..reps {
-            f();
-        }
-        dev.synchronize().unwrap();
-        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
-    }
-    best
-}
-
-/// Prints reduction timings; run with `--ignored --nocapture`.
-#[test]
-#[ignore]
-fn reduce_timing() {
-    let dev = gpu();
-    let n = 1_000_000;
-    let x = Tensor::from_slice(&dev, &random(n, 1), &[n]).unwrap();
-    let mut out = Tensor::uninit(&dev, &[1]).unwrap();
-    let s = time_gpu(&dev, 20, || reduce::sum_into(&x, &mut out).unwrap());
-    println!("sum 1e6: {:.3} ms", s * 1e3);
-    for (r, c) in [(60_000, 10), (10_000, 64), (100, 5000)] {
-        let x = Tensor::from_slice(&dev, &random(r * c, 2), &[r, c]).unwrap();
-        let mut out = Tensor::uninit(&dev, &[r]).unwrap();
-        for split in [RowSplit::Invocation, RowSplit::Workgroup] {
-            let t = time_gpu(&dev, 10, || {
-                reduce::argmax_rows_into_split(&x, &mut out, split).unwrap()
-            });
-            println!("argmax {r}x{c} {split:?}: {:.3} ms", t * 1e3);
-        }
     }
 }

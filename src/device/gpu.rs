@@ -510,14 +510,20 @@ impl GpuContext {
     }
 
     /// Records one dispatch into the pending encoder; nothing runs until a flush.
-    pub(crate) fn dispatch(
+    /// `params` is the kernel's uniform block: a `#[repr(C)]` struct that mirrors its
+    /// WGSL `Params` field for field (the layout test in src/ops/mod.rs checks each).
+    /// It goes into a zero-filled slot of `PARAM_BYTES`, so its size need not be a
+    /// multiple of 16; a struct larger than the slot does not build.
+    pub(crate) fn dispatch<P: bytemuck::Pod>(
         &self,
         k: &Kernel,
         constants: &[(&'static str, f64)],
-        params: &[u32],
+        params: &P,
         buffers: &[&wgpu::Buffer],
         groups: [u32; 3],
     ) -> Result<()> {
+        const { assert!(std::mem::size_of::<P>() <= PARAM_BYTES as usize) };
+        let params = bytemuck::bytes_of(params);
         let Some(profile) = &self.profile else {
             return self.record(k, constants, params, buffers, groups);
         };
@@ -550,12 +556,12 @@ impl GpuContext {
         rows
     }
 
-    /// Records one dispatch into the pending pass.
+    /// Records one dispatch into the pending pass; `bytes` are its uniform block.
     fn record(
         &self,
         k: &Kernel,
         constants: &[(&'static str, f64)],
-        params: &[u32],
+        bytes: &[u8],
         buffers: &[&wgpu::Buffer],
         groups: [u32; 3],
     ) -> Result<()> {
@@ -576,7 +582,6 @@ impl GpuContext {
             });
         }
         self.check_lost()?;
-        let bytes: &[u8] = bytemuck::cast_slice(params);
         if bytes.len() > PARAM_BYTES as usize {
             return Err(Error::Gpu(format!(
                 "kernel {}::{} takes {} parameter bytes, more than the {PARAM_BYTES} reserved",

@@ -4,13 +4,14 @@ use super::{device_of, grid, host, launch, same_shape, WG};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
 /// The shared activation functions come first so this file and the matmul epilogue agree.
 const SOURCE: &str = concat!(
     include_str!("../../shaders/act.wgsl"),
     include_str!("../../shaders/activation.wgsl")
 );
-const FORWARD: Kernel = Kernel {
+pub(super) const FORWARD: Kernel = Kernel {
     file: "activation.wgsl",
     source: SOURCE,
     entry: "forward",
@@ -18,31 +19,56 @@ const FORWARD: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
-const BACKWARD: Kernel = Kernel {
+pub(super) const BACKWARD: Kernel = Kernel {
     entry: "backward",
     inputs: 2,
     ..FORWARD
 };
-const BACKWARD_FROM_OUTPUT: Kernel = Kernel {
+pub(super) const BACKWARD_FROM_OUTPUT: Kernel = Kernel {
     entry: "backward_from_output",
     ..BACKWARD
 };
-const SOFTMAX_ROWS: Kernel = Kernel {
+pub(super) const SOFTMAX_ROWS: Kernel = Kernel {
     entry: "softmax_rows",
     ..FORWARD
 };
-const SOFTMAX_GROUPS: Kernel = Kernel {
+pub(super) const SOFTMAX_GROUPS: Kernel = Kernel {
     entry: "softmax_groups",
     ..FORWARD
 };
-const SOFTMAX_BACKWARD_ROWS: Kernel = Kernel {
+pub(super) const SOFTMAX_BACKWARD_ROWS: Kernel = Kernel {
     entry: "softmax_backward_rows",
     ..BACKWARD
 };
-const SOFTMAX_BACKWARD_GROUPS: Kernel = Kernel {
+pub(super) const SOFTMAX_BACKWARD_GROUPS: Kernel = Kernel {
     entry: "softmax_backward_groups",
     ..BACKWARD
 };
+
+/// The uniform block of shaders/activation.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    /// Elements for the pointwise kernels, rows for softmax.
+    pub(super) n: u32,
+    pub(super) cols: u32,
+    /// The activation's code (see act.wgsl); unused by softmax.
+    pub(super) code: u32,
+    /// The activation's parameter (leaky ReLU's slope).
+    pub(super) alpha: f32,
+}
+
+impl Params {
+    /// The pointwise kernels' block: `act` over `n` elements.
+    fn pointwise(n: usize, act: Activation) -> Params {
+        Params {
+            n: n as u32,
+            cols: 0,
+            code: act.code(),
+            alpha: act.alpha(),
+        }
+    }
+}
 
 /// A pointwise activation, usable alone or fused into a matmul epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
@@ -221,7 +247,7 @@ pub fn activation_into(act: Activation, x: &Tensor, out: &mut Tensor) -> Result<
         }
         Device::Gpu(ctx) => {
             let n = x.len();
-            let params = [n as u32, 0, act.code(), act.alpha().to_bits()];
+            let params = Params::pointwise(n, act);
             launch(&ctx, &FORWARD, &[], &params, &[x, out], grid(n, WG))
         }
     }
@@ -288,7 +314,7 @@ fn backward_impl(
         }
         Device::Gpu(ctx) => {
             let n = x.len();
-            let params = [n as u32, 0, act.code(), act.alpha().to_bits()];
+            let params = Params::pointwise(n, act);
             let kernel = if from_output {
                 &BACKWARD_FROM_OUTPUT
             } else {
@@ -317,7 +343,12 @@ fn launch_rows(
     let Some(Device::Gpu(ctx)) = tensors.first().map(|t| t.device()) else {
         return Err(Error::DeviceMismatch { op: per_row.entry });
     };
-    let params = [rows as u32, cols as u32];
+    let params = Params {
+        n: rows as u32,
+        cols: cols as u32,
+        code: 0,
+        alpha: 0.0,
+    };
     if split.per_workgroup(&ctx, cols) {
         launch(&ctx, per_group, &[], &params, tensors, grid(rows, 1))
     } else {

@@ -6,8 +6,9 @@ use super::{check_eps, check_vectors, device_of, grid, host, launch, same_shape,
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const ROW_MOMENTS: Kernel = Kernel {
+pub(super) const ROW_MOMENTS: Kernel = Kernel {
     file: "batch_norm.wgsl",
     source: concat!(
         include_str!("../../shaders/moments.wgsl"),
@@ -18,34 +19,45 @@ const ROW_MOMENTS: Kernel = Kernel {
     outputs: 2,
     bounds_checks: true,
 };
-const CHANNEL_STATS: Kernel = Kernel {
+pub(super) const CHANNEL_STATS: Kernel = Kernel {
     entry: "channel_stats",
     inputs: 2,
     outputs: 4,
     ..ROW_MOMENTS
 };
-const NORMALIZE: Kernel = Kernel {
+pub(super) const NORMALIZE: Kernel = Kernel {
     entry: "normalize",
     inputs: 5,
     outputs: 1,
     ..ROW_MOMENTS
 };
-const ROW_GRADS: Kernel = Kernel {
+pub(super) const ROW_GRADS: Kernel = Kernel {
     entry: "row_grads",
     inputs: 4,
     outputs: 2,
     ..ROW_MOMENTS
 };
-const CHANNEL_GRADS: Kernel = Kernel {
+pub(super) const CHANNEL_GRADS: Kernel = Kernel {
     entry: "channel_grads",
     ..ROW_GRADS
 };
-const INPUT_GRAD: Kernel = Kernel {
+pub(super) const INPUT_GRAD: Kernel = Kernel {
     entry: "input_grad",
     inputs: 7,
     outputs: 1,
     ..ROW_MOMENTS
 };
+
+/// The uniform block of shaders/batch_norm.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) n: u32,
+    pub(super) c: u32,
+    pub(super) hw: u32,
+    pub(super) eps: f32,
+    pub(super) momentum: f32,
+}
 
 const NORM_WG: u32 = 256;
 
@@ -403,13 +415,13 @@ impl BatchNorm {
         }
     }
 
-    fn params(&self, n: usize, c: usize, hw: usize) -> [u32; 5] {
-        [
-            n as u32,
-            c as u32,
-            hw as u32,
-            self.eps.to_bits(),
-            self.momentum.to_bits(),
-        ]
+    fn params(&self, n: usize, c: usize, hw: usize) -> Params {
+        Params {
+            n: n as u32,
+            c: c as u32,
+            hw: hw as u32,
+            eps: self.eps,
+            momentum: self.momentum,
+        }
     }
 }

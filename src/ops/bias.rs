@@ -4,9 +4,10 @@ use super::{device_of, grid, host, launch, same_shape, WG};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
-const ADD: Kernel = Kernel {
+pub(super) const ADD: Kernel = Kernel {
     file: "bias.wgsl",
     source: include_str!("../../shaders/bias.wgsl"),
     entry: "bias_add",
@@ -14,16 +15,26 @@ const ADD: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
-const ADD_INPLACE: Kernel = Kernel {
+pub(super) const ADD_INPLACE: Kernel = Kernel {
     entry: "bias_add_inplace",
     inputs: 1,
     ..ADD
 };
-const COL_SUM: Kernel = Kernel {
+pub(super) const COL_SUM: Kernel = Kernel {
     entry: "col_sum",
     inputs: 1,
     ..ADD
 };
+
+/// The uniform block of shaders/bias.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) rows: u32,
+    pub(super) cols: u32,
+    /// Rows each col_sum invocation adds up.
+    pub(super) chunk: u32,
+}
 
 /// (rows, cols) of `x` once `bias` is checked to be [cols].
 fn dims(op: &str, x: &Tensor, bias: &Tensor) -> Result<(usize, usize)> {
@@ -61,7 +72,11 @@ pub fn bias_add_into(x: &Tensor, bias: &Tensor, out: &mut Tensor) -> Result<()> 
             Ok(())
         }
         Device::Gpu(ctx) => {
-            let params = [rows as u32, cols as u32];
+            let params = Params {
+                rows: rows as u32,
+                cols: cols as u32,
+                chunk: 0,
+            };
             launch(
                 &ctx,
                 &ADD,
@@ -97,7 +112,11 @@ pub fn bias_add_inplace(x: &mut Tensor, bias: &Tensor) -> Result<()> {
             Ok(())
         }
         Device::Gpu(ctx) => {
-            let params = [rows as u32, cols as u32];
+            let params = Params {
+                rows: rows as u32,
+                cols: cols as u32,
+                chunk: 0,
+            };
             launch(
                 &ctx,
                 &ADD_INPLACE,
@@ -161,11 +180,19 @@ pub(crate) fn col_sum_gpu(
     let chunk = chunk_rows(rows);
     let chunks = rows.div_ceil(chunk).max(1);
     if chunks == 1 {
-        let params = [rows as u32, cols as u32, chunk as u32];
+        let params = Params {
+            rows: rows as u32,
+            cols: cols as u32,
+            chunk: chunk as u32,
+        };
         return launch(ctx, &COL_SUM, &[], &params, &[src, dst], grid(cols, WG));
     }
     let partial = Tensor::uninit(&src.device(), &[chunks, cols])?;
-    let params = [rows as u32, cols as u32, chunk as u32];
+    let params = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        chunk: chunk as u32,
+    };
     launch(
         ctx,
         &COL_SUM,
@@ -174,7 +201,11 @@ pub(crate) fn col_sum_gpu(
         &[src, &partial],
         grid(chunks * cols, WG),
     )?;
-    let params = [chunks as u32, cols as u32, chunks as u32];
+    let params = Params {
+        rows: chunks as u32,
+        cols: cols as u32,
+        chunk: chunks as u32,
+    };
     launch(
         ctx,
         &COL_SUM,

@@ -8,9 +8,10 @@ use super::{device_of, grid, host, launch, write_f64};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
-const FORWARD_NAIVE: Kernel = Kernel {
+pub(super) const FORWARD_NAIVE: Kernel = Kernel {
     file: "conv.wgsl",
     source: concat!(
         include_str!("../../shaders/conv_common.wgsl"),
@@ -21,18 +22,18 @@ const FORWARD_NAIVE: Kernel = Kernel {
     outputs: 1,
     bounds_checks: false,
 };
-const BACKWARD_INPUT_NAIVE: Kernel = Kernel {
+pub(super) const BACKWARD_INPUT_NAIVE: Kernel = Kernel {
     entry: "backward_input_naive",
     inputs: 2,
     ..FORWARD_NAIVE
 };
-const BACKWARD_WEIGHT_NAIVE: Kernel = Kernel {
+pub(super) const BACKWARD_WEIGHT_NAIVE: Kernel = Kernel {
     entry: "backward_weight_naive",
     inputs: 2,
     ..FORWARD_NAIVE
 };
 
-const FORWARD: Kernel = Kernel {
+pub(super) const FORWARD: Kernel = Kernel {
     file: "conv_direct.wgsl",
     source: concat!(
         include_str!("../../shaders/conv_common.wgsl"),
@@ -43,18 +44,18 @@ const FORWARD: Kernel = Kernel {
     outputs: 1,
     bounds_checks: false,
 };
-const BACKWARD_INPUT: Kernel = Kernel {
+pub(super) const BACKWARD_INPUT: Kernel = Kernel {
     entry: "backward_input",
     inputs: 2,
     ..FORWARD
 };
-const BACKWARD_WEIGHT: Kernel = Kernel {
+pub(super) const BACKWARD_WEIGHT: Kernel = Kernel {
     entry: "backward_weight",
     inputs: 2,
     ..FORWARD
 };
 
-const IM2COL: Kernel = Kernel {
+pub(super) const IM2COL: Kernel = Kernel {
     file: "im2col.wgsl",
     source: concat!(
         include_str!("../../shaders/conv_common.wgsl"),
@@ -65,14 +66,47 @@ const IM2COL: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
-const COL2IM: Kernel = Kernel {
+pub(super) const COL2IM: Kernel = Kernel {
     entry: "col2im",
     ..IM2COL
 };
-const SWAP: Kernel = Kernel {
+pub(super) const SWAP: Kernel = Kernel {
     entry: "swap",
     ..IM2COL
 };
+
+/// The uniform block of shaders/conv_common.wgsl (all but swap), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) n: u32,
+    pub(super) c: u32,
+    pub(super) h: u32,
+    pub(super) w: u32,
+    pub(super) oc: u32,
+    pub(super) oh: u32,
+    pub(super) ow: u32,
+    pub(super) kh: u32,
+    pub(super) kw: u32,
+    pub(super) sh: u32,
+    pub(super) sw: u32,
+    pub(super) ph: u32,
+    pub(super) pw: u32,
+    pub(super) dh: u32,
+    pub(super) dw: u32,
+    /// Output rows (image, oy) per chunk of the direct weight gradient's reduction.
+    pub(super) chunk: u32,
+}
+
+/// The uniform block of swap in shaders/im2col.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct SwapParams {
+    pub(super) batch: u32,
+    pub(super) rows: u32,
+    pub(super) cols: u32,
+    pub(super) padded: u32,
+}
 
 /// Invocations per workgroup of the direct and naive kernels, and of im2col.wgsl.
 const DIRECT_WG: u32 = 64;
@@ -145,27 +179,26 @@ impl Geom {
     }
 
     /// The uniform block of shaders/conv_common.wgsl.
-    fn params(&self, chunk: usize) -> [u32; 16] {
+    fn params(&self, chunk: usize) -> Params {
         let c = &self.conv;
-        [
-            self.n,
-            self.c,
-            self.h,
-            self.w,
-            self.oc,
-            self.oh,
-            self.ow,
-            self.kh,
-            self.kw,
-            c.stride.0,
-            c.stride.1,
-            c.padding.0,
-            c.padding.1,
-            c.dilation.0,
-            c.dilation.1,
-            chunk,
-        ]
-        .map(|v| v as u32)
+        Params {
+            n: self.n as u32,
+            c: self.c as u32,
+            h: self.h as u32,
+            w: self.w as u32,
+            oc: self.oc as u32,
+            oh: self.oh as u32,
+            ow: self.ow as u32,
+            kh: self.kh as u32,
+            kw: self.kw as u32,
+            sh: c.stride.0 as u32,
+            sw: c.stride.1 as u32,
+            ph: c.padding.0 as u32,
+            pw: c.padding.1 as u32,
+            dh: c.dilation.0 as u32,
+            dw: c.dilation.1 as u32,
+            chunk: chunk as u32,
+        }
     }
 
     /// Calls `f(x index, weight index, y index)` for every product of the convolution,
@@ -671,12 +704,18 @@ fn swap(
 /// `dst[b, j, i] = src[b, i, j]` for `batch` matrices of [rows, cols], i running on to
 /// `padded` with zeros; `dims` is [batch, rows, cols, padded].
 fn swap_padded(ctx: &Arc<GpuContext>, src: &Tensor, dims: [usize; 4], dst: &Tensor) -> Result<()> {
-    let [batch, _, cols, padded] = dims;
+    let [batch, rows, cols, padded] = dims;
+    let params = SwapParams {
+        batch: batch as u32,
+        rows: rows as u32,
+        cols: cols as u32,
+        padded: padded as u32,
+    };
     launch(
         ctx,
         &SWAP,
         &[],
-        &dims.map(|v| v as u32),
+        &params,
         &[src, dst],
         grid(batch * cols * padded, IM2COL_WG),
     )

@@ -7,8 +7,9 @@ use super::{device_of, grid, host, launch, Activation};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const DENSE_GRAD: Kernel = Kernel {
+pub(super) const DENSE_GRAD: Kernel = Kernel {
     file: "dense_grad.wgsl",
     source: concat!(
         include_str!("../../shaders/act.wgsl"),
@@ -19,6 +20,18 @@ const DENSE_GRAD: Kernel = Kernel {
     outputs: 3,
     bounds_checks: true,
 };
+
+/// The uniform block of shaders/dense_grad.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) rows: u32,
+    pub(super) cols: u32,
+    /// The activation's code (see act.wgsl).
+    pub(super) act: u32,
+    /// The activation's parameter (leaky ReLU's slope).
+    pub(super) alpha: f32,
+}
 
 /// Invocations per workgroup of the kernel, one per column.
 const COLS_PER_GROUP: u32 = 64;
@@ -45,7 +58,12 @@ pub fn dense_grad_into(act: Activation, y: &Tensor, dy: &Tensor, out: DenseGrad)
     match device_of(name, &[y, dy, out.dz, out.dzt])? {
         Device::Cpu => cpu(act, host(y), host(dy), cols, out),
         Device::Gpu(ctx) => {
-            let params = [rows as u32, cols as u32, act.code(), act.alpha().to_bits()];
+            let params = Params {
+                rows: rows as u32,
+                cols: cols as u32,
+                act: act.code(),
+                alpha: act.alpha(),
+            };
             let bias = out.db.is_some();
             let db = match out.db {
                 Some(db) => &*db,

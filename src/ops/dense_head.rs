@@ -14,8 +14,9 @@ use super::{device_of, launch, Activation};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const DENSE_HEAD: Kernel = Kernel {
+pub(super) const DENSE_HEAD: Kernel = Kernel {
     file: "dense_head.wgsl",
     source: concat!(
         include_str!("../../shaders/act.wgsl"),
@@ -26,6 +27,22 @@ const DENSE_HEAD: Kernel = Kernel {
     outputs: 8,
     bounds_checks: true,
 };
+
+/// The uniform block of shaders/dense_head.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) rows: u32,
+    pub(super) hid: u32,
+    /// The hidden activation's parameter (leaky ReLU's slope).
+    pub(super) alpha: f32,
+    /// 1 / rows: the mean's factor, also in the gradient.
+    pub(super) scale: f32,
+    /// A quiet NaN's bits, for a row whose label is not a class id.
+    pub(super) nan: u32,
+    /// Where the mean loss goes in the log.
+    pub(super) slot: u32,
+}
 
 /// Most classes the kernel holds per row (its private arrays).
 pub const MAX_CLASSES: usize = 32;
@@ -108,15 +125,14 @@ pub fn dense_head_at(head: Head, out: HeadOut, log: &mut Tensor, slot: usize) ->
             ),
         ));
     }
-    let scale = ((1.0 / rows as f64) as f32).to_bits();
-    let params = [
-        rows as u32,
-        hid as u32,
-        head.act.alpha().to_bits(),
-        scale,
-        NAN_BITS,
-        slot as u32,
-    ];
+    let params = Params {
+        rows: rows as u32,
+        hid: hid as u32,
+        alpha: head.act.alpha(),
+        scale: (1.0 / rows as f64) as f32,
+        nan: NAN_BITS,
+        slot: slot as u32,
+    };
     let flag = |b: bool| f64::from(u8::from(b));
     let constants = [
         ("LOSS", f64::from(head.loss.code())),

@@ -5,8 +5,9 @@ use super::{device_of, grid, host, launch, same_shape, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const DROPOUT: Kernel = Kernel {
+pub(super) const DROPOUT: Kernel = Kernel {
     file: "dropout.wgsl",
     source: include_str!("../../shaders/dropout.wgsl"),
     entry: "dropout",
@@ -14,6 +15,16 @@ const DROPOUT: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
+
+/// The uniform block of shaders/dropout.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) n: u32,
+    pub(super) seed: u32,
+    pub(super) rate: f32,
+    pub(super) scale: f32,
+}
 
 /// The hash the shader uses (see shaders/dropout.wgsl).
 fn mix(v: u32) -> u32 {
@@ -62,7 +73,12 @@ pub fn dropout_into(x: &Tensor, rate: f32, seed: u32, out: &mut Tensor) -> Resul
         }
         Device::Gpu(ctx) => {
             let n = x.len();
-            let params = [n as u32, seed, rate.to_bits(), scale.to_bits()];
+            let params = Params {
+                n: n as u32,
+                seed,
+                rate,
+                scale,
+            };
             launch(&ctx, &DROPOUT, &[], &params, &[x, out], grid(n, WG))
         }
     }

@@ -4,8 +4,9 @@ use super::{device_of, grid, host, launch, same_shape, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const BINARY: Kernel = Kernel {
+pub(super) const BINARY: Kernel = Kernel {
     file: "elementwise.wgsl",
     source: include_str!("../../shaders/elementwise.wgsl"),
     entry: "binary",
@@ -13,7 +14,7 @@ const BINARY: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
-const AXPY: Kernel = Kernel {
+pub(super) const AXPY: Kernel = Kernel {
     file: "axpy.wgsl",
     source: include_str!("../../shaders/axpy.wgsl"),
     entry: "axpy",
@@ -21,14 +22,31 @@ const AXPY: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
-const PENALTY: Kernel = Kernel {
+pub(super) const PENALTY: Kernel = Kernel {
     entry: "penalty",
     ..AXPY
 };
-const SCALE: Kernel = Kernel {
+pub(super) const SCALE: Kernel = Kernel {
     entry: "scale",
     ..AXPY
 };
+
+/// The uniform block of shaders/elementwise.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) n: u32,
+    pub(super) alpha: f32,
+}
+
+/// The uniform block of shaders/axpy.wgsl (its `Params`), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct AxpyParams {
+    pub(super) n: u32,
+    pub(super) alpha: f32,
+    pub(super) beta: f32,
+}
 
 /// A binary elementwise operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +91,10 @@ pub fn binary_into(op: BinaryOp, a: &Tensor, b: &Tensor, out: &mut Tensor) -> Re
                 &ctx,
                 &BINARY,
                 &constants,
-                &[n as u32],
+                &Params {
+                    n: n as u32,
+                    alpha: 0.0,
+                },
                 &[a, b, out],
                 grid(n, WG),
             )
@@ -114,7 +135,11 @@ pub fn scale(a: &Tensor, alpha: f32) -> Result<Tensor> {
         }
         Device::Gpu(ctx) => {
             let n = a.len();
-            let params = [n as u32, alpha.to_bits()];
+            let params = AxpyParams {
+                n: n as u32,
+                alpha,
+                beta: 0.0,
+            };
             launch(&ctx, &SCALE, &[], &params, &[a, &out], grid(n, WG))?;
         }
     }
@@ -134,7 +159,11 @@ pub fn axpy(alpha: f32, x: &Tensor, y: &mut Tensor) -> Result<()> {
         }
         Device::Gpu(ctx) => {
             let n = x.len();
-            let params = [n as u32, alpha.to_bits()];
+            let params = AxpyParams {
+                n: n as u32,
+                alpha,
+                beta: 0.0,
+            };
             launch(&ctx, &AXPY, &[], &params, &[x, y], grid(n, WG))
         }
     }
@@ -160,7 +189,11 @@ pub fn add_penalty_grad(w: &Tensor, grad: &mut Tensor, l1: f32, l2: f32) -> Resu
         }
         Device::Gpu(ctx) => {
             let n = w.len();
-            let params = [n as u32, l1.to_bits(), l2.to_bits()];
+            let params = AxpyParams {
+                n: n as u32,
+                alpha: l1,
+                beta: l2,
+            };
             launch(&ctx, &PENALTY, &[], &params, &[w, grad], grid(n, WG))
         }
     }

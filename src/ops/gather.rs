@@ -4,8 +4,9 @@ use super::{device_of, grid, host, launch, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const GATHER: Kernel = Kernel {
+pub(super) const GATHER: Kernel = Kernel {
     file: "gather.wgsl",
     source: include_str!("../../shaders/gather.wgsl"),
     entry: "gather_rows",
@@ -14,35 +15,48 @@ const GATHER: Kernel = Kernel {
     bounds_checks: true,
 };
 
-const GATHER_PALETTE: Kernel = Kernel {
+pub(super) const GATHER_PALETTE: Kernel = Kernel {
     entry: "gather_palette",
     inputs: 3,
     ..GATHER
 };
 
-const GATHER4_Y: Kernel = Kernel {
+pub(super) const GATHER4_Y: Kernel = Kernel {
     entry: "gather_rows4_y",
     inputs: 3,
     outputs: 2,
     ..GATHER
 };
 
-const GATHER_PALETTE4_Y: Kernel = Kernel {
+pub(super) const GATHER_PALETTE4_Y: Kernel = Kernel {
     entry: "gather_palette4_y",
     inputs: 4,
     outputs: 2,
     ..GATHER
 };
 
-const GATHER4: Kernel = Kernel {
+pub(super) const GATHER4: Kernel = Kernel {
     entry: "gather_rows4",
     ..GATHER
 };
 
-const GATHER_PALETTE4: Kernel = Kernel {
+pub(super) const GATHER_PALETTE4: Kernel = Kernel {
     entry: "gather_palette4",
     ..GATHER_PALETTE
 };
+
+/// The uniform block of shaders/gather.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) rows: u32,
+    pub(super) cols: u32,
+    pub(super) start: u32,
+    pub(super) lo: u32,
+    pub(super) hi: u32,
+    /// The *_y entries: values per target row.
+    pub(super) ycols: u32,
+}
 
 /// The kernel for rows of `cols` values and how many values one invocation moves: 4
 /// where the rows allow vec4 access.
@@ -146,7 +160,14 @@ pub fn gather_chunk_into(
             Ok(())
         }
         Device::Gpu(ctx) => {
-            let params = [rows as u32, cols as u32, start as u32, lo as u32, hi as u32];
+            let params = Params {
+                rows: rows as u32,
+                cols: cols as u32,
+                start: start as u32,
+                lo: lo as u32,
+                hi: hi as u32,
+                ycols: 0,
+            };
             let (kernel, per) = pick(cols, &GATHER, &GATHER4);
             launch(
                 &ctx,
@@ -264,13 +285,14 @@ impl PaletteRows {
                 Ok(())
             }
             Device::Gpu(ctx) => {
-                let params = [
-                    rows as u32,
-                    self.cols as u32,
-                    start as u32,
-                    lo as u32,
-                    (lo + n) as u32,
-                ];
+                let params = Params {
+                    rows: rows as u32,
+                    cols: self.cols as u32,
+                    start: start as u32,
+                    lo: lo as u32,
+                    hi: (lo + n) as u32,
+                    ycols: 0,
+                };
                 let tensors = [&self.packed, index, &self.palette, &*out];
                 let (kernel, per) = pick(self.cols, &GATHER_PALETTE, &GATHER_PALETTE4);
                 launch(
@@ -354,14 +376,14 @@ impl Rows {
                 })
             }
         };
-        let params = [
-            rows as u32,
-            cols as u32,
-            start as u32,
-            lo as u32,
-            (lo + n) as u32,
-            ycols as u32,
-        ];
+        let params = Params {
+            rows: rows as u32,
+            cols: cols as u32,
+            start: start as u32,
+            lo: lo as u32,
+            hi: (lo + n) as u32,
+            ycols: ycols as u32,
+        };
         let groups = grid(rows * cols / 4 + rows * ycols, WG);
         match self {
             Rows::F32(x) => {

@@ -7,8 +7,9 @@ use super::{check_eps, check_vectors, device_of, grid, host, launch, same_shape,
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const FORWARD: Kernel = Kernel {
+pub(super) const FORWARD: Kernel = Kernel {
     file: "layer_norm.wgsl",
     source: concat!(
         include_str!("../../shaders/moments.wgsl"),
@@ -19,18 +20,29 @@ const FORWARD: Kernel = Kernel {
     outputs: 3,
     bounds_checks: true,
 };
-const INPUT_GRAD: Kernel = Kernel {
+pub(super) const INPUT_GRAD: Kernel = Kernel {
     entry: "input_grad",
     inputs: 5,
     outputs: 1,
     ..FORWARD
 };
-const GAMMA_GRAD: Kernel = Kernel {
+pub(super) const GAMMA_GRAD: Kernel = Kernel {
     entry: "gamma_grad",
     inputs: 4,
     outputs: 1,
     ..FORWARD
 };
+
+/// The uniform block of shaders/layer_norm.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) rows: u32,
+    pub(super) d: u32,
+    pub(super) eps: f32,
+    /// Rows each gamma_grad invocation adds up.
+    pub(super) chunk: u32,
+}
 
 const NORM_WG: u32 = 256;
 
@@ -106,7 +118,12 @@ impl LayerNorm {
                 write_f64(name, &mut saved.invstd, &invstd)
             }
             Device::Gpu(ctx) => {
-                let params = [rows as u32, d as u32, self.eps.to_bits(), 0];
+                let params = Params {
+                    rows: rows as u32,
+                    d: d as u32,
+                    eps: self.eps,
+                    chunk: 0,
+                };
                 let bound = [x, gamma, beta, &*y, &saved.mean, &saved.invstd];
                 launch(&ctx, &FORWARD, &[], &params, &bound, grid(rows, NORM_WG))
             }
@@ -175,7 +192,12 @@ impl LayerNorm {
                 let (mean, invstd) = (&saved.mean, &saved.invstd);
                 let chunk = chunk_rows(rows);
                 let chunks = rows.div_ceil(chunk).max(1);
-                let params = [rows as u32, d as u32, 0, chunk as u32];
+                let params = Params {
+                    rows: rows as u32,
+                    d: d as u32,
+                    eps: 0.0,
+                    chunk: chunk as u32,
+                };
                 let bound = [x, dy, gamma, mean, invstd, &*dx];
                 launch(&ctx, &INPUT_GRAD, &[], &params, &bound, grid(rows, NORM_WG))?;
                 let groups = grid(chunks * d, NORM_WG);

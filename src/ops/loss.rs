@@ -10,9 +10,10 @@ use super::{device_of, host, launch, WG};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
-const ELEM_GRAD: Kernel = Kernel {
+pub(super) const ELEM_GRAD: Kernel = Kernel {
     file: "loss.wgsl",
     source: include_str!("../../shaders/loss.wgsl"),
     entry: "elem_grad",
@@ -20,29 +21,45 @@ const ELEM_GRAD: Kernel = Kernel {
     outputs: 2,
     bounds_checks: true,
 };
-const ELEM_VALUE: Kernel = Kernel {
+pub(super) const ELEM_VALUE: Kernel = Kernel {
     entry: "elem_value",
     outputs: 1,
     bounds_checks: true,
     ..ELEM_GRAD
 };
-const ROWS_GRAD: Kernel = Kernel {
+pub(super) const ROWS_GRAD: Kernel = Kernel {
     entry: "rows_grad",
     ..ELEM_GRAD
 };
-const ROWS_VALUE: Kernel = Kernel {
+pub(super) const ROWS_VALUE: Kernel = Kernel {
     entry: "rows_value",
     outputs: 1,
     bounds_checks: true,
     ..ELEM_GRAD
 };
-const FINISH: Kernel = Kernel {
+pub(super) const FINISH: Kernel = Kernel {
     entry: "finish",
     inputs: 1,
     outputs: 1,
     bounds_checks: true,
     ..ELEM_GRAD
 };
+
+/// The uniform block of shaders/loss.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    /// Items: elements (elementwise losses) or rows (categorical losses); finish: partials.
+    pub(super) n: u32,
+    /// Classes per row, for the categorical losses.
+    pub(super) cols: u32,
+    /// 1 / items: turns the sum into the mean and scales the gradient.
+    pub(super) scale: f32,
+    /// A quiet NaN's bits: WGSL has no NaN constant.
+    pub(super) nan: u32,
+    /// Where the mean goes in the value tensor.
+    pub(super) slot: u32,
+}
 
 /// Elements each GPU thread sums for the elementwise losses before the workgroup reduction.
 const ELEMS_PER_THREAD: usize = 16;
@@ -418,8 +435,13 @@ fn gpu(
         (true, true) => &ROWS_GRAD,
         (true, false) => &ROWS_VALUE,
     };
-    let scale = ((1.0 / items as f64) as f32).to_bits();
-    let params = [items as u32, cols as u32, scale, NAN_BITS, slot as u32];
+    let params = Params {
+        n: items as u32,
+        cols: cols as u32,
+        scale: (1.0 / items as f64) as f32,
+        nan: NAN_BITS,
+        slot: slot as u32,
+    };
     let constants = [("LOSS", loss.code() as f64)];
     // One workgroup writes the mean straight into `value`.
     let part = if groups == 1 {
@@ -431,7 +453,11 @@ fn gpu(
     bound.extend(grad.as_deref());
     launch(ctx, kernel, &constants, &params, &bound, [groups, 1, 1])?;
     if let Some(part) = &part {
-        let params = [groups, 0, scale, NAN_BITS, slot as u32];
+        let params = Params {
+            n: groups,
+            cols: 0,
+            ..params
+        };
         launch(ctx, &FINISH, &[], &params, &[part, value], [1, 1, 1])?;
     }
     Ok(())

@@ -5,6 +5,7 @@ use super::{device_of, host, launch, matmul_tune, Activation};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
 const SOURCE: &str = concat!(
     include_str!("../../shaders/act.wgsl"),
@@ -61,6 +62,30 @@ const fn lane_sg(entry: &'static str) -> Kernel {
         bounds_checks: false,
     }
 }
+
+/// The uniform block of shaders/matmul.wgsl, matmul_vec4.wgsl, matmul_lane.wgsl and
+/// matmul_lane_sg.wgsl (one struct in all four), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) m: u32,
+    pub(super) n: u32,
+    pub(super) k: u32,
+    /// The epilogue's activation code (see act.wgsl).
+    pub(super) act: u32,
+    /// The activation's parameter (leaky ReLU's slope).
+    pub(super) alpha: f32,
+}
+
+/// Every matmul kernel, for the uniform layout test in src/ops/mod.rs.
+#[cfg(test)]
+pub(super) fn kernels() -> Vec<Kernel> {
+    MatmulKernel::ALL.map(|k| k.launch_spec().0).to_vec()
+}
+
+/// Products of fewer multiply-adds than this run on a small kernel on CPU adapters, untuned
+/// (see `Gemm::small_kernel`).
+const SMALL_PRODUCT: usize = 1 << 19;
 
 /// The subgroup lane kernels, largest tile first.
 const SG_LANES: [MatmulKernel; 6] = [
@@ -355,6 +380,9 @@ impl Gemm {
         if !ctx.is_software() {
             return MatmulKernel::Tiled;
         }
+        if let Some(k) = self.small_kernel(ctx, d) {
+            return k;
+        }
         // The vec4 kernel's A^T form leaks memory in lavapipe (Mesa 22.3) on every
         // dispatch for some shapes (see tests/soak.rs), so software adapters without the
         // sg kernels get the blocked kernel there; kiln's dense layers avoid A^T with an
@@ -379,8 +407,20 @@ impl Gemm {
         }
     }
 
+    /// On a CPU adapter, the kernel for a product too small to repay compiling a large tile:
+    /// the blocked one. There the straight-line lane kernels compile (once per process with
+    /// a cold shader cache) for far longer than such a product runs, and their speed-up on
+    /// it is lost in the dispatch cost.
+    fn small_kernel(&self, ctx: &GpuContext, d: Dims) -> Option<MatmulKernel> {
+        let macs = d.m.saturating_mul(d.n).saturating_mul(d.k);
+        (ctx.is_software() && macs < SMALL_PRODUCT).then_some(MatmulKernel::Blocked)
+    }
+
     /// The kernels the autotuner times for this product on `ctx` (one: nothing to tune).
     pub fn candidates(&self, ctx: &GpuContext, d: Dims) -> Vec<MatmulKernel> {
+        if let Some(k) = self.small_kernel(ctx, d) {
+            return vec![k];
+        }
         let aligned = self.vec4_ok(d);
         let lanes: Vec<MatmulKernel> = if ctx.subgroup_size() == Some(8) {
             // Big tiles compile for seconds on lavapipe: only those that give both cores
@@ -477,13 +517,13 @@ impl Gemm {
             let act = f64::from(self.act.code());
             constants.extend([("WGX", f64::from(x)), ("WGY", f64::from(y)), ("ACT", act)]);
         }
-        let params = [
-            d.m as u32,
-            d.n as u32,
-            d.k as u32,
-            self.act.code(),
-            self.act.alpha().to_bits(),
-        ];
+        let params = Params {
+            m: d.m as u32,
+            n: d.n as u32,
+            k: d.k as u32,
+            act: self.act.code(),
+            alpha: self.act.alpha(),
+        };
         let groups = [
             d.n.div_ceil(per_group.0) as u32,
             d.m.div_ceil(per_group.1) as u32,

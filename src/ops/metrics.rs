@@ -8,9 +8,10 @@ use super::{device_of, host, launch, WG};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
-const CONFUSION_LOCAL: Kernel = Kernel {
+pub(super) const CONFUSION_LOCAL: Kernel = Kernel {
     file: "metrics.wgsl",
     source: include_str!("../../shaders/metrics.wgsl"),
     entry: "confusion_local",
@@ -18,21 +19,44 @@ const CONFUSION_LOCAL: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
-const CONFUSION_GLOBAL: Kernel = Kernel {
+pub(super) const CONFUSION_GLOBAL: Kernel = Kernel {
     entry: "confusion_global",
     ..CONFUSION_LOCAL
 };
-const ABS_SQ: Kernel = Kernel {
+pub(super) const ABS_SQ: Kernel = Kernel {
     entry: "abs_sq",
     ..CONFUSION_LOCAL
 };
-const ABS_SQ_FINISH: Kernel = Kernel {
+pub(super) const ABS_SQ_FINISH: Kernel = Kernel {
     entry: "abs_sq_finish",
     inputs: 1,
     outputs: 1,
     bounds_checks: true,
     ..CONFUSION_LOCAL
 };
+
+/// The uniform block of shaders/metrics.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    /// Rows (confusion) or elements (abs_sq), or partial pairs (abs_sq_finish).
+    pub(super) n: u32,
+    /// Classes: columns of the scores and the side of the confusion matrix.
+    pub(super) classes: u32,
+    /// Binary confusion: a score above it predicts class 1.
+    pub(super) threshold: f32,
+}
+
+impl Params {
+    /// The block of abs_sq and abs_sq_finish: `n` items, no classes.
+    fn items(n: usize) -> Params {
+        Params {
+            n: n as u32,
+            classes: 0,
+            threshold: 0.0,
+        }
+    }
+}
 
 /// Cells of the shader's workgroup-local histogram (`LOCAL_CELLS` in metrics.wgsl).
 const LOCAL_CELLS: usize = 2048;
@@ -187,11 +211,11 @@ fn confusion_gpu(
     } else {
         &CONFUSION_GLOBAL
     };
-    let params = [
-        rows as u32,
-        classes as u32,
-        threshold.unwrap_or(0.0).to_bits(),
-    ];
+    let params = Params {
+        n: rows as u32,
+        classes: classes as u32,
+        threshold: threshold.unwrap_or(0.0),
+    };
     let constants = [("BINARY", if threshold.is_some() { 1.0 } else { 0.0 })];
     let groups = groups_for(rows);
     launch(
@@ -244,7 +268,7 @@ pub fn abs_sq_error_accumulate(pred: &Tensor, target: &Tensor, sums: &mut Tensor
                 return Ok(());
             }
             let groups = groups_for(n);
-            let params = [n as u32, 0, 0];
+            let params = Params::items(n);
             if groups == 1 {
                 // One workgroup adds straight into the running sums.
                 return launch(
@@ -269,7 +293,7 @@ pub fn abs_sq_error_accumulate(pred: &Tensor, target: &Tensor, sums: &mut Tensor
                 &ctx,
                 &ABS_SQ_FINISH,
                 &[],
-                &[groups, 0, 0],
+                &Params::items(groups as usize),
                 &[&part, sums],
                 [1, 1, 1],
             )

@@ -11,8 +11,9 @@ use super::{device_of, grid, host, launch, same_shape, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const UPDATE: Kernel = Kernel {
+pub(super) const UPDATE: Kernel = Kernel {
     file: "optim_update.wgsl",
     source: concat!(
         include_str!("../../shaders/optim_params.wgsl"),
@@ -23,13 +24,13 @@ const UPDATE: Kernel = Kernel {
     outputs: 4,
     bounds_checks: true,
 };
-const UPDATE4: Kernel = Kernel {
+pub(super) const UPDATE4: Kernel = Kernel {
     entry: "update4",
     inputs: 4,
     outputs: 16,
     ..UPDATE
 };
-const SUMSQ: Kernel = Kernel {
+pub(super) const SUMSQ: Kernel = Kernel {
     file: "optim.wgsl",
     source: concat!(
         include_str!("../../shaders/optim_params.wgsl"),
@@ -40,14 +41,42 @@ const SUMSQ: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
-const SUM_PARTIALS: Kernel = Kernel {
+pub(super) const SUM_PARTIALS: Kernel = Kernel {
     entry: "sum_partials",
     ..SUMSQ
 };
-const CLIP: Kernel = Kernel {
+pub(super) const CLIP: Kernel = Kernel {
     entry: "clip",
     ..SUMSQ
 };
+
+/// The uniform block of shaders/optim_params.wgsl (every optimizer kernel), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) n: u32,
+    /// 1 on the first step (t == 1): state is initialised here, whatever the buffers hold.
+    pub(super) first: u32,
+    /// sumsq: where this gradient's partial sums start in the partials.
+    pub(super) base: u32,
+    /// The learning rate (Adagrad: already decayed, clr).
+    pub(super) lr: f32,
+    pub(super) wd: f32,
+    /// SGD: momentum mu; Adam/AdamW: beta1; RMSprop: alpha.
+    pub(super) a: f32,
+    /// SGD: dampening tau; Adam/AdamW: beta2; RMSprop: momentum mu; Adagrad: initial accumulator.
+    pub(super) b: f32,
+    pub(super) eps: f32,
+    /// Adam/AdamW: 1 - beta1^t and sqrt(1 - beta2^t).
+    pub(super) bc1: f32,
+    pub(super) bc2_sqrt: f32,
+    /// clip: the global norm's bound.
+    pub(super) max_norm: f32,
+    /// update4: the value counts of tensors 1 to 3 (tensor 0's is n).
+    pub(super) n1: u32,
+    pub(super) n2: u32,
+    pub(super) n3: u32,
+}
 
 /// Most workgroups (hence partial sums) one gradient contributes to the global norm.
 const MAX_PARTIALS: usize = 256;
@@ -511,24 +540,24 @@ fn check_tensors(
 }
 
 /// The update kernels' uniform for tensors of `n` values (update4: up to four of them).
-fn uniform(rule: &Rule, s: &Scalars, n: [usize; 4]) -> [u32; 14] {
+fn uniform(rule: &Rule, s: &Scalars, n: [usize; 4]) -> Params {
     let (a, b, eps) = rule.hyper();
-    [
-        n[0] as u32,
-        u32::from(s.first),
-        0,
-        (s.lr as f32).to_bits(),
-        (s.wd as f32).to_bits(),
-        a.to_bits(),
-        b.to_bits(),
-        eps.to_bits(),
-        (s.bc1 as f32).to_bits(),
-        (s.bc2_sqrt as f32).to_bits(),
-        0f32.to_bits(),
-        n[1] as u32,
-        n[2] as u32,
-        n[3] as u32,
-    ]
+    Params {
+        n: n[0] as u32,
+        first: u32::from(s.first),
+        base: 0,
+        lr: s.lr as f32,
+        wd: s.wd as f32,
+        a,
+        b,
+        eps,
+        bc1: s.bc1 as f32,
+        bc2_sqrt: s.bc2_sqrt as f32,
+        max_norm: 0.0,
+        n1: n[1] as u32,
+        n2: n[2] as u32,
+        n3: n[3] as u32,
+    }
 }
 
 /// One parameter tensor for [`step_many`]: its value, gradient and optimizer state.
@@ -689,7 +718,11 @@ pub fn global_norm_sq_into(grads: &[&Tensor], out: &mut Tensor) -> Result<()> {
                 if count == 0 {
                     continue;
                 }
-                let params = [g.len() as u32, 0, base as u32];
+                let params = Params {
+                    n: g.len() as u32,
+                    base: base as u32,
+                    ..Params::zeroed()
+                };
                 launch(
                     ctx,
                     &SUMSQ,
@@ -704,7 +737,10 @@ pub fn global_norm_sq_into(grads: &[&Tensor], out: &mut Tensor) -> Result<()> {
                 ctx,
                 &SUM_PARTIALS,
                 &[],
-                &[total as u32],
+                &Params {
+                    n: total as u32,
+                    ..Params::zeroed()
+                },
                 &[&partials, out],
                 [1, 1, 1],
             )
@@ -746,9 +782,11 @@ pub fn clip_by_global_norm(
         Device::Gpu(ctx) => {
             for g in grads.iter_mut() {
                 let n = g.len();
-                let mut params = [0u32; 11];
-                params[0] = n as u32;
-                params[10] = max_norm.to_bits();
+                let params = Params {
+                    n: n as u32,
+                    max_norm,
+                    ..Params::zeroed()
+                };
                 launch(&ctx, &CLIP, &[], &params, &[norm_sq, &**g], grid(n, WG))?;
             }
             Ok(())

@@ -5,9 +5,10 @@ use super::{device_of, grid, host, launch, same_shape, write_f64};
 use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
-const MAX_FORWARD: Kernel = Kernel {
+pub(super) const MAX_FORWARD: Kernel = Kernel {
     file: "pool.wgsl",
     source: include_str!("../../shaders/pool.wgsl"),
     entry: "max_forward",
@@ -16,26 +17,55 @@ const MAX_FORWARD: Kernel = Kernel {
     bounds_checks: true,
 };
 /// The backward of both poolings; average pooling binds dy again in place of the argmax.
-const BACKWARD: Kernel = Kernel {
+pub(super) const BACKWARD: Kernel = Kernel {
     entry: "backward",
     inputs: 2,
     outputs: 1,
     ..MAX_FORWARD
 };
-const AVG_FORWARD: Kernel = Kernel {
+pub(super) const AVG_FORWARD: Kernel = Kernel {
     entry: "avg_forward",
     inputs: 1,
     outputs: 1,
     ..MAX_FORWARD
 };
-const ROW_MEAN: Kernel = Kernel {
+pub(super) const ROW_MEAN: Kernel = Kernel {
     entry: "row_mean",
     ..AVG_FORWARD
 };
-const SPREAD: Kernel = Kernel {
+pub(super) const SPREAD: Kernel = Kernel {
     entry: "spread",
     ..AVG_FORWARD
 };
+
+/// The uniform block of the window kernels in shaders/pool.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    /// Planes: batch * channels.
+    pub(super) planes: u32,
+    pub(super) h: u32,
+    pub(super) w: u32,
+    pub(super) oh: u32,
+    pub(super) ow: u32,
+    pub(super) kh: u32,
+    pub(super) kw: u32,
+    pub(super) sh: u32,
+    pub(super) sw: u32,
+    pub(super) ph: u32,
+    pub(super) pw: u32,
+    /// 1 when average windows divide by kh * kw even where they cover padding.
+    pub(super) include_pad: u32,
+}
+
+/// The uniform block of row_mean and spread in shaders/pool.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct RowParams {
+    pub(super) rows: u32,
+    pub(super) cols: u32,
+    pub(super) scale: f32,
+}
 
 /// Invocations per workgroup of the pooling kernels.
 const POOL_WG: u32 = 256;
@@ -168,21 +198,21 @@ impl Pool2d {
         Ok(g)
     }
 
-    fn params(&self, g: &Geom) -> [u32; 12] {
-        [
-            (g.n * g.c) as u32,
-            g.h as u32,
-            g.w as u32,
-            g.oh as u32,
-            g.ow as u32,
-            self.kernel.0 as u32,
-            self.kernel.1 as u32,
-            self.stride.0 as u32,
-            self.stride.1 as u32,
-            self.padding.0 as u32,
-            self.padding.1 as u32,
-            u32::from(self.count_include_pad),
-        ]
+    fn params(&self, g: &Geom) -> Params {
+        Params {
+            planes: (g.n * g.c) as u32,
+            h: g.h as u32,
+            w: g.w as u32,
+            oh: g.oh as u32,
+            ow: g.ow as u32,
+            kh: self.kernel.0 as u32,
+            kw: self.kernel.1 as u32,
+            sh: self.stride.0 as u32,
+            sw: self.stride.1 as u32,
+            ph: self.padding.0 as u32,
+            pw: self.padding.1 as u32,
+            include_pad: u32::from(self.count_include_pad),
+        }
     }
 
     /// Calls `f(plane, oy, ox, iy, ix)` for every input value inside each output's window.
@@ -456,7 +486,11 @@ pub fn global_avg_pool_backward_into(dy: &Tensor, dx: &mut Tensor) -> Result<()>
             Ok(())
         }
         Device::Gpu(ctx) => {
-            let params = [rows as u32, cols as u32, (1.0 / cols as f32).to_bits()];
+            let params = RowParams {
+                rows: rows as u32,
+                cols: cols as u32,
+                scale: 1.0 / cols as f32,
+            };
             launch(
                 &ctx,
                 &SPREAD,
@@ -479,6 +513,10 @@ pub(crate) fn row_sums_gpu(
     scale: f32,
     out: &Tensor,
 ) -> Result<()> {
-    let params = [rows as u32, cols as u32, scale.to_bits()];
+    let params = RowParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        scale,
+    };
     launch(ctx, &ROW_MEAN, &[], &params, &[x, out], grid(rows, POOL_WG))
 }

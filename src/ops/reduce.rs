@@ -5,8 +5,9 @@ use super::{device_of, grid, host, launch, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const SUM_BLOCKS: Kernel = Kernel {
+pub(super) const SUM_BLOCKS: Kernel = Kernel {
     file: "reduce.wgsl",
     source: include_str!("../../shaders/reduce.wgsl"),
     entry: "sum_blocks",
@@ -14,14 +15,25 @@ const SUM_BLOCKS: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
-const ARGMAX_ROWS: Kernel = Kernel {
+pub(super) const ARGMAX_ROWS: Kernel = Kernel {
     entry: "argmax_rows",
     ..SUM_BLOCKS
 };
-const ARGMAX_GROUPS: Kernel = Kernel {
+pub(super) const ARGMAX_GROUPS: Kernel = Kernel {
     entry: "argmax_groups",
     ..SUM_BLOCKS
 };
+
+/// The uniform block of shaders/reduce.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    /// Elements for sum_blocks, rows for argmax.
+    pub(super) n: u32,
+    pub(super) cols: u32,
+    /// Factor applied to each block's sum: 1, or 1/len for the last pass of a mean.
+    pub(super) scale: f32,
+}
 
 /// Elements one sum_blocks workgroup reduces (SUM_WG * PER in shaders/reduce.wgsl).
 const SUM_BLOCK: usize = 256 * 64;
@@ -57,11 +69,19 @@ fn scaled_sum_into(name: &'static str, x: &Tensor, out: &mut Tensor, scale: f64)
                 let blocks = n.div_ceil(SUM_BLOCK).max(1);
                 let src = prev.as_ref().unwrap_or(x);
                 if blocks == 1 {
-                    let params = [n as u32, 0, (scale as f32).to_bits()];
+                    let params = Params {
+                        n: n as u32,
+                        cols: 0,
+                        scale: scale as f32,
+                    };
                     return launch(&ctx, &SUM_BLOCKS, &[], &params, &[src, out], grid(1, 1));
                 }
                 let next = Tensor::uninit(&x.device(), &[blocks])?;
-                let params = [n as u32, 0, 1f32.to_bits()];
+                let params = Params {
+                    n: n as u32,
+                    cols: 0,
+                    scale: 1.0,
+                };
                 launch(
                     &ctx,
                     &SUM_BLOCKS,
@@ -155,7 +175,11 @@ pub fn argmax_rows_into_split(x: &Tensor, out: &mut Tensor, split: RowSplit) -> 
             Ok(())
         }
         Device::Gpu(ctx) => {
-            let params = [rows as u32, cols as u32];
+            let params = Params {
+                n: rows as u32,
+                cols: cols as u32,
+                scale: 0.0,
+            };
             if split.per_workgroup(&ctx, cols) {
                 launch(&ctx, &ARGMAX_GROUPS, &[], &params, &[x, out], grid(rows, 1))
             } else {

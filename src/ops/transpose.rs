@@ -4,8 +4,9 @@ use super::{device_of, grid, host, launch, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const TRANSPOSE: Kernel = Kernel {
+pub(super) const TRANSPOSE: Kernel = Kernel {
     file: "transpose.wgsl",
     source: include_str!("../../shaders/transpose.wgsl"),
     entry: "transpose",
@@ -13,6 +14,14 @@ const TRANSPOSE: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
+
+/// The uniform block of shaders/transpose.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) rows: u32,
+    pub(super) cols: u32,
+}
 
 /// `out = x^T` for a 2-D `x` of shape [rows, cols] and `out` of [cols, rows].
 pub fn transpose_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
@@ -36,7 +45,10 @@ pub fn transpose_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
             Ok(())
         }
         Device::Gpu(ctx) => {
-            let params = [rows as u32, cols as u32];
+            let params = Params {
+                rows: rows as u32,
+                cols: cols as u32,
+            };
             launch(
                 &ctx,
                 &TRANSPOSE,
