@@ -18,6 +18,7 @@
 //! # Ok::<(), kiln::Error>(())
 //! ```
 
+pub mod inputs;
 mod resolve;
 
 use crate::device::Device;
@@ -89,7 +90,8 @@ impl Graph {
         Graph::default()
     }
 
-    /// Declares an input taking samples of `shape` ([features], or [c, h, w] images).
+    /// Declares an input taking samples of `shape` ([features], or [c, h, w] images). A
+    /// graph with several inputs takes their rows packed (see [`inputs::pack`]).
     pub fn input(&mut self, name: &str, shape: &[usize]) -> &mut Graph {
         self.inputs.push((name.to_string(), shape.to_vec()));
         self
@@ -140,7 +142,7 @@ impl Graph {
     /// plans execution. Errors are [`crate::GraphError`]s naming the nodes involved.
     pub fn build(&self, device: &Device, seed: u64) -> Result<Model> {
         let resolved = self.resolve()?;
-        crate::nn::model::planner::plan(&resolved, None, device, seed)
+        crate::nn::model::planner::plan(&resolved, &self.inputs, None, device, seed)
     }
 
     /// The chain a `Sequential` stands for: input "input", nodes named by layer index

@@ -5,9 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::inputs::InputSlice;
 use super::{Graph, Op};
 use crate::error::{GraphError, Result};
 use crate::nn::layers::LayerDef;
+
+/// The name of a multi-input model's packed input.
+pub(crate) const PACKED: &str = "(packed inputs)";
 
 /// A checked node in execution order.
 #[derive(Debug)]
@@ -34,8 +38,11 @@ pub(crate) struct ResolvedNode {
 /// A checked graph: its input and its nodes in execution order.
 #[derive(Debug)]
 pub(crate) struct Resolved {
-    /// The input's name and sample shape.
+    /// The input's name and sample shape (several inputs: their packed rows, see
+    /// [`super::inputs`]).
     pub input: (String, Vec<usize>),
+    /// Activations that hold inputs: the packed row and one per input's slice.
+    pub input_acts: usize,
     /// The nodes in execution order; the output is the last (or the input, if none).
     pub nodes: Vec<ResolvedNode>,
 }
@@ -44,17 +51,9 @@ impl Graph {
     /// Checks the graph and orders its nodes.
     pub(crate) fn resolve(&self) -> Result<Resolved> {
         self.check_names()?;
-        let input = match self.inputs.as_slice() {
-            [] => return Err(GraphError::Empty("inputs").into()),
-            [one] => one.clone(),
-            _ => {
-                return Err(GraphError::Unsupported(format!(
-                    "{} inputs: graphs take one input in this version",
-                    self.inputs.len()
-                ))
-                .into())
-            }
-        };
+        if self.inputs.is_empty() {
+            return Err(GraphError::Empty("inputs").into());
+        }
         match self.outputs.as_slice() {
             [] => return Err(GraphError::Empty("outputs").into()),
             [_] => {}
@@ -68,8 +67,14 @@ impl Graph {
         }
         self.check_reach()?;
         let order = self.order()?;
-        let nodes = self.shapes(&input, &order)?;
-        Ok(Resolved { input, nodes })
+        let (input, slices) = self.input_slices();
+        let input_acts = 1 + slices.len();
+        let nodes = self.shapes(&input, slices, &order)?;
+        Ok(Resolved {
+            input,
+            input_acts,
+            nodes,
+        })
     }
 
     /// Every name once; every reference to a known name.
@@ -205,11 +210,61 @@ impl Graph {
         }
     }
 
+    /// The model's input, and where there are several, the nodes that slice each out of
+    /// the packed rows.
+    fn input_slices(&self) -> ((String, Vec<usize>), Vec<ResolvedNode>) {
+        if let [one] = self.inputs.as_slice() {
+            return (one.clone(), Vec::new());
+        }
+        let width = |s: &[usize]| s.iter().product::<usize>();
+        let total: usize = self.inputs.iter().map(|(_, s)| width(s)).sum();
+        let mut offset = 0;
+        let slices = self
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(k, (name, shape))| {
+                let def = InputSlice {
+                    offset,
+                    shape: shape.clone(),
+                };
+                offset += width(shape);
+                ResolvedNode {
+                    name: name.clone(),
+                    def: Box::new(def),
+                    inputs: vec![0],
+                    input_names: vec![PACKED.to_string()],
+                    input_shape: vec![total],
+                    shape: shape.clone(),
+                    owner: k,
+                    // Not a declared node (and no weights to seed).
+                    decl: usize::MAX,
+                }
+            })
+            .collect();
+        ((PACKED.to_string(), vec![total]), slices)
+    }
+
     /// Shapes in execution order, with the layer behind each node.
-    fn shapes(&self, input: &(String, Vec<usize>), order: &[usize]) -> Result<Vec<ResolvedNode>> {
+    fn shapes(
+        &self,
+        input: &(String, Vec<usize>),
+        slices: Vec<ResolvedNode>,
+        order: &[usize],
+    ) -> Result<Vec<ResolvedNode>> {
         let mut act: HashMap<&str, usize> = HashMap::from([(input.0.as_str(), 0)]);
         let mut shapes: Vec<Vec<usize>> = vec![input.1.clone()];
-        let mut out: Vec<ResolvedNode> = Vec::with_capacity(order.len());
+        let mut out: Vec<ResolvedNode> = Vec::with_capacity(order.len() + slices.len());
+        for (k, (name, shape)) in self
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|_| !slices.is_empty())
+        {
+            act.insert(name, k + 1);
+            shapes.push(shape.clone());
+        }
+        out.extend(slices);
         for &i in order {
             let node = &self.nodes[i];
             let def = match &node.op {

@@ -69,8 +69,12 @@ pub struct Model {
     pub(crate) device: Device,
     /// The Sequential the model was built from (none for a graph).
     pub(crate) spec: Option<Sequential>,
-    /// The input's sample shape.
+    /// The input's sample shape (a multi-input graph's: its packed rows).
     pub(crate) input_shape: Vec<usize>,
+    /// Activations holding inputs: the input (packed), then each input's slice.
+    pub(crate) input_acts: usize,
+    /// The inputs as declared.
+    pub(crate) inputs: Vec<(String, Vec<usize>)>,
     /// The nodes as described (before the fusions), in execution order.
     pub(crate) nodes: Vec<NodeInfo>,
     /// Sample shape after each stage of the plan.
@@ -106,7 +110,23 @@ impl Model {
         })
     }
 
-    /// Width of one input sample.
+    /// The inputs as declared: names and sample shapes.
+    pub fn inputs(&self) -> &[(String, Vec<usize>)] {
+        &self.inputs
+    }
+
+    /// The rows a multi-input model takes, packed from one slice of rows per input (in
+    /// declaration order); see [`crate::nn::graph::inputs::pack`].
+    pub fn pack_inputs(&self, xs: &[&[f32]]) -> Result<Vec<f32>> {
+        let widths: Vec<usize> = self
+            .inputs
+            .iter()
+            .map(|(_, s)| s.iter().product())
+            .collect();
+        crate::nn::graph::inputs::pack(xs, &widths)
+    }
+
+    /// Width of one input sample (a multi-input graph's: all inputs' values, packed).
     pub fn input_width(&self) -> usize {
         self.input_shape.iter().product()
     }

@@ -79,6 +79,7 @@ impl Model {
         top_ready: bool,
     ) -> Result<()> {
         let top = stages.len().wrapping_sub(1);
+        let inputs_end = self.input_acts;
         let (seed, step) = (self.seed, self.dropout_step);
         let params = &mut self.params;
         let Workspace {
@@ -103,7 +104,7 @@ impl Model {
             let (gb, ga) = grads.split_at_mut(i + 1);
             for (k, (&a, sum)) in stage.inputs.iter().zip(dx_sums.iter_mut()).enumerate() {
                 // Nothing flows back into the model's input from a step without parameters.
-                if a == 0 && !stage.step.has_params() {
+                if a < inputs_end && !stage.step.has_params() {
                     continue;
                 }
                 let inputs = Inputs {
@@ -122,7 +123,7 @@ impl Model {
                     y: &acts[i + 1],
                     dy: &ga[0],
                     dx,
-                    first: a == 0,
+                    first: a < inputs_end,
                     params,
                     scratch,
                     seed: dropout_seed(seed, step, i),

@@ -70,7 +70,8 @@ impl Sequential {
         // The sequential messages ("layer 3 (dense)") for what does not fit.
         self.shapes()?;
         let resolved = Graph::from_sequential(self).resolve()?;
-        plan(&resolved, Some(self.clone()), device, seed)
+        let inputs = [("input".to_string(), self.input_shape())];
+        plan(&resolved, &inputs, Some(self.clone()), device, seed)
     }
 }
 
@@ -87,6 +88,7 @@ struct Planned {
 /// activation fold and marks the gradients that are summed.
 pub(crate) fn plan(
     r: &Resolved,
+    inputs: &[(String, Vec<usize>)],
     spec: Option<Sequential>,
     device: &Device,
     seed: u64,
@@ -137,11 +139,13 @@ pub(crate) fn plan(
                 .map_or(n.name.clone(), |o| o.name.clone()),
         })
         .collect();
-    let (stages, stage_shapes) = wire(fold_activations(steps));
+    let (stages, stage_shapes) = wire(fold_activations(steps), r.input_acts);
     Ok(Model {
         device: device.clone(),
         spec,
         input_shape: r.input.1.clone(),
+        input_acts: r.input_acts,
+        inputs: inputs.to_vec(),
         nodes,
         stage_shapes,
         params,
@@ -279,8 +283,9 @@ fn fold_activations(mut steps: Vec<Planned>) -> Vec<Planned> {
 
 /// The stages with their summed gradients marked: walking the plan backwards (the order
 /// the backward pass runs), the first stage to write a gradient overwrites it, the
-/// others add theirs. The model's input takes no sum (its gradient is not wanted).
-fn wire(steps: Vec<Planned>) -> (Vec<Stage>, Vec<Vec<usize>>) {
+/// others add theirs. The model's inputs (the first `input_acts` activations) take no
+/// sum: their gradients are not wanted.
+fn wire(steps: Vec<Planned>, input_acts: usize) -> (Vec<Stage>, Vec<Vec<usize>>) {
     let mut written = HashSet::new();
     let mut params_written = HashSet::new();
     let mut out: Vec<(Stage, Vec<usize>)> = Vec::with_capacity(steps.len());
@@ -288,7 +293,7 @@ fn wire(steps: Vec<Planned>) -> (Vec<Stage>, Vec<Vec<usize>>) {
         let dx_sum = s
             .inputs
             .iter()
-            .map(|&a| a != 0 && !written.insert(a))
+            .map(|&a| a >= input_acts && !written.insert(a))
             .collect();
         let param_sum = s
             .params

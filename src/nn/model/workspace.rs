@@ -58,14 +58,17 @@ impl Model {
             .map(|s| Tensor::zeros(d, s))
             .collect::<Result<Vec<_>>>()?;
         // No layer needs dL/dx of the input, but normalisations compute it anyway.
-        let first_needs_dx = self
-            .stages
-            .iter()
-            .any(|s| s.inputs.contains(&0) && s.step.input_grad_always());
+        let needs_dx = |a: usize| {
+            a >= self.input_acts
+                || self
+                    .stages
+                    .iter()
+                    .any(|s| s.inputs.contains(&a) && s.step.input_grad_always())
+        };
         let grads = shapes
             .iter()
             .enumerate()
-            .map(|(i, s)| Tensor::zeros(d, if i == 0 && !first_needs_dx { &[1] } else { s }))
+            .map(|(a, s)| Tensor::zeros(d, if needs_dx(a) { s } else { &[1] }))
             .collect::<Result<Vec<_>>>()?;
         let scratch = self
             .stages
