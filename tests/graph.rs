@@ -575,3 +575,14 @@ fn a_two_input_graph_matches_finite_differences_and_the_gpu() {
     g.outputs = vec!["out".into()];
     cpu_matches_gpu(&g, 20, 4, "two inputs");
 }
+
+#[test]
+fn saving_a_graph_model_is_refused_until_graph_model_files_exist() {
+    let model = shared_graph().build(&Device::cpu(), 0).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("graph-save");
+    match kiln::io::save_model(&dir, &model) {
+        Err(Error::Graph(GraphError::Unsupported(why))) => assert!(why.contains("graph"), "{why}"),
+        other => panic!("expected GraphError::Unsupported, got {:?}", other.err()),
+    }
+    assert!(model.spec().is_none() && model.sequential().is_err());
+}
