@@ -241,6 +241,17 @@ fn residual_and_shared_graphs_train_alike_on_cpu_and_gpu() {
     let mut g = shared_graph();
     g.nodes.last_mut().unwrap().op = kiln::nn::graph::Op::Layer(Layer::Dense(Dense::new(3)));
     cpu_matches_gpu(&g, 3, 3, "shared");
+    // The second use of a shared dense layer feeds the fused head (which writes its bias
+    // gradient); the first use adds its gradients afterwards.
+    let mut g = Graph::new();
+    g.input("x", &[3])
+        .layer("h", Layer::Dense(Dense::new(3)), &["x"])
+        .layer("t", Layer::Activation(Activation::Tanh), &["h"])
+        .shared("h2", "h", &["t"])
+        .layer("out", Layer::Dense(Dense::new(3)), &["h2"])
+        .layer("p", Layer::Softmax, &["out"])
+        .output("p");
+    cpu_matches_gpu(&g, 3, 3, "shared layer before the head");
 }
 
 #[test]
