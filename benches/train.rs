@@ -90,11 +90,6 @@ fn run(device: &Device, layers: &[usize], batch: usize, v: Variant, x: &[f32], y
         }
     }
     let model = spec.build(device, 1).expect("build");
-    // Read when the model is compiled.
-    std::env::set_var(
-        "KILN_FUSED_HEAD",
-        if v == Variant::Baseline { "0" } else { "1" },
-    );
     let mut t: Trainer = model
         .compile(
             Loss::SparseCategoricalCrossEntropy,
@@ -102,6 +97,7 @@ fn run(device: &Device, layers: &[usize], batch: usize, v: Variant, x: &[f32], y
             &[],
         )
         .expect("compile");
+    t.set_fused_head(v != Variant::Baseline);
     let rows = x.len() / 784;
     let steps_per_epoch = rows.div_ceil(batch);
     let opts = |epochs| FitOptions {

@@ -419,3 +419,38 @@ fn the_fused_head_gives_the_unfused_gradients() {
         }
     }
 }
+
+/// `set_fused_head(false)` trains through the separate ops, with more dispatches per step,
+/// to the same weights (within f32 rounding) as the fused head.
+#[test]
+fn unfused_head_trains_to_the_same_weights_with_more_dispatches() {
+    let device = Device::gpu().unwrap();
+    let (rows, batch) = (64, 16);
+    let x = random(rows * 16, 5);
+    let y: Vec<f32> = (0..rows).map(|i| (i % 3) as f32).collect();
+    let mut runs = Vec::new();
+    for fused in [true, false] {
+        let mut t = relu_classifier(&device, &[16, 8, 3], 1e-2, &[]);
+        t.set_fused_head(fused);
+        let opts = || FitOptions {
+            shuffle: false,
+            ..FitOptions::new(1, batch)
+        };
+        t.fit(&x, &y, opts()).unwrap();
+        device.synchronize().unwrap();
+        let before = device.stats().dispatches;
+        t.fit(&x, &y, opts()).unwrap();
+        let dispatches = device.stats().dispatches - before;
+        runs.push((dispatches, params_f64(&t.model)));
+    }
+    let ((fused, a), (unfused, b)) = (&runs[0], &runs[1]);
+    assert!(
+        unfused > fused,
+        "{unfused} dispatches unfused, {fused} fused"
+    );
+    for (p, q) in a.iter().zip(b) {
+        let p: Vec<f32> = p.iter().map(|&v| v as f32).collect();
+        let q: Vec<f32> = q.iter().map(|&v| v as f32).collect();
+        assert_close(&p, &q, 1e-4, 1e-6, "fused vs unfused weights");
+    }
+}

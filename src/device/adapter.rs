@@ -53,7 +53,7 @@ impl std::fmt::Display for AdapterSummary {
 
 /// Backends named by `KILN_BACKEND`, or all of them.
 fn backends_from_env() -> Result<wgpu::Backends> {
-    let Ok(value) = std::env::var("KILN_BACKEND") else {
+    let Some(value) = crate::config::backend() else {
         return Ok(wgpu::Backends::all());
     };
     let mut backends = wgpu::Backends::empty();
@@ -107,7 +107,7 @@ pub(crate) fn choose(instance: &wgpu::Instance, name: Option<&str>) -> Result<wg
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     let filter = match name {
         Some(n) => Some(n.to_lowercase()),
-        None => std::env::var("KILN_ADAPTER").ok().map(|s| s.to_lowercase()),
+        None => crate::config::adapter().map(|s| s.to_lowercase()),
     };
     let names: Vec<String> = adapters
         .iter()

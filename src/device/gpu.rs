@@ -240,7 +240,7 @@ impl GpuContext {
             bytes_allocated: AtomicU64::new(0),
             peak_bytes: AtomicU64::new(0),
             buffers_created: AtomicU64::new(0),
-            profile: (std::env::var("KILN_PROFILE").is_ok_and(|v| v == "1")
+            profile: (crate::config::profile()
                 && features.contains(wgpu::Features::TIMESTAMP_QUERY))
             .then(Mutex::default),
         })

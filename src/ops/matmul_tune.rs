@@ -48,7 +48,7 @@ fn lock_table() -> std::sync::MutexGuard<'static, Table> {
 
 /// Whether tuning is on: unless `KILN_AUTOTUNE` is 0, off, false or no.
 pub fn enabled() -> bool {
-    enabled_by(std::env::var("KILN_AUTOTUNE").ok().as_deref())
+    enabled_by(crate::config::autotune().as_deref())
 }
 
 fn enabled_by(value: Option<&str>) -> bool {
@@ -60,7 +60,7 @@ fn enabled_by(value: Option<&str>) -> bool {
 
 /// Whether this process times every class afresh instead of reading the cache file.
 fn retune() -> bool {
-    retune_by(std::env::var("KILN_AUTOTUNE").ok().as_deref())
+    retune_by(crate::config::autotune().as_deref())
 }
 
 fn retune_by(value: Option<&str>) -> bool {
@@ -70,7 +70,7 @@ fn retune_by(value: Option<&str>) -> bool {
 /// Where the tuner keeps its choices, or None when no cache directory can be found.
 pub fn cache_path() -> Option<PathBuf> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    let dir = if let Some(dir) = var("KILN_CACHE_DIR") {
+    let dir = if let Some(dir) = crate::config::cache_dir() {
         PathBuf::from(dir)
     } else if let Some(xdg) = var("XDG_CACHE_HOME") {
         PathBuf::from(xdg).join("kiln")

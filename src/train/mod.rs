@@ -154,9 +154,7 @@ impl Model {
             train_loss: plan.loss,
             optimizer,
             metrics: metrics.to_vec(),
-            // KILN_FUSED_HEAD=0 keeps the unfused ops (for comparisons).
-            head: HeadPlan::of(&plan.stages, plan.loss)
-                .filter(|_| std::env::var("KILN_FUSED_HEAD").map_or(true, |v| v != "0")),
+            head: HeadPlan::of(&plan.stages, plan.loss),
             train_stages: plan.stages,
             output: plan.output,
             logits: plan.logits,
@@ -181,6 +179,16 @@ impl Trainer {
     /// Epochs completed so far.
     pub fn epochs_done(&self) -> usize {
         self.epoch
+    }
+
+    /// Whether training uses the fused classifier head where the model ends in one (the
+    /// default); off, it runs the output layer, the loss and their backward as separate
+    /// ops, with the same results: the baseline the benches compare the fusion against.
+    pub fn set_fused_head(&mut self, on: bool) {
+        self.head = match on {
+            true => HeadPlan::of(&self.train_stages, self.train_loss),
+            false => None,
+        };
     }
 
     /// Sets the step and epoch counters (used when resuming from a checkpoint).
