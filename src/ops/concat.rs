@@ -6,8 +6,9 @@ use super::{device_of, grid, host, launch, WG};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
-const SCATTER: Kernel = Kernel {
+pub(super) const SCATTER: Kernel = Kernel {
     file: "concat.wgsl",
     source: include_str!("../../shaders/concat.wgsl"),
     entry: "scatter",
@@ -15,10 +16,31 @@ const SCATTER: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
-const GATHER: Kernel = Kernel {
+pub(super) const GATHER: Kernel = Kernel {
     entry: "gather",
     ..SCATTER
 };
+
+/// The uniform block of shaders/concat.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(super) struct Params {
+    pub(super) rows: u32,
+    pub(super) part: u32,
+    pub(super) whole: u32,
+    pub(super) offset: u32,
+}
+
+impl Params {
+    fn new(rows: usize, part: usize, whole: usize, offset: usize) -> Params {
+        Params {
+            rows: rows as u32,
+            part: part as u32,
+            whole: whole as u32,
+            offset: offset as u32,
+        }
+    }
+}
 
 /// Rows and values per row of `part` and of `whole`, checked for a block at `offset`.
 fn blocks(part: &Tensor, whole: &Tensor, offset: usize) -> Result<(usize, usize, usize)> {
@@ -59,7 +81,7 @@ pub fn concat_cols_into(part: &Tensor, whole: &mut Tensor, offset: usize) -> Res
             Ok(())
         }
         Device::Gpu(ctx) => {
-            let params = [rows as u32, p as u32, w as u32, offset as u32];
+            let params = Params::new(rows, p, w, offset);
             launch(
                 &ctx,
                 &SCATTER,
@@ -87,7 +109,7 @@ pub fn split_cols_into(whole: &Tensor, offset: usize, part: &mut Tensor) -> Resu
             Ok(())
         }
         Device::Gpu(ctx) => {
-            let params = [rows as u32, p as u32, w as u32, offset as u32];
+            let params = Params::new(rows, p, w, offset);
             launch(
                 &ctx,
                 &GATHER,

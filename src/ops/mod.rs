@@ -404,6 +404,15 @@ mod uniform_layout {
                 layout!(reduce::Params { n, cols, scale }),
             ),
             (
+                vec![concat::SCATTER, concat::GATHER],
+                layout!(concat::Params {
+                    rows,
+                    part,
+                    whole,
+                    offset
+                }),
+            ),
+            (
                 vec![transpose::TRANSPOSE],
                 layout!(transpose::Params { rows, cols }),
             ),
