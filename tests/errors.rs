@@ -30,6 +30,8 @@ fn variant(e: &Error) -> &'static str {
         Error::Gpu(_) => "Gpu",
         Error::OutOfMemory { .. } => "OutOfMemory",
         Error::DeviceLost { .. } => "DeviceLost",
+        Error::Distributed { .. } => "Distributed",
+        Error::RankMismatch { .. } => "RankMismatch",
     }
 }
 
