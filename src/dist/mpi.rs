@@ -34,12 +34,33 @@ pub struct MpiGroup {
     max_count: usize,
     /// Why the group cannot go on, once it cannot.
     failure: Option<String>,
-    /// Send and receive staging buffers: MPI owns them while a collective runs, and keeps
-    /// them (leaked) if one is abandoned at its deadline.
-    send: Vec<f32>,
-    recv: Vec<f32>,
-    send64: Vec<f64>,
-    recv64: Vec<f64>,
+    /// MPI owns these while a collective runs, and keeps them (leaked) if one is abandoned
+    /// at its deadline.
+    staging: Staging,
+}
+
+/// Send and receive staging buffers of each element type.
+#[derive(Default)]
+struct Staging {
+    f32s: (Vec<f32>, Vec<f32>),
+    f64s: (Vec<f64>, Vec<f64>),
+}
+
+/// The element types that [`MpiGroup`] sums.
+trait Element: Equivalence + Copy + Default {
+    fn stage(s: &mut Staging) -> &mut (Vec<Self>, Vec<Self>);
+}
+
+impl Element for f32 {
+    fn stage(s: &mut Staging) -> &mut (Vec<Self>, Vec<Self>) {
+        &mut s.f32s
+    }
+}
+
+impl Element for f64 {
+    fn stage(s: &mut Staging) -> &mut (Vec<Self>, Vec<Self>) {
+        &mut s.f64s
+    }
 }
 
 impl MpiGroup {
@@ -75,10 +96,7 @@ impl MpiGroup {
             timeout: Self::DEFAULT_TIMEOUT,
             max_count: c_int::MAX as usize,
             failure: None,
-            send: Vec::new(),
-            recv: Vec::new(),
-            send64: Vec::new(),
-            recv64: Vec::new(),
+            staging: Staging::default(),
         })
     }
 
@@ -126,10 +144,7 @@ impl MpiGroup {
             }
             let waited = start.elapsed();
             if waited >= self.timeout {
-                std::mem::forget(std::mem::take(&mut self.send));
-                std::mem::forget(std::mem::take(&mut self.recv));
-                std::mem::forget(std::mem::take(&mut self.send64));
-                std::mem::forget(std::mem::take(&mut self.recv64));
+                std::mem::forget(std::mem::take(&mut self.staging));
                 return Err(self.fail(format!(
                     "{what} timed out after {:?}: a peer rank did not join (hung, or died)",
                     self.timeout
@@ -159,21 +174,22 @@ impl MpiGroup {
     }
 
     /// Sums `buf` over the ranks in place, in calls of at most `max_count` elements.
-    fn sum_f32(&mut self, buf: &mut [f32], what: &str) -> Result<()> {
+    fn sum<T: Element>(&mut self, buf: &mut [T], what: &str) -> Result<()> {
         let start = Instant::now();
         for chunk in buf.chunks_mut(self.max_count) {
-            self.send.clear();
-            self.send.extend_from_slice(chunk);
-            self.recv.resize(chunk.len(), 0.0);
+            let (send, recv) = T::stage(&mut self.staging);
+            send.clear();
+            send.extend_from_slice(chunk);
+            recv.resize(chunk.len(), T::default());
             let mut req = unsafe { ffi::RSMPI_REQUEST_NULL };
-            // SAFETY: both staging buffers hold `chunk.len()` (<= c_int::MAX) f32s and stay
-            // alive and untouched until `finish` returns.
+            // SAFETY: both staging buffers hold `chunk.len()` (<= c_int::MAX) elements and
+            // stay alive and untouched until `finish` returns (or are leaked by it).
             let rc = unsafe {
                 ffi::MPI_Iallreduce(
-                    self.send.as_ptr() as *const c_void,
-                    self.recv.as_mut_ptr() as *mut c_void,
+                    send.as_ptr() as *const c_void,
+                    recv.as_mut_ptr() as *mut c_void,
                     chunk.len() as c_int,
-                    f32::equivalent_datatype().as_raw(),
+                    T::equivalent_datatype().as_raw(),
                     SystemOperation::sum().as_raw(),
                     self.world.as_raw(),
                     &mut req,
@@ -181,7 +197,7 @@ impl MpiGroup {
             };
             self.check(rc, what)?;
             self.finish(req, what, start)?;
-            chunk.copy_from_slice(&self.recv);
+            chunk.copy_from_slice(&T::stage(&mut self.staging).1);
         }
         Ok(())
     }
@@ -198,7 +214,7 @@ impl AllReduce for MpiGroup {
 
     fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<()> {
         self.ready("all_reduce_mean")?;
-        self.sum_f32(buf, "all_reduce_mean")?;
+        self.sum(buf, "all_reduce_mean")?;
         let div = self.size as f32;
         buf.iter_mut().for_each(|x| *x /= div);
         Ok(())
@@ -208,14 +224,15 @@ impl AllReduce for MpiGroup {
         self.ready("broadcast")?;
         let start = Instant::now();
         for chunk in buf.chunks_mut(self.max_count) {
-            self.send.clear();
-            self.send.extend_from_slice(chunk);
+            let (send, _) = &mut self.staging.f32s;
+            send.clear();
+            send.extend_from_slice(chunk);
             let mut req = unsafe { ffi::RSMPI_REQUEST_NULL };
             // SAFETY: the staging buffer holds `chunk.len()` f32s and stays alive and
             // untouched until `finish` returns.
             let rc = unsafe {
                 ffi::MPI_Ibcast(
-                    self.send.as_mut_ptr() as *mut c_void,
+                    send.as_mut_ptr() as *mut c_void,
                     chunk.len() as c_int,
                     f32::equivalent_datatype().as_raw(),
                     0,
@@ -225,7 +242,7 @@ impl AllReduce for MpiGroup {
             };
             self.check(rc, "broadcast")?;
             self.finish(req, "broadcast", start)?;
-            chunk.copy_from_slice(&self.send);
+            chunk.copy_from_slice(&self.staging.f32s.0);
         }
         Ok(())
     }
@@ -241,29 +258,7 @@ impl AllReduce for MpiGroup {
 
     fn all_reduce_sum(&mut self, sums: &mut [f64]) -> Result<()> {
         self.ready("all_reduce_sum")?;
-        let start = Instant::now();
-        for chunk in sums.chunks_mut(self.max_count) {
-            self.send64.clear();
-            self.send64.extend_from_slice(chunk);
-            self.recv64.resize(chunk.len(), 0.0);
-            let mut req = unsafe { ffi::RSMPI_REQUEST_NULL };
-            // SAFETY: as in `sum_f32`, with the f64 staging buffers.
-            let rc = unsafe {
-                ffi::MPI_Iallreduce(
-                    self.send64.as_ptr() as *const c_void,
-                    self.recv64.as_mut_ptr() as *mut c_void,
-                    chunk.len() as c_int,
-                    f64::equivalent_datatype().as_raw(),
-                    SystemOperation::sum().as_raw(),
-                    self.world.as_raw(),
-                    &mut req,
-                )
-            };
-            self.check(rc, "all_reduce_sum")?;
-            self.finish(req, "all_reduce_sum", start)?;
-            chunk.copy_from_slice(&self.recv64);
-        }
-        Ok(())
+        self.sum(sums, "all_reduce_sum")
     }
 }
 
