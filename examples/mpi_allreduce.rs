@@ -184,6 +184,11 @@ fn main() {
     }
     if let Err(e) = run(&mut g, &args) {
         eprintln!("mpi_allreduce: {e}");
+        if matches!(e, kiln::Error::RankMismatch { .. }) {
+            // Every rank found the same mismatch: let each report it before any exits
+            // (mpirun ends the others when the first exits non-zero).
+            let _ = g.barrier();
+        }
         drop(g);
         std::process::exit(2);
     }
