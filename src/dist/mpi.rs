@@ -150,12 +150,13 @@ impl MpiGroup {
                     self.timeout
                 )));
             }
-            // Spin briefly for low latency, then sleep so that oversubscribed ranks
-            // leave the cores to their peers.
-            if waited < Duration::from_micros(200) {
+            // Poll (yielding the core) as MPI's blocking calls do, since each test also
+            // drives the transfer; sleep between tests only once a wait is long, such as
+            // for a peer's slower step.
+            if waited < Duration::from_millis(100) {
                 std::thread::yield_now();
             } else {
-                std::thread::sleep(Duration::from_micros(50));
+                std::thread::sleep(Duration::from_micros(200));
             }
         }
     }
