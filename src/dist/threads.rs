@@ -21,6 +21,8 @@ impl ThreadGroup {
 
     /// `n` members, ranks `0..n`, with [`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT); move
     /// each to its own thread.
+    // A group is only its members: there is no group object to return.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(n: usize) -> Vec<Member> {
         Self::with_timeout(n, Self::DEFAULT_TIMEOUT)
     }
