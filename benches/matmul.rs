@@ -4,6 +4,11 @@
 //! shapes and batch-32 training shapes, then the automatic (autotuned) product, the kernel
 //! the tuner chose and its first call's time, tuning included (`-- --quick` leaves out
 //! N = 2048; `-- --json` prints the square sizes for compare.sh).
+//!
+//! `-- --sizes 1024,2048,4096` times only the automatic product at those square sizes and
+//! prints, per size, the kernel it ran, ms per product, GFLOP/s and the first call's time
+//! (tuning included, from a fresh autotune cache); add `--json` for one JSON object per
+//! size (benches/gpu-check.sh reads it).
 
 use kiln::ops::matmul::{Dims, Gemm, MatmulKernel};
 use kiln::{Device, Tensor};
@@ -28,9 +33,72 @@ fn time(device: &Device, g: Gemm, a: &Tensor, b: &Tensor, out: &mut Tensor) -> f
     }
 }
 
+/// The square sizes after `--sizes` (comma-separated), if given.
+fn sizes_arg() -> Option<Vec<usize>> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == "--sizes")?;
+    let list = args
+        .get(i + 1)
+        .expect("--sizes needs a list such as 1024,2048,4096");
+    Some(
+        list.split(',')
+            .map(|n| match n.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("--sizes: '{n}' is not a positive size"),
+            })
+            .collect(),
+    )
+}
+
+/// `--sizes`: the automatic product (what training runs) at each square size.
+fn run_sizes(device: &Device, sizes: &[usize], json: bool) {
+    if !json {
+        println!("adapter: {}", device.name());
+        println!(
+            "{:>6}{:>11}{:>12}{:>12}{:>10}",
+            "N", "kernel", "ms", "GFLOP/s", "1st ms"
+        );
+    }
+    for &n in sizes {
+        let a = Tensor::full(device, &[n, n], 0.5).expect("alloc");
+        let b = Tensor::full(device, &[n, n], 0.25).expect("alloc");
+        let mut out = Tensor::uninit(device, &[n, n]).expect("alloc");
+        let g = Gemm::nn();
+        device.synchronize().expect("sync");
+        let start = Instant::now();
+        g.run_into(&a, &b, None, &mut out).expect("matmul");
+        device.synchronize().expect("sync");
+        let first_ms = start.elapsed().as_secs_f64() * 1e3;
+        let secs = time(device, g, &a, &b, &mut out);
+        let gf = 2.0 * (n * n * n) as f64 / secs / 1e9;
+        let kernel = device
+            .gpu_context()
+            .map_or("-", |ctx| g.choose(ctx, Dims { m: n, n, k: n }).name());
+        if json {
+            println!(
+                "{{\"lib\":\"kiln\",\"backend\":\"wgpu\",\"bench\":\"matmul\",\"n\":{n},\"gflops\":{gf:.2},\"ms\":{:.4},\"kernel\":\"{kernel}\",\"first_ms\":{first_ms:.1}}}",
+                secs * 1e3
+            );
+        } else {
+            println!(
+                "{n:>6}{kernel:>11}{:>12.3}{gf:>12.1}{first_ms:>10.1}",
+                secs * 1e3
+            );
+        }
+    }
+}
+
 fn main() {
     let device = Device::gpu().expect("no GPU adapter");
     let json = std::env::args().any(|a| a == "--json");
+    if let Some(sizes) = sizes_arg() {
+        // A fresh cache, so each size's first call shows a real first-use tuning.
+        let cache = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
+        std::env::set_var("KILN_CACHE_DIR", &cache);
+        run_sizes(&device, &sizes, json);
+        let _ = std::fs::remove_dir_all(&cache);
+        return;
+    }
     if json {
         // One line per square size with the adapter's own kernel, for benches/compare.sh.
         for n in [256usize, 512, 1024, 2048] {
