@@ -1,5 +1,7 @@
 //! kiln::dist::mpi under `mpirun --oversubscribe -np 2`, through examples/mpi_allreduce
-//! (which `cargo test --features mpi` builds): the all-reduce on both ranks, a fingerprint
+//! (which a plain `cargo test --release --features mpi` builds; with `--test dist_mpi`,
+//! build it first: `cargo build --release --features mpi --example mpi_allreduce`,
+//! as .ci/run does): the all-reduce on both ranks, a fingerprint
 //! mismatch, and a rank that exits or hangs mid-job, each ending the job with an error
 //! within a bounded time.
 #![cfg(feature = "mpi")]
@@ -19,7 +21,7 @@ fn example() -> PathBuf {
     let path = profile.join("examples").join("mpi_allreduce");
     assert!(
         path.exists(),
-        "{} is missing: build it with cargo test --features mpi",
+        "{} is missing: cargo build --release --features mpi --example mpi_allreduce",
         path.display()
     );
     path
