@@ -178,13 +178,39 @@ fn read_from(reader: impl Read, source: &str, options: &Options) -> Result<Datas
         what: &what,
         source,
     };
+    let (columns, label_col) = header(&mut rows, options)?;
+    let (x, y, label_lines) = data_rows(&mut rows, &columns, label_col)?;
+    let n = y.len();
+    if n == 0 {
+        return Err(Error::format(&what, "header but no data rows"));
+    }
+    let classes = class_count(&y, options.classes).map_err(|i| {
+        let detail = format!(
+            "line {}: label {} in column \"{}\" is not a non-negative integer class id",
+            label_lines[i], y[i], columns[label_col]
+        );
+        Error::format(&what, detail)
+    })?;
+    Ok(Dataset {
+        x,
+        y,
+        n,
+        features: columns.len() - 1,
+        classes,
+        image: None,
+    })
+}
 
+/// The header's column names and the label's column, checked.
+fn header<R: Read>(rows: &mut Records<'_, R>, options: &Options) -> Result<(Vec<String>, usize)> {
+    let what = rows.what;
     let header_line = rows
         .next()?
-        .ok_or_else(|| Error::format(&what, "empty: no header row"))?;
+        .ok_or_else(|| Error::format(what, "empty: no header row"))?;
     let columns = (0..rows.record.len())
         .map(|j| rows.text(j, header_line).map(str::to_string))
         .collect::<Result<Vec<String>>>()?;
+    let hint = || delimiter_hint(&columns, options.delimiter);
     let label_col = match options.label.as_deref() {
         None => columns.len().saturating_sub(1),
         Some(name) => {
@@ -192,55 +218,53 @@ fn read_from(reader: impl Read, source: &str, options: &Options) -> Result<Datas
             match hits.as_slice() {
                 [j] => *j,
                 [] => {
-                    return Err(Error::format(
-                        &what,
-                        format!(
-                            "no label column \"{name}\"; the columns are: {}{}",
-                            columns.join(", "),
-                            delimiter_hint(&columns, options.delimiter)
-                        ),
-                    ))
+                    let detail = format!(
+                        "no label column \"{name}\"; the columns are: {}{}",
+                        columns.join(", "),
+                        hint()
+                    );
+                    return Err(Error::format(what, detail));
                 }
                 _ => {
-                    return Err(Error::format(
-                        &what,
-                        format!("label column \"{name}\" appears {} times", hits.len()),
-                    ))
+                    let detail = format!("label column \"{name}\" appears {} times", hits.len());
+                    return Err(Error::format(what, detail));
                 }
             }
         }
     };
     if columns.len() < 2 {
-        return Err(Error::format(
-            &what,
-            format!(
-                "header has {} column(s); need at least one feature besides the label{}",
-                columns.len(),
-                delimiter_hint(&columns, options.delimiter)
-            ),
-        ));
+        let detail = format!(
+            "header has {} column(s); need at least one feature besides the label{}",
+            columns.len(),
+            hint()
+        );
+        return Err(Error::format(what, detail));
     }
+    Ok((columns, label_col))
+}
 
-    let features = columns.len() - 1;
-    let mut x = Vec::new();
-    let mut y = Vec::new();
-    let mut label_lines = Vec::new();
+/// The data rows: features, labels and each label's line.
+fn data_rows<R: Read>(
+    rows: &mut Records<'_, R>,
+    columns: &[String],
+    label_col: usize,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<usize>)> {
+    let what = rows.what;
+    let (mut x, mut y, mut label_lines) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(line_no) = rows.next()? {
         if rows.record.len() != columns.len() {
-            return Err(Error::format(
-                &what,
-                format!(
-                    "line {line_no} has {} fields, expected {} as in the header",
-                    rows.record.len(),
-                    columns.len()
-                ),
-            ));
+            let detail = format!(
+                "line {line_no} has {} fields, expected {} as in the header",
+                rows.record.len(),
+                columns.len()
+            );
+            return Err(Error::format(what, detail));
         }
         for (j, column) in columns.iter().enumerate() {
             let field = rows.text(j, line_no)?;
             let v = number(field).ok_or_else(|| {
                 Error::format(
-                    &what,
+                    what,
                     format!(
                         "line {line_no}, column \"{column}\" (column {}): \"{field}\" is not a finite number",
                         j + 1
@@ -255,52 +279,30 @@ fn read_from(reader: impl Read, source: &str, options: &Options) -> Result<Datas
         }
         label_lines.push(line_no);
     }
-    let n = y.len();
-    if n == 0 {
-        return Err(Error::format(&what, "header but no data rows"));
-    }
+    Ok((x, y, label_lines))
+}
 
+/// The number of classes the labels hold (0: a regression), as `classes` asks; the index
+/// of a label that is no class id where classes are demanded.
+fn class_count(y: &[f32], classes: Option<bool>) -> std::result::Result<usize, usize> {
     let is_class_id = |v: f32| v >= 0.0 && v.fract() == 0.0 && v < 16_777_216.0;
-    let classes = match options.classes {
-        Some(false) => 0,
-        Some(true) => {
-            if let Some(i) = y.iter().position(|&v| !is_class_id(v)) {
-                return Err(Error::format(
-                    &what,
-                    format!(
-                        "line {}: label {} in column \"{}\" is not a non-negative integer class id",
-                        label_lines[i], y[i], columns[label_col]
-                    ),
-                ));
+    match classes {
+        Some(false) => Ok(0),
+        Some(true) => match y.iter().position(|&v| !is_class_id(v)) {
+            Some(i) => Err(i),
+            None => Ok(max_label(y) + 1),
+        },
+        // Class ids that cover 0..k are classes; anything else is a regression target.
+        None if y.iter().all(|&v| is_class_id(v)) => {
+            let k = max_label(y) + 1;
+            let mut seen = vec![false; k];
+            for &v in y {
+                seen[v as usize] = true;
             }
-            max_label(&y) + 1
+            Ok(if seen.iter().all(|&s| s) { k } else { 0 })
         }
-        None => {
-            if y.iter().all(|&v| is_class_id(v)) {
-                let k = max_label(&y) + 1;
-                let mut seen = vec![false; k];
-                for &v in &y {
-                    seen[v as usize] = true;
-                }
-                if seen.iter().all(|&s| s) {
-                    k
-                } else {
-                    0
-                }
-            } else {
-                0
-            }
-        }
-    };
-
-    Ok(Dataset {
-        x,
-        y,
-        n,
-        features,
-        classes,
-        image: None,
-    })
+        None => Ok(0),
+    }
 }
 
 /// For a header of one column that holds another common delimiter: a hint to use it.

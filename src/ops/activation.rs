@@ -219,9 +219,8 @@ pub enum RowSplit {
 impl RowSplit {
     /// Whether rows of `cols` columns get a workgroup each on this device.
     ///
-    /// On lavapipe one invocation per row was faster at every shape measured (up to
-    /// 10000x64 by 20x and 2000x5000 by 2x; see `softmax_timing` in tests/activation.rs),
-    /// as its barriers are costly. On hardware a narrow row leaves a workgroup idle while
+    /// On lavapipe one invocation per row was faster at every shape measured, as its
+    /// barriers are costly (`cargo bench --bench kernels softmax` measures both). On hardware a narrow row leaves a workgroup idle while
     /// a wide one read by one invocation defeats coalescing.
     pub(crate) fn per_workgroup(self, ctx: &GpuContext, cols: usize) -> bool {
         match self {

@@ -132,8 +132,8 @@ pub fn bias_add_inplace(x: &mut Tensor, bias: &Tensor) -> Result<()> {
 /// Rows one col_sum invocation adds up in the first of two passes, or `rows` for one pass.
 ///
 /// A tall input split into about sqrt(rows) runs of sqrt(rows) rows gives both passes
-/// enough invocations and short loops. On lavapipe it took 60000x10 from 1.1-1.3 ms in one
-/// pass to 0.75-0.87 ms, and 100000x1 from 0.5 to 0.2-0.3 ms (`bias_grad_timing` in tests/bias.rs).
+/// enough invocations and short loops: faster than one pass on tall inputs on lavapipe
+/// (`cargo bench --bench kernels bias` measures it).
 pub(crate) fn chunk_rows(rows: usize) -> usize {
     if rows <= SINGLE_PASS_ROWS {
         rows.max(1)
