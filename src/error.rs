@@ -111,6 +111,28 @@ pub enum Error {
         /// The driver's reason.
         reason: String,
     },
+    /// A collective operation across ranks (kiln::dist) failed: a peer left or died, a
+    /// peer did not join within the timeout, or the ranks called different collectives.
+    #[error("distributed, rank {rank}: {detail}")]
+    Distributed {
+        /// The rank that reports the failure (this process's or this thread's).
+        rank: usize,
+        /// What failed, naming the peer ranks involved and the cause.
+        detail: String,
+    },
+    /// Ranks disagree on something that must be the same on every rank (model, data set,
+    /// batch size), found by `AllReduce::check_fingerprint` before training starts.
+    #[error("distributed, rank {rank}: ranks {ranks:?} disagree with rank 0 on {what}: {detail}; start every rank with the same model, data and batch size")]
+    RankMismatch {
+        /// The rank that reports the mismatch (every rank reports the same one).
+        rank: usize,
+        /// What was compared.
+        what: String,
+        /// The ranks whose fingerprint differs from rank 0's.
+        ranks: Vec<usize>,
+        /// Every rank's fingerprint.
+        detail: String,
+    },
 }
 
 /// What is wrong with a [`crate::nn::Graph`], naming the nodes involved.
@@ -214,6 +236,14 @@ impl Error {
         Error::Io {
             path: path.as_ref().display().to_string(),
             source,
+        }
+    }
+
+    /// Shorthand for a failed collective operation, reported by `rank`.
+    pub(crate) fn dist(rank: usize, detail: impl Into<String>) -> Self {
+        Error::Distributed {
+            rank,
+            detail: detail.into(),
         }
     }
 

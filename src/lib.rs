@@ -2,8 +2,10 @@
 //!
 //! Layers, top to bottom (each uses only those below it):
 //! `io` (model files and checkpoints), `train` (compile, fit, evaluate, predict),
-//! `nn` and `optim` (layers, models, optimizers), `ops` (one file per op: shape checks, CPU reference, GPU dispatch),
-//! `tensor`, `device`, `error`. One exception, by design: each layer's file in `nn::layers`
+//! `nn` and `optim` (layers, models, optimizers), with `data` (data sets) and `dist`
+//! (collective communication across replicas and ranks: threads, and MPI behind the
+//! feature `mpi`) beside them, `ops` (one file per op: shape checks, CPU reference, GPU
+//! dispatch), `tensor`, `device`, `error`. One exception, by design: each layer's file in `nn::layers`
 //! also reads and writes its own model-file entry (the schema types of `io::model_file`).
 //!
 //! Nothing reachable from the public API panics on bad input: every failure is an
@@ -24,6 +26,7 @@
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod io;
 pub mod nn;

@@ -31,6 +31,8 @@ fn variant(e: &Error) -> &'static str {
         Error::OutOfMemory { .. } => "OutOfMemory",
         Error::DeviceLost { .. } => "DeviceLost",
         Error::Graph(_) => "Graph",
+        Error::Distributed { .. } => "Distributed",
+        Error::RankMismatch { .. } => "RankMismatch",
     }
 }
 
