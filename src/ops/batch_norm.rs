@@ -3,10 +3,11 @@
 //! running averages, inference forward with the running statistics, and backward.
 
 use super::{check_eps, check_vectors, device_of, grid, host, launch, same_shape, write_f64};
-use crate::device::{Device, Kernel};
+use crate::device::{Device, GpuContext, Kernel};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use bytemuck::{Pod, Zeroable};
+use std::sync::Arc;
 
 pub(super) const ROW_MOMENTS: Kernel = Kernel {
     file: "batch_norm.wgsl",
@@ -195,88 +196,110 @@ impl BatchNorm {
             &*y,
         ];
         match device_of(name, &all)? {
-            Device::Cpu => {
-                let xs = host(x);
-                let mut sum = vec![0f64; c];
-                each(n, c, hw, |ch, i| sum[ch] += f64::from(xs[i]));
-                let mean: Vec<f64> = sum.iter().map(|s| s / count as f64).collect();
-                let mut m2 = vec![0f64; c];
-                each(n, c, hw, |ch, i| {
-                    m2[ch] += (f64::from(xs[i]) - mean[ch]).powi(2)
-                });
-                let var: Vec<f64> = m2.iter().map(|s| s / count as f64).collect();
-                let invstd: Vec<f64> = var
-                    .iter()
-                    .map(|v| 1.0 / (v + f64::from(self.eps)).sqrt())
-                    .collect();
-                let (g, b) = (host(gamma), host(beta));
-                let out = y.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
-                each(n, c, hw, |ch, i| {
-                    let xhat = (f64::from(xs[i]) - mean[ch]) * invstd[ch];
-                    out[i] = (f64::from(g[ch]) * xhat + f64::from(b[ch])) as f32;
-                });
-                let m = f64::from(self.momentum);
-                let unbiased = count as f64 / (count - 1) as f64;
-                let update = |t: &mut Tensor, batch: &[f64], scale: f64| -> Result<()> {
-                    let r = t.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
-                    for (r, b) in r.iter_mut().zip(batch) {
-                        *r = ((1.0 - m) * f64::from(*r) + m * b * scale) as f32;
-                    }
-                    Ok(())
-                };
-                update(&mut running.mean, &mean, 1.0)?;
-                update(&mut running.var, &var, unbiased)?;
-                write_f64(name, &mut saved.mean, &mean)?;
-                write_f64(name, &mut saved.invstd, &invstd)
-            }
+            Device::Cpu => self.train_cpu((n, c, hw), x, [gamma, beta], running, saved, y),
             Device::Gpu(ctx) => {
-                let params = self.params(n, c, hw);
-                let hw1 = [("HW1", f64::from(u8::from(hw == 1)))];
-                let stats = |src: &Tensor, m2: &Tensor| {
-                    let bound = [
-                        src,
-                        m2,
-                        &saved.mean,
-                        &saved.invstd,
-                        &running.mean,
-                        &running.var,
-                    ];
-                    launch(
-                        &ctx,
-                        &CHANNEL_STATS,
-                        &hw1,
-                        &params,
-                        &bound,
-                        grid(c, NORM_WG),
-                    )
-                };
-                if hw == 1 {
-                    stats(x, x)?;
-                } else {
-                    let rows = Tensor::uninit(&x.device(), &[n, c])?;
-                    let m2 = Tensor::uninit(&x.device(), &[n, c])?;
-                    let bound = [x, &rows, &m2];
-                    launch(
-                        &ctx,
-                        &ROW_MOMENTS,
-                        &[],
-                        &params,
-                        &bound,
-                        grid(n * c, NORM_WG),
-                    )?;
-                    stats(&rows, &m2)?;
-                }
-                let bound = [x, &saved.mean, &saved.invstd, gamma, beta, y];
-                launch(
-                    &ctx,
-                    &NORMALIZE,
-                    &[],
-                    &params,
-                    &bound,
-                    grid(x.len(), NORM_WG),
-                )
+                self.train_gpu(&ctx, (n, c, hw), x, [gamma, beta], running, saved, y)
             }
         }
+    }
+
+    /// The CPU reference of [`BatchNorm::forward_train_into`], in f64.
+    fn train_cpu(
+        &self,
+        (n, c, hw): (usize, usize, usize),
+        x: &Tensor,
+        [gamma, beta]: [&Tensor; 2],
+        running: &mut RunningStats,
+        saved: &mut NormStats,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        let name = "batch_norm";
+        let count = n * hw;
+        let xs = host(x);
+        let mut sum = vec![0f64; c];
+        each(n, c, hw, |ch, i| sum[ch] += f64::from(xs[i]));
+        let mean: Vec<f64> = sum.iter().map(|s| s / count as f64).collect();
+        let mut m2 = vec![0f64; c];
+        each(n, c, hw, |ch, i| {
+            m2[ch] += (f64::from(xs[i]) - mean[ch]).powi(2)
+        });
+        let var: Vec<f64> = m2.iter().map(|s| s / count as f64).collect();
+        let invstd: Vec<f64> = var
+            .iter()
+            .map(|v| 1.0 / (v + f64::from(self.eps)).sqrt())
+            .collect();
+        let (g, b) = (host(gamma), host(beta));
+        let out = y.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
+        each(n, c, hw, |ch, i| {
+            let xhat = (f64::from(xs[i]) - mean[ch]) * invstd[ch];
+            out[i] = (f64::from(g[ch]) * xhat + f64::from(b[ch])) as f32;
+        });
+        let m = f64::from(self.momentum);
+        let unbiased = count as f64 / (count - 1) as f64;
+        let update = |t: &mut Tensor, batch: &[f64], scale: f64| -> Result<()> {
+            let r = t.host_mut().ok_or(Error::DeviceMismatch { op: name })?;
+            for (r, b) in r.iter_mut().zip(batch) {
+                *r = ((1.0 - m) * f64::from(*r) + m * b * scale) as f32;
+            }
+            Ok(())
+        };
+        update(&mut running.mean, &mean, 1.0)?;
+        update(&mut running.var, &var, unbiased)?;
+        write_f64(name, &mut saved.mean, &mean)?;
+        write_f64(name, &mut saved.invstd, &invstd)
+    }
+
+    /// [`BatchNorm::forward_train_into`] on the GPU: statistics per channel (through
+    /// per-row moments when a channel has a plane), then the normalisation.
+    #[allow(clippy::too_many_arguments)]
+    fn train_gpu(
+        &self,
+        ctx: &Arc<GpuContext>,
+        (n, c, hw): (usize, usize, usize),
+        x: &Tensor,
+        [gamma, beta]: [&Tensor; 2],
+        running: &mut RunningStats,
+        saved: &mut NormStats,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        let params = self.params(n, c, hw);
+        let hw1 = [("HW1", f64::from(u8::from(hw == 1)))];
+        let stats = |src: &Tensor, m2: &Tensor| {
+            let bound = [
+                src,
+                m2,
+                &saved.mean,
+                &saved.invstd,
+                &running.mean,
+                &running.var,
+            ];
+            launch(ctx, &CHANNEL_STATS, &hw1, &params, &bound, grid(c, NORM_WG))
+        };
+        if hw == 1 {
+            stats(x, x)?;
+        } else {
+            let rows = Tensor::uninit(&x.device(), &[n, c])?;
+            let m2 = Tensor::uninit(&x.device(), &[n, c])?;
+            let bound = [x, &rows, &m2];
+            launch(
+                ctx,
+                &ROW_MOMENTS,
+                &[],
+                &params,
+                &bound,
+                grid(n * c, NORM_WG),
+            )?;
+            stats(&rows, &m2)?;
+        }
+        let bound = [x, &saved.mean, &saved.invstd, gamma, beta, y];
+        launch(
+            ctx,
+            &NORMALIZE,
+            &[],
+            &params,
+            &bound,
+            grid(x.len(), NORM_WG),
+        )
     }
 
     /// Inference forward: `y = gamma * (x - running mean) / sqrt(running var + eps) + beta`.
