@@ -220,14 +220,14 @@ impl Trainer {
         self.epoch = epoch;
     }
 
-    /// The loss as compiled.
+    /// The loss as compiled (several outputs: the first's; see `output_losses`).
     // `user_loss` on purpose: `loss` is the fused variant the training loop runs.
     #[allow(clippy::misnamed_getters)]
     pub fn loss(&self) -> Loss {
         self.loss
     }
 
-    /// The metrics as compiled.
+    /// The metrics as compiled (several outputs: none here; see `output_losses`).
     pub fn metrics(&self) -> &[Metric] {
         &self.metrics
     }
