@@ -356,3 +356,39 @@ fn typed_errors() {
         "{err:?}"
     );
 }
+
+/// A softmax output trained with a cross-entropy (on its logits) that also feeds a dense
+/// output: the loss gradient at the logits and what the softmax sends back are summed.
+#[test]
+fn a_fused_softmax_output_feeding_another_node_matches_finite_differences() {
+    for device in [Device::cpu(), gpu()] {
+        let mut g = Graph::new();
+        g.input("x", &[4])
+            .layer("z", dense(3), &["x"])
+            .layer("s", Layer::Softmax, &["z"])
+            .layer("t", dense(2), &["s"])
+            .output("s")
+            .output("t");
+        let mut t = g
+            .build(&device, 5)
+            .unwrap()
+            .compile_outputs(
+                &[
+                    OutputLoss::new("s", Loss::CategoricalCrossEntropy).weight(0.7),
+                    OutputLoss::new("t", Loss::Mse),
+                ],
+                Optimizer::sgd(0.1),
+            )
+            .unwrap();
+        let x = random(ROWS * 4, 31);
+        let onehot: Vec<f32> = (0..ROWS * 3)
+            .map(|i| f32::from(i % 3 == (i / 3) % 3))
+            .collect();
+        let y = t.pack_targets(&[&onehot, &random(ROWS * 2, 32)]).unwrap();
+        check_fd(&mut t, &x, &y, "fused softmax feeding another");
+        let p = t.predict_outputs(&x, ROWS).unwrap();
+        for row in p[0].1.chunks(3) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+        }
+    }
+}
