@@ -198,6 +198,9 @@ pub enum GraphError {
         /// The inputs it was given.
         got: Vec<String>,
     },
+    /// An output of a several-output model compiled without a loss.
+    #[error("output '{0}' has no loss: give every output one in compile_outputs (a weight of 0 keeps it out of training)")]
+    NoLoss(String),
     /// What this version of the graph API does not do yet.
     #[error("{0}")]
     Unsupported(String),

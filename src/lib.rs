@@ -41,7 +41,9 @@ pub use nn::{Dense, Graph, Init, Layer, Model, Sequential};
 pub use ops::Activation;
 pub use optim::{Optimizer, Schedule};
 pub use tensor::Tensor;
-pub use train::{EarlyStopping, FitOptions, History, Loss, Metric, Trainer, Validation};
+pub use train::{
+    EarlyStopping, FitOptions, History, Loss, Metric, OutputLoss, Trainer, Validation,
+};
 
 /// The README's Rust examples, run by `cargo test --doc` so that they cannot rot.
 #[doc = include_str!("../README.md")]

@@ -43,26 +43,7 @@ fn check_fd_rows(
     let mut t = trainer(g, device, Loss::Mse);
     let x = random(rows * sizes.0, 11);
     let y = random(rows * sizes.1, 12);
-    let (_, grads) = t.gradients(&x, &y).unwrap();
-    for (p, (name, grad)) in grads.iter().enumerate() {
-        let values = t.model.params()[p].value.to_vec().unwrap();
-        let step = (values.len() / 8).max(1);
-        for e in (0..values.len()).step_by(step) {
-            let mut at = |d: f64| {
-                let mut v = values.clone();
-                v[e] = (v[e] as f64 + d) as f32;
-                t.model.params_mut()[p].value.write(&v).unwrap();
-                t.gradients(&x, &y).unwrap().0 as f64
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * h);
-            t.model.params_mut()[p].value.write(&values).unwrap();
-            let got = grad[e] as f64;
-            assert!(
-                (got - fd).abs() <= 2e-4 + 2e-3 * fd.abs(),
-                "{what} {name}[{e}] on {device:?}: analytic {got}, fd {fd}"
-            );
-        }
-    }
+    assert_trainer_fd(&mut t, &x, &y, h, what);
 }
 
 /// x [4] -> a (dense n, tanh) -> mid (the layer) -> merge(a, mid) -> out (dense 2).

@@ -126,12 +126,20 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// alpha * a
 pub fn scale(a: &Tensor, alpha: f32) -> Result<Tensor> {
     let mut out = Tensor::uninit(&a.device(), a.shape())?;
-    match a.device() {
+    scale_into(a, alpha, &mut out)?;
+    Ok(out)
+}
+
+/// out = alpha * a, into a tensor of a's shape.
+pub fn scale_into(a: &Tensor, alpha: f32, out: &mut Tensor) -> Result<()> {
+    same_shape("scale", a, out)?;
+    match device_of("scale", &[a, out])? {
         Device::Cpu => {
             let src = host(a);
             for (o, x) in out.host_mut().unwrap_or(&mut []).iter_mut().zip(src) {
                 *o = alpha * x;
             }
+            Ok(())
         }
         Device::Gpu(ctx) => {
             let n = a.len();
@@ -140,10 +148,9 @@ pub fn scale(a: &Tensor, alpha: f32) -> Result<Tensor> {
                 alpha,
                 beta: 0.0,
             };
-            launch(&ctx, &SCALE, &[], &params, &[a, &out], grid(n, WG))?;
+            launch(&ctx, &SCALE, &[], &params, &[a, out], grid(n, WG))
         }
     }
-    Ok(out)
 }
 
 /// y += alpha * x, in place.

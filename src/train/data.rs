@@ -34,7 +34,9 @@ impl Trainer {
         if let Some(i) = y.iter().position(|v| !v.is_finite()) {
             return Err(Error::arg("targets y", format!("value {i} is {}", y[i])));
         }
-        if self.train_loss == Loss::SparseCategoricalCrossEntropy {
+        if self.outputs.is_some() {
+            self.check_output_labels(y)?;
+        } else if self.train_loss == Loss::SparseCategoricalCrossEntropy {
             let classes = self.model.output_width();
             if let Some(i) = y
                 .iter()

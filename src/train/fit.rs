@@ -5,7 +5,6 @@ use rand::SeedableRng;
 use std::time::Instant;
 
 use super::data::DeviceData;
-use super::metrics::Accumulator;
 use super::{
     Control, EpochLog, Evaluation, FitOptions, History, StepHook, StepInfo, Trainer, Validation,
 };
@@ -90,24 +89,21 @@ impl Trainer {
         opts: &mut FitOptions,
     ) -> Result<(f64, Vec<(String, f64)>)> {
         let steps = data.rows.div_ceil(opts.batch_size);
-        let mut acc = Accumulator::new(
-            &self.model.device,
-            &self.metrics,
-            self.model.output_width(),
-            self.logits,
-            steps,
-        )?;
+        let mut accs = self.accumulators(steps)?;
         for step in 1..=steps {
             let start = (step - 1) * opts.batch_size;
             let batch = opts.batch_size.min(data.rows - start);
             let key = self.load_batch(data, start, batch)?;
-            self.step_ws(key, Some(&mut acc))?;
+            match self.outputs.is_some() {
+                true => self.step_outputs(key, &mut accs)?,
+                false => self.step_ws(key, accs.first_mut())?,
+            }
             let read = opts.loss_every > 0 && (step % opts.loss_every == 0 || step == steps);
             if read || step % opts.steps_per_execution.max(1) == 0 || step == steps {
                 self.model.device.flush()?;
             }
             let loss = if read {
-                let value = acc.mean_loss()? as f32;
+                let value = self.mean_loss_of(&accs)? as f32;
                 if !value.is_finite() {
                     return Err(Error::Diverged { value, epoch, step });
                 }
@@ -125,7 +121,7 @@ impl Trainer {
                 });
             }
         }
-        let Evaluation { loss, metrics, .. } = acc.finish()?;
+        let Evaluation { loss, metrics, .. } = self.finish_of(&accs)?;
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 value: loss as f32,

@@ -6,6 +6,7 @@ mod data;
 mod fit;
 pub mod history;
 pub mod metrics;
+mod outputs;
 mod predict;
 mod step;
 
@@ -14,6 +15,7 @@ pub use callbacks::{Control, EarlyStopping, EpochHook, StepHook, StepInfo};
 pub use fit::FitRun;
 pub use history::{EpochLog, History};
 pub use metrics::Metric;
+pub use outputs::OutputLoss;
 
 use crate::device::Device;
 use crate::error::Result;
@@ -141,11 +143,31 @@ pub struct Trainer {
     step: u64,
     epoch: usize,
     norm: Tensor,
+    /// Several outputs, each with its loss, weight and metrics (`compile_outputs`).
+    outputs: Option<outputs::Outputs>,
 }
 
 impl Model {
     /// Attaches a loss, an optimizer and metrics (Keras's compile).
+    /// A model with several outputs takes [`Model::compile_outputs`] instead.
     pub fn compile(self, loss: Loss, optimizer: Optimizer, metrics: &[Metric]) -> Result<Trainer> {
+        if self.outputs.len() > 1 {
+            return Err(crate::error::GraphError::Unsupported(format!(
+                "the model has outputs {:?}: give each its loss with compile_outputs",
+                self.output_names()
+            ))
+            .into());
+        }
+        self.compile_one(loss, optimizer, metrics)
+    }
+
+    /// [`Model::compile`] without the check for several outputs.
+    pub(crate) fn compile_one(
+        self,
+        loss: Loss,
+        optimizer: Optimizer,
+        metrics: &[Metric],
+    ) -> Result<Trainer> {
         let plan = fuse_loss(&self.stages, loss);
         let norm = Tensor::zeros(&self.device, &[1])?;
         Ok(Trainer {
@@ -161,6 +183,7 @@ impl Model {
             step: 0,
             epoch: 0,
             norm,
+            outputs: None,
         })
     }
 }
@@ -185,7 +208,7 @@ impl Trainer {
     /// default); off, it runs the output layer, the loss and their backward as separate
     /// ops, with the same results: the baseline the benches compare the fusion against.
     pub fn set_fused_head(&mut self, on: bool) {
-        self.head = match on {
+        self.head = match on && self.outputs.is_none() {
             true => HeadPlan::of(&self.train_stages, self.train_loss),
             false => None,
         };
@@ -197,14 +220,14 @@ impl Trainer {
         self.epoch = epoch;
     }
 
-    /// The loss as compiled.
+    /// The loss as compiled (several outputs: the first's; see `output_losses`).
     // `user_loss` on purpose: `loss` is the fused variant the training loop runs.
     #[allow(clippy::misnamed_getters)]
     pub fn loss(&self) -> Loss {
         self.loss
     }
 
-    /// The metrics as compiled.
+    /// The metrics as compiled (several outputs: none here; see `output_losses`).
     pub fn metrics(&self) -> &[Metric] {
         &self.metrics
     }
@@ -219,8 +242,12 @@ impl Trainer {
         self.optimizer.schedule = schedule;
     }
 
-    /// Targets per row: 1 for class ids, the output width otherwise.
+    /// Targets per row: 1 for class ids, the output width otherwise (several outputs:
+    /// the sum of theirs, packed).
     pub fn target_width(&self) -> usize {
+        if let Some(o) = &self.outputs {
+            return o.plans.iter().map(|p| p.target_width).sum();
+        }
         match self.train_loss {
             Loss::SparseCategoricalCrossEntropy => 1,
             _ => self.model.output_width(),

@@ -2,7 +2,7 @@
 //! the probabilities.
 
 use super::data::DeviceData;
-use super::metrics::Accumulator;
+use super::outputs::Losses;
 use super::{Evaluation, Trainer};
 use crate::error::Result;
 use crate::nn::model::planner::Output;
@@ -18,13 +18,7 @@ impl Trainer {
         data: &DeviceData,
         batch_size: usize,
     ) -> Result<Evaluation> {
-        let mut acc = Accumulator::new(
-            &self.model.device,
-            &self.metrics,
-            self.model.output_width(),
-            self.logits,
-            data.rows.div_ceil(batch_size.max(1)),
-        )?;
+        let mut accs = self.accumulators(data.rows.div_ceil(batch_size.max(1)))?;
         let n = self.train_stages.len();
         let mut start = 0;
         while start < data.rows {
@@ -32,13 +26,17 @@ impl Trainer {
             let key = self.load_batch(data, start, batch)?;
             self.model
                 .forward_ws(key, &self.train_stages, Pass::Infer)?;
-            let ws = self.model.workspace(key.0, key.1)?;
-            let (log, slot) = acc.loss_slot()?;
-            loss_value_at(self.train_loss, &ws.acts[n], &ws.target, log, slot)?;
-            acc.add(&ws.acts[n], &ws.target, batch)?;
+            if self.outputs.is_some() {
+                self.output_losses_ws(key, Losses::Eval(&mut accs))?;
+            } else if let Some(acc) = accs.first_mut() {
+                let ws = self.model.workspace(key.0, key.1)?;
+                let (log, slot) = acc.loss_slot()?;
+                loss_value_at(self.train_loss, &ws.acts[n], &ws.target, log, slot)?;
+                acc.add(&ws.acts[n], &ws.target, batch)?;
+            }
             start += batch;
         }
-        let mut e = acc.finish()?;
+        let mut e = self.finish_of(&accs)?;
         e.loss += self.penalty()?;
         Ok(e)
     }
@@ -51,7 +49,14 @@ impl Trainer {
     }
 
     /// Model outputs for rows `x`: probabilities for classifiers, raw values for regression.
+    /// A model with several outputs: [`Trainer::predict_outputs`].
     pub fn predict(&mut self, x: &[f32], batch_size: usize) -> Result<Vec<f32>> {
+        if self.outputs.is_some() {
+            return Err(crate::error::GraphError::Unsupported(
+                "the model has several outputs: use predict_outputs".into(),
+            )
+            .into());
+        }
         let rows = self.model.rows_of(x, "input x")?;
         self.check_finite(x)?;
         let w = self.model.input_width();

@@ -85,7 +85,12 @@ impl Trainer {
         let ws = self.model.workspace(rows, key.1)?;
         ws.acts[0].write(x)?;
         ws.target.write(y)?;
-        self.step_ws(key, None)?;
+        if self.outputs.is_some() {
+            let mut accs = self.accumulators(1)?;
+            self.step_outputs(key, &mut accs)?;
+        } else {
+            self.step_ws(key, None)?;
+        }
         self.model.device.flush()
     }
 
@@ -111,6 +116,11 @@ impl Trainer {
         ws.acts[0].write(x)?;
         ws.target.write(y)?;
         self.model.forward_ws(key, &self.train_stages, pass)?;
+        if self.outputs.is_some() {
+            let loss = self.probe_outputs(key)?;
+            self.model.backward_ws(key, &self.train_stages, false)?;
+            return Ok((loss, self.grads()?));
+        }
         let ws = self.model.workspace(rows, key.1)?;
         loss_and_grad_into(
             self.train_loss,
@@ -121,12 +131,15 @@ impl Trainer {
         )?;
         let loss = ws.loss.to_vec()?[0];
         self.model.backward_ws(key, &self.train_stages, false)?;
-        let grads = self
-            .model
+        Ok((loss, self.grads()?))
+    }
+
+    /// Host copies of every parameter's gradient.
+    fn grads(&self) -> Result<NamedValues> {
+        self.model
             .params
             .iter()
             .map(|p| Ok((p.name.clone(), p.grad.to_vec()?)))
-            .collect::<Result<_>>()?;
-        Ok((loss, grads))
+            .collect()
     }
 }

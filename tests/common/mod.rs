@@ -180,6 +180,34 @@ pub fn assert_grads_match_fd(
     }
 }
 
+/// Every parameter's gradient from `gradients` (up to 8 elements of each) against central
+/// differences, with step `h`, of the loss the trainer itself reports, the parameters
+/// moved in the model.
+#[allow(dead_code)]
+pub fn assert_trainer_fd(t: &mut kiln::Trainer, x: &[f32], y: &[f32], h: f64, what: &str) {
+    let (_, grads) = t.gradients(x, y).unwrap();
+    let device = t.device().clone();
+    for (p, (name, grad)) in grads.iter().enumerate() {
+        let values = t.model.params()[p].value.to_vec().unwrap();
+        let step = (values.len() / 8).max(1);
+        for e in (0..values.len()).step_by(step) {
+            let mut at = |d: f64| {
+                let mut v = values.clone();
+                v[e] = (v[e] as f64 + d) as f32;
+                t.model.params_mut()[p].value.write(&v).unwrap();
+                t.gradients(x, y).unwrap().0 as f64
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            t.model.params_mut()[p].value.write(&values).unwrap();
+            let got = grad[e] as f64;
+            assert!(
+                (got - fd).abs() <= 2e-4 + 2e-3 * fd.abs(),
+                "{what} {name}[{e}] on {device:?}: analytic {got}, fd {fd}"
+            );
+        }
+    }
+}
+
 /// A ReLU MLP classifier (`widths`: inputs, hidden layers, classes) built with seed 1 and
 /// compiled with sparse categorical cross-entropy and Adam at `lr`.
 pub fn relu_classifier(

@@ -45,6 +45,8 @@ pub(crate) struct Resolved {
     pub input_acts: usize,
     /// The nodes in execution order; the output is the last (or the input, if none).
     pub nodes: Vec<ResolvedNode>,
+    /// The outputs' activation indices, in declaration order (one output: the last).
+    pub outputs: Vec<usize>,
 }
 
 impl Graph {
@@ -54,15 +56,20 @@ impl Graph {
         if self.inputs.is_empty() {
             return Err(GraphError::Empty("inputs").into());
         }
-        match self.outputs.as_slice() {
-            [] => return Err(GraphError::Empty("outputs").into()),
-            [_] => {}
-            _ => {
-                return Err(GraphError::Unsupported(format!(
-                    "outputs {:?}: graphs have one output in this version",
-                    self.outputs
-                ))
-                .into())
+        if self.outputs.is_empty() {
+            return Err(GraphError::Empty("outputs").into());
+        }
+        if self.outputs.len() > 1 {
+            for (k, output) in self.outputs.iter().enumerate() {
+                if self.outputs[..k].contains(output) {
+                    return Err(GraphError::DuplicateName(output.clone()).into());
+                }
+                if !self.nodes.iter().any(|n| &n.name == output) {
+                    return Err(GraphError::Unsupported(format!(
+                        "output '{output}' is an input: each of several outputs must be a node"
+                    ))
+                    .into());
+                }
             }
         }
         self.check_reach()?;
@@ -70,10 +77,16 @@ impl Graph {
         let (input, slices) = self.input_slices();
         let input_acts = 1 + slices.len();
         let nodes = self.shapes(&input, slices, &order)?;
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|o| nodes.iter().position(|n| &n.name == o).map_or(0, |k| k + 1))
+            .collect();
         Ok(Resolved {
             input,
             input_acts,
             nodes,
+            outputs,
         })
     }
 

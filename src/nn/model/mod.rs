@@ -83,6 +83,8 @@ pub struct Model {
     /// Non-trainable state, in layer order.
     pub(crate) buffers: Vec<Buffers>,
     pub(crate) stages: Vec<Stage>,
+    /// The outputs as declared: names and the activations holding them.
+    pub(crate) outputs: Vec<(String, usize)>,
     pub(crate) workspaces: HashMap<(usize, usize), Workspace>,
     pub(crate) seed: u64,
     /// Counts forward passes in training mode, to draw fresh dropout masks.

@@ -229,8 +229,15 @@ impl Model {
     }
 
     /// Forward pass of a batch of host inputs; returns the output (no dropout, batch norm
-    /// with its running statistics).
+    /// with its running statistics). A model with several outputs: compile it and use
+    /// `Trainer::predict_outputs`.
     pub fn forward(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        if self.outputs.len() > 1 {
+            return Err(crate::error::GraphError::Unsupported(
+                "the model has several outputs: use Trainer::predict_outputs".into(),
+            )
+            .into());
+        }
         let batch = self.rows_of(x, "forward")?;
         let key = (batch, 1);
         self.workspace(batch, 1)?.acts[0].write(x)?;

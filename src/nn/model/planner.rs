@@ -139,7 +139,20 @@ pub(crate) fn plan(
                 .map_or(n.name.clone(), |o| o.name.clone()),
         })
         .collect();
-    let (stages, stage_shapes) = wire(fold_activations(steps), r.input_acts);
+    let (steps, output_acts) = fold_activations(steps, &r.outputs);
+    let (stages, stage_shapes) = wire(steps, r.input_acts);
+    let outputs = r
+        .outputs
+        .iter()
+        .zip(output_acts)
+        .map(|(&a, act)| {
+            let name = a
+                .checked_sub(1)
+                .and_then(|k| r.nodes.get(k))
+                .map_or(r.input.0.clone(), |n| n.name.clone());
+            (name, act)
+        })
+        .collect();
     Ok(Model {
         device: device.clone(),
         spec,
@@ -151,6 +164,7 @@ pub(crate) fn plan(
         params,
         buffers,
         stages,
+        outputs,
         workspaces: HashMap::new(),
         seed,
         dropout_step: 0,
@@ -226,12 +240,16 @@ impl LayerAt<'_> {
 
 /// The activation fold: a dense step without an activation absorbs the activation that
 /// is the only consumer of its output, when that activation's derivative can come from
-/// its output. Fires wherever the pattern is, inside residual branches included.
-fn fold_activations(mut steps: Vec<Planned>) -> Vec<Planned> {
+/// its output. Fires wherever the pattern is, inside residual branches included, but not
+/// on a dense layer that is itself one of the model's `outputs` (activation indices),
+/// whose new activation indices it returns with the steps.
+fn fold_activations(mut steps: Vec<Planned>, outputs: &[usize]) -> (Vec<Planned>, Vec<usize>) {
     let n = steps.len();
     let mut consumers = vec![0usize; n + 1];
-    for a in steps.iter().flat_map(|s| &s.inputs) {
-        consumers[*a] += 1;
+    for a in steps.iter().flat_map(|s| &s.inputs).chain(outputs) {
+        if let Some(c) = consumers.get_mut(*a) {
+            *c += 1;
+        }
     }
     // alias[act]: the activation that stands for `act` once its node is folded away.
     let mut alias: Vec<usize> = (0..=n).collect();
@@ -270,7 +288,11 @@ fn fold_activations(mut steps: Vec<Planned>) -> Vec<Planned> {
             renumber[j + 1] = renumber[alias[j + 1]];
         }
     }
-    steps
+    let outputs = outputs
+        .iter()
+        .map(|&a| renumber.get(a).copied().unwrap_or(0))
+        .collect();
+    let steps = steps
         .into_iter()
         .zip(keep)
         .filter(|(_, k)| *k)
@@ -278,7 +300,8 @@ fn fold_activations(mut steps: Vec<Planned>) -> Vec<Planned> {
             s.inputs = s.inputs.iter().map(|&a| renumber[a]).collect();
             s
         })
-        .collect()
+        .collect();
+    (steps, outputs)
 }
 
 /// The stages with their summed gradients marked: walking the plan backwards (the order
