@@ -24,7 +24,7 @@ fn main() -> kiln::Result<()> {
     let mut positional = args
         .iter()
         .enumerate()
-        .filter(|&(i, a)| !a.starts_with("--") && rows_at.map_or(true, |r| i != r + 1))
+        .filter(|&(i, a)| !a.starts_with("--") && rows_at.is_none_or(|r| i != r + 1))
         .map(|(_, a)| a.as_str());
     let dir = positional.next().unwrap_or("../shared/data/fashion-mnist");
     let epochs = positional.next().and_then(|s| s.parse().ok()).unwrap_or(2);
