@@ -5,8 +5,13 @@
 //! back per step, and kiln's peak GPU memory. The data is the peers' (../shared/peers):
 //! 2048 MNIST-shaped samples from splitmix64 with labels from a fixed random teacher.
 //! Add `-- --json` for one JSON object per line (benches/compare.sh reads it).
+//! The `784-128-res128-10` row is a residual MLP built with `kiln::Graph`: 784-128, one
+//! block dense(128) + relu + dense(128) added back to its input, relu, then 10.
 
-use kiln::{Device, FitOptions, Loss, Optimizer, Sequential, Trainer};
+use kiln::{
+    Activation, Dense, Device, FitOptions, Graph, Layer, Loss, Model, Optimizer, Sequential,
+    Trainer,
+};
 use std::time::Instant;
 
 struct SplitMix(u64);
@@ -79,9 +84,11 @@ struct Row {
 enum Variant {
     Default,
     Baseline,
+    /// The residual MLP (784-128, one residual block of 128, 10) as a `kiln::Graph`.
+    Residual,
 }
 
-fn run(device: &Device, layers: &[usize], batch: usize, v: Variant, x: &[f32], y: &[f32]) -> Row {
+fn mlp(device: &Device, layers: &[usize]) -> Model {
     let mut spec = Sequential::new(784);
     for (i, &units) in layers.iter().enumerate() {
         spec = spec.dense(units);
@@ -89,7 +96,31 @@ fn run(device: &Device, layers: &[usize], batch: usize, v: Variant, x: &[f32], y
             spec = spec.relu();
         }
     }
-    let model = spec.build(device, 1).expect("build");
+    spec.build(device, 1).expect("build")
+}
+
+fn residual_mlp(device: &Device) -> Model {
+    let relu = || Layer::Activation(Activation::Relu);
+    let dense = |units| Layer::Dense(Dense::new(units));
+    let mut g = Graph::new();
+    g.input("x", &[784])
+        .layer("d0", dense(128), &["x"])
+        .layer("h0", relu(), &["d0"])
+        .layer("d1", dense(128), &["h0"])
+        .layer("r1", relu(), &["d1"])
+        .layer("d2", dense(128), &["r1"])
+        .add("res", &["h0", "d2"])
+        .layer("h1", relu(), &["res"])
+        .layer("out", dense(10), &["h1"])
+        .output("out");
+    g.build(device, 1).expect("build")
+}
+
+fn run(device: &Device, layers: &[usize], batch: usize, v: Variant, x: &[f32], y: &[f32]) -> Row {
+    let model = match v {
+        Variant::Residual => residual_mlp(device),
+        _ => mlp(device, layers),
+    };
     let mut t: Trainer = model
         .compile(
             Loss::SparseCategoricalCrossEntropy,
@@ -103,7 +134,7 @@ fn run(device: &Device, layers: &[usize], batch: usize, v: Variant, x: &[f32], y
     let opts = |epochs| FitOptions {
         shuffle: false,
         steps_per_execution: match v {
-            Variant::Default => FitOptions::default().steps_per_execution,
+            Variant::Default | Variant::Residual => FitOptions::default().steps_per_execution,
             Variant::Baseline => 1,
         },
         ..FitOptions::new(epochs, batch)
@@ -139,8 +170,10 @@ fn run(device: &Device, layers: &[usize], batch: usize, v: Variant, x: &[f32], y
     let mut name = layers
         .iter()
         .fold("784".to_string(), |s, u| format!("{s}-{u}"));
-    if v == Variant::Baseline {
-        name += " (baseline)";
+    match v {
+        Variant::Baseline => name += " (baseline)",
+        Variant::Residual => name = "784-128-res128-10".into(),
+        Variant::Default => {}
     }
     Row {
         name,
@@ -186,13 +219,14 @@ fn main() {
         false => Device::gpu().expect("no GPU adapter"),
     };
     let (x, y) = make_data(2048);
-    let configs: [(&[usize], usize, Variant); 6] = [
+    let configs: [(&[usize], usize, Variant); 7] = [
         (&[128, 10], 32, Variant::Default),
         (&[128, 10], 32, Variant::Baseline),
         (&[128, 10], 128, Variant::Default),
         (&[128, 10], 128, Variant::Baseline),
         (&[128, 10], 512, Variant::Default),
         (&[256, 128, 10], 128, Variant::Default),
+        (&[], 128, Variant::Residual),
     ];
     if !json {
         println!("adapter: {}", device.name());

@@ -1,0 +1,63 @@
+//! A residual MLP on MNIST, written with `kiln::Graph`: 784-256, then two residual blocks
+//! (dense(256) + relu + dense(256), added back to the block's input, then relu), then 10.
+//!
+//! `cargo run --release --example residual_mlp -- [DIR] [EPOCHS]`
+//! (DIR defaults to ../shared/data/mnist; EPOCHS to 3).
+use kiln::data::{idx, Scaling};
+use kiln::train::{Control, EpochLog};
+use kiln::{
+    Activation, Dense, Device, FitOptions, Graph, Layer, Loss, Metric, Optimizer, Schedule,
+};
+
+fn main() -> kiln::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = args.next().unwrap_or_else(|| "../shared/data/mnist".into());
+    let epochs = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let (mut train, mut test) = idx::load_mnist(&dir)?;
+    train.scale(Scaling::Divide(255.0))?.apply(&mut test)?;
+
+    let relu = || Layer::Activation(Activation::Relu);
+    let mut g = Graph::new();
+    g.input("x", &[784])
+        .layer("stem", Layer::Dense(Dense::new(256)), &["x"])
+        .layer("h0", relu(), &["stem"]);
+    let mut prev = "h0".to_string();
+    for b in 1..=2 {
+        let n = |s: &str| format!("b{b}_{s}");
+        g.layer(&n("d1"), Layer::Dense(Dense::new(256)), &[&prev])
+            .layer(&n("r1"), relu(), &[&n("d1")])
+            .layer(&n("d2"), Layer::Dense(Dense::new(256)), &[&n("r1")])
+            .add(&n("add"), &[&prev, &n("d2")]) // the skip connection
+            .layer(&n("out"), relu(), &[&n("add")]);
+        prev = n("out");
+    }
+    g.layer("logits", Layer::Dense(Dense::new(10)), &[&prev])
+        .output("logits");
+    let model = g.build(&Device::gpu()?, 1)?;
+    println!("{}", model.summary());
+
+    let mut model = model.compile(
+        Loss::SparseCategoricalCrossEntropy,
+        Optimizer::adam(2e-3).schedule(Schedule::Cosine {
+            t_max: epochs,
+            eta_min: 0.0,
+        }),
+        &[Metric::Accuracy],
+    )?;
+    let opts = FitOptions {
+        on_epoch: vec![Box::new(|e: &EpochLog| {
+            let acc = e.get("accuracy").unwrap_or(0.0);
+            println!(
+                "epoch {} loss {:.4} accuracy {acc:.4} {:.1} s",
+                e.epoch, e.loss, e.seconds
+            );
+            Control::Continue
+        })],
+        ..FitOptions::new(epochs, 128)
+    };
+    model.fit(&train.x, &train.y, opts)?;
+    let eval = model.evaluate(&test.x, &test.y, 500)?;
+    let acc = eval.get("accuracy").unwrap_or(0.0);
+    println!("test loss {:.4} accuracy {acc:.4}", eval.loss);
+    Ok(())
+}
