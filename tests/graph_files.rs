@@ -2,7 +2,10 @@
 //! typed error naming the nodes (and the line), and files written by earlier versions
 //! (tests/fixtures/) still loading and predicting what they predicted when written.
 use kiln::io::{self, ModelFile};
-use kiln::{Device, FitOptions, Loss, Metric, Optimizer, Sequential};
+use kiln::{
+    Activation, Dense, Device, Error, FitOptions, Graph, GraphError, Layer, Loss, Metric,
+    Optimizer, Sequential,
+};
 use std::path::{Path, PathBuf};
 
 /// The committed fixtures of a Sequential model written by kiln before graph files.
@@ -104,4 +107,281 @@ fn old_sequential_fixtures_load_and_predict_as_written() {
     let model = io::load_model(dir.join("checkpoint"), &device).unwrap();
     assert!(model.param("0.weight").is_some() && model.param("4.bias").is_some());
     assert_eq!(predict(model, &rows), want);
+}
+
+// ---------------------------------------------------------------- graph model files
+
+/// A residual block, a shared layer and a concatenation, as a model file.
+const RESIDUAL: &str = r#"
+outputs = ["out"]
+
+[[inputs]]
+name = "x"
+shape = [6]
+
+[[nodes]]
+name = "d1"
+dense = 6
+inputs = ["x"]
+
+[[nodes]]
+name = "r1"
+activation = "relu"
+inputs = ["d1"]
+
+[[nodes]]
+name = "res"
+add = true
+inputs = ["x", "r1"]
+
+[[nodes]]
+name = "d1_again"
+shares = "d1"
+inputs = ["res"]
+
+[[nodes]]
+name = "both"
+concatenate = true
+inputs = ["d1_again", "x"]
+
+[[nodes]]
+name = "out"
+dense = 3
+inputs = ["both"]
+
+[training]
+loss = "sparse_categorical_crossentropy"
+optimizer = "adam"
+lr = 0.01
+seed = 7
+"#;
+
+fn residual_graph() -> Graph {
+    let mut g = Graph::new();
+    g.input("x", &[6])
+        .layer("d1", Layer::Dense(Dense::new(6)), &["x"])
+        .layer("r1", Layer::Activation(Activation::Relu), &["d1"])
+        .add("res", &["x", "r1"])
+        .shared("d1_again", "d1", &["res"])
+        .concatenate("both", &["d1_again", "x"])
+        .layer("out", Layer::Dense(Dense::new(3)), &["both"])
+        .output("out");
+    g
+}
+
+fn train_data() -> (Vec<f32>, Vec<f32>) {
+    let x: Vec<f32> = (0..32 * 6)
+        .map(|i| ((i * 13 % 29) as f32 / 14.0) - 1.0)
+        .collect();
+    let y: Vec<f32> = x
+        .chunks(6)
+        .map(|r| if r[0] > 0.0 { 1.0 } else { 2.0 })
+        .collect();
+    (x, y)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-gf-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn graph_model_files_round_trip() {
+    let file = ModelFile::parse(RESIDUAL).unwrap();
+    assert!(file.is_graph());
+    let graph = file.to_graph().unwrap();
+    assert_eq!(graph, residual_graph());
+    let back = ModelFile::from_graph(&graph);
+    let text = back.to_toml();
+    let again = ModelFile::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(again.to_graph().unwrap(), graph);
+    assert_eq!(again, back);
+    // A built graph model writes the same file, training section included.
+    let device = Device::cpu();
+    let model = file.build(&device, 7).unwrap();
+    assert_eq!(ModelFile::from_model(&model).unwrap(), back);
+    let trainer = model
+        .compile(file.loss().unwrap(), file.optimizer().unwrap(), &[])
+        .unwrap();
+    let written = ModelFile::from_trainer(&trainer).unwrap();
+    assert_eq!(written.to_graph().unwrap(), graph);
+    assert!(file.to_sequential().is_err());
+}
+
+#[test]
+fn graph_checkpoints_resume_bit_for_bit() {
+    let device = Device::cpu();
+    let (x, y) = train_data();
+    let compile = |m: kiln::Model| {
+        m.compile(
+            Loss::SparseCategoricalCrossEntropy,
+            Optimizer::adam(0.01),
+            &[Metric::Accuracy],
+        )
+        .unwrap()
+    };
+    let mut straight = compile(residual_graph().build(&device, 3).unwrap());
+    straight.fit(&x, &y, FitOptions::new(3, 8)).unwrap();
+
+    let mut first = compile(residual_graph().build(&device, 3).unwrap());
+    first.fit(&x, &y, FitOptions::new(1, 8)).unwrap();
+    let dir = temp_dir("resume");
+    io::save(&dir, &first).unwrap();
+    let mut resumed = io::load_trainer(&dir, &device).unwrap();
+    assert_eq!(resumed.model.graph(), Some(&residual_graph()));
+    let mut names: Vec<&str> = resumed
+        .model
+        .params()
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["d1.bias", "d1.weight", "out.bias", "out.weight"]);
+    resumed.fit(&x, &y, FitOptions::new(2, 8)).unwrap();
+    for (a, b) in straight.model.params().iter().zip(resumed.model.params()) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(
+            a.value.to_vec().unwrap(),
+            b.value.to_vec().unwrap(),
+            "{}",
+            a.name
+        );
+    }
+    // The weights alone, as a file.
+    let file = dir.join("weights.safetensors");
+    io::save_model(&file, &straight.model).unwrap();
+    let mut model = io::load_model(&file, &device).unwrap();
+    let rows = &x[..5 * 6];
+    assert_eq!(
+        model.forward(rows).unwrap(),
+        straight.model.forward(rows).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The graph error of a model file, with its line; panics on anything else.
+fn file_error(text: &str) -> (usize, GraphError) {
+    match ModelFile::parse(text) {
+        Err(Error::Graph(GraphError::InFile { line, error, .. })) => (line, *error),
+        Err(e) => panic!("expected a GraphError with a line, got {e}\n{text}"),
+        Ok(_) => panic!("expected a GraphError, got a file\n{text}"),
+    }
+}
+
+/// RESIDUAL with one line replaced.
+fn with(from: &str, to: &str) -> String {
+    assert!(RESIDUAL.contains(from), "{from}");
+    RESIDUAL.replacen(from, to, 1)
+}
+
+/// The 1-based line of the first occurrence of `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text[..text.find(needle).unwrap()].matches('\n').count() + 1
+}
+
+/// The graph error of `text`, checking that its line is the first holding `needle`.
+fn bad(text: &str, needle: &str) -> GraphError {
+    let (line, e) = file_error(text);
+    assert_eq!(line, line_of(text, needle), "{e}");
+    e
+}
+
+#[test]
+fn each_bad_graph_file_names_the_nodes_and_the_line() {
+    let cycle = with(
+        "dense = 6\ninputs = [\"x\"]",
+        "dense = 6\ninputs = [\"res\"]",
+    );
+    let want = GraphError::Cycle(vec!["d1".into(), "r1".into(), "res".into()]);
+    assert_eq!(bad(&cycle, "inputs = [\"res\"]"), want);
+
+    let spare = "[[inputs]]\nname = \"spare\"\nshape = [2]\n\n[[nodes]]\nname = \"d1\"";
+    let unused = with("[[nodes]]\nname = \"d1\"", spare);
+    assert_eq!(
+        bad(&unused, "\"spare\""),
+        GraphError::Unused("spare".into())
+    );
+
+    let unreached = with("relu\"\ninputs = [\"d1\"]", "relu\"\ninputs = []");
+    let e = bad(&unreached, "name = \"r1\"");
+    assert!(
+        matches!(&e, GraphError::Unreached { node, .. } if node == "r1"),
+        "{e}"
+    );
+
+    let add = with("dense = 6", "dense = 5");
+    let e = bad(&add, "inputs = [\"x\", \"r1\"]");
+    assert!(
+        matches!(&e, GraphError::MergeShapes { node, .. } if node == "res"),
+        "{e}"
+    );
+
+    let concat = with("shape = [6]", "shape = [6, 2, 2]")
+        .replace("dense = 6", "conv2d = 6\nkernel = 1")
+        .replace("shares = \"d1\"", "global_avg_pool = true");
+    let e = bad(&concat, "inputs = [\"d1_again\", \"x\"]");
+    assert!(
+        matches!(&e, GraphError::MergeShapes { node, .. } if node == "both"),
+        "{e}"
+    );
+
+    let twice = with("name = \"r1\"", "name = \"d1\"");
+    let e = bad(&twice, "name = \"d1\"\nactivation");
+    assert_eq!(e, GraphError::DuplicateName("d1".into()));
+
+    // d1's weights (made for 6 features) applied to the 12 of a concatenation.
+    let misfit = with("inputs = [\"res\"]", "inputs = [\"both\"]")
+        .replace("[\"d1_again\", \"x\"]", "[\"res\", \"x\"]")
+        .replace("[\"both\"]\n\n[training]", "[\"d1_again\"]\n\n[training]");
+    let e = bad(&misfit, "inputs = [\"both\"]");
+    assert!(
+        matches!(&e, GraphError::LayerShape { node, .. } if node == "d1_again"),
+        "{e}"
+    );
+
+    for (from, to, node, missing) in [
+        ("[\"x\", \"r1\"]", "[\"x\", \"r2\"]", "res", "r2"),
+        ("shares = \"d1\"", "shares = \"d9\"", "d1_again", "d9"),
+        (
+            "outputs = [\"out\"]",
+            "outputs = [\"nope\"]",
+            "outputs",
+            "nope",
+        ),
+    ] {
+        let text = with(from, to);
+        let want = GraphError::UnknownNode {
+            node: node.into(),
+            missing: missing.into(),
+        };
+        assert_eq!(bad(&text, to), want);
+    }
+    // A node's own keys are checked by its layer, naming the key and the line.
+    for (from, to, key) in [
+        ("dense = 3", "dense = 0", "nodes[5].dense"),
+        (
+            "dense = 3",
+            "dense = 3\nactivation = \"relu\"",
+            "nodes[5].activation",
+        ),
+        ("add = true", "add = true\ndense = 2", "nodes[2].add"),
+        ("shape = [6]", "shape = [0]", "inputs[0].shape"),
+        (
+            "outputs = [\"out\"]",
+            "outputs = [\"out\"]\ninput = 6",
+            "input",
+        ),
+    ] {
+        let text = with(from, to);
+        match ModelFile::parse(&text) {
+            Err(Error::Format { detail, .. }) => {
+                assert!(detail.contains(key) && detail.contains("line "), "{detail}")
+            }
+            other => panic!("{to}: expected a Format error, got {other:?}"),
+        }
+    }
+    // Unknown keys in a node are refused too.
+    assert!(ModelFile::parse(&with("add = true", "add = true\nsplines = 3")).is_err());
 }
