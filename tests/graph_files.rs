@@ -385,3 +385,33 @@ fn each_bad_graph_file_names_the_nodes_and_the_line() {
     // Unknown keys in a node are refused too.
     assert!(ModelFile::parse(&with("add = true", "add = true\nsplines = 3")).is_err());
 }
+
+#[test]
+fn a_two_input_graph_with_image_layers_round_trips_and_resumes() {
+    let mut g = Graph::new();
+    g.input("tab", &[3])
+        .input("img", &[1, 4, 4])
+        .layer(
+            "conv",
+            Layer::Conv2d(kiln::nn::layers::Conv::new(2, 3)),
+            &["img"],
+        )
+        .layer("bn", Layer::BatchNorm(Default::default()), &["conv"])
+        .layer("flat", Layer::Flatten, &["bn"])
+        .layer("drop", Layer::Dropout(0.25), &["tab"])
+        .concatenate("both", &["flat", "drop"])
+        .layer("out", Layer::Dense(Dense::new(2)), &["both"])
+        .output("out");
+    let text = ModelFile::from_graph(&g).to_toml();
+    let file = ModelFile::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(file.to_graph().unwrap(), g);
+    let device = Device::cpu();
+    let model = file.build(&device, 5).unwrap();
+    assert!(model.buffer("bn.running_mean").is_some() && model.param("conv.weight").is_some());
+    let dir = temp_dir("two-inputs");
+    io::save_model(&dir, &model).unwrap();
+    let back = io::load_model(&dir, &device).unwrap();
+    assert_eq!(back.graph(), Some(&g));
+    assert_eq!(back.input_width(), 3 + 16);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -7,7 +7,9 @@ use crate::nn::Init;
 use crate::ops::loss::Loss;
 use crate::optim::Rule;
 
-/// A sequential model (and optionally its training setup) as a hand-writable TOML file.
+/// A sequential model (and optionally its training setup) as a hand-writable TOML file;
+/// a graph model declares `[[inputs]]`, `[[nodes]]` and `outputs` instead of `input` and
+/// `[[layers]]` (see [`NodeSpec`]).
 ///
 /// Every `[[layers]]` entry is one of: a dense layer (`dense = UNITS`, optionally with
 /// the activation that follows it), a standalone `activation`, a `dropout` rate, an
