@@ -204,6 +204,16 @@ pub enum GraphError {
     /// What this version of the graph API does not do yet.
     #[error("{0}")]
     Unsupported(String),
+    /// An error of a graph model file, with the line of the node it names.
+    #[error("{what}: line {line}: {error}")]
+    InFile {
+        /// The file.
+        what: String,
+        /// The 1-based line of the node (or key) involved.
+        line: usize,
+        /// What is wrong.
+        error: Box<GraphError>,
+    },
 }
 
 fn bytes_note(size: u64) -> String {

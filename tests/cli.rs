@@ -619,3 +619,86 @@ fn delimiter_reads_semicolon_and_tab_files() {
         assert!(help.contains("--delimiter <CHAR>"), "{command}: {help}");
     }
 }
+
+/// A residual block on the digits as a graph model file.
+const GRAPH_FILE: &str = r#"outputs = ["out"]
+
+[[inputs]]
+name = "pixels"
+shape = [64]
+
+[[nodes]]
+name = "d1"
+dense = 64
+inputs = ["pixels"]
+
+[[nodes]]
+name = "r1"
+activation = "relu"
+inputs = ["d1"]
+
+[[nodes]]
+name = "res"
+add = true
+inputs = ["pixels", "r1"]
+
+[[nodes]]
+name = "out"
+dense = 10
+inputs = ["res"]
+
+[training]
+loss = "sparse_categorical_crossentropy"
+optimizer = "adam"
+batch_size = 64
+epochs = 2
+"#;
+
+#[test]
+fn a_graph_model_file_trains_summarises_evaluates_and_predicts() {
+    let dir = temp_dir("graph");
+    let file = dir.join("graph.toml");
+    std::fs::write(&file, GRAPH_FILE).unwrap();
+    let file = file.to_str().unwrap();
+    let summary = kiln_ok(&["summary", "--model", file]);
+    assert!(summary.contains("Connected to"), "{summary}");
+    assert!(
+        summary.contains("res") && summary.contains("pixels"),
+        "{summary}"
+    );
+    let run = dir.join("run");
+    let run_s = run.to_str().unwrap();
+    kiln_ok(&["train", "--model", file, "--device", "cpu", "--out", run_s]);
+    assert_eq!(history(&run).1.len(), 2);
+    let out = kiln_ok(&["eval", "--checkpoint", run_s, "--device", "cpu"]);
+    assert!(out.contains("accuracy"), "{out}");
+    let digits = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits/digits.csv"),
+    )
+    .unwrap();
+    let input: Vec<&str> = digits.lines().take(3).collect();
+    let rows = dir.join("rows.csv");
+    std::fs::write(&rows, input.join("\n") + "\n").unwrap();
+    let preds = dir.join("predictions.csv");
+    kiln_ok(&[
+        "predict",
+        "--checkpoint",
+        run_s,
+        "--device",
+        "cpu",
+        "--input",
+        rows.to_str().unwrap(),
+        "--output",
+        preds.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(&preds).unwrap().lines().count(), 3);
+    // A bad graph names the nodes and the line.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        GRAPH_FILE.replace("[\"pixels\", \"r1\"]", "[\"pixels\", \"r9\"]"),
+    )
+    .unwrap();
+    let err = kiln_fails(&["summary", "--model", bad.to_str().unwrap()], 1, "line 20");
+    assert!(err.contains("'r9'") && err.contains("res"), "{err}");
+}

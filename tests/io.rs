@@ -252,9 +252,9 @@ fn optimizers_round_trip_through_the_training_section() {
     for opt in optimizers() {
         let file = ModelFile {
             input: 2,
-            image: None,
             layers: vec![],
             training: Some(TrainingSpec::from_optimizer(&opt).unwrap()),
+            ..ModelFile::default()
         };
         let text = file.to_toml();
         let back = ModelFile::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -519,12 +519,11 @@ fn impossible_values_are_errors_naming_field_and_line() {
     // A ModelFile built in code is checked too, naming the field.
     let file = ModelFile {
         input: 3,
-        image: None,
         layers: vec![LayerSpec {
             dropout: Some(2.0),
             ..LayerSpec::default()
         }],
-        training: None,
+        ..ModelFile::default()
     };
     assert!(format_detail(file.to_sequential(), "code").contains("layers[0].dropout"));
 }
@@ -557,12 +556,12 @@ fn large_seeds_round_trip() {
     for seed in [0, 42, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
         let file = ModelFile {
             input: 1,
-            image: None,
             layers: vec![],
             training: Some(TrainingSpec {
                 seed: Some(seed),
                 ..TrainingSpec::default()
             }),
+            ..ModelFile::default()
         };
         assert_eq!(ModelFile::parse(&file.to_toml()).unwrap(), file);
     }

@@ -6,16 +6,20 @@ use std::path::Path;
 use kiln::io::ModelFile;
 use kiln::{Device, Result, Trainer};
 
-use super::model_args::ModelSpec;
+use super::model_args::{Architecture, ModelSpec};
 use super::record::RunRecord;
 
-/// The model a TOML model file describes, with what its `[training]` section names.
+/// The model (Sequential or graph) a TOML model file describes, with what its `[training]` section names.
 pub fn model_file(path: &Path) -> Result<ModelSpec> {
     let file = ModelFile::load(path)?;
-    let sequential = file.to_sequential()?;
+    let architecture = if file.is_graph() {
+        Architecture::Graph(file.to_graph()?)
+    } else {
+        Architecture::Sequential(file.to_sequential()?)
+    };
     let training = file.training.clone().unwrap_or_default();
     Ok(ModelSpec {
-        sequential,
+        architecture,
         loss: match training.loss {
             Some(_) => Some(file.loss()?),
             None => None,

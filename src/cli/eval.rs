@@ -93,7 +93,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         test.classes = test.classes.max(record.classes);
     }
     data_source::apply(record.scaler().as_ref(), &mut test)?;
-    model_args::check_fits(trainer.model.sequential()?, trainer.loss(), &test, "--data")?;
+    model_args::check_fits(&trainer.model, trainer.loss(), &test, "--data")?;
 
     let loss = model_args::for_class_ids(trainer.loss());
     let optimizer = trainer.optimizer().clone();

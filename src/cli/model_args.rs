@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use kiln::data::Dataset;
-use kiln::{Activation, Loss, Metric, Optimizer, Result, Schedule, Sequential};
+use kiln::nn::graph::Op;
+use kiln::{
+    Activation, Device, Graph, Layer, Loss, Metric, Model, Optimizer, Result, Schedule, Sequential,
+};
 
 use super::{bad_arg, checkpoint};
 
@@ -205,10 +208,47 @@ impl OptimizerName {
     }
 }
 
+/// A model as described: a chain of layers, or a graph (from a graph model file).
+pub enum Architecture {
+    /// Layers in order.
+    Sequential(Sequential),
+    /// Named inputs, nodes and outputs.
+    Graph(Graph),
+}
+
+impl Architecture {
+    /// Allocates and initialises the model on `device`.
+    pub fn build(&self, device: &Device, seed: u64) -> Result<Model> {
+        match self {
+            Architecture::Sequential(s) => s.build(device, seed),
+            Architecture::Graph(g) => g.build(device, seed),
+        }
+    }
+
+    /// The units of the dense layers, in order (a graph's in declaration order).
+    pub fn dense_units(&self) -> Vec<usize> {
+        let units = |l: &Layer| match l {
+            Layer::Dense(d) => Some(d.units),
+            _ => None,
+        };
+        match self {
+            Architecture::Sequential(s) => s.layers.iter().filter_map(units).collect(),
+            Architecture::Graph(g) => g
+                .nodes
+                .iter()
+                .filter_map(|n| match &n.op {
+                    Op::Layer(l) => units(l),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What `build` makes from the model options.
 pub struct ModelSpec {
     /// The layers.
-    pub sequential: Sequential,
+    pub architecture: Architecture,
     /// The loss a model file names, if any.
     pub loss: Option<Loss>,
     /// The optimizer a model file names, if any, with its name.
@@ -247,7 +287,10 @@ impl ModelArgs {
             None => vec![features, 128, outputs],
         };
         Ok(ModelSpec {
-            sequential: sequential(&widths, self.activation.unwrap_or_default())?,
+            architecture: Architecture::Sequential(sequential(
+                &widths,
+                self.activation.unwrap_or_default(),
+            )?),
             loss: None,
             optimizer: None,
             batch_size: None,
@@ -290,16 +333,15 @@ pub fn train_metrics(loss: Loss, outputs: usize) -> Vec<Metric> {
 
 /// Checks the model against the data: inputs equal to features, enough outputs for the
 /// classes (one for binary cross-entropy and regression).
-pub fn check_fits(seq: &Sequential, loss: Loss, data: &Dataset, what: &str) -> Result<()> {
-    let widths = seq.widths()?;
-    let outputs = widths.last().copied().unwrap_or(seq.input);
-    if seq.input != data.features {
+pub fn check_fits(model: &Model, loss: Loss, data: &Dataset, what: &str) -> Result<()> {
+    let (inputs, outputs) = (model.input_width(), model.output_width());
+    if inputs != data.features {
         return Err(bad_arg(
             what,
             format!(
-                "the model takes {} inputs but the data has {} features per row; \
+                "the model takes {inputs} inputs but the data has {} features per row; \
                  the first width must be {}",
-                seq.input, data.features, data.features
+                data.features, data.features
             ),
         ));
     }

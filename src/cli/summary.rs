@@ -36,7 +36,7 @@ pub fn run(args: SummaryArgs) -> Result<()> {
     }
     let spec = args.model.build(0, 0)?;
     // The CPU backend: no GPU is needed to count parameters.
-    let model = spec.sequential.build(&Device::cpu(), 0)?;
+    let model = spec.architecture.build(&Device::cpu(), 0)?;
     super::write_out(&model.summary());
     Ok(())
 }

@@ -277,7 +277,6 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
     } else {
         "--layers"
     };
-    model_args::check_fits(&spec.sequential, loss, &train, what)?;
     let (optimizer_name, optimizer) = match (args.optimizer, spec.optimizer) {
         (None, Some((name, mut o))) => {
             if let Some(lr) = args.lr {
@@ -297,15 +296,13 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         }
     };
     let lr = optimizer.lr;
-    let model = spec.sequential.build(device, seed)?;
+    let model = spec.architecture.build(device, seed)?;
+    model_args::check_fits(&model, loss, &train, what)?;
     let outputs = model.output_width();
     let trainer = model.compile(loss, optimizer, &model_args::train_metrics(loss, outputs))?;
 
-    let mut layers = vec![spec.sequential.input];
-    layers.extend(spec.sequential.layers.iter().filter_map(|l| match l {
-        kiln::Layer::Dense(d) => Some(d.units),
-        _ => None,
-    }));
+    let mut layers = vec![trainer.model.input_width()];
+    layers.extend(spec.architecture.dense_units());
     let mut record = RunRecord {
         data: source.to_string(),
         test_data: args.test_data.as_ref().map(|s| s.to_string()),

@@ -1,7 +1,8 @@
 //! Checkpoints in Hugging Face's safetensors format, readable from PyTorch and NumPy.
 //!
 //! A checkpoint directory holds `model.safetensors` (the weights, named and shaped as
-//! a PyTorch `nn.Sequential` state_dict, plus the architecture as model-file TOML) and
+//! a PyTorch `nn.Sequential` state_dict, a graph model's by node name, `{node}.weight`,
+//! plus the architecture as model-file TOML) and
 //! `optimizer.safetensors` (the optimizer state and the training progress). The
 //! README's "Checkpoints" section documents every name and metadata key.
 
@@ -73,10 +74,7 @@ fn serialize(tensors: Vec<(String, F32Bytes)>, meta: HashMap<String, String>) ->
 /// The weights of `model` as safetensors bytes, with the architecture in the metadata.
 fn model_bytes(model: &Model, mut meta: HashMap<String, String>) -> Result<Vec<u8>> {
     meta.insert("format".into(), FORMAT.into());
-    meta.insert(
-        "model".into(),
-        ModelFile::from_sequential(model.sequential()?).to_toml(),
-    );
+    meta.insert("model".into(), ModelFile::from_model(model)?.to_toml());
     meta.insert("seed".into(), model.seed.to_string());
     // Weights, then the non-trainable running statistics, all under state_dict names.
     let params = model.params().iter().map(|p| (p.name.clone(), &p.value));
@@ -293,8 +291,7 @@ impl Checked {
     fn saved_from(&self) -> String {
         self.meta("model")
             .and_then(|t| ModelFile::parse(t).ok())
-            .and_then(|f| f.to_sequential().ok())
-            .map(|s| format!(" (the file says it holds the model {})", describe(&s)))
+            .map(|f| format!(" (the file says it holds the model {})", describe_file(&f)))
             .unwrap_or_default()
     }
 
@@ -325,6 +322,14 @@ fn batches_tracked(name: &str, expected: &[(String, Vec<usize>)]) -> bool {
                 .iter()
                 .any(|(e, _)| *e == format!("{layer}.running_mean"))
         })
+}
+
+/// A Sequential file as `describe` writes it, a graph as its nodes' count.
+fn describe_file(file: &ModelFile) -> String {
+    match file.to_sequential() {
+        Ok(s) => describe(&s),
+        Err(_) => format!("a graph of {} nodes", file.nodes.len()),
+    }
 }
 
 /// "input 4 -> dense 8 -> relu -> dense 3", for messages.
@@ -457,8 +462,7 @@ fn build(file: &mut Checked, device: &Device) -> Result<Model> {
              and use load_weights_into",
         )
     })?;
-    let spec = ModelFile::parse_named(toml, &format!("{} metadata 'model'", file.what))?
-        .to_sequential()?;
+    let spec = ModelFile::parse_named(toml, &format!("{} metadata 'model'", file.what))?;
     let seed = match file.meta("seed") {
         Some(_) => file.number("seed")?,
         None => 0,
@@ -466,7 +470,11 @@ fn build(file: &mut Checked, device: &Device) -> Result<Model> {
     // The file's length bounds its tensors, and they bound what building may allocate:
     // a metadata model much larger than the weights present is refused before it is
     // built. A small one is built, so `fill` can name the tensors that differ.
-    let needed = spec.param_count()?;
+    let needed = if spec.is_graph() {
+        spec.to_graph()?.param_count()?
+    } else {
+        spec.to_sequential()?.param_count()?
+    };
     let held = file
         .header
         .tensors()
@@ -482,7 +490,7 @@ fn build(file: &mut Checked, device: &Device) -> Result<Model> {
         return Err(file.format_error(format!(
             "the model in its metadata ({}) has {needed} parameters, but the file holds \
              only {held} values",
-            describe(&spec)
+            describe_file(&spec)
         )));
     }
     let mut model = spec.build(device, seed)?;

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use super::schema::{loss_name, LayerSpec, ModelFile, TrainingSpec};
 use super::validation::path_text;
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::{Layer, Sequential};
+use crate::nn::{Layer, Model, Sequential};
 use crate::optim::Optimizer;
 use crate::train::{Loss, Metric, Trainer};
 
@@ -26,8 +27,14 @@ impl ModelFile {
         toml::to_string(self).expect("a ModelFile always serializes to TOML")
     }
 
-    /// The model this file describes.
+    /// The Sequential model this file describes (see [`ModelFile::to_graph`] for graphs).
     pub fn to_sequential(&self) -> Result<Sequential> {
+        if self.is_graph() {
+            return Err(Error::format(
+                "model file",
+                "describes a graph ([[inputs]], [[nodes]], outputs): use to_graph",
+            ));
+        }
         let layers = self.layer_list().map_err(|bad| {
             Error::format(
                 "model file",
@@ -39,6 +46,27 @@ impl ModelFile {
             layers,
             image: self.image.map(|[c, h, w]| (c, h, w)),
         })
+    }
+
+    /// Builds the model this file describes, Sequential or graph, seeded.
+    pub fn build(&self, device: &Device, seed: u64) -> Result<Model> {
+        if self.is_graph() {
+            self.to_graph()?.build(device, seed)
+        } else {
+            self.to_sequential()?.build(device, seed)
+        }
+    }
+
+    /// The file describing a built model, Sequential or graph (no training section).
+    pub fn from_model(model: &Model) -> Result<ModelFile> {
+        match (model.spec(), model.graph()) {
+            (Some(seq), _) => Ok(ModelFile::from_sequential(seq)),
+            (None, Some(graph)) => Ok(ModelFile::from_graph(graph)),
+            (None, None) => Err(crate::error::GraphError::Unsupported(
+                "the model keeps no description to write".into(),
+            )
+            .into()),
+        }
     }
 
     /// The file describing `model` (no training section); defaults are left out.
@@ -64,7 +92,7 @@ impl ModelFile {
             input: model.input,
             image: model.image.map(|(c, h, w)| [c, h, w]),
             layers,
-            training: None,
+            ..ModelFile::default()
         }
     }
 
@@ -72,7 +100,7 @@ impl ModelFile {
     ///
     /// Fails only for an optimizer this format cannot express (a warmup inside a warmup).
     pub fn from_trainer(trainer: &Trainer) -> Result<ModelFile> {
-        let mut file = ModelFile::from_sequential(trainer.model.sequential()?);
+        let mut file = ModelFile::from_model(&trainer.model)?;
         let mut training = TrainingSpec::from_optimizer(trainer.optimizer())?;
         let (loss, from_logits) = loss_name(trainer.loss());
         training.loss = Some(loss.into());

@@ -7,7 +7,9 @@ use crate::nn::Init;
 use crate::ops::loss::Loss;
 use crate::optim::Rule;
 
-/// A sequential model (and optionally its training setup) as a hand-writable TOML file.
+/// A sequential model (and optionally its training setup) as a hand-writable TOML file;
+/// a graph model declares `[[inputs]]`, `[[nodes]]` and `outputs` instead of `input` and
+/// `[[layers]]` (see [`NodeSpec`]).
 ///
 /// Every `[[layers]]` entry is one of: a dense layer (`dense = UNITS`, optionally with
 /// the activation that follows it), a standalone `activation`, a `dropout` rate, an
@@ -74,21 +76,147 @@ use crate::optim::Rule;
 /// warmup = 100                     # any: linear warmup over this many steps first
 /// # step: step_size = N, gamma = 0.1; exponential: gamma = G
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelFile {
     /// Features per input sample (for images: channels * height * width, or left out).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub input: usize,
     /// Image samples: [channels, height, width], NCHW.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<[usize; 3]>,
     /// The layers in order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerSpec>,
+    /// A graph model's outputs, by node name (see [`NodeSpec`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+    /// A graph model's named inputs (`[[inputs]]`), in place of `input`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputSpec>,
+    /// A graph model's nodes (`[[nodes]]`), in place of `layers`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSpec>,
     /// How to train the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingSpec>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// One `[[inputs]]` entry of a graph model file: a named input and its sample shape.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// The input's name, which nodes list in their `inputs`.
+    pub name: String,
+    /// Its sample shape: `[features]` or `[channels, height, width]`.
+    pub shape: Vec<usize>,
+}
+
+/// One `[[nodes]]` entry of a graph model file: a name, what it reads (`inputs`, by
+/// name) and what it computes: one layer (the keys of a `[[layers]]` entry, one layer
+/// per node), `shares = "NODE"` (that node's layer and weights), or a merge
+/// (`add = true`, `concatenate = true`, `multiply = true`).
+///
+/// ```toml
+/// outputs = ["out"]
+///
+/// [[inputs]]
+/// name = "x"
+/// shape = [4]
+///
+/// [[nodes]]
+/// name = "d1"
+/// dense = 4
+/// inputs = ["x"]
+///
+/// [[nodes]]
+/// name = "r1"
+/// activation = "relu"              # its own node; fused into d1 when planned
+/// inputs = ["d1"]
+///
+/// [[nodes]]
+/// name = "res"
+/// add = true                       # or concatenate = true, multiply = true
+/// inputs = ["x", "r1"]
+///
+/// [[nodes]]
+/// name = "d1_again"
+/// shares = "d1"                    # d1's layer and weights
+/// inputs = ["res"]
+///
+/// [[nodes]]
+/// name = "out"
+/// dense = 3
+/// inputs = ["d1_again"]
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NodeSpec {
+    /// The node's name: its parameters are `{name}.weight`, `{name}.bias`.
+    pub name: String,
+    /// The inputs or nodes it reads, by name.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Applies the layer of this node, with its weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<String>,
+    /// The elementwise sum of two or more inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add: Option<bool>,
+    /// The inputs joined on the feature (or channel) axis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concatenate: Option<bool>,
+    /// The elementwise product of two inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiply: Option<bool>,
+    /// The layer's keys, as in a `[[layers]]` entry (unknown keys are refused there).
+    #[serde(flatten)]
+    pub layer: LayerSpec,
+}
+
+/// The node's own keys, read first; the rest must be a layer's (serde's `flatten` would
+/// let unknown keys through).
+impl<'de> Deserialize<'de> for NodeSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<NodeSpec, D::Error> {
+        #[derive(Deserialize)]
+        struct Keys {
+            name: String,
+            #[serde(default)]
+            inputs: Vec<String>,
+            shares: Option<String>,
+            add: Option<bool>,
+            concatenate: Option<bool>,
+            multiply: Option<bool>,
+        }
+        let mut layer = toml::Table::deserialize(d)?;
+        let mut own = toml::Table::new();
+        for key in ["name", "inputs", "shares", "add", "concatenate", "multiply"] {
+            if let Some(v) = layer.remove(key) {
+                own.insert(key.into(), v);
+            }
+        }
+        let keys: Keys = toml::Value::Table(own)
+            .try_into()
+            .map_err(serde::de::Error::custom)?;
+        let layer: LayerSpec =
+            toml::Value::Table(layer)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    serde::de::Error::custom(format!("node '{}': {}", keys.name, e.message()))
+                })?;
+        Ok(NodeSpec {
+            name: keys.name,
+            inputs: keys.inputs,
+            shares: keys.shares,
+            add: keys.add,
+            concatenate: keys.concatenate,
+            multiply: keys.multiply,
+            layer,
+        })
+    }
 }
 
 /// One `[[layers]]` entry: a dense layer (with an optional activation), an activation, or dropout.

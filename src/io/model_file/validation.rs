@@ -155,12 +155,19 @@ impl ModelFile {
                 format!("{at}{}: {}", path_text(&bad.path), bad.detail),
             )
         })?;
+        if file.is_graph() {
+            file.checked_graph(Some(text), what)?;
+        }
         Ok(file)
     }
 
     /// Checks every value; `Err` names the field.
     fn validate(&self) -> std::result::Result<(), Invalid> {
-        self.layer_list().map(|_| ())?;
+        if self.is_graph() {
+            self.graph_of().map(|_| ())?;
+        } else {
+            self.layer_list().map(|_| ())?;
+        }
         if let Some(t) = &self.training {
             t.validate(&[Seg::Key("training")])?;
         }
@@ -206,7 +213,7 @@ impl ModelFile {
 
 /// Appends the layers of one `[[layers]]` entry (a layer and the activation sharing its
 /// entry); returns the width after them, 0 where only the built model knows it.
-fn entry_layers(
+pub(crate) fn entry_layers(
     spec: &LayerSpec,
     at: &[Seg],
     field: Field<'_>,

@@ -142,7 +142,23 @@ impl Graph {
     /// plans execution. Errors are [`crate::GraphError`]s naming the nodes involved.
     pub fn build(&self, device: &Device, seed: u64) -> Result<Model> {
         let resolved = self.resolve()?;
-        crate::nn::model::planner::plan(&resolved, &self.inputs, None, device, seed)
+        let mut model =
+            crate::nn::model::planner::plan(&resolved, &self.inputs, None, device, seed)?;
+        model.graph = Some(self.clone());
+        Ok(model)
+    }
+
+    /// The number of trainable values the graph's layers hold (a shared layer's once).
+    pub fn param_count(&self) -> Result<usize> {
+        let resolved = self.resolve()?;
+        Ok(resolved
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| n.owner == *i)
+            .flat_map(|(_, n)| n.def.params(&n.input_shape, &n.shape))
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum())
     }
 
     /// The chain a `Sequential` stands for: input "input", nodes named by layer index

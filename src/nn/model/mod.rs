@@ -69,6 +69,8 @@ pub struct Model {
     pub(crate) device: Device,
     /// The Sequential the model was built from (none for a graph).
     pub(crate) spec: Option<Sequential>,
+    /// The graph the model was built from (none for a Sequential).
+    pub(crate) graph: Option<crate::nn::graph::Graph>,
     /// The input's sample shape (a multi-input graph's: its packed rows).
     pub(crate) input_shape: Vec<usize>,
     /// Activations holding inputs: the input (packed), then each input's slice.
@@ -106,10 +108,15 @@ impl Model {
     pub fn sequential(&self) -> Result<&Sequential> {
         self.spec.as_ref().ok_or_else(|| {
             crate::error::GraphError::Unsupported(
-                "a graph model has no model file yet (graph model files are a later phase)".into(),
+                "a graph model is no Sequential (see Model::graph)".into(),
             )
             .into()
         })
+    }
+
+    /// The `Graph` the model was built from (`None` for a `Sequential`).
+    pub fn graph(&self) -> Option<&crate::nn::graph::Graph> {
+        self.graph.as_ref()
     }
 
     /// The inputs as declared: names and sample shapes.

@@ -156,6 +156,7 @@ pub(crate) fn plan(
     Ok(Model {
         device: device.clone(),
         spec,
+        graph: None,
         input_shape: r.input.1.clone(),
         input_acts: r.input_acts,
         inputs: inputs.to_vec(),
