@@ -21,6 +21,8 @@ timed() {
     local caches="$1"
     shift
     local start end
+    # Mesa makes its cache folder but not the folders above it.
+    mkdir -p "$caches"
     start="$(date +%s.%N)"
     XDG_CACHE_HOME="$caches" MESA_SHADER_CACHE_DIR="$caches/mesa" KILN_CACHE_DIR="$caches/kiln" \
         "$bin" "$@" >"$tmp/last.log" 2>&1 || { cat "$tmp/last.log"; exit 1; }
