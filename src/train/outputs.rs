@@ -136,71 +136,12 @@ impl Model {
         let mut plans: Vec<OutputPlan> = Vec::with_capacity(outputs.len());
         let mut offset = 0;
         for spec in outputs {
-            let Some(&(_, out_act)) = self.outputs.iter().find(|(n, _)| *n == spec.name) else {
-                return Err(GraphError::UnknownNode {
-                    node: "compile_outputs".into(),
-                    missing: spec.name.clone(),
-                }
-                .into());
-            };
             if plans.iter().any(|p| p.spec.name == spec.name) {
                 return Err(GraphError::DuplicateName(spec.name.clone()).into());
             }
-            if !spec.weight.is_finite() || spec.weight < 0.0 {
-                return Err(Error::arg(
-                    "loss weight",
-                    format!(
-                        "output '{}': {} is not finite and >= 0",
-                        spec.name, spec.weight
-                    ),
-                ));
-            }
-            let producer = out_act.checked_sub(1).and_then(|i| self.stages.get(i));
-            let feeds = |a: usize| self.stages.iter().filter(|s| s.inputs.contains(&a)).count();
-            let fused = match producer {
-                Some(s) if categorical(spec.loss) && s.pattern() == Pattern::Softmax => {
-                    let logits = s.inputs.first().copied().unwrap_or(0);
-                    let other_output = self.outputs.iter().any(|(_, a)| *a == logits);
-                    if feeds(logits) != 1 || other_output || logits < self.input_acts {
-                        return Err(GraphError::Unsupported(format!(
-                            "output '{}' is a softmax whose input is also used elsewhere: \
-                             train its input with the cross-entropy instead",
-                            spec.name
-                        ))
-                        .into());
-                    }
-                    Some(logits)
-                }
-                _ => None,
-            };
-            let act = fused.unwrap_or(out_act);
-            let shape = match act.checked_sub(1) {
-                Some(i) => self.stage_shapes.get(i).cloned().unwrap_or_default(),
-                None => self.input_shape.clone(),
-            };
-            let width: usize = shape.iter().product();
-            let (output, logits) = match spec.loss {
-                _ if fused.is_some() => (Output::Raw, true),
-                l if categorical(l) => (Output::Softmax, true),
-                Loss::BinaryCrossEntropy { from_logits: true } => (Output::Sigmoid, true),
-                _ => (Output::Raw, false),
-            };
-            let target_width = match spec.loss {
-                Loss::SparseCategoricalCrossEntropy => 1,
-                _ => width,
-            };
-            plans.push(OutputPlan {
-                spec: spec.clone(),
-                train_loss: spec.loss,
-                act,
-                out_act,
-                width,
-                target_width,
-                offset,
-                output,
-                logits,
-            });
-            offset += target_width;
+            let plan = self.plan_output(spec, offset)?;
+            offset += plan.target_width;
+            plans.push(plan);
         }
         if let Some((name, _)) = self
             .outputs
@@ -209,7 +150,105 @@ impl Model {
         {
             return Err(GraphError::NoLoss(name.clone()).into());
         }
-        // A loss writes its gradient first; every stage reading that activation adds.
+        let train = self.wire_losses(&plans);
+        // Workspaces made before are wired for one output.
+        self.workspaces.clear();
+        let probe = Tensor::zeros(&self.device, &[plans.len().max(1)])?;
+        let first = plans
+            .first()
+            .map(|p| p.spec.loss)
+            .ok_or(GraphError::Empty("outputs"))?;
+        let mut t = self.compile_one(first, optimizer, &[])?;
+        t.train_stages = train;
+        t.head = None;
+        t.output = Output::Raw;
+        t.logits = false;
+        t.outputs = Some(Outputs {
+            plans,
+            bufs: HashMap::new(),
+            probe,
+        });
+        Ok(t)
+    }
+
+    /// One output's plan: where its loss reads (the logits, where a final softmax is handed
+    /// to a categorical loss), its widths and its columns of the packed targets.
+    fn plan_output(&self, spec: &OutputLoss, offset: usize) -> Result<OutputPlan> {
+        let Some(&(_, out_act)) = self.outputs.iter().find(|(n, _)| *n == spec.name) else {
+            return Err(GraphError::UnknownNode {
+                node: "compile_outputs".into(),
+                missing: spec.name.clone(),
+            }
+            .into());
+        };
+        if !spec.weight.is_finite() || spec.weight < 0.0 {
+            let detail = format!(
+                "output '{}': {} is not finite and >= 0",
+                spec.name, spec.weight
+            );
+            return Err(Error::arg("loss weight", detail));
+        }
+        let fused = self.softmax_logits(spec, out_act)?;
+        let act = fused.unwrap_or(out_act);
+        let shape = match act.checked_sub(1) {
+            Some(i) => self.stage_shapes.get(i).cloned().unwrap_or_default(),
+            None => self.input_shape.clone(),
+        };
+        let width: usize = shape.iter().product();
+        let (output, logits) = match spec.loss {
+            _ if fused.is_some() => (Output::Raw, true),
+            l if categorical(l) => (Output::Softmax, true),
+            Loss::BinaryCrossEntropy { from_logits: true } => (Output::Sigmoid, true),
+            _ => (Output::Raw, false),
+        };
+        let target_width = match spec.loss {
+            Loss::SparseCategoricalCrossEntropy => 1,
+            _ => width,
+        };
+        Ok(OutputPlan {
+            spec: spec.clone(),
+            train_loss: spec.loss,
+            act,
+            out_act,
+            width,
+            target_width,
+            offset,
+            output,
+            logits,
+        })
+    }
+
+    /// The logits' activation where output `out_act` is a softmax that `spec`'s categorical
+    /// loss takes over in training; an error where those logits are used elsewhere.
+    fn softmax_logits(&self, spec: &OutputLoss, out_act: usize) -> Result<Option<usize>> {
+        let producer = out_act.checked_sub(1).and_then(|i| self.stages.get(i));
+        let Some(s) =
+            producer.filter(|s| categorical(spec.loss) && s.pattern() == Pattern::Softmax)
+        else {
+            return Ok(None);
+        };
+        let logits = s.inputs.first().copied().unwrap_or(0);
+        let feeds = self
+            .stages
+            .iter()
+            .filter(|s| s.inputs.contains(&logits))
+            .count();
+        let other_output = self.outputs.iter().any(|(_, a)| *a == logits);
+        if feeds != 1 || other_output || logits < self.input_acts {
+            return Err(GraphError::Unsupported(format!(
+                "output '{}' is a softmax whose input is also used elsewhere: \
+                 train its input with the cross-entropy instead",
+                spec.name
+            ))
+            .into());
+        }
+        Ok(Some(logits))
+    }
+
+    /// The training stages: a stage whose output nothing reads and no loss takes (a
+    /// softmax handed to its loss) is skipped; a loss writes its gradient first, so every
+    /// stage reading a loss's activation adds to it.
+    fn wire_losses(&mut self, plans: &[OutputPlan]) -> Vec<Stage> {
         let loss_acts: Vec<usize> = plans.iter().map(|p| p.act).collect();
         let mut train: Vec<Stage> = self.stages.clone();
         let mut skipped = vec![false; train.len()];
@@ -232,24 +271,7 @@ impl Model {
                 }
             }
         }
-        // Workspaces made before are wired for one output.
-        self.workspaces.clear();
-        let probe = Tensor::zeros(&self.device, &[plans.len().max(1)])?;
-        let first = plans
-            .first()
-            .map(|p| p.spec.loss)
-            .ok_or(GraphError::Empty("outputs"))?;
-        let mut t = self.compile_one(first, optimizer, &[])?;
-        t.train_stages = train;
-        t.head = None;
-        t.output = Output::Raw;
-        t.logits = false;
-        t.outputs = Some(Outputs {
-            plans,
-            bufs: HashMap::new(),
-            probe,
-        });
-        Ok(t)
+        train
     }
 }
 
