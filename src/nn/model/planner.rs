@@ -93,38 +93,7 @@ pub(crate) fn plan(
     device: &Device,
     seed: u64,
 ) -> Result<Model> {
-    let mut params = Vec::new();
-    let mut buffers = Vec::new();
-    let mut slots: Vec<Option<Slots>> = vec![None; r.nodes.len()];
-    let mut steps = Vec::with_capacity(r.nodes.len());
-    for node in &r.nodes {
-        let owner = r
-            .nodes
-            .get(node.owner)
-            .ok_or_else(|| Error::arg("graph", "a shared layer without its owner"))?;
-        let s = match &slots[node.owner] {
-            Some(s) => s.clone(),
-            None => {
-                let at = LayerAt {
-                    name: &owner.name,
-                    seed: seed
-                        .wrapping_mul(0x9e37_79b9)
-                        .wrapping_add(owner.decl as u64),
-                    input: &owner.input_shape,
-                    output: &owner.shape,
-                };
-                let s = at.allocate(device, &*owner.def, &mut params, &mut buffers)?;
-                slots[node.owner] = Some(s.clone());
-                s
-            }
-        };
-        steps.push(Planned {
-            step: node.def.lower(&s)?,
-            inputs: node.inputs.clone(),
-            params: s.params,
-            shape: node.shape.clone(),
-        });
-    }
+    let (steps, params, buffers) = lower_nodes(r, device, seed)?;
     let nodes = r
         .nodes
         .iter()
@@ -170,6 +139,48 @@ pub(crate) fn plan(
         seed,
         dropout_step: 0,
     })
+}
+
+/// Every node lowered to its step, with the parameters and buffers of each layer made
+/// once (a shared layer's uses get the same slots).
+fn lower_nodes(
+    r: &Resolved,
+    device: &Device,
+    seed: u64,
+) -> Result<(Vec<Planned>, Vec<Param>, Vec<Buffers>)> {
+    let mut params = Vec::new();
+    let mut buffers = Vec::new();
+    let mut slots: Vec<Option<Slots>> = vec![None; r.nodes.len()];
+    let mut steps = Vec::with_capacity(r.nodes.len());
+    for node in &r.nodes {
+        let owner = r
+            .nodes
+            .get(node.owner)
+            .ok_or_else(|| Error::arg("graph", "a shared layer without its owner"))?;
+        let s = match &slots[node.owner] {
+            Some(s) => s.clone(),
+            None => {
+                let at = LayerAt {
+                    name: &owner.name,
+                    seed: seed
+                        .wrapping_mul(0x9e37_79b9)
+                        .wrapping_add(owner.decl as u64),
+                    input: &owner.input_shape,
+                    output: &owner.shape,
+                };
+                let s = at.allocate(device, &*owner.def, &mut params, &mut buffers)?;
+                slots[node.owner] = Some(s.clone());
+                s
+            }
+        };
+        steps.push(Planned {
+            step: node.def.lower(&s)?,
+            inputs: node.inputs.clone(),
+            params: s.params,
+            shape: node.shape.clone(),
+        });
+    }
+    Ok((steps, params, buffers))
 }
 
 /// A layer's place in the model while it is being built.
