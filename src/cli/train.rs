@@ -214,20 +214,7 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         .or(file.as_ref().and_then(|f| f.seed))
         .unwrap_or(0);
     let own_test = source.has_test_set() || args.test_data.is_some();
-    if own_test && args.test_split.is_some() {
-        return Err(bad_arg(
-            "--test-split",
-            format!("{source} comes with its test rows; --test-split applies to sources without"),
-        ));
-    }
-    let test_split = args
-        .test_split
-        .unwrap_or(if own_test { 0.0 } else { DEFAULT_TEST_SPLIT });
-    // A source with its own test rows trains on all the others, as Keras does by default.
-    let validation_split =
-        args.validation_split
-            .unwrap_or(if own_test { 0.0 } else { DEFAULT_VALIDATION });
-    data_source::check_fraction("--validation-split", validation_split)?;
+    let (test_split, validation_split) = splits_of(args, &source, own_test)?;
     let batch_size = args
         .batch_size
         .or(from_file(|f| f.batch_size))
@@ -277,24 +264,7 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
     } else {
         "--layers"
     };
-    let (optimizer_name, optimizer) = match (args.optimizer, spec.optimizer) {
-        (None, Some((name, mut o))) => {
-            if let Some(lr) = args.lr {
-                o.lr = lr;
-            }
-            if let Some(s) = args.schedule {
-                o.schedule = s.schedule(epochs);
-            }
-            (name, o)
-        }
-        (name, _) => {
-            let name = name.unwrap_or_default();
-            let schedule = args.schedule.unwrap_or_default();
-            let lr = args.lr.unwrap_or(name.default_lr(schedule));
-            let o = name.optimizer(lr)?.schedule(schedule.schedule(epochs));
-            (name.name(), o)
-        }
-    };
+    let (optimizer_name, optimizer) = optimizer_of(args, spec.optimizer.clone(), epochs)?;
     let lr = optimizer.lr;
     let model = spec.architecture.build(device, seed)?;
     model_args::check_fits(&model, loss, &train, what)?;
@@ -339,6 +309,53 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         test,
         trainer,
         history: History::default(),
+    })
+}
+
+/// The test and validation fractions: none by default for a source with its own test
+/// rows (which trains on all the others, as Keras does), else the defaults.
+fn splits_of(args: &TrainArgs, source: &DataSource, own_test: bool) -> Result<(f32, f32)> {
+    if own_test && args.test_split.is_some() {
+        return Err(bad_arg(
+            "--test-split",
+            format!("{source} comes with its test rows; --test-split applies to sources without"),
+        ));
+    }
+    let test_split = args
+        .test_split
+        .unwrap_or(if own_test { 0.0 } else { DEFAULT_TEST_SPLIT });
+    // A source with its own test rows trains on all the others, as Keras does by default.
+    let validation_split =
+        args.validation_split
+            .unwrap_or(if own_test { 0.0 } else { DEFAULT_VALIDATION });
+    data_source::check_fraction("--validation-split", validation_split)?;
+    Ok((test_split, validation_split))
+}
+
+/// The optimizer and its name: a model file's, with --lr and --schedule applied, unless
+/// --optimizer names another; else --optimizer (Adam by default) with its default rate.
+fn optimizer_of(
+    args: &TrainArgs,
+    from_file: Option<(String, kiln::Optimizer)>,
+    epochs: usize,
+) -> Result<(String, kiln::Optimizer)> {
+    Ok(match (args.optimizer, from_file) {
+        (None, Some((name, mut o))) => {
+            if let Some(lr) = args.lr {
+                o.lr = lr;
+            }
+            if let Some(s) = args.schedule {
+                o.schedule = s.schedule(epochs);
+            }
+            (name, o)
+        }
+        (name, _) => {
+            let name = name.unwrap_or_default();
+            let schedule = args.schedule.unwrap_or_default();
+            let lr = args.lr.unwrap_or(name.default_lr(schedule));
+            let o = name.optimizer(lr)?.schedule(schedule.schedule(epochs));
+            (name.name(), o)
+        }
     })
 }
 
