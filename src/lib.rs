@@ -49,3 +49,33 @@ pub use train::{
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The Rust examples of `docs/models.md`, run by `cargo test --doc`.
+#[doc = include_str!("../docs/models.md")]
+#[cfg(doctest)]
+pub struct ModelsDoctests;
+
+/// The Rust examples of `docs/training.md`, run by `cargo test --doc`.
+#[doc = include_str!("../docs/training.md")]
+#[cfg(doctest)]
+pub struct TrainingDoctests;
+
+/// The Rust examples of `docs/data.md`, run by `cargo test --doc`.
+#[doc = include_str!("../docs/data.md")]
+#[cfg(doctest)]
+pub struct DataDoctests;
+
+/// The Rust examples of `docs/checkpoints.md`, run by `cargo test --doc`.
+#[doc = include_str!("../docs/checkpoints.md")]
+#[cfg(doctest)]
+pub struct CheckpointsDoctests;
+
+/// The Rust examples of `docs/errors.md`, run by `cargo test --doc`.
+#[doc = include_str!("../docs/errors.md")]
+#[cfg(doctest)]
+pub struct ErrorsDoctests;
+
+/// The code of `docs/architecture.md` (a sketch, marked `ignore`).
+#[doc = include_str!("../docs/architecture.md")]
+#[cfg(doctest)]
+pub struct ArchitectureDoctests;

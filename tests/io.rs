@@ -811,7 +811,7 @@ fn save_model_and_load_weights_into() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The on-disk layout the README documents: names, shapes, dtype and metadata.
+/// The on-disk layout docs/checkpoints.md documents: names, shapes, dtype and metadata.
 #[test]
 fn checkpoint_layout_is_as_documented() {
     let (x, y) = digits();

@@ -186,7 +186,7 @@ impl OptimizerName {
         match self {
             // A cosine schedule spends half its time below half its peak, so the adaptive
             // optimizers start from twice Keras's constant rate (measured on MNIST: 98.0% at
-            // 1e-3, 98.3% at 2e-3 after 5 epochs; README, "Walk through MNIST").
+            // 1e-3, 98.3% at 2e-3 after 5 epochs; docs/cli.md, "Walk-through: MNIST").
             OptimizerName::Adam | OptimizerName::Adamw | OptimizerName::Rmsprop => match schedule {
                 ScheduleName::Cosine => 2e-3,
                 ScheduleName::Constant => 1e-3,

@@ -4,7 +4,7 @@
 //! a PyTorch `nn.Sequential` state_dict, a graph model's by node name, `{node}.weight`,
 //! plus the architecture as model-file TOML) and
 //! `optimizer.safetensors` (the optimizer state and the training progress). The
-//! README's "Checkpoints" section documents every name and metadata key.
+//! checkpoints guide, docs/checkpoints.md, documents every name and metadata key.
 
 use std::collections::HashMap;
 use std::fs::File;
