@@ -2,9 +2,10 @@
 //!
 //! `cargo run --release --example mnist_cnn -- [DIR] [EPOCHS] [--bn]`
 //! (DIR defaults to ../shared/data/mnist; EPOCHS to 3; `--bn` adds batch normalization).
+mod common;
+
 use kiln::data::{idx, Scaling};
-use kiln::train::{Control, EpochLog};
-use kiln::{Device, FitOptions, Loss, Metric, Optimizer, Schedule, Sequential};
+use kiln::{Device, Loss, Metric, Sequential};
 
 fn main() -> kiln::Result<()> {
     let dir = std::env::args()
@@ -36,23 +37,10 @@ fn main() -> kiln::Result<()> {
     let mut model = model.compile(
         Loss::SparseCategoricalCrossEntropy,
         // As `kiln train` does by default: Adam peaking at 2e-3, annealed to 0 along a cosine.
-        Optimizer::adam(2e-3).schedule(Schedule::Cosine {
-            t_max: epochs,
-            eta_min: 0.0,
-        }),
+        common::adam_cosine(epochs),
         &[Metric::Accuracy],
     )?;
-    let opts = FitOptions {
-        on_epoch: vec![Box::new(|e: &EpochLog| {
-            let acc = e.get("accuracy").unwrap_or(0.0);
-            println!(
-                "epoch {} loss {:.4} accuracy {acc:.4} {:.1} s",
-                e.epoch, e.loss, e.seconds
-            );
-            Control::Continue
-        })],
-        ..FitOptions::new(epochs, 128)
-    };
+    let opts = common::printing(epochs, 128);
     model.fit(&train.x, &train.y, opts)?;
     let eval = model.evaluate(&test.x, &test.y, 500)?;
     let acc = eval.get("accuracy").unwrap_or(0.0);

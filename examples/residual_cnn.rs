@@ -6,13 +6,12 @@
 //! `cargo run --release --example residual_cnn -- [DIR] [EPOCHS] [--plain] [--train-rows N]`
 //! (DIR defaults to ../shared/data/fashion-mnist; EPOCHS to 2; `--train-rows N` trains on
 //! the first N training rows; the test set is always the full 10,000).
+mod common;
+
 use kiln::data::{idx, Scaling};
 use kiln::nn::layer::{Conv, Pool};
 use kiln::ops::batch_norm::BatchNorm;
-use kiln::train::{Control, EpochLog};
-use kiln::{
-    Activation, Dense, Device, FitOptions, Graph, Layer, Loss, Metric, Optimizer, Schedule,
-};
+use kiln::{Activation, Dense, Device, Graph, Layer, Loss, Metric};
 
 const FILTERS: usize = 16;
 
@@ -72,23 +71,10 @@ fn main() -> kiln::Result<()> {
 
     let mut model = model.compile(
         Loss::SparseCategoricalCrossEntropy,
-        Optimizer::adam(2e-3).schedule(Schedule::Cosine {
-            t_max: epochs,
-            eta_min: 0.0,
-        }),
+        common::adam_cosine(epochs),
         &[Metric::Accuracy],
     )?;
-    let opts = FitOptions {
-        on_epoch: vec![Box::new(|e: &EpochLog| {
-            let acc = e.get("accuracy").unwrap_or(0.0);
-            println!(
-                "epoch {} loss {:.4} accuracy {acc:.4} {:.1} s",
-                e.epoch, e.loss, e.seconds
-            );
-            Control::Continue
-        })],
-        ..FitOptions::new(epochs, 128)
-    };
+    let opts = common::printing(epochs, 128);
     model.fit(&train.x, &train.y, opts)?;
     let eval = model.evaluate(&test.x, &test.y, 500)?;
     let acc = eval.get("accuracy").unwrap_or(0.0);

@@ -3,11 +3,10 @@
 //!
 //! `cargo run --release --example residual_mlp -- [DIR] [EPOCHS]`
 //! (DIR defaults to ../shared/data/mnist; EPOCHS to 3).
+mod common;
+
 use kiln::data::{idx, Scaling};
-use kiln::train::{Control, EpochLog};
-use kiln::{
-    Activation, Dense, Device, FitOptions, Graph, Layer, Loss, Metric, Optimizer, Schedule,
-};
+use kiln::{Activation, Dense, Device, Graph, Layer, Loss, Metric};
 
 fn main() -> kiln::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -38,23 +37,10 @@ fn main() -> kiln::Result<()> {
 
     let mut model = model.compile(
         Loss::SparseCategoricalCrossEntropy,
-        Optimizer::adam(2e-3).schedule(Schedule::Cosine {
-            t_max: epochs,
-            eta_min: 0.0,
-        }),
+        common::adam_cosine(epochs),
         &[Metric::Accuracy],
     )?;
-    let opts = FitOptions {
-        on_epoch: vec![Box::new(|e: &EpochLog| {
-            let acc = e.get("accuracy").unwrap_or(0.0);
-            println!(
-                "epoch {} loss {:.4} accuracy {acc:.4} {:.1} s",
-                e.epoch, e.loss, e.seconds
-            );
-            Control::Continue
-        })],
-        ..FitOptions::new(epochs, 128)
-    };
+    let opts = common::printing(epochs, 128);
     model.fit(&train.x, &train.y, opts)?;
     let eval = model.evaluate(&test.x, &test.y, 500)?;
     let acc = eval.get("accuracy").unwrap_or(0.0);

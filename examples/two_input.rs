@@ -6,10 +6,11 @@
 //! the two test accuracies.
 //!
 //! `cargo run --release --example two_input -- [EPOCHS]` (EPOCHS defaults to 15).
+mod common;
+
 use kiln::data::{self, Dataset, Scaling};
 use kiln::nn::layer::Conv;
-use kiln::train::{Control, EpochLog};
-use kiln::{Activation, Dense, Device, FitOptions, Graph, Layer, Loss, Metric, Optimizer};
+use kiln::{Activation, Dense, Device, Graph, Layer, Loss, Metric, Optimizer};
 
 /// splitmix64, as uniforms in [0, 1).
 struct Rng(u64);
@@ -96,17 +97,7 @@ fn main() -> kiln::Result<()> {
             Optimizer::adam(1e-2),
             &[Metric::Accuracy],
         )?;
-        let opts = FitOptions {
-            on_epoch: vec![Box::new(|e: &EpochLog| {
-                let acc = e.get("accuracy").unwrap_or(0.0);
-                println!(
-                    "  epoch {} loss {:.4} accuracy {acc:.4} {:.2} s",
-                    e.epoch, e.loss, e.seconds
-                );
-                Control::Continue
-            })],
-            ..FitOptions::new(epochs, 32)
-        };
+        let opts = common::printing(epochs, 32);
         t.fit(&x_train, &train.y, opts)?;
         let acc = t
             .evaluate(&x_test, &test.y, 128)?
