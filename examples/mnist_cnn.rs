@@ -5,7 +5,7 @@
 mod common;
 
 use kiln::data::{idx, Scaling};
-use kiln::{Device, Loss, Metric, Sequential};
+use kiln::{Device, Sequential};
 
 fn main() -> kiln::Result<()> {
     let dir = std::env::args()
@@ -34,16 +34,6 @@ fn main() -> kiln::Result<()> {
         .dense(10)
         .build(&device, 1)?;
     println!("{}", model.summary());
-    let mut model = model.compile(
-        Loss::SparseCategoricalCrossEntropy,
-        // As `kiln train` does by default: Adam peaking at 2e-3, annealed to 0 along a cosine.
-        common::adam_cosine(epochs),
-        &[Metric::Accuracy],
-    )?;
-    let opts = common::printing(epochs, 128);
-    model.fit(&train.x, &train.y, opts)?;
-    let eval = model.evaluate(&test.x, &test.y, 500)?;
-    let acc = eval.get("accuracy").unwrap_or(0.0);
-    println!("test loss {:.4} accuracy {acc:.4}", eval.loss);
+    common::train_and_test(model, &train, &test, epochs, "")?;
     Ok(())
 }

@@ -11,7 +11,7 @@ mod common;
 use kiln::data::{idx, Scaling};
 use kiln::nn::layer::{Conv, Pool};
 use kiln::ops::batch_norm::BatchNorm;
-use kiln::{Activation, Dense, Device, Graph, Layer, Loss, Metric};
+use kiln::{Activation, Dense, Device, Graph, Layer};
 
 const FILTERS: usize = 16;
 
@@ -69,15 +69,6 @@ fn main() -> kiln::Result<()> {
     let kind = if plain { "plain" } else { "residual" };
     println!("{kind} CNN, {} training rows, {epochs} epochs", train.n);
 
-    let mut model = model.compile(
-        Loss::SparseCategoricalCrossEntropy,
-        common::adam_cosine(epochs),
-        &[Metric::Accuracy],
-    )?;
-    let opts = common::printing(epochs, 128);
-    model.fit(&train.x, &train.y, opts)?;
-    let eval = model.evaluate(&test.x, &test.y, 500)?;
-    let acc = eval.get("accuracy").unwrap_or(0.0);
-    println!("{kind} test loss {:.4} accuracy {acc:.4}", eval.loss);
+    common::train_and_test(model, &train, &test, epochs, &format!("{kind} "))?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use kiln::data::{idx, Scaling};
-use kiln::{Activation, Dense, Device, Graph, Layer, Loss, Metric};
+use kiln::{Activation, Dense, Device, Graph, Layer};
 
 fn main() -> kiln::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -35,15 +35,6 @@ fn main() -> kiln::Result<()> {
     let model = g.build(&Device::gpu()?, 1)?;
     println!("{}", model.summary());
 
-    let mut model = model.compile(
-        Loss::SparseCategoricalCrossEntropy,
-        common::adam_cosine(epochs),
-        &[Metric::Accuracy],
-    )?;
-    let opts = common::printing(epochs, 128);
-    model.fit(&train.x, &train.y, opts)?;
-    let eval = model.evaluate(&test.x, &test.y, 500)?;
-    let acc = eval.get("accuracy").unwrap_or(0.0);
-    println!("test loss {:.4} accuracy {acc:.4}", eval.loss);
+    common::train_and_test(model, &train, &test, epochs, "")?;
     Ok(())
 }
