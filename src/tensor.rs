@@ -212,6 +212,32 @@ impl Tensor {
         }
     }
 
+    /// Downloads several tensors of one device, concatenated: one wait on a GPU.
+    pub fn read_many(tensors: &[&Tensor]) -> Result<Vec<f32>> {
+        let mismatch = Error::DeviceMismatch {
+            op: "Tensor::read_many",
+        };
+        let Some(first) = tensors.first() else {
+            return Ok(Vec::new());
+        };
+        let Storage::Gpu(g0) = &first.storage else {
+            let hosts: Option<Vec<&[f32]>> = tensors.iter().map(|t| t.host()).collect();
+            return Ok(hosts.ok_or(mismatch)?.concat());
+        };
+        let parts = tensors
+            .iter()
+            .map(|t| match &t.storage {
+                Storage::Gpu(g) if Arc::ptr_eq(&g.ctx, &g0.ctx) => {
+                    Some((&g.buf, t.len() as u64 * 4))
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or(mismatch)?;
+        let bytes = pollster::block_on(g0.ctx.read_parts(&parts))?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
     /// Overwrites the values in place (same number of elements).
     pub fn write(&mut self, data: &[f32]) -> Result<()> {
         if data.len() != self.len() {

@@ -828,19 +828,31 @@ impl GpuContext {
 
     /// Copies `bytes` of `src` back to the host once the recorded work has run.
     pub(crate) async fn read(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-        let padded = bytes.div_ceil(4) * 4;
+        self.read_parts(&[(src, bytes)]).await
+    }
+
+    /// Copies the first `bytes` of each buffer back to the host, concatenated, with one
+    /// staging buffer and one wait (a model's gradients for an all-reduce, say).
+    pub(crate) async fn read_parts(&self, parts: &[(&wgpu::Buffer, u64)]) -> Result<Vec<u8>> {
+        let padded: Vec<u64> = parts.iter().map(|(_, b)| b.div_ceil(4) * 4).collect();
+        let total: u64 = padded.iter().sum();
+        let bytes: u64 = parts.iter().map(|(_, b)| b).sum();
         let desc = wgpu::BufferDescriptor {
             label: Some("kiln readback"),
-            size: padded.max(4),
+            size: total.max(4),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         };
         let staging = self.create_buffer(&desc, "readback staging buffer")?;
         {
             let mut pending = lock(&self.pending);
-            if padded > 0 {
-                self.encoder(&mut pending)
-                    .copy_buffer_to_buffer(src, 0, &staging, 0, padded);
+            let mut at = 0;
+            for ((src, _), &n) in parts.iter().zip(&padded) {
+                if n > 0 {
+                    self.encoder(&mut pending)
+                        .copy_buffer_to_buffer(src, 0, &staging, at, n);
+                }
+                at += n;
             }
             self.submit(&mut pending);
         }
@@ -857,10 +869,15 @@ impl GpuContext {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
-        let out = view
-            .get(..bytes as usize)
-            .ok_or_else(|| Error::Gpu("readback buffer is smaller than requested".into()))?
-            .to_vec();
+        let mut out = Vec::with_capacity(bytes as usize);
+        let mut at = 0;
+        for ((_, n), padded) in parts.iter().zip(padded) {
+            let part = view
+                .get(at..at + *n as usize)
+                .ok_or_else(|| Error::Gpu("readback buffer is smaller than requested".into()))?;
+            out.extend_from_slice(part);
+            at += padded as usize;
+        }
         drop(view);
         staging.unmap();
         self.bytes_read.fetch_add(bytes, Ordering::Relaxed);

@@ -8,8 +8,20 @@ use super::data::DeviceData;
 use super::{
     Control, EpochLog, Evaluation, FitOptions, History, StepHook, StepInfo, Trainer, Validation,
 };
+use crate::dist::AllReduce;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+/// The replica group of a data-parallel fit, if any.
+pub(super) type Group<'a> = Option<&'a mut dyn AllReduce>;
+
+/// A shorter-lived borrow of a group, to lend it to one call.
+pub(super) fn lend<'b>(group: &'b mut Group<'_>) -> Group<'b> {
+    match group {
+        Some(g) => Some(&mut **g),
+        None => None,
+    }
+}
 
 impl Trainer {
     /// Trains on rows `x` (row-major) with targets `y` (class ids, or one row of targets each).
@@ -70,6 +82,7 @@ impl Trainer {
             _ => None,
         };
         Ok(FitRun {
+            group: None,
             trainer: self,
             data,
             val_data,
@@ -87,17 +100,28 @@ impl Trainer {
         data: &DeviceData,
         epoch: usize,
         opts: &mut FitOptions,
+        mut group: Group<'_>,
     ) -> Result<(f64, Vec<(String, f64)>)> {
         let steps = data.rows.div_ceil(opts.batch_size);
         let mut accs = self.accumulators(steps)?;
         for step in 1..=steps {
             let start = (step - 1) * opts.batch_size;
             let batch = opts.batch_size.min(data.rows - start);
-            let key = self.load_batch(data, start, batch)?;
-            match self.outputs.is_some() {
-                true => self.step_outputs(key, &mut accs)?,
-                false => self.step_ws(key, accs.first_mut())?,
+            let (offset, rows) = match &group {
+                Some(g) => super::replica::shard(batch, g.size(), g.rank()),
+                None => (0, batch),
+            };
+            if rows > 0 {
+                let key = self.load_batch(data, start + offset, rows)?;
+                match self.outputs.is_some() {
+                    true => self.step_outputs(key, &mut accs)?,
+                    false => self.step_ws(key, accs.first_mut())?,
+                }
             }
+            if let Some(g) = lend(&mut group) {
+                self.exchange(g, rows, batch)?;
+            }
+            self.update()?;
             let read = opts.loss_every > 0 && (step % opts.loss_every == 0 || step == steps);
             if read || step % opts.steps_per_execution.max(1) == 0 || step == steps {
                 self.model.device.flush()?;
@@ -121,7 +145,7 @@ impl Trainer {
                 });
             }
         }
-        let Evaluation { loss, metrics, .. } = self.finish_of(&accs)?;
+        let Evaluation { loss, metrics, .. } = self.finish_with(&accs, group)?;
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 value: loss as f32,
@@ -171,7 +195,9 @@ impl Trainer {
 
 /// A `fit` in progress: one epoch per call, with the trainer reachable in between.
 pub struct FitRun<'a> {
-    trainer: &'a mut Trainer,
+    pub(super) trainer: &'a mut Trainer,
+    /// The other replicas, in data-parallel training.
+    pub(super) group: Group<'a>,
     data: DeviceData,
     val_data: Option<DeviceData>,
     opts: FitOptions,
@@ -211,7 +237,7 @@ impl FitRun<'_> {
             data.index.write(&data.order)?;
         }
         let start = Instant::now();
-        let (loss, metrics) = t.run_epoch(data, epoch, &mut self.opts)?;
+        let (loss, metrics) = t.run_epoch(data, epoch, &mut self.opts, lend(&mut self.group))?;
         let seconds = start.elapsed().as_secs_f64();
         // The rate the epoch's last step used, as Keras logs it (not the next epoch's).
         let lr =
@@ -222,7 +248,7 @@ impl FitRun<'_> {
         self.done += 1;
         let (val_loss, val_metrics) = match &self.val_data {
             Some(v) => {
-                let e = t.evaluate_data(v, self.opts.batch_size)?;
+                let e = t.evaluate_shard(v, self.opts.batch_size, lend(&mut self.group))?;
                 (Some(e.loss), e.metrics)
             }
             None => (None, Vec::new()),
@@ -238,6 +264,12 @@ impl FitRun<'_> {
         };
         for hook in self.opts.on_epoch.iter_mut() {
             self.stopped |= hook(&log) == Control::Stop;
+        }
+        if let Some(g) = lend(&mut self.group) {
+            // A hook may stop rank 0 alone: every rank stops when any asks to.
+            let mut stop = [f64::from(u8::from(self.stopped))];
+            g.all_reduce_sum(&mut stop)?;
+            self.stopped = stop[0] > 0.0;
         }
         if let Some(es) = &self.opts.early_stopping {
             let value = log.get(&es.monitor).ok_or_else(|| {

@@ -156,25 +156,53 @@ impl Accumulator {
 
     /// Reads the sums back (the one readback of an epoch) and returns (loss, metrics).
     pub fn finish(&self) -> Result<Evaluation> {
-        let loss = self.mean_loss()?;
-        let confusion = match &self.confusion {
-            Some(c) => Some(ConfusionMatrix::from_tensor(c)?),
-            None => None,
-        };
+        self.finish_from(&self.sums()?)
+    }
+
+    /// Everything `finish` needs, as numbers that add across replicas: loss × rows, rows,
+    /// the absolute and squared errors, then the confusion counts. Data-parallel training
+    /// sums these over the ranks, so every rank reports the metrics of the whole batch.
+    pub fn sums(&self) -> Result<Vec<f64>> {
+        let losses = self.losses.to_vec()?;
+        let loss: f64 = (losses.iter().zip(&self.batch_rows))
+            .map(|(&l, &r)| l as f64 * r as f64)
+            .sum();
         let errors = match &self.errors {
             Some(e) => e.to_vec()?,
             None => vec![0.0, 0.0],
         };
+        let mut sums = vec![loss, self.rows as f64, errors[0] as f64, errors[1] as f64];
+        if let Some(c) = &self.confusion {
+            // Through ConfusionMatrix, which refuses counts an f32 no longer holds exactly.
+            let m = ConfusionMatrix::from_tensor(c)?;
+            let k = m.classes();
+            sums.extend((0..k * k).map(|i| m.count(i / k, i % k) as f64));
+        }
+        Ok(sums)
+    }
+
+    /// (loss, metrics) from [`Accumulator::sums`], this accumulator's or a sum of several.
+    pub fn finish_from(&self, sums: &[f64]) -> Result<Evaluation> {
+        let [loss, rows, abs, sq, counts @ ..] = sums else {
+            return Err(Error::arg("metric sums", "fewer than four values"));
+        };
+        let confusion = match &self.confusion {
+            Some(c) => Some(ConfusionMatrix::new(
+                c.shape()[0],
+                counts.iter().map(|&v| v as u64).collect(),
+            )?),
+            None => None,
+        };
         let elements = if self.errors.is_some() {
-            self.error_elements()
+            rows * self.width as f64
         } else {
             1.0
         };
         let mut out = Vec::new();
         for m in &self.metrics {
             let v = match (m, &confusion) {
-                (Metric::Mse, _) => errors[1] as f64 / elements,
-                (Metric::Mae, _) => errors[0] as f64 / elements,
+                (Metric::Mse, _) => sq / elements,
+                (Metric::Mae, _) => abs / elements,
                 (Metric::Accuracy | Metric::BinaryAccuracy, Some(c)) => c.accuracy(),
                 (Metric::Precision, Some(c)) => c.macro_precision(),
                 (Metric::Recall, Some(c)) => c.macro_recall(),
@@ -184,13 +212,9 @@ impl Accumulator {
             out.push((m.name().to_string(), v));
         }
         Ok(Evaluation {
-            loss,
+            loss: loss / rows.max(1.0),
             metrics: out,
             confusion,
         })
-    }
-
-    fn error_elements(&self) -> f64 {
-        self.rows as f64 * self.width as f64
     }
 }

@@ -8,6 +8,7 @@ pub mod history;
 pub mod metrics;
 mod outputs;
 mod predict;
+mod replica;
 mod step;
 
 pub use crate::ops::loss::Loss;
@@ -16,6 +17,7 @@ pub use fit::FitRun;
 pub use history::{EpochLog, History};
 pub use metrics::Metric;
 pub use outputs::OutputLoss;
+pub use replica::shard;
 
 use crate::device::Device;
 use crate::error::Result;

@@ -333,11 +333,24 @@ impl Trainer {
         }
     }
 
-    /// The loss (weighted sum) and metrics, with `{output}_loss` and `{output}_{metric}`.
-    pub(super) fn finish_of(&self, accs: &[Accumulator]) -> Result<Evaluation> {
+    /// The loss (weighted sum) and metrics, with `{output}_loss` and `{output}_{metric}`,
+    /// over the sums of every rank of `group`, if given.
+    pub(super) fn finish_with(
+        &self,
+        accs: &[Accumulator],
+        mut group: super::fit::Group<'_>,
+    ) -> Result<Evaluation> {
+        let mut finish = |a: &Accumulator| match super::fit::lend(&mut group) {
+            Some(g) => {
+                let mut sums = a.sums()?;
+                g.all_reduce_sum(&mut sums)?;
+                a.finish_from(&sums)
+            }
+            None => a.finish(),
+        };
         let Some(o) = &self.outputs else {
             return match accs.first() {
-                Some(a) => a.finish(),
+                Some(a) => finish(a),
                 None => Err(Error::arg("accumulator", "none")),
             };
         };
@@ -347,7 +360,7 @@ impl Trainer {
             confusion: None,
         };
         for (p, a) in o.plans.iter().zip(accs) {
-            let one = a.finish()?;
+            let one = finish(a)?;
             let name = &p.spec.name;
             e.loss += p.spec.weight as f64 * one.loss;
             e.metrics.push((format!("{name}_loss"), one.loss));
@@ -424,7 +437,7 @@ impl Trainer {
         Ok(())
     }
 
-    /// One optimizer step of a several-output trainer on the batch in workspace `key`.
+    /// Forward and backward of a several-output trainer on the batch in workspace `key`.
     pub(super) fn step_outputs(
         &mut self,
         key: (usize, usize),
@@ -435,7 +448,7 @@ impl Trainer {
             .forward_ws(key, &self.train_stages, Pass::Train)?;
         self.output_losses_ws(key, Losses::Train(accs))?;
         self.model.backward_ws(key, &self.train_stages, false)?;
-        self.update()
+        Ok(())
     }
 
     /// The weighted loss of `gradients` (reads the probe log back).

@@ -18,11 +18,27 @@ impl Trainer {
         data: &DeviceData,
         batch_size: usize,
     ) -> Result<Evaluation> {
-        let mut accs = self.accumulators(data.rows.div_ceil(batch_size.max(1)))?;
+        self.evaluate_shard(data, batch_size, None)
+    }
+
+    /// Evaluates this rank's [`shard`](super::replica::shard) of the rows and sums the
+    /// metrics over the ranks of `group` (all rows when there is none).
+    pub(super) fn evaluate_shard(
+        &mut self,
+        data: &DeviceData,
+        batch_size: usize,
+        group: super::fit::Group<'_>,
+    ) -> Result<Evaluation> {
+        let (first, rows) = match &group {
+            Some(g) => super::replica::shard(data.rows, g.size(), g.rank()),
+            None => (0, data.rows),
+        };
+        let mut accs = self.accumulators(rows.div_ceil(batch_size.max(1)))?;
         let n = self.train_stages.len();
-        let mut start = 0;
-        while start < data.rows {
-            let batch = batch_size.max(1).min(data.rows - start);
+        let end = first + rows;
+        let mut start = first;
+        while start < end {
+            let batch = batch_size.max(1).min(end - start);
             let key = self.load_batch(data, start, batch)?;
             self.model
                 .forward_ws(key, &self.train_stages, Pass::Infer)?;
@@ -36,7 +52,7 @@ impl Trainer {
             }
             start += batch;
         }
-        let mut e = self.finish_of(&accs)?;
+        let mut e = self.finish_with(&accs, group)?;
         e.loss += self.penalty()?;
         Ok(e)
     }

@@ -8,7 +8,8 @@ use crate::nn::model::Pass;
 use crate::ops::loss::{loss_and_grad_at, loss_and_grad_into};
 
 impl Trainer {
-    /// One optimizer step on the batch in workspace `key`; nothing is read back.
+    /// Forward and backward on the batch in workspace `key`, leaving the gradients for
+    /// [`Trainer::update`]; nothing is read back.
     pub(super) fn step_ws(
         &mut self,
         key: (usize, usize),
@@ -35,7 +36,7 @@ impl Trainer {
             }
             self.model
                 .backward_ws(key, stages, plan.hidden_is_dense())?;
-            return self.update();
+            return Ok(());
         }
         self.model
             .forward_ws(key, &self.train_stages, Pass::Train)?;
@@ -66,7 +67,7 @@ impl Trainer {
             }
         }
         self.model.backward_ws(key, &self.train_stages, false)?;
-        self.update()
+        Ok(())
     }
 
     /// The optimizer step on the gradients in place (recorded; the caller submits).
@@ -91,6 +92,7 @@ impl Trainer {
         } else {
             self.step_ws(key, None)?;
         }
+        self.update()?;
         self.model.device.flush()
     }
 
