@@ -17,7 +17,7 @@ pub use fit::FitRun;
 pub use history::{EpochLog, History};
 pub use metrics::Metric;
 pub use outputs::OutputLoss;
-pub use replica::shard;
+pub use replica::{shard, ExchangeStats};
 
 use crate::device::Device;
 use crate::error::Result;
@@ -147,6 +147,8 @@ pub struct Trainer {
     norm: Tensor,
     /// Several outputs, each with its loss, weight and metrics (`compile_outputs`).
     outputs: Option<outputs::Outputs>,
+    /// What data-parallel gradient exchanges have cost.
+    exchanges: ExchangeStats,
 }
 
 impl Model {
@@ -186,6 +188,7 @@ impl Model {
             epoch: 0,
             norm,
             outputs: None,
+            exchanges: ExchangeStats::default(),
         })
     }
 }

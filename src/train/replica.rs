@@ -14,6 +14,17 @@ use crate::dist::{AllReduce, Fingerprint, ThreadGroup};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// What the gradient exchanges of data-parallel training have cost so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ExchangeStats {
+    /// All-reduces of the gradients (one per optimizer step).
+    pub steps: u64,
+    /// Gradient bytes this rank sent into them.
+    pub bytes: u64,
+    /// Seconds spent in them, waiting for the slowest rank included.
+    pub seconds: f64,
+}
+
 /// The rows of a global batch of `batch` rows that rank `rank` of `size` trains on, as
 /// (offset into the batch, rows): the first `batch % size` ranks take one row more.
 pub fn shard(batch: usize, size: usize, rank: usize) -> (usize, usize) {
@@ -99,6 +110,11 @@ impl Trainer {
         })
     }
 
+    /// What this trainer's gradient exchanges have cost (zeros outside data-parallel fits).
+    pub fn exchange_stats(&self) -> ExchangeStats {
+        self.exchanges
+    }
+
     /// What must agree on every rank: parameters, targets, data and fit options.
     fn fingerprint(&self, x: &[f32], y: &[f32], opts: &FitOptions) -> u64 {
         let mut f = Fingerprint::new()
@@ -164,7 +180,12 @@ impl Trainer {
         };
         let scale = (rows * group.size()) as f32 / batch.max(1) as f32;
         flat.iter_mut().for_each(|g| *g *= scale);
+        let start = std::time::Instant::now();
         group.all_reduce_mean(&mut flat)?;
+        self.exchanges.steps += 1;
+        self.exchanges.bytes += flat.len() as u64 * 4;
+        self.exchanges.seconds += start.elapsed().as_secs_f64();
+        let params = &mut self.model.params;
         let mut grads: Vec<&mut Tensor> = params.iter_mut().map(|p| &mut p.grad).collect();
         write_parts(&mut grads, &flat)
     }
