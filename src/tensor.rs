@@ -2,18 +2,53 @@
 
 use std::sync::Arc;
 
-use crate::device::{Device, GpuContext};
+use crate::device::{Device, GpuContext, Span};
 use crate::error::{Error, Result};
 
-/// A GPU buffer that goes back to its device's pool when dropped.
-pub(crate) struct GpuBuffer {
-    pub(crate) buf: wgpu::Buffer,
-    pub(crate) ctx: Arc<GpuContext>,
+/// A GPU buffer that goes back to its device's pool when the last tensor in it is dropped.
+pub(crate) struct GpuMemory {
+    buf: wgpu::Buffer,
+    ctx: Arc<GpuContext>,
 }
 
-impl Drop for GpuBuffer {
+impl Drop for GpuMemory {
     fn drop(&mut self) {
         self.ctx.release(self.buf.clone());
+    }
+}
+
+/// A GPU tensor's place: a buffer of its own, or its share of a packed one (see
+/// [`Tensor::packed`]).
+pub(crate) struct GpuBuffer {
+    memory: Arc<GpuMemory>,
+    /// The first byte; a tensor that owns its buffer starts at 0 and binds all of it.
+    offset: u64,
+    shared: bool,
+}
+
+impl GpuBuffer {
+    fn own(buf: wgpu::Buffer, ctx: &Arc<GpuContext>) -> GpuBuffer {
+        GpuBuffer {
+            memory: Arc::new(GpuMemory {
+                buf,
+                ctx: ctx.clone(),
+            }),
+            offset: 0,
+            shared: false,
+        }
+    }
+
+    pub(crate) fn ctx(&self) -> &Arc<GpuContext> {
+        &self.memory.ctx
+    }
+
+    /// The bytes of `len` values this tensor occupies.
+    fn span(&self, len: usize) -> Span<'_> {
+        Span {
+            buf: &self.memory.buf,
+            offset: self.offset,
+            size: self.shared.then_some(len as u64 * 4),
+        }
     }
 }
 
@@ -98,11 +133,8 @@ impl Tensor {
             }
             Device::Gpu(ctx) => {
                 let buf = ctx.alloc(data.len())?;
-                ctx.upload(&buf, bytemuck::cast_slice(data))?;
-                Storage::Gpu(GpuBuffer {
-                    buf,
-                    ctx: ctx.clone(),
-                })
+                ctx.upload(Span::whole(&buf), bytemuck::cast_slice(data))?;
+                Storage::Gpu(GpuBuffer::own(buf, ctx))
             }
         };
         Ok(Tensor {
@@ -115,7 +147,7 @@ impl Tensor {
     pub fn zeros(device: &Device, shape: &[usize]) -> Result<Tensor> {
         let t = Self::uninit(device, shape)?;
         if let Storage::Gpu(g) = &t.storage {
-            g.ctx.clear(&g.buf);
+            g.ctx().clear(g.span(t.len()));
         }
         Ok(t)
     }
@@ -137,10 +169,7 @@ impl Tensor {
         let n = numel("Tensor::uninit", shape)?;
         let storage = match device {
             Device::Cpu => Storage::Cpu(host_zeros(n, "Tensor::uninit")?),
-            Device::Gpu(ctx) => Storage::Gpu(GpuBuffer {
-                buf: ctx.alloc(n)?,
-                ctx: ctx.clone(),
-            }),
+            Device::Gpu(ctx) => Storage::Gpu(GpuBuffer::own(ctx.alloc(n)?, ctx)),
         };
         Ok(Tensor {
             shape: shape.to_vec(),
@@ -168,7 +197,7 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::Cpu(_) => Device::Cpu,
-            Storage::Gpu(g) => Device::Gpu(g.ctx.clone()),
+            Storage::Gpu(g) => Device::Gpu(g.ctx().clone()),
         }
     }
 
@@ -206,7 +235,10 @@ impl Tensor {
         match &self.storage {
             Storage::Cpu(v) => Ok(v.clone()),
             Storage::Gpu(g) => {
-                let bytes = g.ctx.read(&g.buf, self.len() as u64 * 4).await?;
+                let bytes = g
+                    .ctx()
+                    .read(g.span(self.len()), self.len() as u64 * 4)
+                    .await?;
                 Ok(bytemuck::pod_collect_to_vec(&bytes))
             }
         }
@@ -227,14 +259,14 @@ impl Tensor {
         let parts = tensors
             .iter()
             .map(|t| match &t.storage {
-                Storage::Gpu(g) if Arc::ptr_eq(&g.ctx, &g0.ctx) => {
-                    Some((&g.buf, t.len() as u64 * 4))
+                Storage::Gpu(g) if Arc::ptr_eq(g.ctx(), g0.ctx()) => {
+                    Some((g.span(t.len()), t.len() as u64 * 4))
                 }
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()
             .ok_or(mismatch)?;
-        let bytes = pollster::block_on(g0.ctx.read_parts(&parts))?;
+        let bytes = pollster::block_on(g0.ctx().read_parts(&parts))?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
@@ -253,7 +285,9 @@ impl Tensor {
         }
         match &mut self.storage {
             Storage::Cpu(v) => v.copy_from_slice(data),
-            Storage::Gpu(g) => g.ctx.upload(&g.buf, bytemuck::cast_slice(data))?,
+            Storage::Gpu(g) => g
+                .ctx()
+                .upload(g.span(data.len()), bytemuck::cast_slice(data))?,
         }
         Ok(())
     }
@@ -268,8 +302,9 @@ impl Tensor {
         }
         match (&mut self.storage, &src.storage) {
             (Storage::Cpu(d), Storage::Cpu(s)) => d.copy_from_slice(s),
-            (Storage::Gpu(d), Storage::Gpu(s)) if Arc::ptr_eq(&d.ctx, &s.ctx) => {
-                d.ctx.copy(&s.buf, &d.buf, src.len() as u64 * 4)
+            (Storage::Gpu(d), Storage::Gpu(s)) if Arc::ptr_eq(d.ctx(), s.ctx()) => {
+                let n = src.len();
+                d.ctx().copy(s.span(n), d.span(n), n as u64 * 4)
             }
             _ => {
                 return Err(Error::DeviceMismatch {
@@ -311,11 +346,67 @@ impl Tensor {
         }
     }
 
-    /// The GPU buffer of a GPU tensor.
-    pub(crate) fn buffer(&self) -> Option<&wgpu::Buffer> {
+    /// Where a GPU tensor lives.
+    pub(crate) fn buffer(&self) -> Option<Span<'_>> {
         match &self.storage {
-            Storage::Gpu(g) => Some(&g.buf),
+            Storage::Gpu(g) => Some(g.span(self.len())),
             Storage::Cpu(_) => None,
         }
+    }
+
+    /// Where a tensor made by [`Tensor::packed`] starts in its buffer, in values.
+    pub(crate) fn packed_offset(&self) -> usize {
+        match &self.storage {
+            Storage::Gpu(g) => (g.offset / 4) as usize,
+            Storage::Cpu(_) => 0,
+        }
+    }
+
+    /// Whether two tensors occupy the same GPU buffer (one packed buffer, say).
+    pub fn shares_buffer(&self, other: &Tensor) -> bool {
+        match (&self.storage, &other.storage) {
+            (Storage::Gpu(a), Storage::Gpu(b)) => Arc::ptr_eq(&a.memory, &b.memory),
+            _ => false,
+        }
+    }
+
+    /// Tensors of these shapes packed into one GPU buffer, each starting at an offset
+    /// the adapter can bind, zeros between them: (the whole buffer as one flat tensor,
+    /// the tensors). `None` on the CPU, or when the buffer would exceed one binding.
+    /// Values start as zeros.
+    pub fn packed(device: &Device, shapes: &[&[usize]]) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+        let Device::Gpu(ctx) = device else {
+            return Ok(None);
+        };
+        let align = (ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+        let mut starts = Vec::with_capacity(shapes.len());
+        let mut total = 0usize;
+        for shape in shapes {
+            starts.push(total);
+            let n = numel("Tensor::packed", shape)?;
+            total = total
+                .checked_add(n.div_ceil(align) * align)
+                .ok_or_else(|| Error::shape("Tensor::packed", "more values than usize holds"))?;
+        }
+        if total == 0 || total > device.max_tensor_len() {
+            return Ok(None);
+        }
+        let whole = Tensor::zeros(device, &[total])?;
+        let Storage::Gpu(g) = &whole.storage else {
+            return Ok(None);
+        };
+        let views = shapes
+            .iter()
+            .zip(starts)
+            .map(|(shape, start)| Tensor {
+                shape: shape.to_vec(),
+                storage: Storage::Gpu(GpuBuffer {
+                    memory: g.memory.clone(),
+                    offset: start as u64 * 4,
+                    shared: true,
+                }),
+            })
+            .collect();
+        Ok(Some((whole, views)))
     }
 }

@@ -46,7 +46,29 @@ struct PipelineKey {
 struct BindKey {
     layout: (u32, u32),
     arena: usize,
-    buffers: Vec<wgpu::Buffer>,
+    buffers: Vec<(wgpu::Buffer, u64, Option<u64>)>,
+}
+
+/// Where a tensor lives on the GPU: a buffer and the bytes of it that it occupies.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span<'a> {
+    /// The buffer.
+    pub(crate) buf: &'a wgpu::Buffer,
+    /// The first byte.
+    pub(crate) offset: u64,
+    /// The bytes bound; `None`: the rest of the buffer (a tensor that owns its buffer).
+    pub(crate) size: Option<u64>,
+}
+
+impl<'a> Span<'a> {
+    /// All of `buf`.
+    pub(crate) fn whole(buf: &'a wgpu::Buffer) -> Span<'a> {
+        Span {
+            buf,
+            offset: 0,
+            size: None,
+        }
+    }
 }
 
 /// Counters that show what a step costs.
@@ -519,7 +541,7 @@ impl GpuContext {
         k: &Kernel,
         constants: &[(&'static str, f64)],
         params: &P,
-        buffers: &[&wgpu::Buffer],
+        buffers: &[Span<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
         const { assert!(std::mem::size_of::<P>() <= PARAM_BYTES as usize) };
@@ -562,7 +584,7 @@ impl GpuContext {
         k: &Kernel,
         constants: &[(&'static str, f64)],
         bytes: &[u8],
-        buffers: &[&wgpu::Buffer],
+        buffers: &[Span<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
         debug_assert_eq!(buffers.len() as u32, k.inputs + k.outputs);
@@ -612,11 +634,14 @@ impl GpuContext {
         Ok(())
     }
 
-    fn bind_group(&self, k: &Kernel, arena: usize, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    fn bind_group(&self, k: &Kernel, arena: usize, buffers: &[Span<'_>]) -> wgpu::BindGroup {
         let key = BindKey {
             layout: (k.inputs, k.outputs),
             arena,
-            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
+            buffers: buffers
+                .iter()
+                .map(|b| (b.buf.clone(), b.offset, b.size))
+                .collect(),
         };
         let mut cache = lock(&self.bind_groups);
         if let Some(bg) = cache.get(&key) {
@@ -640,7 +665,11 @@ impl GpuContext {
                 .enumerate()
                 .map(|(i, b)| wgpu::BindGroupEntry {
                     binding: 1 + i as u32,
-                    resource: b.as_entire_binding(),
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: b.buf,
+                        offset: b.offset,
+                        size: b.size.and_then(wgpu::BufferSize::new),
+                    }),
                 }),
         );
         let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -728,7 +757,7 @@ impl GpuContext {
                 .resolve_query_set(&set, 0..2, &resolve, 0);
         }
         recorded?;
-        let bytes = pollster::block_on(self.read(&resolve, 16))?;
+        let bytes = pollster::block_on(self.read(Span::whole(&resolve), 16))?;
         let ticks: Vec<u64> = bytes
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
@@ -744,25 +773,26 @@ impl GpuContext {
     }
 
     /// Records a buffer-to-buffer copy after the dispatches recorded so far.
-    pub(crate) fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
+    pub(crate) fn copy(&self, src: Span<'_>, dst: Span<'_>, bytes: u64) {
         let mut pending = lock(&self.pending);
         self.encoder(&mut pending)
-            .copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+            .copy_buffer_to_buffer(src.buf, src.offset, dst.buf, dst.offset, bytes);
     }
 
     /// Records a zero fill of `dst`.
-    pub(crate) fn clear(&self, dst: &wgpu::Buffer) {
+    pub(crate) fn clear(&self, dst: Span<'_>) {
         let mut pending = lock(&self.pending);
-        self.encoder(&mut pending).clear_buffer(dst, 0, None);
+        self.encoder(&mut pending)
+            .clear_buffer(dst.buf, dst.offset, dst.size);
     }
 
     /// Uploads `data` into `dst`, ordered after the work recorded so far.
-    pub(crate) fn upload(&self, dst: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+    pub(crate) fn upload(&self, dst: Span<'_>, data: &[u8]) -> Result<()> {
         self.check_lost()?;
         let mut pending = lock(&self.pending);
         if pending.encoder.is_none() {
             // Nothing recorded can still read the old contents: write directly.
-            self.queue.write_buffer(dst, 0, data);
+            self.queue.write_buffer(dst.buf, dst.offset, data);
             return Ok(());
         }
         // Not DeviceExt::create_buffer_init: it panics when the mapping fails (out of memory).
@@ -787,7 +817,7 @@ impl GpuContext {
         }
         staging.unmap();
         self.encoder(&mut pending)
-            .copy_buffer_to_buffer(&staging, 0, dst, 0, n);
+            .copy_buffer_to_buffer(&staging, 0, dst.buf, dst.offset, n);
         Ok(())
     }
 
@@ -827,13 +857,13 @@ impl GpuContext {
     }
 
     /// Copies `bytes` of `src` back to the host once the recorded work has run.
-    pub(crate) async fn read(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    pub(crate) async fn read(&self, src: Span<'_>, bytes: u64) -> Result<Vec<u8>> {
         self.read_parts(&[(src, bytes)]).await
     }
 
     /// Copies the first `bytes` of each buffer back to the host, concatenated, with one
     /// staging buffer and one wait (a model's gradients for an all-reduce, say).
-    pub(crate) async fn read_parts(&self, parts: &[(&wgpu::Buffer, u64)]) -> Result<Vec<u8>> {
+    pub(crate) async fn read_parts(&self, parts: &[(Span<'_>, u64)]) -> Result<Vec<u8>> {
         let padded: Vec<u64> = parts.iter().map(|(_, b)| b.div_ceil(4) * 4).collect();
         let total: u64 = padded.iter().sum();
         let bytes: u64 = parts.iter().map(|(_, b)| b).sum();
@@ -850,7 +880,7 @@ impl GpuContext {
             for ((src, _), &n) in parts.iter().zip(&padded) {
                 if n > 0 {
                     self.encoder(&mut pending)
-                        .copy_buffer_to_buffer(src, 0, &staging, at, n);
+                        .copy_buffer_to_buffer(src.buf, src.offset, &staging, at, n);
                 }
                 at += n;
             }
@@ -961,7 +991,7 @@ mod tests {
     fn a_lost_device_is_an_error_everywhere() {
         let ctx = Arc::new(GpuContext::new(None).unwrap());
         let buf = ctx.alloc(16).unwrap();
-        ctx.upload(&buf, &[0u8; 64]).unwrap();
+        ctx.upload(Span::whole(&buf), &[0u8; 64]).unwrap();
         ctx.synchronize().unwrap();
         // wgpu marks the device lost at once but calls the lost callback at the next poll,
         // so the first call to notice is one that waits for the GPU; every one after it fails.
@@ -975,15 +1005,18 @@ mod tests {
         lost(ctx.synchronize(), "synchronize");
         lost(ctx.flush(), "flush");
         lost(ctx.alloc(1 << 20).map(drop), "alloc");
-        lost(ctx.upload(&buf, &[0u8; 64]), "upload");
-        lost(pollster::block_on(ctx.read(&buf, 64)).map(drop), "readback");
+        lost(ctx.upload(Span::whole(&buf), &[0u8; 64]), "upload");
+        lost(
+            pollster::block_on(ctx.read(Span::whole(&buf), 64)).map(drop),
+            "readback",
+        );
 
         // A readback is the other place a training loop waits: it notices too.
         let ctx = GpuContext::new(None).unwrap();
         let buf = ctx.alloc(16).unwrap();
         ctx.device.destroy();
         lost(
-            pollster::block_on(ctx.read(&buf, 64)).map(drop),
+            pollster::block_on(ctx.read(Span::whole(&buf), 64)).map(drop),
             "first readback",
         );
         let msg = Error::DeviceLost {

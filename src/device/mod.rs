@@ -6,8 +6,8 @@ mod gpu;
 use std::sync::Arc;
 
 pub use adapter::{list_adapters, AdapterSummary};
-pub(crate) use gpu::Kernel;
 pub use gpu::{GpuContext, Stats};
+pub(crate) use gpu::{Kernel, Span};
 
 use crate::error::Result;
 

@@ -68,7 +68,7 @@ pub(crate) fn launch<P: bytemuck::Pod>(
     tensors: &[&Tensor],
     groups: [u32; 3],
 ) -> Result<()> {
-    let buffers: Vec<&wgpu::Buffer> = tensors
+    let buffers: Vec<crate::device::Span<'_>> = tensors
         .iter()
         .map(|t| t.buffer().ok_or(Error::DeviceMismatch { op: kernel.entry }))
         .collect::<Result<_>>()?;

@@ -7,6 +7,7 @@ pub use crate::ops::optim::Rule;
 pub use schedule::Schedule;
 
 use crate::error::Result;
+use crate::nn::model::Packed;
 use crate::nn::Param;
 use crate::ops::optim;
 use crate::tensor::Tensor;
@@ -129,10 +130,12 @@ impl Optimizer {
         }
     }
 
-    /// Updates every parameter from its gradient: `t` is the 1-based step.
+    /// Updates every parameter from its gradient: `t` is the 1-based step. Where the
+    /// parameters live in `packed` buffers, every update is one dispatch.
     pub(crate) fn step(
         &self,
         params: &mut [Param],
+        packed: Option<&mut Packed>,
         lr: f32,
         t: u64,
         norm: &mut Tensor,
@@ -142,15 +145,23 @@ impl Optimizer {
             let mut grads: Vec<&mut Tensor> = params.iter_mut().map(|p| &mut p.grad).collect();
             optim::clip_by_global_norm(&mut grads, norm, max_norm)?;
         }
-        for p in params.iter_mut() {
-            if p.state.len() != self.rule.state_slots() {
-                p.state = (0..self.rule.state_slots())
-                    .map(|_| Tensor::zeros(&p.value.device(), p.value.shape()))
-                    .collect::<Result<_>>()?;
-            }
-            if p.l1 != 0.0 || p.l2 != 0.0 {
-                crate::ops::elementwise::add_penalty_grad(&p.value, &mut p.grad, p.l1, p.l2)?;
-            }
+        for p in params.iter_mut().filter(|p| p.l1 != 0.0 || p.l2 != 0.0) {
+            crate::ops::elementwise::add_penalty_grad(&p.value, &mut p.grad, p.l1, p.l2)?;
+        }
+        let slots = self.rule.state_slots();
+        if let Some(pk) = packed.filter(|pk| pk.holds(params)) {
+            pk.ensure_state(params, slots)?;
+            let mut all = [optim::Slot {
+                value: &mut pk.values,
+                grad: &pk.grads,
+                state: &mut pk.state,
+            }];
+            return optim::step_many(&self.rule, lr, self.weight_decay, t, &mut all);
+        }
+        for p in params.iter_mut().filter(|p| p.state.len() != slots) {
+            p.state = (0..slots)
+                .map(|_| Tensor::zeros(&p.value.device(), p.value.shape()))
+                .collect::<Result<_>>()?;
         }
         // One dispatch for every four parameter tensors.
         let mut slots: Vec<optim::Slot> = params

@@ -171,12 +171,9 @@ impl Trainer {
         rows: usize,
         batch: usize,
     ) -> Result<()> {
-        let params = &mut self.model.params;
-        let len: usize = params.iter().map(|p| p.grad.len()).sum();
-        let mut flat = if rows == 0 {
-            vec![0.0; len]
-        } else {
-            Tensor::read_many(&params.iter().map(|p| &p.grad).collect::<Vec<_>>())?
+        let mut flat = match rows {
+            0 => vec![0.0; self.model.params.iter().map(|p| p.grad.len()).sum()],
+            _ => self.read_grads()?,
         };
         let scale = (rows * group.size()) as f32 / batch.max(1) as f32;
         flat.iter_mut().for_each(|g| *g *= scale);
@@ -185,9 +182,27 @@ impl Trainer {
         self.exchanges.steps += 1;
         self.exchanges.bytes += flat.len() as u64 * 4;
         self.exchanges.seconds += start.elapsed().as_secs_f64();
-        let params = &mut self.model.params;
-        let mut grads: Vec<&mut Tensor> = params.iter_mut().map(|p| &mut p.grad).collect();
-        write_parts(&mut grads, &flat)
+        self.write_grads(&flat)
+    }
+
+    /// Every gradient, in order: one transfer where they are packed.
+    fn read_grads(&self) -> Result<Vec<f32>> {
+        let model = &self.model;
+        match model.packed.as_ref().filter(|pk| pk.holds(&model.params)) {
+            Some(pk) => Ok(pk.unpad(&pk.grads.to_vec()?)),
+            None => Tensor::read_many(&model.params.iter().map(|p| &p.grad).collect::<Vec<_>>()),
+        }
+    }
+
+    /// Replaces every gradient by its part of `flat`: one transfer where they are packed.
+    fn write_grads(&mut self, flat: &[f32]) -> Result<()> {
+        let model = &mut self.model;
+        if let Some(pk) = model.packed.as_mut().filter(|pk| pk.holds(&model.params)) {
+            let padded = pk.pad(flat)?;
+            return pk.grads.write(&padded);
+        }
+        let mut grads: Vec<&mut Tensor> = model.params.iter_mut().map(|p| &mut p.grad).collect();
+        write_parts(&mut grads, flat)
     }
 }
 

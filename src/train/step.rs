@@ -75,8 +75,14 @@ impl Trainer {
         // Ask the schedule before counting the step: its index is 0-based.
         let lr = self.current_lr();
         self.step += 1;
-        self.optimizer
-            .step(&mut self.model.params, lr, self.step, &mut self.norm)
+        let model = &mut self.model;
+        self.optimizer.step(
+            &mut model.params,
+            model.packed.as_mut(),
+            lr,
+            self.step,
+            &mut self.norm,
+        )
     }
 
     /// One training step on a batch of host rows; returns nothing (no readback).

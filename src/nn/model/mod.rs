@@ -2,6 +2,7 @@
 //! workspaces. [`planner`] lowers a description to steps and applies the fusions,
 //! [`workspace`] holds the buffers, [`passes`] runs forward, backward and the fused head.
 
+mod packed;
 mod passes;
 pub(crate) mod planner;
 mod workspace;
@@ -16,6 +17,7 @@ use crate::ops::batch_norm::RunningStats;
 use crate::tensor::Tensor;
 
 pub(crate) use crate::nn::layers::Pass;
+pub(crate) use packed::Packed;
 pub(crate) use planner::{HeadPlan, NodeInfo, Stage};
 pub(crate) use workspace::Workspace;
 
@@ -82,6 +84,8 @@ pub struct Model {
     /// Sample shape after each stage of the plan.
     pub(crate) stage_shapes: Vec<Vec<usize>>,
     pub(crate) params: Vec<Param>,
+    /// The parameters' values, gradients and optimizer state in one buffer each (GPU).
+    pub(crate) packed: Option<packed::Packed>,
     /// Non-trainable state, in layer order.
     pub(crate) buffers: Vec<Buffers>,
     pub(crate) stages: Vec<Stage>,
@@ -150,6 +154,28 @@ impl Model {
     /// Every parameter, in layer order.
     pub fn params(&self) -> &[Param] {
         &self.params
+    }
+
+    /// Whether the parameters, their gradients and the optimizer state live in one
+    /// buffer each, so that an optimizer step is one dispatch (GPU models, by default).
+    pub fn is_packed(&self) -> bool {
+        self.packed.as_ref().is_some_and(|p| p.holds(&self.params))
+    }
+
+    /// Gives every parameter, gradient and optimizer state its own buffer again: the
+    /// baseline the benches compare packing against.
+    pub fn unpack(&mut self) -> Result<()> {
+        for p in &mut self.params {
+            p.value = p.value.try_clone()?;
+            p.grad = p.grad.try_clone()?;
+            p.state = p
+                .state
+                .iter()
+                .map(Tensor::try_clone)
+                .collect::<Result<_>>()?;
+        }
+        self.packed = None;
+        Ok(())
     }
 
     /// Every parameter, writable (for optimizers and checkpoints).

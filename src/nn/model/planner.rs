@@ -122,8 +122,11 @@ pub(crate) fn plan(
             (name, act)
         })
         .collect();
+    let mut params = params;
+    let packed = super::packed::Packed::of(device, &mut params)?;
     Ok(Model {
         device: device.clone(),
+        packed,
         spec,
         graph: None,
         input_shape: r.input.1.clone(),
