@@ -77,6 +77,14 @@ use crate::optim::Rule;
 /// t_max = 10                       # cosine: epochs of the half period; eta_min = 0.0
 /// warmup = 100                     # any: linear warmup over this many steps first
 /// # step: step_size = N, gamma = 0.1; exponential: gamma = G
+///
+/// # A graph with several outputs gives each one its own table (Keras's loss, loss_weights
+/// # and metrics dicts); loss, from_logits and metrics above are the defaults of the keys
+/// # and outputs it leaves out. Targets are packed in the order of `outputs`.
+/// # [training.outputs.NAME]       # NAME: one of the graph's outputs
+/// # loss = "mse"                   # and from_logits, as above
+/// # weight = 0.5                   # in the total loss: finite, >= 0 (default 1)
+/// # metrics = ["mae"]
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
