@@ -142,9 +142,11 @@ fn eval_metrics(loss: Loss, outputs: usize) -> Vec<Metric> {
 
 /// Loss and metrics one per line, then the confusion matrix.
 fn report(e: &Evaluation) -> String {
-    let mut out = format!("{:<11} {:.4}\n", "loss", e.loss);
+    // Names line up, however long an output's name makes them.
+    let width = e.metrics.iter().map(|(n, _)| n.len()).fold(11, usize::max);
+    let mut out = format!("{:<width$} {:.4}\n", "loss", e.loss);
     for (name, v) in &e.metrics {
-        out += &format!("{name:<11} {v:.4}\n");
+        out += &format!("{name:<width$} {v:.4}\n");
     }
     if let Some(c) = &e.confusion {
         out += "\n";
