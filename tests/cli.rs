@@ -702,3 +702,83 @@ fn a_graph_model_file_trains_summarises_evaluates_and_predicts() {
     let err = kiln_fails(&["summary", "--model", bad.to_str().unwrap()], 1, "line 20");
     assert!(err.contains("'r9'") && err.contains("res"), "{err}");
 }
+
+/// GRAPH_FILE with an auxiliary head on the residual block: each output trained on the
+/// digit labels, the auxiliary one weighted 0.3 (and a faster rate, for 3 epochs).
+fn two_output_file() -> String {
+    GRAPH_FILE
+        .replace("outputs = [\"out\"]", "outputs = [\"out\", \"aux\"]")
+        .replace("optimizer = \"adam\"", "optimizer = \"adam\"\nlr = 0.005")
+        + "\n[[nodes]]\nname = \"aux\"\ndense = 10\ninputs = [\"r1\"]\n\n\
+           [training.outputs.aux]\nweight = 0.3\nmetrics = [\"accuracy\"]\n"
+}
+
+#[test]
+fn a_two_output_graph_file_trains_on_the_label_column_resumes_and_evaluates() {
+    let dir = temp_dir("two-outputs");
+    let file = dir.join("two.toml");
+    std::fs::write(&file, two_output_file()).unwrap();
+    let file = file.to_str().unwrap();
+    let run = dir.join("run");
+    let run_s = run.to_str().unwrap();
+    let args = ["train", "--model", file, "--device", "cpu", "--epochs", "3"];
+    let out = kiln_ok(&[&args[..], &["--out", run_s]].concat());
+    assert!(
+        out.contains("out_accuracy") && out.contains("aux_accuracy"),
+        "{out}"
+    );
+    let (header, rows) = history(&run);
+    let at = |key: &str| header.iter().position(|h| h == key).unwrap();
+    for key in ["out_loss", "aux_loss", "aux_accuracy", "val_out_accuracy"] {
+        at(key);
+    }
+    let (first, last) = (&rows[0], &rows[rows.len() - 1]);
+    assert!(last[at("loss")] < first[at("loss")], "{header:?} {rows:?}");
+    // The reported loss is the weighted sum of the outputs' losses.
+    let weighted = last[at("out_loss")] + 0.3 * last[at("aux_loss")];
+    assert!(
+        (last[at("loss")] - weighted).abs() < 1e-3,
+        "{header:?} {last:?}"
+    );
+    assert!(last[at("val_out_accuracy")] > 0.8, "{header:?} {last:?}");
+
+    kiln_ok(&[
+        "train", "--resume", run_s, "--epochs", "4", "--device", "cpu",
+    ]);
+    assert_eq!(history(&run).1.len(), 4);
+    let out = kiln_ok(&["eval", "--checkpoint", run_s, "--device", "cpu"]);
+    assert!(out.contains("aux_accuracy"), "{out}");
+    let predict = [
+        "predict",
+        "--input",
+        file,
+        "--checkpoint",
+        run_s,
+        "--device",
+        "cpu",
+    ];
+    kiln_fails(&predict, 1, "several outputs (out, aux)");
+
+    // A head that takes more than one target per row cannot train on one label column.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        two_output_file().replace("weight = 0.3", "loss = \"mse\""),
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    let out_dir = dir.join("bad-run");
+    kiln_fails(
+        &[
+            "train",
+            "--model",
+            bad,
+            "--device",
+            "cpu",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        1,
+        "one label column",
+    );
+}

@@ -186,16 +186,7 @@ fn a_weight_of_zero_gives_its_private_branch_no_gradient() {
 /// A classifier head and a regression head on a shared trunk learn both.
 #[test]
 fn a_classifier_and_a_regressor_learn_together() {
-    let rows = 512;
-    let x = random(rows * 4, 5);
-    let class: Vec<f32> = x
-        .chunks(4)
-        .map(|r| {
-            let s = [r[0] + r[1], r[1] - r[2], -r[0] - r[3]];
-            (0..3).fold(0, |b, i| if s[i] > s[b] { i } else { b }) as f32
-        })
-        .collect();
-    let value: Vec<f32> = x.chunks(4).map(|r| 0.5 * r[0] - 0.3 * r[3]).collect();
+    let (x, class, value) = heads_rows(512);
     let mut t = heads(32, Activation::Relu, 1)
         .build(&Device::cpu(), 1)
         .unwrap()

@@ -31,6 +31,7 @@ pub fn model_file(path: &Path) -> Result<ModelSpec> {
         batch_size: training.batch_size,
         epochs: training.epochs,
         seed: training.seed,
+        training,
     })
 }
 

@@ -1,9 +1,10 @@
 //! `kiln eval`: a checkpoint's loss and metrics on test rows, and its confusion matrix.
 
 use clap::Args;
+use kiln::data::Dataset;
 use kiln::ops::metrics::ConfusionMatrix;
 use kiln::train::Evaluation;
-use kiln::{Loss, Metric, Result};
+use kiln::{Loss, Metric, Result, Trainer};
 
 use super::checkpoint::{CheckpointArgs, Opened};
 use super::data_source::{self, DataSource};
@@ -93,17 +94,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         test.classes = test.classes.max(record.classes);
     }
     data_source::apply(record.scaler().as_ref(), &mut test)?;
-    model_args::check_fits(&trainer.model, trainer.loss(), &test, "--data")?;
-
-    let loss = model_args::for_class_ids(trainer.loss());
-    let optimizer = trainer.optimizer().clone();
     let epochs = trainer.epochs_done();
-    let outputs = trainer.model.output_width();
-    // Compiled again for the full set of metrics; the weights are unchanged.
-    let mut trainer = trainer
-        .model
-        .compile(loss, optimizer, &eval_metrics(loss, outputs))?;
-    let e = trainer.evaluate(&test.x, &test.y, batch_size)?;
+    let e = evaluate(trainer, &test, batch_size)?;
 
     say!(
         "checkpoint: {} (after {epochs} epochs)",
@@ -112,6 +104,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
     say!("data:       {name}, {}", data_source::describe(&test));
     super::write_out(&report(&e));
     Ok(())
+}
+
+/// The trainer's loss and metrics on `test`: a one-output model compiled again for the
+/// full set of metrics (the weights are unchanged), one with several outputs with its own,
+/// every output on the label column as it was trained.
+fn evaluate(trainer: Trainer, test: &Dataset, batch_size: usize) -> Result<Evaluation> {
+    if trainer.output_losses().is_some() {
+        let mut trainer = trainer;
+        let y = super::outputs::targets(&trainer, &test.y)?;
+        return trainer.evaluate(&test.x, &y, batch_size);
+    }
+    model_args::check_fits(&trainer.model, trainer.loss(), test, "--data")?;
+    let loss = model_args::for_class_ids(trainer.loss());
+    let optimizer = trainer.optimizer().clone();
+    let outputs = trainer.model.output_width();
+    let mut trainer = trainer
+        .model
+        .compile(loss, optimizer, &eval_metrics(loss, outputs))?;
+    trainer.evaluate(&test.x, &test.y, batch_size)
 }
 
 /// Metrics for evaluation: everything that describes a classifier, or both errors.
@@ -131,9 +142,11 @@ fn eval_metrics(loss: Loss, outputs: usize) -> Vec<Metric> {
 
 /// Loss and metrics one per line, then the confusion matrix.
 fn report(e: &Evaluation) -> String {
-    let mut out = format!("{:<11} {:.4}\n", "loss", e.loss);
+    // Names line up, however long an output's name makes them.
+    let width = e.metrics.iter().map(|(n, _)| n.len()).fold(11, usize::max);
+    let mut out = format!("{:<width$} {:.4}\n", "loss", e.loss);
     for (name, v) in &e.metrics {
-        out += &format!("{name:<11} {v:.4}\n");
+        out += &format!("{name:<width$} {v:.4}\n");
     }
     if let Some(c) = &e.confusion {
         out += "\n";

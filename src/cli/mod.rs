@@ -13,6 +13,7 @@ mod checkpoint;
 mod data_source;
 mod eval;
 mod model_args;
+mod outputs;
 mod plot;
 mod predict;
 mod progress;

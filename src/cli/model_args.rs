@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use kiln::data::Dataset;
+use kiln::io::TrainingSpec;
 use kiln::nn::graph::Op;
 use kiln::{
     Activation, Device, Graph, Layer, Loss, Metric, Model, Optimizer, Result, Schedule, Sequential,
@@ -259,6 +260,8 @@ pub struct ModelSpec {
     pub epochs: Option<usize>,
     /// The seed a model file names, if any.
     pub seed: Option<u64>,
+    /// The model file's `[training]` section (empty without one): per-output losses.
+    pub training: TrainingSpec,
 }
 
 impl ModelArgs {
@@ -296,6 +299,7 @@ impl ModelArgs {
             batch_size: None,
             epochs: None,
             seed: None,
+            training: TrainingSpec::default(),
         })
     }
 }

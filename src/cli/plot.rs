@@ -36,11 +36,12 @@ fn draw(history: &History, path: &Path) -> Result<(), Box<dyn std::error::Error>
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(550);
     panel(&left, history, "loss", "Loss")?;
-    // Classifiers show accuracy; regression its first metric (MAE).
+    // Classifiers show accuracy; regression its first metric (MAE); several outputs the
+    // first output's first metric, after its loss.
     let metric = history
         .epochs
         .first()
-        .and_then(|e| e.metrics.first())
+        .and_then(|e| e.metrics.iter().find(|(n, _)| !n.ends_with("_loss")))
         .map(|(n, _)| n.clone());
     if let Some(m) = metric {
         let title = match m.as_str() {

@@ -65,6 +65,17 @@ pub fn run(args: PredictArgs) -> Result<()> {
         mut trainer,
         batch_size,
     } = args.run.open()?;
+    if let Some(outputs) = trainer.output_losses() {
+        let names: Vec<String> = outputs.into_iter().map(|o| o.name).collect();
+        return Err(bad_arg(
+            "--checkpoint",
+            format!(
+                "the model has several outputs ({}); kiln predict writes one, so predict \
+                 with the library's Trainer::predict_outputs",
+                names.join(", ")
+            ),
+        ));
+    }
     let mut x = read_rows(&args.input, args.delimiter, &record)?;
     if let Some(s) = record.scaler() {
         s.transform(&mut x)?;

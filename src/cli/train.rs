@@ -254,22 +254,10 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         Some(spec) => spec,
         None => args.model.build(train.features, outputs)?,
     };
-    let loss = match (args.loss, spec.loss) {
-        (Some(l), _) => l.loss(),
-        (None, Some(l)) => model_args::for_class_ids(l),
-        (None, None) => loss_name.loss(),
-    };
-    let what = if args.model.model.is_some() {
-        "--model"
-    } else {
-        "--layers"
-    };
     let (optimizer_name, optimizer) = optimizer_of(args, spec.optimizer.clone(), epochs)?;
     let lr = optimizer.lr;
     let model = spec.architecture.build(device, seed)?;
-    model_args::check_fits(&model, loss, &train, what)?;
-    let outputs = model.output_width();
-    let trainer = model.compile(loss, optimizer, &model_args::train_metrics(loss, outputs))?;
+    let (trainer, loss) = compile(args, &spec, model, optimizer, (&train, loss_name))?;
 
     let mut layers = vec![trainer.model.input_width()];
     layers.extend(spec.architecture.dense_units());
@@ -291,7 +279,7 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
             Some(_) => String::new(),
             None => args.model.activation.unwrap_or_default().name(),
         },
-        loss: LossName::of(loss).name(),
+        loss,
         optimizer: optimizer_name,
         lr,
         ..RunRecord::default()
@@ -310,6 +298,37 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
         trainer,
         history: History::default(),
     })
+}
+
+/// The model compiled for the data (with `loss_name`, the data's default loss) and the
+/// loss as the run record names it: each output's, for a model with several outputs.
+fn compile(
+    args: &TrainArgs,
+    spec: &ModelSpec,
+    model: kiln::Model,
+    optimizer: kiln::Optimizer,
+    (train, loss_name): (&Dataset, LossName),
+) -> Result<(Trainer, String)> {
+    let what = if args.model.model.is_some() {
+        "--model"
+    } else {
+        "--layers"
+    };
+    if super::outputs::wanted(&model, &spec.training) {
+        let flags = (args.loss, loss_name);
+        let t = super::outputs::compile(model, &spec.training, flags, optimizer, train, what)?;
+        let losses = super::outputs::describe(&t.output_losses().unwrap_or_default());
+        return Ok((t, losses));
+    }
+    let loss = match (args.loss, spec.loss) {
+        (Some(l), _) => l.loss(),
+        (None, Some(l)) => model_args::for_class_ids(l),
+        (None, None) => loss_name.loss(),
+    };
+    model_args::check_fits(&model, loss, train, what)?;
+    let outputs = model.output_width();
+    let trainer = model.compile(loss, optimizer, &model_args::train_metrics(loss, outputs))?;
+    Ok((trainer, LossName::of(loss).name()))
 }
 
 /// The test and validation fractions: none by default for a source with its own test
@@ -555,7 +574,8 @@ fn fit(run: &mut Run, epochs: usize, quiet: bool, per_execution: Option<usize>) 
     if r.validation_split > 0.0 {
         opts.validation = Validation::Split(r.validation_split);
     }
-    let mut fit = run.trainer.start_fit(&run.train.x, &run.train.y, opts)?;
+    let y = super::outputs::targets(&run.trainer, &run.train.y)?;
+    let mut fit = run.trainer.start_fit(&run.train.x, &y, opts)?;
     loop {
         let epoch = fit.trainer().epochs_done() + 1;
         let bar = progress::epoch_bar(bars, epoch, epochs, steps);
@@ -578,9 +598,8 @@ fn fit(run: &mut Run, epochs: usize, quiet: bool, per_execution: Option<usize>) 
 /// Tests the model, prints the summary and writes the curves.
 fn finish(run: &mut Run) -> Result<()> {
     if let Some(test) = run.test.as_ref().filter(|t| t.n > 0) {
-        let e = run
-            .trainer
-            .evaluate(&test.x, &test.y, run.record.batch_size)?;
+        let y = super::outputs::targets(&run.trainer, &test.y)?;
+        let e = run.trainer.evaluate(&test.x, &y, run.record.batch_size)?;
         let mut line = format!("test:   loss {:.4}", e.loss);
         for (name, v) in &e.metrics {
             line += &format!("  {name} {v:.4}");

@@ -71,10 +71,13 @@ fn serialize(tensors: Vec<(String, F32Bytes)>, meta: HashMap<String, String>) ->
         .map_err(|e| Error::format("safetensors", format!("cannot serialize: {e}")))
 }
 
-/// The weights of `model` as safetensors bytes, with the architecture in the metadata.
+/// The weights of `model` as safetensors bytes, with the architecture in the metadata
+/// (unless `meta` has it already).
 fn model_bytes(model: &Model, mut meta: HashMap<String, String>) -> Result<Vec<u8>> {
     meta.insert("format".into(), FORMAT.into());
-    meta.insert("model".into(), ModelFile::from_model(model)?.to_toml());
+    if !meta.contains_key("model") {
+        meta.insert("model".into(), ModelFile::from_model(model)?.to_toml());
+    }
     meta.insert("seed".into(), model.seed.to_string());
     // Weights, then the non-trainable running statistics, all under state_dict names.
     let params = model.params().iter().map(|p| (p.name.clone(), &p.value));
@@ -113,6 +116,8 @@ pub fn save(dir: impl AsRef<Path>, trainer: &Trainer) -> Result<()> {
         ("loss".into(), loss.into()),
         ("optimizer".into(), rule_name(&opt.rule).into()),
         ("metrics".into(), metrics.join(",")),
+        // The trainer's file: several outputs listed in the order they were compiled in.
+        ("model".into(), file.to_toml()),
     ]);
     let model = model_bytes(&trainer.model, model_meta)?;
 
@@ -524,8 +529,9 @@ pub fn load_weights_into(model: &mut Model, path: impl AsRef<Path>) -> Result<()
 }
 
 /// Rebuilds a trainer from a checkpoint directory written by [`save`]: model, weights,
-/// loss, optimizer with its state, metrics, and the step and epoch counters, so that
-/// `fit` continues as if it had never stopped.
+/// loss, optimizer with its state, metrics (each output's loss, weight and metrics for a
+/// trainer of `compile_outputs`), and the step and epoch counters, so that `fit`
+/// continues as if it had never stopped.
 pub fn load_trainer(dir: impl AsRef<Path>, device: &Device) -> Result<Trainer> {
     let dir = dir.as_ref();
     let mut weights = open_checked(&dir.join(MODEL_FILE))?;
@@ -538,11 +544,7 @@ pub fn load_trainer(dir: impl AsRef<Path>, device: &Device) -> Result<Trainer> {
     let training: TrainingSpec = toml::from_str(training_text).map_err(|e| {
         opt_file.format_error(format!("metadata 'training' is not valid: {}", e.message()))
     })?;
-    let mut trainer = model.compile(
-        training.loss()?,
-        training.optimizer()?,
-        &training.metric_list()?,
-    )?;
+    let mut trainer = training.compile(model)?;
     let step: u64 = opt_file.number("step")?;
     let epoch: usize = opt_file.number("epoch")?;
     let saved_slots: usize = opt_file.number("state_slots")?;

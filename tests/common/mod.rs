@@ -33,6 +33,21 @@ pub fn random(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
+/// `rows` rows of x [4] with a class (which of three sums is largest) and a value (a
+/// linear mix): the targets of a classifier head and a regression head.
+pub fn heads_rows(rows: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x = random(rows * 4, 5);
+    let class: Vec<f32> = x
+        .chunks(4)
+        .map(|r| {
+            let s = [r[0] + r[1], r[1] - r[2], -r[0] - r[3]];
+            (0..3).fold(0, |b, i| if s[i] > s[b] { i } else { b }) as f32
+        })
+        .collect();
+    let value: Vec<f32> = x.chunks(4).map(|r| 0.5 * r[0] - 0.3 * r[3]).collect();
+    (x, class, value)
+}
+
 /// Uploads to both devices.
 pub fn both(data: &[f32], shape: &[usize]) -> (Tensor, Tensor) {
     (

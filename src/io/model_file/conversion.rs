@@ -96,22 +96,29 @@ impl ModelFile {
         }
     }
 
-    /// The file describing a trainer's model, loss, optimizer, metrics and seed.
+    /// The file describing a trainer's model, loss, optimizer, metrics and seed (each
+    /// output's loss, weight and metrics for a trainer of `compile_outputs`).
     ///
     /// Fails only for an optimizer this format cannot express (a warmup inside a warmup).
     pub fn from_trainer(trainer: &Trainer) -> Result<ModelFile> {
         let mut file = ModelFile::from_model(&trainer.model)?;
         let mut training = TrainingSpec::from_optimizer(trainer.optimizer())?;
-        let (loss, from_logits) = loss_name(trainer.loss());
-        training.loss = Some(loss.into());
-        training.from_logits = from_logits.then_some(true);
-        training.metrics = Some(
-            trainer
-                .metrics()
-                .iter()
-                .map(|m| m.name().to_string())
-                .collect(),
-        );
+        if let Some(outputs) = trainer.output_losses() {
+            training.set_outputs(&outputs);
+            // Targets are packed in the order of `outputs`: the order they were compiled in.
+            file.outputs = outputs.into_iter().map(|o| o.name).collect();
+        } else {
+            let (loss, from_logits) = loss_name(trainer.loss());
+            training.loss = Some(loss.into());
+            training.from_logits = from_logits.then_some(true);
+            training.metrics = Some(
+                trainer
+                    .metrics()
+                    .iter()
+                    .map(|m| m.name().to_string())
+                    .collect(),
+            );
+        }
         training.seed = Some(trainer.model.seed);
         file.training = Some(training);
         Ok(file)

@@ -3,13 +3,16 @@
 //! [`schema`] holds the tables and keys, [`validation`] checks them (each layer's keys in
 //! its own file under [`crate::nn::layers`]), [`conversion`] turns a file into a model and
 //! back, [`graph`] reads and writes graph model files, [`training`] handles the
-//! `[training]` section.
+//! `[training]` section and [`outputs`] its per-output `[training.outputs.NAME]` tables.
 
 pub(crate) mod conversion;
 pub(crate) mod graph;
+pub(crate) mod outputs;
 pub(crate) mod schema;
 pub(crate) mod training;
 pub(crate) mod validation;
 
 pub(crate) use schema::{loss_name, rule_name};
-pub use schema::{InputSpec, LayerSpec, ModelFile, NodeSpec, Padding, ScheduleSpec, TrainingSpec};
+pub use schema::{
+    InputSpec, LayerSpec, ModelFile, NodeSpec, OutputSpec, Padding, ScheduleSpec, TrainingSpec,
+};

@@ -1,6 +1,8 @@
 //! The model file's schema: the TOML tables and keys, as serde reads and writes them,
 //! and the names of losses, optimizers, metrics and initializers.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::nn::Init;
@@ -75,6 +77,14 @@ use crate::optim::Rule;
 /// t_max = 10                       # cosine: epochs of the half period; eta_min = 0.0
 /// warmup = 100                     # any: linear warmup over this many steps first
 /// # step: step_size = N, gamma = 0.1; exponential: gamma = G
+///
+/// # A graph with several outputs gives each one its own table (Keras's loss, loss_weights
+/// # and metrics dicts); loss, from_logits and metrics above are the defaults of the keys
+/// # and outputs it leaves out. Targets are packed in the order of `outputs`.
+/// # [training.outputs.NAME]       # NAME: one of the graph's outputs
+/// # loss = "mse"                   # and from_logits, as above
+/// # weight = 0.5                   # in the total loss: finite, >= 0 (default 1)
+/// # metrics = ["mae"]
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -372,6 +382,29 @@ pub struct TrainingSpec {
     /// Learning-rate schedule (default constant).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,
+    /// A graph model's outputs by name (`[training.outputs.NAME]`): each one's loss,
+    /// weight and metrics; `loss`, `from_logits` and `metrics` above are their defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<BTreeMap<String, OutputSpec>>,
+}
+
+/// One `[training.outputs.NAME]` table: the loss, weight and metrics of output NAME
+/// (Keras's `compile(loss={..}, loss_weights={..}, metrics={..})`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Keras loss name (default: the section's `loss`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<String>,
+    /// binary_crossentropy: the output is logits (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_logits: Option<bool>,
+    /// Its weight in the total loss, finite and >= 0 (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f32>,
+    /// Metric names (default: the section's `metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Vec<String>>,
 }
 
 /// The `[training.schedule]` table.

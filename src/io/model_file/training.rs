@@ -196,20 +196,14 @@ impl TrainingSpec {
         check(self.epochs != Some(0), &field("epochs"), || {
             "must be at least 1".into()
         })?;
-        for (k, name) in self.metrics.iter().flatten().enumerate() {
-            check(
-                Metric::from_name(name).is_some(),
-                &join(at, [Seg::Key("metrics"), Seg::Index(k)]),
-                || format!("unknown metric '{name}' (known: {METRICS})"),
-            )?;
-        }
+        check_metrics(self.metrics.as_deref(), at)?;
         if let Some(s) = &self.schedule {
             s.to_schedule(&field("schedule"))?;
         }
-        Ok(())
+        self.validate_output_tables(at)
     }
 
-    fn checked(&self) -> Result<&TrainingSpec> {
+    pub(super) fn checked(&self) -> Result<&TrainingSpec> {
         self.validate(&[Seg::Key("training")]).map_err(|bad| {
             Error::format(
                 "model file",
@@ -337,6 +331,21 @@ impl TrainingSpec {
             })
             .collect()
     }
+}
+
+/// Checks each name of the `metrics` list of the table at `at`.
+pub(super) fn check_metrics(
+    metrics: Option<&[String]>,
+    at: &[Seg],
+) -> std::result::Result<(), Invalid> {
+    for (k, name) in metrics.iter().copied().flatten().enumerate() {
+        check(
+            Metric::from_name(name).is_some(),
+            &join(at, [Seg::Key("metrics"), Seg::Index(k)]),
+            || format!("unknown metric '{name}' (known: {METRICS})"),
+        )?;
+    }
+    Ok(())
 }
 
 impl ScheduleSpec {

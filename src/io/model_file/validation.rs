@@ -13,10 +13,12 @@ use crate::nn::layers::{Conv, Dense, Pool};
 use crate::nn::{Init, Layer};
 
 /// One step of a path into the file, for messages and line look-ups.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Seg {
     Key(&'static str),
     Index(usize),
+    /// A key the file itself chose, such as an output's name in `[training.outputs]`.
+    Name(String),
 }
 
 /// A value that is well-formed TOML but impossible: where, and why.
@@ -37,7 +39,12 @@ pub(crate) fn path_text(path: &[Seg]) -> String {
     for seg in path {
         match seg {
             Seg::Key(k) if out.is_empty() => out += k,
+            Seg::Name(k) if out.is_empty() => out += k,
             Seg::Key(k) => {
+                out.push('.');
+                out += k;
+            }
+            Seg::Name(k) => {
                 out.push('.');
                 out += k;
             }
@@ -53,15 +60,20 @@ pub(crate) fn line_of(text: &str, path: &[Seg]) -> Option<usize> {
     let mut span = None;
     let mut value: Option<&toml::Spanned<toml::de::DeValue>> = None;
     for seg in path {
-        let next = match (seg, value) {
-            (Seg::Key(k), None) => root
+        let key = match seg {
+            Seg::Key(k) => Some(*k),
+            Seg::Name(k) => Some(k.as_str()),
+            Seg::Index(_) => None,
+        };
+        let next = match (seg, key, value) {
+            (_, Some(k), None) => root
                 .get_ref()
                 .iter()
                 .find(|(key, _)| key.get_ref() == k)
                 .map(|(_, v)| v),
-            (Seg::Key(k), Some(v)) => v.get_ref().get(*k),
-            (Seg::Index(i), Some(v)) => v.get_ref().get(*i),
-            (Seg::Index(_), None) => None,
+            (_, Some(k), Some(v)) => v.get_ref().get(k),
+            (Seg::Index(i), _, Some(v)) => v.get_ref().get(*i),
+            _ => None,
         };
         match next {
             Some(v) => {
@@ -103,7 +115,7 @@ pub(crate) fn join<T>(base: &[Seg], tail: T) -> Vec<Seg>
 where
     T: IntoIterator<Item = Seg>,
 {
-    base.iter().copied().chain(tail).collect()
+    base.iter().cloned().chain(tail).collect()
 }
 
 /// The path of a key of the entry being checked.
@@ -170,6 +182,7 @@ impl ModelFile {
         }
         if let Some(t) = &self.training {
             t.validate(&[Seg::Key("training")])?;
+            self.validate_outputs(t)?;
         }
         Ok(())
     }
