@@ -8,7 +8,9 @@ pub mod checkpoint;
 pub mod model_file;
 
 pub use checkpoint::{load_model, load_trainer, load_weights_into, save, save_model};
-pub use model_file::{InputSpec, LayerSpec, ModelFile, NodeSpec, ScheduleSpec, TrainingSpec};
+pub use model_file::{
+    EntryValue, InputSpec, LayerSpec, ModelFile, NodeSpec, ScheduleSpec, TrainingSpec,
+};
 
 use std::fs::File;
 use std::io::Write;

@@ -6,10 +6,13 @@
 //! `[training]` section.
 
 pub(crate) mod conversion;
+pub(crate) mod entry;
 pub(crate) mod graph;
 pub(crate) mod schema;
 pub(crate) mod training;
 pub(crate) mod validation;
 
 pub(crate) use schema::{loss_name, rule_name};
-pub use schema::{InputSpec, LayerSpec, ModelFile, NodeSpec, Padding, ScheduleSpec, TrainingSpec};
+pub use schema::{
+    EntryValue, InputSpec, LayerSpec, ModelFile, NodeSpec, ScheduleSpec, TrainingSpec,
+};
