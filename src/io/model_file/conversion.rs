@@ -140,7 +140,7 @@ pub(crate) fn joins(last: &LayerSpec, next: &LayerSpec) -> bool {
 }
 
 /// `last` with the activation `next` after its kind key, where the file has written it.
-fn joined(last: &LayerSpec, next: LayerSpec) -> LayerSpec {
+pub(crate) fn joined(last: &LayerSpec, next: LayerSpec) -> LayerSpec {
     let mut keys = last.0.iter();
     let mut out = toml::Table::new();
     out.extend(keys.next().map(|(k, v)| (k.clone(), v.clone())));

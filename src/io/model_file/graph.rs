@@ -3,6 +3,7 @@
 //! layer's own file; the graph as a whole is checked by [`Graph::resolve`], whose
 //! [`GraphError`]s come back with the line of the node they name.
 
+use super::conversion::joined;
 use super::entry::{entry_layers, Entry};
 use super::schema::{InputSpec, ModelFile, NodeSpec};
 use super::validation::{check, invalid, join, line_of, Invalid, Seg};
@@ -145,6 +146,9 @@ impl ModelFile {
                 match &node.op {
                     Op::Layer(layer) => {
                         spec.layer = layer.def().entry();
+                        if let Some(act) = &node.activation {
+                            spec.layer = joined(&spec.layer, act.def().entry());
+                        }
                         // The node's inputs are its names; shapes are checked when built.
                         spec.layer.0.remove("inputs");
                     }
@@ -210,21 +214,23 @@ fn node_of(spec: &NodeSpec, i: usize) -> std::result::Result<Node, Invalid> {
                 field: &field,
                 width: 0,
             };
-            match <[_; 1]>::try_from(entry_layers(&entry, &at)?) {
-                Ok([layer]) => Op::Layer(layer),
-                Err(_) => {
-                    return Err(invalid(
-                        &field("activation"),
-                        "a node is one layer: give it its own [[nodes]] entry \
-                         (an activation after a dense layer is fused into it when planned)",
-                    ));
-                }
-            }
+            let mut layers = entry_layers(&entry, &at)?.into_iter();
+            let (layer, activation) = (layers.next(), layers.next());
+            let op = layer
+                .map(Op::Layer)
+                .ok_or_else(|| invalid(&at, "a node needs a layer"))?;
+            return Ok(Node {
+                name: spec.name.clone(),
+                op,
+                inputs: spec.inputs.clone(),
+                activation,
+            });
         }
     };
     Ok(Node {
         name: spec.name.clone(),
         op,
         inputs: spec.inputs.clone(),
+        activation: None,
     })
 }

@@ -117,9 +117,10 @@ pub struct InputSpec {
 }
 
 /// One `[[nodes]]` entry of a graph model file: a name, what it reads (`inputs`, by
-/// name) and what it computes: one layer (the keys of a `[[layers]]` entry, one layer
-/// per node), `shares = "NODE"` (that node's layer and weights), or a merge
-/// (`add = true`, `concatenate = true`, `multiply = true`).
+/// name) and what it computes: one layer (the keys of a `[[layers]]` entry: a layer and
+/// optionally the activation after it, as Keras's `Dense(4, activation="relu")`, whose
+/// output is the node's), `shares = "NODE"` (that node's layer, activation and weights),
+/// or a merge (`add = true`, `concatenate = true`, `multiply = true`).
 ///
 /// ```toml
 /// outputs = ["out"]
@@ -129,23 +130,19 @@ pub struct InputSpec {
 /// shape = [4]
 ///
 /// [[nodes]]
-/// name = "d1"
+/// name = "d1"                      # weights d1.weight, d1.bias
 /// dense = 4
+/// activation = "relu"              # optional: d1's output is after it
 /// inputs = ["x"]
-///
-/// [[nodes]]
-/// name = "r1"
-/// activation = "relu"              # its own node; fused into d1 when planned
-/// inputs = ["d1"]
 ///
 /// [[nodes]]
 /// name = "res"
 /// add = true                       # or concatenate = true, multiply = true
-/// inputs = ["x", "r1"]
+/// inputs = ["x", "d1"]
 ///
 /// [[nodes]]
 /// name = "d1_again"
-/// shares = "d1"                    # d1's layer and weights
+/// shares = "d1"                    # d1's layer, activation and weights
 /// inputs = ["res"]
 ///
 /// [[nodes]]
