@@ -321,28 +321,9 @@ impl Graph {
                 .collect();
             let in_shapes: Vec<Vec<usize>> = inputs.iter().map(|&a| shapes[a].clone()).collect();
             check_arity(&node.name, &node.op, &node.inputs)?;
-            let shape = def.output_shape_of(&node.name, &in_shapes).map_err(|e| {
-                let detail = e.to_string();
-                if node.op.is_merge() {
-                    GraphError::MergeShapes {
-                        node: node.name.clone(),
-                        inputs: node
-                            .inputs
-                            .iter()
-                            .cloned()
-                            .zip(in_shapes.iter().cloned())
-                            .collect(),
-                        detail,
-                    }
-                } else {
-                    GraphError::LayerShape {
-                        node: node.name.clone(),
-                        input: node.inputs[0].clone(),
-                        shape: in_shapes[0].clone(),
-                        detail,
-                    }
-                }
-            })?;
+            let shape = def
+                .output_shape_of(&node.name, &in_shapes)
+                .map_err(|e| shape_error(node, &in_shapes, e.to_string()))?;
             shapes.push(shape.clone());
             out.push(ResolvedNode {
                 name: node.name.clone(),
@@ -419,6 +400,29 @@ impl Graph {
             nodes[i].owner = owner;
         }
         Ok(())
+    }
+}
+
+/// A node's shape error: at a merge, its inputs' shapes; at a layer, its input's.
+fn shape_error(node: &super::Node, in_shapes: &[Vec<usize>], detail: String) -> GraphError {
+    if node.op.is_merge() {
+        GraphError::MergeShapes {
+            node: node.name.clone(),
+            inputs: node
+                .inputs
+                .iter()
+                .cloned()
+                .zip(in_shapes.iter().cloned())
+                .collect(),
+            detail,
+        }
+    } else {
+        GraphError::LayerShape {
+            node: node.name.clone(),
+            input: node.inputs.first().cloned().unwrap_or_default(),
+            shape: in_shapes.first().cloned().unwrap_or_default(),
+            detail,
+        }
     }
 }
 
