@@ -204,6 +204,7 @@ pub(crate) fn check_keys(
             .filter(|k| takes(k, key))
             .filter_map(|k| k.key)
             .collect();
+        // The entry's path, then the key as the file spells it (no layer names it).
         let mut path = field("");
         path.pop();
         path.push(Seg::Name(key.clone()));

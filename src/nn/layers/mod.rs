@@ -150,11 +150,15 @@ impl Kind {
         }
     }
 
-    /// The kind whose key an entry written by a layer holds.
+    /// The layer kind of a written entry: its kind key other than an activation riding
+    /// along, else the activation's.
     pub(crate) fn of_entry(entry: &LayerSpec) -> Option<&'static Kind> {
-        KINDS
+        let named = |k: &&Kind| k.key.is_some_and(|key| entry.get(key).is_some());
+        let layer = KINDS
             .iter()
-            .find(|k| k.key.is_some_and(|key| entry.get(key).is_some()))
+            .filter(named)
+            .find(|k| k.key != Some(ACTIVATION_KEY));
+        layer.or_else(|| KINDS.iter().find(named))
     }
 }
 
