@@ -363,7 +363,7 @@ fn each_bad_graph_file_names_the_nodes_and_the_line() {
         ("dense = 3", "dense = 0", "nodes[5].dense"),
         (
             "dense = 3",
-            "dense = 3\nactivation = \"relu\"",
+            "dropout = 0.5\nactivation = \"relu\"",
             "nodes[5].activation",
         ),
         ("add = true", "add = true\ndense = 2", "nodes[2].add"),
@@ -414,4 +414,74 @@ fn a_two_input_graph_with_image_layers_round_trips_and_resumes() {
     assert_eq!(back.graph(), Some(&g));
     assert_eq!(back.input_width(), 3 + 16);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A graph whose hidden node is `dense = 6` with `activation = "relu"` in one node, or
+/// as a dense node and a relu node (the relu nodes declared last, so that the weights of
+/// both forms are seeded alike).
+fn fused_or_split(fused: bool) -> String {
+    let node = |name: &str, keys: &str, inputs: &str| {
+        format!("[[nodes]]\nname = \"{name}\"\n{keys}\ninputs = [{inputs}]\n")
+    };
+    let (h, h2) = if fused {
+        ("h", "h2")
+    } else {
+        ("h_lin", "h2_relu")
+    };
+    let relu = "activation = \"relu\"";
+    let mut text = "outputs = [\"out\"]\n[[inputs]]\nname = \"x\"\nshape = [6]\n".to_string();
+    let dense = if fused {
+        format!("dense = 6\n{relu}")
+    } else {
+        "dense = 6".into()
+    };
+    text += &node(h, &dense, "\"x\"");
+    text += &node("res", "add = true", "\"x\", \"h\"");
+    text += &node("h2", &format!("shares = \"{h}\""), "\"res\"");
+    text += &node("out", "dense = 3", &format!("\"{h2}\""));
+    if !fused {
+        text += &node("h2_relu", relu, "\"h2\"");
+        text += &node("h", relu, "\"h_lin\"");
+    }
+    text
+}
+
+/// A node with a layer and an activation (Keras's `Dense(6, activation="relu")`) keeps the
+/// node's weight names, gives its output after the activation (a node sharing it applies
+/// it too), trains as the two-node form does, and round-trips through its file.
+#[test]
+fn a_node_with_an_activation_is_its_layer_then_the_activation() {
+    let device = Device::cpu();
+    let file = ModelFile::parse(&fused_or_split(true)).unwrap();
+    let graph = file.to_graph().unwrap();
+    assert_eq!(
+        graph.nodes[0].activation,
+        Some(Layer::Activation(Activation::Relu))
+    );
+    let text = ModelFile::from_graph(&graph).to_toml();
+    assert!(text.contains("dense = 6\nactivation = \"relu\""), "{text}");
+    assert_eq!(ModelFile::parse(&text).unwrap().to_graph().unwrap(), graph);
+    let fused = file.build(&device, 7).unwrap();
+    assert!(fused.param("h.weight").is_some() && fused.param("h.bias").is_some());
+    assert!(fused.summary().contains("h (relu)"), "{}", fused.summary());
+    assert_eq!(ModelFile::from_model(&fused).unwrap().to_toml(), text);
+    let split = ModelFile::parse(&fused_or_split(false)).unwrap();
+    let split = split.build(&device, 7).unwrap();
+    // The same weights under the dense node's name in each form.
+    for (a, b) in [("h", "h_lin"), ("out", "out")] {
+        for field in ["weight", "bias"] {
+            let (a, b) = (format!("{a}.{field}"), format!("{b}.{field}"));
+            let (a, b) = (fused.param(&a).unwrap(), split.param(&b).unwrap());
+            assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+        }
+    }
+    let (x, y) = train_data();
+    let mut losses = Vec::new();
+    for model in [fused, split] {
+        let loss = Loss::SparseCategoricalCrossEntropy;
+        let mut t = model.compile(loss, Optimizer::adam(0.01), &[]).unwrap();
+        let history = t.fit(&x, &y, FitOptions::new(2, 8)).unwrap();
+        losses.push((history.series("loss"), t.predict(&x[..30], 5).unwrap()));
+    }
+    assert_eq!(losses[0], losses[1]);
 }

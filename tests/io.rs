@@ -519,10 +519,7 @@ fn impossible_values_are_errors_naming_field_and_line() {
     // A ModelFile built in code is checked too, naming the field.
     let file = ModelFile {
         input: 3,
-        layers: vec![LayerSpec {
-            dropout: Some(2.0),
-            ..LayerSpec::default()
-        }],
+        layers: vec![LayerSpec::new("dropout", 2.0)],
         ..ModelFile::default()
     };
     assert!(format_detail(file.to_sequential(), "code").contains("layers[0].dropout"));

@@ -9,7 +9,7 @@ pub mod model_file;
 
 pub use checkpoint::{load_model, load_trainer, load_weights_into, save, save_model};
 pub use model_file::{
-    InputSpec, LayerSpec, ModelFile, NodeSpec, OutputSpec, ScheduleSpec, TrainingSpec,
+    EntryValue, InputSpec, LayerSpec, ModelFile, NodeSpec, OutputSpec, ScheduleSpec, TrainingSpec,
 };
 
 use std::fs::File;

@@ -8,7 +8,8 @@ use super::schema::{loss_name, LayerSpec, ModelFile, TrainingSpec};
 use super::validation::path_text;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::{Layer, Model, Sequential};
+use crate::nn::layers::{Kind, ACTIVATION_KEY};
+use crate::nn::{Model, Sequential};
 use crate::optim::Optimizer;
 use crate::train::{Loss, Metric, Trainer};
 
@@ -74,17 +75,8 @@ impl ModelFile {
         let mut layers: Vec<LayerSpec> = Vec::new();
         for layer in &model.layers {
             let entry = layer.def().entry();
-            let activation = matches!(layer, Layer::Activation(_) | Layer::Softmax);
-            // An activation right after a dense or conv layer joins its entry, as Keras writes it.
             match layers.last_mut() {
-                Some(last)
-                    if activation
-                        && (last.dense.is_some() || last.conv2d.is_some())
-                        && last.activation.is_none() =>
-                {
-                    last.activation = entry.activation;
-                    last.slope = entry.slope;
-                }
+                Some(last) if joins(last, &entry) => *last = joined(last, entry),
                 _ => layers.push(entry),
             }
         }
@@ -144,4 +136,22 @@ impl ModelFile {
             .as_ref()
             .ok_or_else(|| Error::format("model file", "has no [training] section"))
     }
+}
+
+/// Whether `next`, an activation's entry, joins `last`: after a layer that takes an
+/// activation argument in Keras (dense, conv2d) and has none yet.
+pub(crate) fn joins(last: &LayerSpec, next: &LayerSpec) -> bool {
+    let is_activation = Kind::of_entry(next).is_some_and(|k| k.key == Some(ACTIVATION_KEY));
+    let takes = Kind::of_entry(last).is_some_and(|k| k.joins_activation);
+    is_activation && takes && last.get(ACTIVATION_KEY).is_none()
+}
+
+/// `last` with the activation `next` after its kind key, where the file has written it.
+pub(crate) fn joined(last: &LayerSpec, next: LayerSpec) -> LayerSpec {
+    let mut keys = last.0.iter();
+    let mut out = toml::Table::new();
+    out.extend(keys.next().map(|(k, v)| (k.clone(), v.clone())));
+    out.extend(next.0);
+    out.extend(keys.map(|(k, v)| (k.clone(), v.clone())));
+    LayerSpec(out)
 }

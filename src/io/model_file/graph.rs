@@ -3,8 +3,10 @@
 //! layer's own file; the graph as a whole is checked by [`Graph::resolve`], whose
 //! [`GraphError`]s come back with the line of the node they name.
 
-use super::schema::{InputSpec, LayerSpec, ModelFile, NodeSpec};
-use super::validation::{check, entry_layers, invalid, join, line_of, Invalid, Seg};
+use super::conversion::joined;
+use super::entry::{entry_layers, Entry};
+use super::schema::{InputSpec, ModelFile, NodeSpec};
+use super::validation::{check, invalid, join, line_of, Invalid, Seg};
 use crate::error::{Error, GraphError, Result};
 use crate::nn::graph::{Graph, Node, Op};
 
@@ -144,8 +146,11 @@ impl ModelFile {
                 match &node.op {
                     Op::Layer(layer) => {
                         spec.layer = layer.def().entry();
+                        if let Some(act) = &node.activation {
+                            spec.layer = joined(&spec.layer, act.def().entry());
+                        }
                         // The node's inputs are its names; shapes are checked when built.
-                        spec.layer.inputs = None;
+                        spec.layer.0.remove("inputs");
                     }
                     Op::Shared(of) => spec.shares = Some(of.clone()),
                     Op::Add => spec.add = Some(true),
@@ -189,7 +194,7 @@ fn node_of(spec: &NodeSpec, i: usize) -> std::result::Result<Node, Invalid> {
     if let Some(of) = &spec.shares {
         kinds.push(("shares", Op::Shared(of.clone())));
     }
-    let has_layer = spec.layer != LayerSpec::default();
+    let has_layer = !spec.layer.is_empty();
     let op = match kinds.pop() {
         Some((key, op)) => {
             check(kinds.is_empty() && !has_layer, &field(key), || {
@@ -204,28 +209,28 @@ fn node_of(spec: &NodeSpec, i: usize) -> std::result::Result<Node, Invalid> {
                  or a merge (add, concatenate, multiply = true)"
                     .into()
             })?;
-            let mut layers = Vec::new();
-            entry_layers(&spec.layer, &at, &field, 0, &mut layers)?;
-            match <[_; 1]>::try_from(layers) {
-                Ok([layer]) => Op::Layer(layer),
-                Err(_) => {
-                    let key = if spec.layer.activation.is_some() {
-                        "activation"
-                    } else {
-                        "dropout"
-                    };
-                    return Err(invalid(
-                        &field(key),
-                        "a node is one layer: give it its own [[nodes]] entry \
-                         (an activation after a dense layer is fused into it when planned)",
-                    ));
-                }
-            }
+            let entry = Entry {
+                spec: &spec.layer,
+                field: &field,
+                width: 0,
+            };
+            let mut layers = entry_layers(&entry, &at)?.into_iter();
+            let (layer, activation) = (layers.next(), layers.next());
+            let op = layer
+                .map(Op::Layer)
+                .ok_or_else(|| invalid(&at, "a node needs a layer"))?;
+            return Ok(Node {
+                name: spec.name.clone(),
+                op,
+                inputs: spec.inputs.clone(),
+                activation,
+            });
         }
     };
     Ok(Node {
         name: spec.name.clone(),
         op,
         inputs: spec.inputs.clone(),
+        activation: None,
     })
 }

@@ -6,6 +6,7 @@
 //! `[training]` section and [`outputs`] its per-output `[training.outputs.NAME]` tables.
 
 pub(crate) mod conversion;
+pub(crate) mod entry;
 pub(crate) mod graph;
 pub(crate) mod outputs;
 pub(crate) mod schema;
@@ -14,5 +15,5 @@ pub(crate) mod validation;
 
 pub(crate) use schema::{loss_name, rule_name};
 pub use schema::{
-    InputSpec, LayerSpec, ModelFile, NodeSpec, OutputSpec, Padding, ScheduleSpec, TrainingSpec,
+    EntryValue, InputSpec, LayerSpec, ModelFile, NodeSpec, OutputSpec, ScheduleSpec, TrainingSpec,
 };

@@ -18,8 +18,9 @@ use crate::optim::Rule;
 /// image layer (`conv2d`, `max_pool`, `avg_pool`, `global_avg_pool`, `flatten`, or
 /// `reshape = [1, 28, 28]` to give flat samples an image shape or any other), or a
 /// normalization (`batch_norm = true` or `layer_norm = true`, optionally with an activation).
-/// Unknown keys, unknown names and impossible values are errors that name the key and
-/// its line. A complete example, every optional key shown with its default where it
+/// Each layer's file in [`crate::nn::layers`] declares its kind key and the keys it
+/// takes ([`LayerSpec`]). Unknown keys, unknown names and impossible values are errors
+/// that name the key and its line. A complete example, every optional key shown with its default where it
 /// has one:
 ///
 /// ```toml
@@ -127,9 +128,10 @@ pub struct InputSpec {
 }
 
 /// One `[[nodes]]` entry of a graph model file: a name, what it reads (`inputs`, by
-/// name) and what it computes: one layer (the keys of a `[[layers]]` entry, one layer
-/// per node), `shares = "NODE"` (that node's layer and weights), or a merge
-/// (`add = true`, `concatenate = true`, `multiply = true`).
+/// name) and what it computes: one layer (the keys of a `[[layers]]` entry: a layer and
+/// optionally the activation after it, as Keras's `Dense(4, activation="relu")`, whose
+/// output is the node's), `shares = "NODE"` (that node's layer, activation and weights),
+/// or a merge (`add = true`, `concatenate = true`, `multiply = true`).
 ///
 /// ```toml
 /// outputs = ["out"]
@@ -139,23 +141,19 @@ pub struct InputSpec {
 /// shape = [4]
 ///
 /// [[nodes]]
-/// name = "d1"
+/// name = "d1"                      # weights d1.weight, d1.bias
 /// dense = 4
+/// activation = "relu"              # optional: d1's output is after it
 /// inputs = ["x"]
-///
-/// [[nodes]]
-/// name = "r1"
-/// activation = "relu"              # its own node; fused into d1 when planned
-/// inputs = ["d1"]
 ///
 /// [[nodes]]
 /// name = "res"
 /// add = true                       # or concatenate = true, multiply = true
-/// inputs = ["x", "r1"]
+/// inputs = ["x", "d1"]
 ///
 /// [[nodes]]
 /// name = "d1_again"
-/// shares = "d1"                    # d1's layer and weights
+/// shares = "d1"                    # d1's layer, activation and weights
 /// inputs = ["res"]
 ///
 /// [[nodes]]
@@ -229,89 +227,105 @@ impl<'de> Deserialize<'de> for NodeSpec {
     }
 }
 
-/// One `[[layers]]` entry: a dense layer (with an optional activation), an activation, or dropout.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LayerSpec {
-    /// A dense layer of this many units.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dense: Option<usize>,
-    /// An activation: after the dense layer of this entry, or alone.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub activation: Option<String>,
-    /// The negative slope of leaky_relu (default 0.01).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub slope: Option<f32>,
-    /// A dropout layer of this rate.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dropout: Option<f32>,
-    /// Dense: the declared input width.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inputs: Option<usize>,
-    /// Dense: whether the layer has a bias (default true).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub use_bias: Option<bool>,
-    /// Dense: the weight initializer (default glorot_uniform).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel_init: Option<String>,
-    /// Dense: the bias initializer (default zeros).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bias_init: Option<String>,
-    /// Dense: L1 penalty on the weight (default 0).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l1: Option<f32>,
-    /// Dense: L2 penalty on the weight (default 0).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l2: Option<f32>,
-    /// A 2-D convolution with this many filters (with `kernel`, `stride`, `padding`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub conv2d: Option<usize>,
-    /// Conv2d: kernel size (default 3).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel: Option<usize>,
-    /// Conv2d: stride (default 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stride: Option<usize>,
-    /// Conv2d: "same", "valid" (default) or a number of zeros on each side.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub padding: Option<Padding>,
-    /// Max pooling with this window (and stride).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_pool: Option<usize>,
-    /// Average pooling with this window (and stride).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub avg_pool: Option<usize>,
-    /// Global average pooling.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub global_avg_pool: Option<bool>,
-    /// Flatten [c, h, w] samples for the dense layers after.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub flatten: Option<bool>,
-    /// Reshape each sample, e.g. [1, 28, 28] for flat pixels going into a conv2d.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reshape: Option<Vec<usize>>,
-    /// Batch normalisation per feature, or per channel of images.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_norm: Option<bool>,
-    /// Layer normalisation over each sample's features.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub layer_norm: Option<bool>,
-    /// Batch norm: weight of each batch in the running statistics, as PyTorch (default 0.1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub momentum: Option<f32>,
-    /// Batch and layer norm: added to the variance (default 1e-5).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eps: Option<f32>,
+/// One `[[layers]]` entry (or the layer keys of a `[[nodes]]` one): its keys as written.
+///
+/// The central schema names no layer's keys: each layer's file reads its own through
+/// [`crate::nn::layers::FromEntry`] and writes them back in [`crate::nn::layers::LayerDef::entry`];
+/// a key no layer of the entry takes is an error naming it and its line. Floats are kept
+/// as the f32 they stand for (every layer's float keys are f32), so that a file read
+/// back equals the file a model writes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct LayerSpec(pub toml::Table);
+
+impl<'de> Deserialize<'de> for LayerSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<LayerSpec, D::Error> {
+        let mut table = toml::Table::deserialize(d)?;
+        for (_, value) in table.iter_mut() {
+            if let toml::Value::Float(v) = value {
+                *v = f32_value(*v as f32);
+            }
+        }
+        Ok(LayerSpec(table))
+    }
 }
 
-/// Conv2d padding: a Keras name or a size.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Padding {
-    /// "same" or "valid".
-    Name(String),
-    /// Zeros on each side.
-    Size(usize),
+/// A value a layer writes into its entry.
+pub trait EntryValue {
+    /// The TOML value.
+    fn value(self) -> toml::Value;
+}
+
+impl EntryValue for usize {
+    fn value(self) -> toml::Value {
+        toml::Value::Integer(i64::try_from(self).unwrap_or(i64::MAX))
+    }
+}
+
+impl EntryValue for f32 {
+    fn value(self) -> toml::Value {
+        toml::Value::Float(f32_value(self))
+    }
+}
+
+impl EntryValue for bool {
+    fn value(self) -> toml::Value {
+        toml::Value::Boolean(self)
+    }
+}
+
+impl EntryValue for &str {
+    fn value(self) -> toml::Value {
+        toml::Value::String(self.to_string())
+    }
+}
+
+impl EntryValue for String {
+    fn value(self) -> toml::Value {
+        toml::Value::String(self)
+    }
+}
+
+impl EntryValue for Vec<usize> {
+    fn value(self) -> toml::Value {
+        toml::Value::Array(self.into_iter().map(EntryValue::value).collect())
+    }
+}
+
+/// The f64 an f32 prints as (0.2, not 0.20000000298023224), so files stay as written.
+fn f32_value(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
+}
+
+impl LayerSpec {
+    /// An entry with its kind key: `LayerSpec::new("dense", 8)`.
+    pub fn new(key: &str, value: impl EntryValue) -> LayerSpec {
+        LayerSpec::default().with(key, value)
+    }
+
+    /// With `key = value` added (or replaced).
+    pub fn with(mut self, key: &str, value: impl EntryValue) -> LayerSpec {
+        self.0.insert(key.to_string(), value.value());
+        self
+    }
+
+    /// With `key = value` added where there is a value (defaults are left out).
+    pub fn with_some<V: EntryValue>(self, key: &str, value: Option<V>) -> LayerSpec {
+        match value {
+            Some(v) => self.with(key, v),
+            None => self,
+        }
+    }
+
+    /// The value of `key`, if the entry has it.
+    pub fn get(&self, key: &str) -> Option<&toml::Value> {
+        self.0.get(key)
+    }
+
+    /// Whether the entry has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The `[training]` section: loss, optimizer and its hyper-parameters, and fit settings.

@@ -1,24 +1,30 @@
 //! Model-file validation: every value checked, each error naming its key and line. The
-//! keys of one layer are checked by its file in [`crate::nn::layers`]; this file decides
-//! which layer an entry is, and what may share an entry.
+//! keys of one layer are read by its file in [`crate::nn::layers`]; [`super::entry`]
+//! decides which registered layer an entry is, and what may share it.
 
-use super::schema::{LayerSpec, ModelFile, INITS};
+use super::entry::{entry_layers, Entry};
+use super::schema::ModelFile;
 use crate::error::{Error, Result};
-use crate::nn::layers::activation::{known_activation, parse_activation, ACTIVATIONS};
-use crate::nn::layers::batch_norm::BatchNormLayer;
-use crate::nn::layers::dropout::Dropout;
-use crate::nn::layers::layer_norm::LayerNormLayer;
-use crate::nn::layers::reshape::Reshape;
-use crate::nn::layers::{Conv, Dense, Pool};
-use crate::nn::{Init, Layer};
+use crate::nn::Layer;
 
 /// One step of a path into the file, for messages and line look-ups.
 #[derive(Clone, Debug)]
 pub(crate) enum Seg {
     Key(&'static str),
-    Index(usize),
-    /// A key the file itself chose, such as an output's name in `[training.outputs]`.
+    /// A key the file itself chose: an output's name in `[training.outputs]`, or a key
+    /// no layer takes.
     Name(String),
+    Index(usize),
+}
+
+impl Seg {
+    fn key(&self) -> Option<&str> {
+        match self {
+            Seg::Key(k) => Some(k),
+            Seg::Name(k) => Some(k),
+            Seg::Index(_) => None,
+        }
+    }
 }
 
 /// A value that is well-formed TOML but impossible: where, and why.
@@ -37,18 +43,14 @@ pub(crate) fn invalid(path: &[Seg], detail: impl Into<String>) -> Invalid {
 pub(crate) fn path_text(path: &[Seg]) -> String {
     let mut out = String::new();
     for seg in path {
-        match seg {
-            Seg::Key(k) if out.is_empty() => out += k,
-            Seg::Name(k) if out.is_empty() => out += k,
-            Seg::Key(k) => {
+        match (seg, seg.key()) {
+            (_, Some(k)) if out.is_empty() => out += k,
+            (_, Some(k)) => {
                 out.push('.');
                 out += k;
             }
-            Seg::Name(k) => {
-                out.push('.');
-                out += k;
-            }
-            Seg::Index(i) => out += &format!("[{i}]"),
+            (Seg::Index(i), None) => out += &format!("[{i}]"),
+            (_, None) => {}
         }
     }
     out
@@ -60,12 +62,7 @@ pub(crate) fn line_of(text: &str, path: &[Seg]) -> Option<usize> {
     let mut span = None;
     let mut value: Option<&toml::Spanned<toml::de::DeValue>> = None;
     for seg in path {
-        let key = match seg {
-            Seg::Key(k) => Some(*k),
-            Seg::Name(k) => Some(k.as_str()),
-            Seg::Index(_) => None,
-        };
-        let next = match (seg, key, value) {
+        let next = match (seg, seg.key(), value) {
             (_, Some(k), None) => root
                 .get_ref()
                 .iter()
@@ -120,24 +117,6 @@ where
 
 /// The path of a key of the entry being checked.
 pub(crate) type Field<'a> = &'a dyn Fn(&'static str) -> Vec<Seg>;
-
-/// An initializer key of an entry, `default` when absent.
-pub(crate) fn init_key(
-    field: Field<'_>,
-    name: &'static str,
-    value: &Option<String>,
-    default: Init,
-) -> std::result::Result<Init, Invalid> {
-    match value {
-        None => Ok(default),
-        Some(text) => super::schema::parse_init(text).ok_or_else(|| {
-            invalid(
-                &field(name),
-                format!("unknown initializer '{text}' (known: {INITS})"),
-            )
-        }),
-    }
-}
 
 impl ModelFile {
     /// Parses and validates a model file; errors name the key and its line.
@@ -218,154 +197,25 @@ impl ModelFile {
         for (i, spec) in self.layers.iter().enumerate() {
             let at = [Seg::Key("layers"), Seg::Index(i)];
             let field = |name: &'static str| join(&at, [Seg::Key(name)]);
-            width = entry_layers(spec, &at, &field, width, &mut out)?;
+            let entry = Entry {
+                spec,
+                field: &field,
+                width,
+            };
+            for layer in entry_layers(&entry, &at)? {
+                width = width_after(&layer, width);
+                out.push(layer);
+            }
         }
         Ok(out)
     }
 }
 
-/// Appends the layers of one `[[layers]]` entry (a layer and the activation sharing its
-/// entry); returns the width after them, 0 where only the built model knows it.
-pub(crate) fn entry_layers(
-    spec: &LayerSpec,
-    at: &[Seg],
-    field: Field<'_>,
-    width: usize,
-    out: &mut Vec<Layer>,
-) -> std::result::Result<usize, Invalid> {
-    if let Some(layer) = norm_layer(spec, field)? {
-        out.push(layer);
-        if let Some(name) = &spec.activation {
-            out.push(known_activation(name, spec.slope, field)?);
-        }
-        // Normalisations keep the width.
-        return Ok(width);
+/// The width after `layer` given the one before it, 0 where only the built model knows
+/// it (after image layers); the layer's own shape rule says.
+fn width_after(layer: &Layer, width: usize) -> usize {
+    match layer.def().output_shape("", &[width]).as_deref() {
+        Ok([w]) => *w,
+        _ => 0,
     }
-    check(spec.momentum.is_none(), &field("momentum"), || {
-        "only batch_norm layers take this key".into()
-    })?;
-    check(spec.eps.is_none(), &field("eps"), || {
-        "only batch_norm and layer_norm layers take this key".into()
-    })?;
-    if let Some(layer) = image_layer(spec, field)? {
-        out.push(layer);
-        if let Some(name) = &spec.activation {
-            let act = parse_activation(name, spec.slope).ok_or_else(|| {
-                invalid(
-                    &field("activation"),
-                    format!("unknown activation '{name}' (known: {ACTIVATIONS})"),
-                )
-            })?;
-            out.push(act);
-        }
-        // Widths after image layers are checked when the model is built.
-        return Ok(0);
-    }
-    match (spec.dense, spec.dropout) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                &field("dropout"),
-                "a layer is dense or dropout, not both: give dropout its own [[layers]]",
-            ))
-        }
-        (None, None) if spec.activation.is_none() => {
-            return Err(invalid(
-                at,
-                "a layer needs one of dense = UNITS, activation = NAME or dropout = RATE",
-            ))
-        }
-        _ => {}
-    }
-    let mut width = width;
-    let dense = Dense::from_entry(spec, field, width)?;
-    if let Some(Dropout(rate)) = Dropout::from_entry(spec, field)? {
-        out.push(Layer::Dropout(rate));
-    }
-    if let Some(dense) = dense {
-        width = dense.units;
-        out.push(Layer::Dense(dense));
-    }
-    match &spec.activation {
-        Some(name) => out.push(known_activation(name, spec.slope, field)?),
-        None => check(spec.slope.is_none(), &field("slope"), || {
-            "a slope needs activation = \"leaky_relu\"".into()
-        })?,
-    }
-    Ok(width)
-}
-
-/// The image layer an entry describes, if it is one (conv2d, pooling, flatten, reshape).
-fn image_layer(spec: &LayerSpec, field: Field<'_>) -> std::result::Result<Option<Layer>, Invalid> {
-    let kinds = [
-        spec.conv2d.is_some(),
-        spec.max_pool.is_some(),
-        spec.avg_pool.is_some(),
-        spec.global_avg_pool == Some(true),
-        spec.flatten == Some(true),
-        spec.reshape.is_some(),
-    ];
-    let count = kinds.iter().filter(|k| **k).count();
-    if count == 0 {
-        for (name, set) in [
-            ("kernel", spec.kernel.is_some()),
-            ("stride", spec.stride.is_some()),
-            ("padding", spec.padding.is_some()),
-        ] {
-            check(!set, &field(name), || {
-                "only conv2d layers take this key".into()
-            })?;
-        }
-        return Ok(None);
-    }
-    check(
-        count == 1 && spec.dense.is_none() && spec.dropout.is_none(),
-        &field("conv2d"),
-        || "one kind of layer per [[layers]] entry".into(),
-    )?;
-    Ok(Some(if let Some(filters) = spec.conv2d {
-        Layer::Conv2d(Conv::from_entry(spec, filters, field)?)
-    } else if let Some(k) = spec.max_pool {
-        Layer::MaxPool2d(Pool::from_entry(k, "max_pool", field)?)
-    } else if let Some(k) = spec.avg_pool {
-        Layer::AvgPool2d(Pool::from_entry(k, "avg_pool", field)?)
-    } else if let Some(to) = &spec.reshape {
-        Layer::Reshape(Reshape::from_entry(to, field)?)
-    } else if spec.global_avg_pool == Some(true) {
-        Layer::GlobalAvgPool
-    } else {
-        Layer::Flatten
-    }))
-}
-
-/// A `batch_norm = true` or `layer_norm = true` entry (its activation is added after).
-fn norm_layer(spec: &LayerSpec, field: Field<'_>) -> std::result::Result<Option<Layer>, Invalid> {
-    let (batch, layer) = (spec.batch_norm == Some(true), spec.layer_norm == Some(true));
-    if !batch && !layer {
-        return Ok(None);
-    }
-    let key = if batch { "batch_norm" } else { "layer_norm" };
-    // Only the activation may share the entry.
-    let others = LayerSpec {
-        batch_norm: None,
-        layer_norm: None,
-        momentum: None,
-        eps: None,
-        activation: None,
-        slope: None,
-        ..spec.clone()
-    };
-    check(
-        !(batch && layer) && others == LayerSpec::default(),
-        &field(key),
-        || {
-            format!("a {key} entry takes only momentum, eps and activation: give other layers their own [[layers]]")
-        },
-    )?;
-    let eps_ok = |v: f32| v.is_finite() && v >= 0.0;
-    check_f32(spec.eps, &field("eps"), eps_ok, "a finite value >= 0")?;
-    Ok(Some(if layer {
-        Layer::LayerNorm(LayerNormLayer::from_entry(spec, field)?)
-    } else {
-        Layer::BatchNorm(BatchNormLayer::from_entry(spec, field)?)
-    }))
 }

@@ -71,6 +71,11 @@ pub struct Node {
     pub op: Op,
     /// The inputs or nodes it reads, by name.
     pub inputs: Vec<String>,
+    /// An activation (or softmax) after a layer node's layer, as Keras's
+    /// `Dense(4, activation="relu")`: the node's output, which other nodes read by its
+    /// name, is after it, and its weights keep the node's name. A node sharing this one's
+    /// layer applies it too.
+    pub activation: Option<Layer>,
 }
 
 /// A model described as named nodes (see the module documentation).
@@ -103,7 +108,24 @@ impl Graph {
             name: name.to_string(),
             op,
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            activation: None,
         });
+        self
+    }
+
+    /// Applies a new layer followed by `activation` (an activation or softmax) as one
+    /// node: its weights are `{name}.weight`, its output is after the activation.
+    pub fn layer_with_activation(
+        &mut self,
+        name: &str,
+        layer: Layer,
+        activation: Layer,
+        inputs: &[&str],
+    ) -> &mut Graph {
+        self.layer(name, layer, inputs);
+        if let Some(node) = self.nodes.last_mut() {
+            node.activation = Some(activation);
+        }
         self
     }
 

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use super::inputs::InputSlice;
 use super::{Graph, Op};
 use crate::error::{GraphError, Result};
-use crate::nn::layers::LayerDef;
+use crate::nn::layers::{Layer, LayerDef};
 
 /// The name of a multi-input model's packed input.
 pub(crate) const PACKED: &str = "(packed inputs)";
@@ -80,7 +80,13 @@ impl Graph {
         let outputs = self
             .outputs
             .iter()
-            .map(|o| nodes.iter().position(|n| &n.name == o).map_or(0, |k| k + 1))
+            // A node with an activation resolves to two of its name: its output is the last.
+            .map(|o| {
+                nodes
+                    .iter()
+                    .rposition(|n| &n.name == o)
+                    .map_or(0, |k| k + 1)
+            })
             .collect();
         Ok(Resolved {
             input,
@@ -111,6 +117,23 @@ impl Graph {
             for input in &node.inputs {
                 if !seen.contains(input.as_str()) {
                     return Err(unknown(&node.name, input).into());
+                }
+            }
+            if node.activation.is_some() && !matches!(node.op, Op::Layer(_)) {
+                return Err(GraphError::Unsupported(format!(
+                    "'{}' has an activation, which only a layer node takes",
+                    node.name
+                ))
+                .into());
+            }
+            if let Some(act) = &node.activation {
+                if !matches!(act, Layer::Activation(_) | Layer::Softmax) {
+                    return Err(GraphError::Unsupported(format!(
+                        "'{}' has a {} layer as its activation",
+                        node.name,
+                        act.kind()
+                    ))
+                    .into());
                 }
             }
             if let Op::Shared(of) = &node.op {
@@ -298,29 +321,9 @@ impl Graph {
                 .collect();
             let in_shapes: Vec<Vec<usize>> = inputs.iter().map(|&a| shapes[a].clone()).collect();
             check_arity(&node.name, &node.op, &node.inputs)?;
-            let shape = def.output_shape_of(&node.name, &in_shapes).map_err(|e| {
-                let detail = e.to_string();
-                if node.op.is_merge() {
-                    GraphError::MergeShapes {
-                        node: node.name.clone(),
-                        inputs: node
-                            .inputs
-                            .iter()
-                            .cloned()
-                            .zip(in_shapes.iter().cloned())
-                            .collect(),
-                        detail,
-                    }
-                } else {
-                    GraphError::LayerShape {
-                        node: node.name.clone(),
-                        input: node.inputs[0].clone(),
-                        shape: in_shapes[0].clone(),
-                        detail,
-                    }
-                }
-            })?;
-            act.insert(&node.name, out.len() + 1);
+            let shape = def
+                .output_shape_of(&node.name, &in_shapes)
+                .map_err(|e| shape_error(node, &in_shapes, e.to_string()))?;
             shapes.push(shape.clone());
             out.push(ResolvedNode {
                 name: node.name.clone(),
@@ -333,18 +336,36 @@ impl Graph {
                 owner: out.len(),
                 decl: i,
             });
+            if let Some(layer) = self.activation_of(node) {
+                let after = activation_node(&node.name, layer, out.len(), &shapes)?;
+                shapes.push(after.shape.clone());
+                out.push(after);
+            }
+            act.insert(&node.name, out.len());
         }
         self.link_owners(&mut out)?;
         Ok(out)
     }
 
+    /// The activation after a node's layer: its own, or that of the node it shares.
+    fn activation_of<'a>(&'a self, node: &'a super::Node) -> Option<&'a Layer> {
+        match &node.op {
+            Op::Shared(of) => self
+                .nodes
+                .iter()
+                .find(|n| &n.name == of)
+                .and_then(|n| n.activation.as_ref()),
+            _ => node.activation.as_ref(),
+        }
+    }
+
     /// Points each shared node at its owner, whose parameters must have its shapes.
     fn link_owners(&self, nodes: &mut [ResolvedNode]) -> Result<()> {
-        let place: HashMap<String, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
-            .collect();
+        // A node's layer comes before its activation, which has its name too.
+        let mut place: HashMap<String, usize> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            place.entry(n.name.clone()).or_insert(i);
+        }
         for i in 0..nodes.len() {
             let Some(Op::Shared(of)) = self.nodes.get(nodes[i].decl).map(|n| &n.op) else {
                 continue;
@@ -380,6 +401,54 @@ impl Graph {
         }
         Ok(())
     }
+}
+
+/// A node's shape error: at a merge, its inputs' shapes; at a layer, its input's.
+fn shape_error(node: &super::Node, in_shapes: &[Vec<usize>], detail: String) -> GraphError {
+    if node.op.is_merge() {
+        GraphError::MergeShapes {
+            node: node.name.clone(),
+            inputs: node
+                .inputs
+                .iter()
+                .cloned()
+                .zip(in_shapes.iter().cloned())
+                .collect(),
+            detail,
+        }
+    } else {
+        GraphError::LayerShape {
+            node: node.name.clone(),
+            input: node.inputs.first().cloned().unwrap_or_default(),
+            shape: in_shapes.first().cloned().unwrap_or_default(),
+            detail,
+        }
+    }
+}
+
+/// The node running a layer node's activation: it has the node's name (other nodes read
+/// its output by that name), reads activation `act` and holds no weights.
+fn activation_node(
+    name: &str,
+    layer: &Layer,
+    act: usize,
+    shapes: &[Vec<usize>],
+) -> Result<ResolvedNode> {
+    let def = layer.def();
+    let input_shape = shapes.get(act).cloned().unwrap_or_default();
+    let shape = def.output_shape(name, &input_shape)?;
+    Ok(ResolvedNode {
+        name: name.to_string(),
+        def,
+        inputs: vec![act],
+        input_names: vec![name.to_string()],
+        input_shape,
+        shape,
+        // Its own place in execution order: right after the layer whose output is `act`.
+        owner: act,
+        // Not a declared node (and no weights to seed).
+        decl: usize::MAX,
+    })
 }
 
 /// A layer takes one input, add and concatenate two or more, multiply two.

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use super::step::{Backward, Forward, Pattern, Step};
-use super::{Layer, LayerDef, Slots};
+use super::{FromEntry, Layer, LayerDef, Slots};
 use crate::error::Result;
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
-use crate::io::model_file::validation::{check, check_f32, invalid, Field, Invalid};
+use crate::io::model_file::validation::Invalid;
 use crate::ops::activation::{activation_backward_into, activation_into};
 use crate::ops::Activation;
 
@@ -47,24 +48,33 @@ pub(crate) fn parse_activation(name: &str, slope: Option<f32>) -> Option<Layer> 
     })
 }
 
-/// An entry's `activation` (and `slope`) as a layer, or an error listing the known ones.
-pub(crate) fn known_activation(
-    name: &str,
-    slope: Option<f32>,
-    field: Field<'_>,
-) -> std::result::Result<Layer, Invalid> {
-    if slope.is_some() {
-        check(name == "leaky_relu", &field("slope"), || {
-            "only leaky_relu takes a slope".into()
-        })?;
-        check_f32(slope, &field("slope"), f32::is_finite, "finite")?;
+impl From<Activation> for Act {
+    fn from(a: Activation) -> Act {
+        Act(a)
     }
-    parse_activation(name, slope).ok_or_else(|| {
-        invalid(
-            &field("activation"),
-            format!("unknown activation '{name}' (known: {ACTIVATIONS})"),
-        )
-    })
+}
+
+impl FromEntry for Act {
+    const KEY: Option<&'static str> = Some(super::ACTIVATION_KEY);
+    const KEYS: &'static [&'static str] = &["slope"];
+
+    /// The entry's `activation` (and `slope`), or an error listing the known ones.
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        let name = e.str("activation")?.unwrap_or_default();
+        let slope = e.f32("slope")?;
+        if slope.is_some() {
+            e.check(name == "leaky_relu", "slope", || {
+                "only leaky_relu takes a slope".into()
+            })?;
+            e.f32_where("slope", f32::is_finite, "finite")?;
+        }
+        parse_activation(name, slope).ok_or_else(|| {
+            e.error(
+                "activation",
+                format!("unknown activation '{name}' (known: {ACTIVATIONS})"),
+            )
+        })
+    }
 }
 
 impl LayerDef for Act {
@@ -85,11 +95,7 @@ impl LayerDef for Act {
             Activation::LeakyRelu(s) => Some(s),
             _ => None,
         };
-        LayerSpec {
-            activation: Some(self.name().into()),
-            slope,
-            ..LayerSpec::default()
-        }
+        LayerSpec::new(super::ACTIVATION_KEY, self.name()).with_some("slope", slope)
     }
 }
 

@@ -4,14 +4,30 @@ use std::sync::Arc;
 
 use super::max_pool2d::Pool;
 use super::step::{Backward, Forward, Step};
-use super::{LayerDef, Slots};
+use super::{FromEntry, Layer, LayerDef, Slots};
 use crate::error::Result;
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
+use crate::io::model_file::validation::Invalid;
 use crate::ops::pool::Pool2d;
 
 /// The average pooling layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AvgPool2d(pub Pool);
+
+impl From<Pool> for AvgPool2d {
+    fn from(pool: Pool) -> AvgPool2d {
+        AvgPool2d(pool)
+    }
+}
+
+impl FromEntry for AvgPool2d {
+    const KEY: Option<&'static str> = Some("avg_pool");
+
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        Ok(Layer::AvgPool2d(Pool::from_entry(e, "avg_pool")?))
+    }
+}
 
 impl LayerDef for AvgPool2d {
     fn kind(&self) -> &'static str {
@@ -27,10 +43,7 @@ impl LayerDef for AvgPool2d {
     }
 
     fn entry(&self) -> LayerSpec {
-        LayerSpec {
-            avg_pool: Some(self.0.kernel.0),
-            ..LayerSpec::default()
-        }
+        LayerSpec::new("avg_pool", self.0.kernel.0)
     }
 }
 

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use super::step::{Backward, Forward, Pass, Scratch, Step};
-use super::{affine_params, norm_channels, LayerDef, ParamSpec, Slots};
+use super::{affine_params, norm_channels, FromEntry, Layer, LayerDef, ParamSpec, Slots};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
-use crate::io::model_file::validation::{check_f32, Field, Invalid};
+use crate::io::model_file::validation::Invalid;
 use crate::ops::batch_norm::{BatchNorm, NormStats, RunningStats};
 use crate::tensor::Tensor;
 
@@ -17,19 +18,27 @@ use crate::tensor::Tensor;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormLayer(pub BatchNorm);
 
-impl BatchNormLayer {
-    /// A `batch_norm = true` entry's momentum and eps (the entry's keys checked already).
-    pub(crate) fn from_entry(
-        spec: &LayerSpec,
-        field: Field<'_>,
-    ) -> std::result::Result<BatchNorm, Invalid> {
+impl From<BatchNorm> for BatchNormLayer {
+    fn from(bn: BatchNorm) -> BatchNormLayer {
+        BatchNormLayer(bn)
+    }
+}
+
+impl FromEntry for BatchNormLayer {
+    const KEY: Option<&'static str> = Some("batch_norm");
+    const KEYS: &'static [&'static str] = &["momentum", "eps"];
+
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        e.flag("batch_norm")?;
+        let eps_ok = |v: f32| v.is_finite() && v >= 0.0;
+        let eps = e.f32_where("eps", eps_ok, "a finite value >= 0")?;
         let momentum_ok = |v: f32| (0.0..=1.0).contains(&v);
-        check_f32(spec.momentum, &field("momentum"), momentum_ok, "in [0, 1]")?;
+        let momentum = e.f32_where("momentum", momentum_ok, "in [0, 1]")?;
         let default = BatchNorm::default();
-        Ok(BatchNorm {
-            eps: spec.eps.unwrap_or(default.eps),
-            momentum: spec.momentum.unwrap_or(default.momentum),
-        })
+        Ok(Layer::BatchNorm(BatchNorm {
+            eps: eps.unwrap_or(default.eps),
+            momentum: momentum.unwrap_or(default.momentum),
+        }))
     }
 }
 
@@ -68,12 +77,12 @@ impl LayerDef for BatchNormLayer {
 
     fn entry(&self) -> LayerSpec {
         let default = BatchNorm::default();
-        LayerSpec {
-            batch_norm: Some(true),
-            momentum: (self.0.momentum != default.momentum).then_some(self.0.momentum),
-            eps: (self.0.eps != default.eps).then_some(self.0.eps),
-            ..LayerSpec::default()
-        }
+        LayerSpec::new("batch_norm", true)
+            .with_some(
+                "momentum",
+                (self.0.momentum != default.momentum).then_some(self.0.momentum),
+            )
+            .with_some("eps", (self.0.eps != default.eps).then_some(self.0.eps))
     }
 }
 

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use super::step::{Backward, Forward, Step};
-use super::{image, LayerDef, ParamInit, ParamSpec, Slots};
+use super::{image, FromEntry, Layer, LayerDef, ParamInit, ParamSpec, Slots};
 use crate::error::{Error, Result};
-use crate::io::model_file::schema::{LayerSpec, Padding};
-use crate::io::model_file::validation::{check, invalid, Field, Invalid};
+use crate::io::model_file::entry::Entry;
+use crate::io::model_file::schema::LayerSpec;
+use crate::io::model_file::validation::Invalid;
 use crate::nn::init::Init;
 use crate::ops::conv::Conv2d;
 
@@ -75,38 +76,36 @@ impl Conv {
         };
         Ok(base.with_stride(self.stride))
     }
+}
 
-    /// The `conv2d = FILTERS` entry of a model file (with kernel, stride and padding).
-    pub(crate) fn from_entry(
-        spec: &LayerSpec,
-        filters: usize,
-        field: Field<'_>,
-    ) -> std::result::Result<Conv, Invalid> {
-        check(filters > 0, &field("conv2d"), || {
-            "must be at least 1 filter".into()
-        })?;
-        let k = spec.kernel.unwrap_or(3);
-        check(k > 0, &field("kernel"), || "must be at least 1".into())?;
-        let stride = spec.stride.unwrap_or(1);
-        check(stride > 0, &field("stride"), || "must be at least 1".into())?;
+impl FromEntry for Conv {
+    const KEY: Option<&'static str> = Some("conv2d");
+    const KEYS: &'static [&'static str] = &["kernel", "stride", "padding"];
+    const JOINS_ACTIVATION: bool = true;
+
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        let filters = e.usize("conv2d")?.unwrap_or(0);
+        e.check(filters > 0, "conv2d", || "must be at least 1 filter".into())?;
+        let k = e.usize("kernel")?.unwrap_or(3);
+        e.check(k > 0, "kernel", || "must be at least 1".into())?;
+        let stride = e.usize("stride")?.unwrap_or(1);
+        e.check(stride > 0, "stride", || "must be at least 1".into())?;
         let conv = Conv::new(filters, k).stride(stride);
-        Ok(match &spec.padding {
+        let conv = match e.spec.get("padding") {
             None => conv,
-            Some(Padding::Size(p)) => conv.padding(*p),
-            Some(Padding::Name(n)) if n == "valid" => conv,
-            Some(Padding::Name(n)) if n == "same" => {
-                check(k % 2 == 1 && stride == 1, &field("padding"), || {
-                    "'same' needs an odd kernel and stride 1".into()
-                })?;
-                conv.same()
-            }
-            Some(Padding::Name(n)) => {
-                return Err(invalid(
-                    &field("padding"),
-                    format!("'{n}' is not same, valid or a number"),
-                ))
-            }
-        })
+            Some(toml::Value::Integer(_)) => conv.padding(e.usize("padding")?.unwrap_or(0)),
+            Some(v) => match v.as_str() {
+                Some("valid") => conv,
+                Some("same") => {
+                    e.check(k % 2 == 1 && stride == 1, "padding", || {
+                        "'same' needs an odd kernel and stride 1".into()
+                    })?;
+                    conv.same()
+                }
+                _ => return Err(e.error("padding", format!("{v} is not same, valid or a number"))),
+            },
+        };
+        Ok(Layer::Conv2d(conv))
     }
 }
 
@@ -172,17 +171,13 @@ impl LayerDef for Conv {
     }
 
     fn entry(&self) -> LayerSpec {
-        let padding = match self.padding {
-            None => Padding::Name("same".into()),
-            Some((0, 0)) => Padding::Name("valid".into()),
-            Some((p, _)) => Padding::Size(p),
-        };
-        LayerSpec {
-            conv2d: Some(self.filters),
-            kernel: Some(self.kernel.0),
-            stride: (self.stride.0 != 1).then_some(self.stride.0),
-            padding: Some(padding),
-            ..LayerSpec::default()
+        let entry = LayerSpec::new("conv2d", self.filters)
+            .with("kernel", self.kernel.0)
+            .with_some("stride", (self.stride.0 != 1).then_some(self.stride.0));
+        match self.padding {
+            None => entry.with("padding", "same"),
+            Some((0, 0)) => entry.with("padding", "valid"),
+            Some((p, _)) => entry.with("padding", p),
         }
     }
 }

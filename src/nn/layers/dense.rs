@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use super::step::{Backward, Forward, Pattern, Scratch, Step};
-use super::{LayerDef, ParamInit, ParamSpec, Slots};
+use super::{FromEntry, Layer, LayerDef, ParamInit, ParamSpec, Slots};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::io::model_file::schema::LayerSpec;
-use crate::io::model_file::validation::{check, check_f32, init_key, invalid, Field, Invalid};
+use crate::io::model_file::entry::Entry;
+use crate::io::model_file::schema::{init_name, LayerSpec};
+use crate::io::model_file::validation::Invalid;
 use crate::nn::init::Init;
 use crate::nn::model::Param;
 use crate::ops::dense_grad::{dense_grad_into, DenseGrad};
@@ -97,47 +98,37 @@ impl Dense {
             )),
         }
     }
+}
 
-    /// The dense entry of a model file (`dense = UNITS` and its keys); `width` is the
-    /// previous layer's, 0 where it is only known when the model is built.
-    pub(crate) fn from_entry(
-        spec: &LayerSpec,
-        field: Field<'_>,
-        width: usize,
-    ) -> std::result::Result<Option<Dense>, Invalid> {
-        let Some(units) = spec.dense else {
-            let dense_only = [
-                ("inputs", spec.inputs.is_some()),
-                ("use_bias", spec.use_bias.is_some()),
-                ("kernel_init", spec.kernel_init.is_some()),
-                ("bias_init", spec.bias_init.is_some()),
-                ("l1", spec.l1.is_some()),
-                ("l2", spec.l2.is_some()),
-            ];
-            return match dense_only.iter().find(|(_, set)| *set) {
-                Some((name, _)) => Err(invalid(&field(name), "only dense layers take this key")),
-                None => Ok(None),
-            };
-        };
-        check(units > 0, &field("dense"), || {
-            "must be at least 1 unit".into()
-        })?;
-        if let Some(inputs) = spec.inputs.filter(|_| width > 0) {
-            check(inputs == width, &field("inputs"), || {
-                format!("declares {inputs} inputs but the previous layer gives {width}")
+impl FromEntry for Dense {
+    const KEY: Option<&'static str> = Some("dense");
+    const KEYS: &'static [&'static str] =
+        &["inputs", "use_bias", "kernel_init", "bias_init", "l1", "l2"];
+    const JOINS_ACTIVATION: bool = true;
+
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        let units = e.usize("dense")?.unwrap_or(0);
+        e.check(units > 0, "dense", || "must be at least 1 unit".into())?;
+        let inputs = e.usize("inputs")?;
+        if let Some(inputs) = inputs.filter(|_| e.width > 0) {
+            e.check(inputs == e.width, "inputs", || {
+                format!(
+                    "declares {inputs} inputs but the previous layer gives {}",
+                    e.width
+                )
             })?;
         }
         let penalty = |v: f32| v.is_finite() && v >= 0.0;
-        check_f32(spec.l1, &field("l1"), penalty, "a finite value >= 0")?;
-        check_f32(spec.l2, &field("l2"), penalty, "a finite value >= 0")?;
-        Ok(Some(Dense {
-            inputs: spec.inputs,
+        let l1 = e.f32_where("l1", penalty, "a finite value >= 0")?;
+        let l2 = e.f32_where("l2", penalty, "a finite value >= 0")?;
+        Ok(Layer::Dense(Dense {
+            inputs,
             units,
-            use_bias: spec.use_bias.unwrap_or(true),
-            kernel_init: init_key(field, "kernel_init", &spec.kernel_init, Init::GlorotUniform)?,
-            bias_init: init_key(field, "bias_init", &spec.bias_init, Init::Zeros)?,
-            l1: spec.l1.unwrap_or(0.0),
-            l2: spec.l2.unwrap_or(0.0),
+            use_bias: e.bool("use_bias")?.unwrap_or(true),
+            kernel_init: e.init("kernel_init", Init::GlorotUniform)?,
+            bias_init: e.init("bias_init", Init::Zeros)?,
+            l1: l1.unwrap_or(0.0),
+            l2: l2.unwrap_or(0.0),
         }))
     }
 }
@@ -210,18 +201,14 @@ impl LayerDef for Dense {
     }
 
     fn entry(&self) -> LayerSpec {
-        LayerSpec {
-            dense: Some(self.units),
-            inputs: self.inputs,
-            use_bias: (!self.use_bias).then_some(false),
-            kernel_init: (self.kernel_init != Init::GlorotUniform)
-                .then(|| crate::io::model_file::schema::init_name(self.kernel_init)),
-            bias_init: (self.bias_init != Init::Zeros)
-                .then(|| crate::io::model_file::schema::init_name(self.bias_init)),
-            l1: (self.l1 != 0.0).then_some(self.l1),
-            l2: (self.l2 != 0.0).then_some(self.l2),
-            ..LayerSpec::default()
-        }
+        let init = |init: Init, default: Init| (init != default).then(|| init_name(init));
+        LayerSpec::new("dense", self.units)
+            .with_some("inputs", self.inputs)
+            .with_some("use_bias", (!self.use_bias).then_some(false))
+            .with_some("kernel_init", init(self.kernel_init, Init::GlorotUniform))
+            .with_some("bias_init", init(self.bias_init, Init::Zeros))
+            .with_some("l1", (self.l1 != 0.0).then_some(self.l1))
+            .with_some("l2", (self.l2 != 0.0).then_some(self.l2))
     }
 
     fn describe(&self) -> String {

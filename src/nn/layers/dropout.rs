@@ -4,32 +4,33 @@
 use std::sync::Arc;
 
 use super::step::{Backward, Forward, Pass, Step};
-use super::{LayerDef, Slots};
+use super::{FromEntry, Layer, LayerDef, Slots};
 use crate::error::{Error, Result};
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
-use crate::io::model_file::validation::{check, Field, Invalid};
+use crate::io::model_file::validation::Invalid;
 use crate::ops::dropout::dropout_into;
 
 /// Dropout with this rate, in [0, 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dropout(pub f32);
 
-impl Dropout {
-    /// The `dropout = RATE` entry of a model file, if this is one.
-    pub(crate) fn from_entry(
-        spec: &LayerSpec,
-        field: Field<'_>,
-    ) -> std::result::Result<Option<Dropout>, Invalid> {
-        let Some(rate) = spec.dropout else {
-            return Ok(None);
-        };
-        check(spec.activation.is_none(), &field("activation"), || {
-            "a dropout layer has no activation: give it its own [[layers]]".into()
-        })?;
-        check((0.0..1.0).contains(&rate), &field("dropout"), || {
+impl From<f32> for Dropout {
+    fn from(rate: f32) -> Dropout {
+        Dropout(rate)
+    }
+}
+
+impl FromEntry for Dropout {
+    const KEY: Option<&'static str> = Some("dropout");
+    const ACTIVATION_AFTER: bool = false;
+
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        let rate = e.f32("dropout")?.unwrap_or(0.0);
+        e.check((0.0..1.0).contains(&rate), "dropout", || {
             format!("rate {rate} is not in [0, 1)")
         })?;
-        Ok(Some(Dropout(rate)))
+        Ok(Layer::Dropout(rate))
     }
 }
 
@@ -54,10 +55,7 @@ impl LayerDef for Dropout {
     }
 
     fn entry(&self) -> LayerSpec {
-        LayerSpec {
-            dropout: Some(self.0),
-            ..LayerSpec::default()
-        }
+        LayerSpec::new("dropout", self.0)
     }
 
     fn describe(&self) -> String {

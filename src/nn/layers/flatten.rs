@@ -4,13 +4,24 @@
 use std::sync::Arc;
 
 use super::step::{Backward, Forward, Step};
-use super::{LayerDef, Slots};
+use super::{FromEntry, Layer, LayerDef, Slots};
 use crate::error::Result;
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
+use crate::io::model_file::validation::Invalid;
 
 /// The flatten layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Flatten;
+
+impl FromEntry for Flatten {
+    const KEY: Option<&'static str> = Some("flatten");
+
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        e.flag("flatten")?;
+        Ok(Layer::Flatten)
+    }
+}
 
 impl LayerDef for Flatten {
     fn kind(&self) -> &'static str {
@@ -28,10 +39,7 @@ impl LayerDef for Flatten {
     }
 
     fn entry(&self) -> LayerSpec {
-        LayerSpec {
-            flatten: Some(true),
-            ..LayerSpec::default()
-        }
+        LayerSpec::new("flatten", true)
     }
 }
 

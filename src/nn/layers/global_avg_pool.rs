@@ -3,14 +3,25 @@
 use std::sync::Arc;
 
 use super::step::{Backward, Forward, Step};
-use super::{image, LayerDef, Slots};
+use super::{image, FromEntry, Layer, LayerDef, Slots};
 use crate::error::Result;
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
+use crate::io::model_file::validation::Invalid;
 use crate::ops::pool::{global_avg_pool_backward_into, global_avg_pool_into};
 
 /// The global average pooling layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GlobalAvgPool;
+
+impl FromEntry for GlobalAvgPool {
+    const KEY: Option<&'static str> = Some("global_avg_pool");
+
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        e.flag("global_avg_pool")?;
+        Ok(Layer::GlobalAvgPool)
+    }
+}
 
 impl LayerDef for GlobalAvgPool {
     fn kind(&self) -> &'static str {
@@ -26,10 +37,7 @@ impl LayerDef for GlobalAvgPool {
     }
 
     fn entry(&self) -> LayerSpec {
-        LayerSpec {
-            global_avg_pool: Some(true),
-            ..LayerSpec::default()
-        }
+        LayerSpec::new("global_avg_pool", true)
     }
 }
 

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use super::step::{Backward, Forward, Scratch, Step};
-use super::{affine_params, LayerDef, ParamSpec, Slots};
+use super::{affine_params, FromEntry, Layer, LayerDef, ParamSpec, Slots};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
-use crate::io::model_file::validation::{check, Field, Invalid};
+use crate::io::model_file::validation::Invalid;
 use crate::ops::batch_norm::NormStats;
 use crate::ops::layer_norm::LayerNorm;
 
@@ -16,17 +17,23 @@ use crate::ops::layer_norm::LayerNorm;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LayerNormLayer(pub LayerNorm);
 
-impl LayerNormLayer {
-    /// A `layer_norm = true` entry's eps (the entry's keys checked already).
-    pub(crate) fn from_entry(
-        spec: &LayerSpec,
-        field: Field<'_>,
-    ) -> std::result::Result<LayerNorm, Invalid> {
-        check(spec.momentum.is_none(), &field("momentum"), || {
-            "only batch_norm layers take this key".into()
-        })?;
-        let eps = spec.eps.unwrap_or(LayerNorm::default().eps);
-        Ok(LayerNorm { eps })
+impl From<LayerNorm> for LayerNormLayer {
+    fn from(ln: LayerNorm) -> LayerNormLayer {
+        LayerNormLayer(ln)
+    }
+}
+
+impl FromEntry for LayerNormLayer {
+    const KEY: Option<&'static str> = Some("layer_norm");
+    const KEYS: &'static [&'static str] = &["eps"];
+
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        e.flag("layer_norm")?;
+        let eps_ok = |v: f32| v.is_finite() && v >= 0.0;
+        let eps = e.f32_where("eps", eps_ok, "a finite value >= 0")?;
+        Ok(Layer::LayerNorm(LayerNorm {
+            eps: eps.unwrap_or(LayerNorm::default().eps),
+        }))
     }
 }
 
@@ -59,11 +66,8 @@ impl LayerDef for LayerNormLayer {
     }
 
     fn entry(&self) -> LayerSpec {
-        LayerSpec {
-            layer_norm: Some(true),
-            eps: (self.0.eps != LayerNorm::default().eps).then_some(self.0.eps),
-            ..LayerSpec::default()
-        }
+        let eps = (self.0.eps != LayerNorm::default().eps).then_some(self.0.eps);
+        LayerSpec::new("layer_norm", true).with_some("eps", eps)
     }
 }
 

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use super::step::{Backward, Forward, Scratch, Step};
-use super::{image, LayerDef, Slots};
+use super::{image, FromEntry, Layer, LayerDef, Slots};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
-use crate::io::model_file::validation::{check, Field, Invalid};
+use crate::io::model_file::validation::Invalid;
 use crate::ops::pool::Pool2d;
 use crate::tensor::Tensor;
 
@@ -51,12 +52,9 @@ impl Pool {
     }
 
     /// A `max_pool = K` or `avg_pool = K` entry's window.
-    pub(crate) fn from_entry(
-        k: usize,
-        key: &'static str,
-        field: Field<'_>,
-    ) -> std::result::Result<Pool, Invalid> {
-        check(k > 0, &field(key), || "must be at least 1".into())?;
+    pub(crate) fn from_entry(e: &Entry<'_>, key: &'static str) -> std::result::Result<Pool, Invalid> {
+        let k = e.usize(key)?.unwrap_or(0);
+        e.check(k > 0, key, || "must be at least 1".into())?;
         Ok(Pool::new(k))
     }
 }
@@ -64,6 +62,20 @@ impl Pool {
 /// The max pooling layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MaxPool2d(pub Pool);
+
+impl From<Pool> for MaxPool2d {
+    fn from(pool: Pool) -> MaxPool2d {
+        MaxPool2d(pool)
+    }
+}
+
+impl FromEntry for MaxPool2d {
+    const KEY: Option<&'static str> = Some("max_pool");
+
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        Ok(Layer::MaxPool2d(Pool::from_entry(e, "max_pool")?))
+    }
+}
 
 impl LayerDef for MaxPool2d {
     fn kind(&self) -> &'static str {
@@ -79,10 +91,7 @@ impl LayerDef for MaxPool2d {
     }
 
     fn entry(&self) -> LayerSpec {
-        LayerSpec {
-            max_pool: Some(self.0.kernel.0),
-            ..LayerSpec::default()
-        }
+        LayerSpec::new("max_pool", self.0.kernel.0)
     }
 }
 

@@ -5,24 +5,14 @@
 //! summaries. [`Layer`] is the closed set users build models from; [`Layer::def`] is the
 //! registry that maps each variant to its [`LayerDef`].
 //!
-//! Adding a layer: a file here with a type implementing [`LayerDef`] and a [`Step`], a
-//! variant of [`Layer`] and its arm in [`Layer::def`] (the registration), and its test.
+//! Adding a layer: a file here with a type implementing [`LayerDef`], [`FromEntry`] and a
+//! [`Step`], its line in the `layers!` registry below (which declares the file's module,
+//! the [`Layer`] variant, its arm in [`Layer::def`] and its model-file kind), and its
+//! test.
 
-pub mod activation;
 pub mod add;
-pub mod avg_pool2d;
-pub mod batch_norm;
 pub mod concatenate;
-pub mod conv2d;
-pub mod dense;
-pub mod dropout;
-pub mod flatten;
-pub mod global_avg_pool;
-pub mod layer_norm;
-pub mod max_pool2d;
 pub mod multiply;
-pub mod reshape;
-pub mod softmax;
 pub mod step;
 
 use std::fmt::Debug;
@@ -34,11 +24,143 @@ pub use max_pool2d::Pool;
 pub use step::{Backward, Forward, Inputs, Pass, Pattern, Scratch, Step};
 
 use crate::error::{Error, Result};
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
+use crate::io::model_file::validation::Invalid;
 use crate::nn::init::Init;
 use crate::ops::batch_norm::BatchNorm;
 use crate::ops::layer_norm::LayerNorm;
 use crate::ops::Activation;
+
+/// Declares the layers: for each, its `Layer` variant (with what it holds), and the file
+/// and type implementing [`LayerDef`] and [`FromEntry`] for it. It writes the `mod`
+/// lines, the [`Layer`] enum, [`Layer::def`] and the model-file table [`KINDS`].
+macro_rules! layers {
+    ($($(#[$doc:meta])* $variant:ident $(($held:ty))? => $file:ident::$def:ident,)*) => {
+        $(pub mod $file;)*
+
+        /// One layer of a model: the closed set users build models from, one variant
+        /// per registered layer.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Layer {
+            $($(#[$doc])* $variant $(($held))?,)*
+        }
+
+        impl Layer {
+            /// The registry: the [`LayerDef`] of each variant.
+            pub fn def(&self) -> Box<dyn LayerDef> {
+                match self {
+                    $(layers!(@pat held $variant $($held)?) =>
+                        Box::new(layers!(@def held $file::$def $($held)?)),)*
+                }
+            }
+
+            /// The variant's name ("Dense").
+            pub fn variant(&self) -> &'static str {
+                match self {
+                    $(layers!(@pat _held $variant $($held)?) => stringify!($variant),)*
+                }
+            }
+        }
+
+        /// The variants' names, in registration order.
+        pub const VARIANTS: &[&str] = &[$(stringify!($variant)),*];
+
+        /// The model-file form of each registered layer, in registration order.
+        pub(crate) static KINDS: &[Kind] = &[$(Kind::of::<$file::$def>()),*];
+    };
+    (@pat $x:ident $variant:ident $held:ty) => { Layer::$variant($x) };
+    (@pat $x:ident $variant:ident) => { Layer::$variant };
+    (@def $x:ident $file:ident::$def:ident $held:ty) => { $file::$def::from($x.clone()) };
+    (@def $x:ident $file:ident::$def:ident) => { $file::$def };
+}
+
+// The registry: one line per layer. Adding a layer is its file, its line here and its test.
+layers! {
+    /// 2-D convolution over [channels, height, width] samples.
+    Conv2d(Conv) => conv2d::Conv,
+    /// Max pooling.
+    MaxPool2d(Pool) => max_pool2d::MaxPool2d,
+    /// Average pooling (padding not counted).
+    AvgPool2d(Pool) => avg_pool2d::AvgPool2d,
+    /// Mean over each channel's plane: [c, h, w] -> [c].
+    GlobalAvgPool => global_avg_pool::GlobalAvgPool,
+    /// [c, h, w] -> [c * h * w].
+    Flatten => flatten::Flatten,
+    /// Any sample shape to another with as many values (e.g. [784] -> [1, 28, 28]).
+    Reshape(Vec<usize>) => reshape::Reshape,
+    /// Fully connected.
+    Dense(Dense) => dense::Dense,
+    /// A pointwise activation.
+    Activation(Activation) => activation::Act,
+    /// Row-wise softmax.
+    Softmax => softmax::Softmax,
+    /// Inverted dropout with this rate (training only).
+    Dropout(f32) => dropout::Dropout,
+    /// Batch normalisation per feature of [features] samples (BatchNorm1d) or per channel
+    /// of [c, h, w] ones (BatchNorm2d); momentum follows PyTorch (0.1 = weight of the batch).
+    BatchNorm(BatchNorm) => batch_norm::BatchNormLayer,
+    /// Layer normalisation over the features of each [features] sample.
+    LayerNorm(LayerNorm) => layer_norm::LayerNormLayer,
+}
+
+/// The key of the activation that may follow a layer in its entry (or stand alone).
+pub(crate) const ACTIVATION_KEY: &str = "activation";
+
+/// A layer's model-file form, read back: its kind key, the other keys its entry takes,
+/// and the layer an entry with them describes. [`LayerDef::entry`] writes the same keys.
+pub(crate) trait FromEntry {
+    /// The key that makes an entry this layer (`dense = 8`), or `None` for a layer that
+    /// another's entry stands for (softmax is `activation = "softmax"`).
+    const KEY: Option<&'static str>;
+    /// The other keys its entry takes.
+    const KEYS: &'static [&'static str] = &[];
+    /// Whether an `activation` may share its entry (a separate layer after it).
+    const ACTIVATION_AFTER: bool = true;
+    /// Whether a model file writes a following activation into its entry, as Keras does
+    /// for layers with an `activation` argument.
+    const JOINS_ACTIVATION: bool = false;
+    /// The layer an entry naming [`FromEntry::KEY`] describes; errors name the key.
+    fn from_entry(entry: &Entry<'_>) -> std::result::Result<Layer, Invalid>;
+}
+
+/// A registered layer's model-file form, as the dispatch over entries needs it.
+#[derive(Debug)]
+pub(crate) struct Kind {
+    /// See [`FromEntry::KEY`].
+    pub key: Option<&'static str>,
+    /// See [`FromEntry::KEYS`].
+    pub keys: &'static [&'static str],
+    /// See [`FromEntry::ACTIVATION_AFTER`].
+    pub activation_after: bool,
+    /// See [`FromEntry::JOINS_ACTIVATION`].
+    pub joins_activation: bool,
+    /// See [`FromEntry::from_entry`].
+    pub parse: fn(&Entry<'_>) -> std::result::Result<Layer, Invalid>,
+}
+
+impl Kind {
+    const fn of<T: FromEntry>() -> Kind {
+        Kind {
+            key: T::KEY,
+            keys: T::KEYS,
+            activation_after: T::ACTIVATION_AFTER,
+            joins_activation: T::JOINS_ACTIVATION,
+            parse: T::from_entry,
+        }
+    }
+
+    /// The layer kind of a written entry: its kind key other than an activation riding
+    /// along, else the activation's.
+    pub(crate) fn of_entry(entry: &LayerSpec) -> Option<&'static Kind> {
+        let named = |k: &&Kind| k.key.is_some_and(|key| entry.get(key).is_some());
+        let layer = KINDS
+            .iter()
+            .filter(named)
+            .find(|k| k.key != Some(ACTIVATION_KEY));
+        layer.or_else(|| KINDS.iter().find(named))
+    }
+}
 
 /// A layer type: what the builder, the planner and the model files need of it.
 ///
@@ -174,55 +296,7 @@ impl Slots {
     }
 }
 
-/// One layer of a sequential model.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Layer {
-    /// 2-D convolution over [channels, height, width] samples.
-    Conv2d(Conv),
-    /// Max pooling.
-    MaxPool2d(Pool),
-    /// Average pooling (padding not counted).
-    AvgPool2d(Pool),
-    /// Mean over each channel's plane: [c, h, w] -> [c].
-    GlobalAvgPool,
-    /// [c, h, w] -> [c * h * w].
-    Flatten,
-    /// Any sample shape to another with as many values (e.g. [784] -> [1, 28, 28]).
-    Reshape(Vec<usize>),
-    /// Fully connected.
-    Dense(Dense),
-    /// A pointwise activation.
-    Activation(Activation),
-    /// Row-wise softmax.
-    Softmax,
-    /// Inverted dropout with this rate (training only).
-    Dropout(f32),
-    /// Batch normalisation per feature of [features] samples (BatchNorm1d) or per channel
-    /// of [c, h, w] ones (BatchNorm2d); momentum follows PyTorch (0.1 = weight of the batch).
-    BatchNorm(BatchNorm),
-    /// Layer normalisation over the features of each [features] sample.
-    LayerNorm(LayerNorm),
-}
-
 impl Layer {
-    /// The registry: the [`LayerDef`] of each variant.
-    pub fn def(&self) -> Box<dyn LayerDef> {
-        match self {
-            Layer::Conv2d(c) => Box::new(c.clone()),
-            Layer::MaxPool2d(p) => Box::new(max_pool2d::MaxPool2d(*p)),
-            Layer::AvgPool2d(p) => Box::new(avg_pool2d::AvgPool2d(*p)),
-            Layer::GlobalAvgPool => Box::new(global_avg_pool::GlobalAvgPool),
-            Layer::Flatten => Box::new(flatten::Flatten),
-            Layer::Reshape(to) => Box::new(reshape::Reshape(to.clone())),
-            Layer::Dense(d) => Box::new(d.clone()),
-            Layer::Activation(a) => Box::new(activation::Act(*a)),
-            Layer::Softmax => Box::new(softmax::Softmax),
-            Layer::Dropout(rate) => Box::new(dropout::Dropout(*rate)),
-            Layer::BatchNorm(bn) => Box::new(batch_norm::BatchNormLayer(*bn)),
-            Layer::LayerNorm(ln) => Box::new(layer_norm::LayerNormLayer(*ln)),
-        }
-    }
-
     /// The Keras-style kind name used in summaries and names.
     pub fn kind(&self) -> &'static str {
         self.def().kind()

@@ -4,27 +4,31 @@ use std::sync::Arc;
 
 use super::flatten::Copy;
 use super::step::Step;
-use super::{LayerDef, Slots};
+use super::{FromEntry, Layer, LayerDef, Slots};
 use crate::error::{Error, Result};
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
-use crate::io::model_file::validation::{check, Field, Invalid};
+use crate::io::model_file::validation::Invalid;
 
 /// The reshape layer, to this sample shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reshape(pub Vec<usize>);
 
-impl Reshape {
-    /// A `reshape = [..]` entry's shape.
-    pub(crate) fn from_entry(
-        to: &[usize],
-        field: Field<'_>,
-    ) -> std::result::Result<Vec<usize>, Invalid> {
-        check(
-            !to.is_empty() && !to.contains(&0),
-            &field("reshape"),
-            || "needs at least one dimension, none of them 0".into(),
-        )?;
-        Ok(to.to_vec())
+impl From<Vec<usize>> for Reshape {
+    fn from(to: Vec<usize>) -> Reshape {
+        Reshape(to)
+    }
+}
+
+impl FromEntry for Reshape {
+    const KEY: Option<&'static str> = Some("reshape");
+
+    fn from_entry(e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        let to = e.usizes("reshape")?.unwrap_or_default();
+        e.check(!to.is_empty() && !to.contains(&0), "reshape", || {
+            "needs at least one dimension, none of them 0".into()
+        })?;
+        Ok(Layer::Reshape(to))
     }
 }
 
@@ -50,9 +54,6 @@ impl LayerDef for Reshape {
     }
 
     fn entry(&self) -> LayerSpec {
-        LayerSpec {
-            reshape: Some(self.0.clone()),
-            ..LayerSpec::default()
-        }
+        LayerSpec::new("reshape", self.0.clone())
     }
 }

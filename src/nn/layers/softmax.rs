@@ -4,14 +4,25 @@
 use std::sync::Arc;
 
 use super::step::{Backward, Forward, Pattern, Step};
-use super::{LayerDef, Slots};
+use super::{FromEntry, Layer, LayerDef, Slots};
 use crate::error::Result;
+use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
+use crate::io::model_file::validation::Invalid;
 use crate::ops::activation::{softmax_backward_into, softmax_into};
 
 /// The softmax layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Softmax;
+
+impl FromEntry for Softmax {
+    // Its entry is `activation = "softmax"`, which the activation layer reads.
+    const KEY: Option<&'static str> = None;
+
+    fn from_entry(_e: &Entry<'_>) -> std::result::Result<Layer, Invalid> {
+        Ok(Layer::Softmax)
+    }
+}
 
 impl LayerDef for Softmax {
     fn kind(&self) -> &'static str {
@@ -27,10 +38,7 @@ impl LayerDef for Softmax {
     }
 
     fn entry(&self) -> LayerSpec {
-        LayerSpec {
-            activation: Some("softmax".into()),
-            ..LayerSpec::default()
-        }
+        LayerSpec::new(super::ACTIVATION_KEY, "softmax")
     }
 }
 
