@@ -702,3 +702,11 @@ fn a_graph_model_file_trains_summarises_evaluates_and_predicts() {
     let err = kiln_fails(&["summary", "--model", bad.to_str().unwrap()], 1, "line 20");
     assert!(err.contains("'r9'") && err.contains("res"), "{err}");
 }
+
+/// Without the `mpi` feature, `--distributed mpi` stops at once and says how to build it.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_mpi_needs_the_mpi_feature() {
+    let args = ["train", "--distributed", "mpi", "--device", "cpu"];
+    kiln_fails(&args, 1, "built without the `mpi` feature");
+}
