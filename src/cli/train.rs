@@ -203,7 +203,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let mut job = Job::join(launcher, Duration::from_secs(args.rank_timeout))?;
     let result = run_rank(&args, &mut job);
-    if result.is_err() {
+    if let Err(e) = &result {
+        // The job's errors name their rank; another error says here which rank it hit.
+        if !matches!(
+            e,
+            kiln::Error::Distributed { .. } | kiln::Error::RankMismatch { .. }
+        ) {
+            let (rank, size) = (job.group.rank(), job.group.size());
+            eprintln!("rank {rank} of {size} stops the job:");
+        }
         job.abandon();
     }
     result
