@@ -358,8 +358,7 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes_from_its_checkpoint() {
 }
 
 /// MNIST, 784-256-128-10 for 5 epochs at batch 128: 2 ranks reach the test accuracy of
-/// one process within 0.3 points. On lavapipe over 2 shared cores, the pair of runs takes
-/// about 3 minutes (the two ranks share the cores, and each step waits for both).
+/// one process within 0.3 points. The slowest test here, run in full under CI.
 #[test]
 fn mnist_on_two_ranks_reaches_the_accuracy_of_one() {
     let dir = scratch("mnist");
