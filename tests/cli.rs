@@ -782,3 +782,11 @@ fn a_two_output_graph_file_trains_on_the_label_column_resumes_and_evaluates() {
         "one label column",
     );
 }
+
+/// Without the `mpi` feature, `--distributed mpi` stops at once and says how to build it.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_mpi_needs_the_mpi_feature() {
+    let args = ["train", "--distributed", "mpi", "--device", "cpu"];
+    kiln_fails(&args, 1, "built without the `mpi` feature");
+}

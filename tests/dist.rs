@@ -224,3 +224,21 @@ fn fingerprints_tell_shapes_apart() {
     assert_ne!(a, b);
     assert_eq!(a, Fingerprint::new().dims(&[2, 3]).dims(&[4]).finish());
 }
+
+/// `Device::gpu_nth` gives every rank an adapter, wrapping around past the last one.
+#[test]
+fn every_rank_gets_an_adapter_wrapping_around() {
+    let names: Vec<String> = kiln::list_adapters()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    for n in [0, 1, names.len(), 2 * names.len() + 1] {
+        let device = kiln::Device::gpu_nth(n).unwrap();
+        let name = device.name();
+        assert!(
+            names.iter().any(|a| name.starts_with(a)),
+            "{name} not in {names:?}"
+        );
+    }
+}

@@ -11,6 +11,7 @@ macro_rules! say {
 mod adapters;
 mod checkpoint;
 mod data_source;
+mod distributed;
 mod eval;
 mod model_args;
 mod outputs;
@@ -96,11 +97,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Set on the ranks of a data-parallel job other than rank 0, which print nothing.
+static SILENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops [`say!`] from printing, for the rest of the process.
+fn silence() {
+    SILENT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Writes `text` to standard output. When the reader has gone (`kiln ... | head`),
 /// stops as a program killed by SIGPIPE would, but without an error: what the reader
 /// wanted it has, and a training run has saved its last epoch.
 fn write_out(text: &str) {
     use std::io::Write;
+    if SILENT.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     if out
         .write_all(text.as_bytes())

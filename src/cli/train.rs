@@ -2,13 +2,16 @@
 //! epoch with a checkpoint after each, then test it and write the history and curves.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use kiln::data::Dataset;
+use kiln::dist::AllReduce;
 use kiln::train::{FitOptions, Validation};
 use kiln::{Device, History, Result, Schedule, Trainer};
 
 use super::data_source::{self, DataSource, Scale};
+use super::distributed::{Job, Launcher};
 use super::model_args::{self, LossName, ModelArgs, ModelSpec, OptimizerName, ScheduleName};
 use super::record::{self, RunRecord};
 use super::{bad_arg, io_error, plot, progress};
@@ -49,7 +52,10 @@ Examples:
   kiln train --resume runs/mnist
 
   # Train an earlier run on, up to 30 epochs in all, on the CPU
-  kiln train --resume runs/mnist --epochs 30 --device cpu";
+  kiln train --resume runs/mnist --epochs 30 --device cpu
+
+  # Data-parallel on 2 GPUs (or machines): each rank trains half of every batch
+  mpirun -np 2 kiln train --data mnist:data/mnist --layers 784,256,128,10 --distributed mpi";
 
 /// Options of `kiln train`.
 #[derive(Args, Debug)]
@@ -151,6 +157,22 @@ pub struct TrainArgs {
     /// No progress bars: one line per epoch (also the case when output is not a terminal)
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// Train as one rank of a data-parallel job started by a launcher: mpi (`mpirun -np
+    /// N kiln train ... --distributed mpi`, kiln built with the `mpi` feature). Every rank
+    /// trains its share of each --batch-size rows; rank 0 writes the run folder and prints
+    #[arg(long, value_enum, value_name = "LAUNCHER")]
+    pub distributed: Option<Launcher>,
+
+    /// With --distributed: how long a rank waits for the others at each exchange before it
+    /// fails the job (a rank that hangs); a rank that exits ends the job at once
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 300,
+        requires = "distributed"
+    )]
+    pub rank_timeout: u64,
 }
 
 /// Epochs when --epochs is not given: enough for the digits set to pass 95% accuracy.
@@ -163,6 +185,8 @@ const DEFAULT_TEST_SPLIT: f32 = 0.2;
 
 /// Everything a run needs once its data and trainer are ready.
 struct Run {
+    /// Whether this process writes the run folder: always, except on ranks other than 0.
+    lead: bool,
     out: PathBuf,
     record: RunRecord,
     train: Dataset,
@@ -171,12 +195,45 @@ struct Run {
     history: History,
 }
 
-/// Runs `kiln train`.
+/// Runs `kiln train`, alone or as one rank of a job.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let device = Device::from_name(&args.device)?;
+    let Some(launcher) = args.distributed else {
+        let device = Device::from_name(&args.device)?;
+        return train(&args, &device, None);
+    };
+    let mut job = Job::join(launcher, Duration::from_secs(args.rank_timeout))?;
+    let result = run_rank(&args, &mut job);
+    if let Err(e) = &result {
+        // The job's errors name their rank; another error says here which rank it hit.
+        if !matches!(
+            e,
+            kiln::Error::Distributed { .. } | kiln::Error::RankMismatch { .. }
+        ) {
+            let (rank, size) = (job.group.rank(), job.group.size());
+            eprintln!("rank {rank} of {size} stops the job:");
+        }
+        job.abandon();
+    }
+    result
+}
+
+/// Trains as one rank of `job`: on its own device, printing only on rank 0.
+fn run_rank(args: &TrainArgs, job: &mut Job) -> Result<()> {
+    let device = job.device(&args.device)?;
+    let (rank, size) = (job.group.rank(), job.group.size());
+    eprintln!("rank {rank} of {size} on {}", device.name());
+    if !job.leads() {
+        super::silence();
+    }
+    train(args, &device, Some(job))
+}
+
+/// Loads or resumes the run, trains it and (on the leading rank) tests it.
+fn train(args: &TrainArgs, device: &Device, job: Option<&mut Job>) -> Result<()> {
+    let lead = job.as_ref().is_none_or(|j| j.leads());
     let mut run = match &args.resume {
-        Some(dir) => resume(dir, &device)?,
-        None => fresh(&args, &device)?,
+        Some(dir) => resume(dir, device, lead)?,
+        None => fresh(args, device, lead)?,
     };
     if args.epochs == Some(0) {
         return Err(bad_arg("--epochs", "must be at least 1"));
@@ -185,7 +242,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let epochs = args.epochs.unwrap_or(run.record.epochs);
     if run.record.epochs != epochs {
         run.record.epochs = epochs;
-        run.record.save(&run.out)?;
+        if lead {
+            run.record.save(&run.out)?;
+        }
     }
     // A cosine schedule ends at its last epoch; a run resumed for more epochs would then
     // train at rate 0, so the half period stretches to the new end.
@@ -198,13 +257,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
             });
         }
     }
-    describe(&run, &device, epochs);
-    fit(&mut run, epochs, args.quiet, args.steps_per_execution)?;
-    finish(&mut run)
+    describe(&run, device, epochs);
+    let group = job.map(|j| &mut *j.group as &mut dyn AllReduce);
+    fit(&mut run, epochs, args, group)?;
+    if lead {
+        finish(&mut run)?;
+    }
+    Ok(())
 }
 
-/// Loads the data and builds a new model as the options say.
-fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
+/// Loads the data and builds a new model as the options say; `lead`: creates the run
+/// folder.
+fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
     let source = args.data.clone().unwrap_or(DataSource::Digits);
     // A model file's [training] section gives defaults that the options override.
     let file = args.model.load_file()?;
@@ -286,11 +350,15 @@ fn fresh(args: &TrainArgs, device: &Device) -> Result<Run> {
     };
     record.set_scaler(scaler.as_ref());
 
-    let out = out_dir(args)?;
-    record.save(&out)?;
-    // A checkpoint from the start, so the folder can be resumed or evaluated at once.
-    kiln::io::save(&out, &trainer)?;
+    // Other ranks neither need the folder nor may race rank 0 to name and create it.
+    let out = if lead { out_dir(args)? } else { PathBuf::new() };
+    if lead {
+        record.save(&out)?;
+        // A checkpoint from the start, so the folder can be resumed or evaluated at once.
+        kiln::io::save(&out, &trainer)?;
+    }
     Ok(Run {
+        lead,
         out,
         record,
         train,
@@ -379,7 +447,7 @@ fn optimizer_of(
 }
 
 /// Reloads a run folder: its record, data (scaled as before), trainer and history.
-fn resume(dir: &Path, device: &Device) -> Result<Run> {
+fn resume(dir: &Path, device: &Device, lead: bool) -> Result<Run> {
     let record = RunRecord::load(dir)?;
     let (mut train, mut test) = load_recorded(&record)?;
     let scaler = record.scaler();
@@ -397,6 +465,7 @@ fn resume(dir: &Path, device: &Device) -> Result<Run> {
     // The history may have been written for an epoch whose checkpoint was not.
     history.epochs.retain(|e| e.epoch <= trainer.epochs_done());
     Ok(Run {
+        lead,
         out: dir.to_path_buf(),
         record,
         train,
@@ -553,14 +622,20 @@ fn schedule_text(schedule: &Schedule) -> String {
     }
 }
 
-/// Trains epoch by epoch up to `epochs` in all, saving the checkpoint and history after each.
+/// Trains epoch by epoch up to `epochs` in all, saving the checkpoint and history after each
+/// (as one rank of `group`, if given).
 ///
 /// The data is uploaded once; the run hands the trainer back between epochs for the save.
-fn fit(run: &mut Run, epochs: usize, quiet: bool, per_execution: Option<usize>) -> Result<()> {
+fn fit(
+    run: &mut Run,
+    epochs: usize,
+    args: &TrainArgs,
+    group: Option<&mut dyn AllReduce>,
+) -> Result<()> {
     let r = &run.record;
     let rows = training_rows(&run.train, r.validation_split);
     let steps = rows.div_ceil(r.batch_size);
-    let bars = progress::bars_wanted(quiet);
+    let bars = progress::bars_wanted(args.quiet || !run.lead);
     let remaining = epochs.saturating_sub(run.trainer.epochs_done());
     if remaining == 0 {
         return Ok(());
@@ -568,14 +643,18 @@ fn fit(run: &mut Run, epochs: usize, quiet: bool, per_execution: Option<usize>) 
     let mut opts = FitOptions::new(remaining, r.batch_size);
     opts.seed = r.seed;
     opts.loss_every = progress::loss_every(steps);
-    if let Some(n) = per_execution {
+    if let Some(n) = args.steps_per_execution {
         opts.steps_per_execution = n;
     }
     if r.validation_split > 0.0 {
         opts.validation = Validation::Split(r.validation_split);
     }
     let y = super::outputs::targets(&run.trainer, &run.train.y)?;
-    let mut fit = run.trainer.start_fit(&run.train.x, &y, opts)?;
+    let x = &run.train.x;
+    let mut fit = match group {
+        Some(g) => run.trainer.start_fit_distributed(g, x, &y, opts)?,
+        None => run.trainer.start_fit(x, &y, opts)?,
+    };
     loop {
         let epoch = fit.trainer().epochs_done() + 1;
         let bar = progress::epoch_bar(bars, epoch, epochs, steps);
@@ -587,6 +666,9 @@ fn fit(run: &mut Run, epochs: usize, quiet: bool, per_execution: Option<usize>) 
         };
         say!("{}", progress::epoch_line(&log, epochs, rows));
         run.history.epochs.push(log);
+        if !run.lead {
+            continue;
+        }
         kiln::io::save(&run.out, fit.trainer())?;
         let path = run.out.join("history.csv");
         std::fs::write(&path, run.history.to_csv()).map_err(|e| io_error(&path, e))?;

@@ -102,24 +102,44 @@ pub fn list_adapters() -> Result<Vec<AdapterSummary>> {
     Ok(adapters.iter().map(AdapterSummary::of).collect())
 }
 
-/// Picks the best adapter whose name contains `name` (default: `KILN_ADAPTER`).
-pub(crate) fn choose(instance: &wgpu::Instance, name: Option<&str>) -> Result<wgpu::Adapter> {
+/// Which adapter to open.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Pick<'a> {
+    /// The best adapter whose name contains this (default: `KILN_ADAPTER`).
+    Best(Option<&'a str>),
+    /// The n-th adapter of the best kind (wrapping around): one GPU per rank of a job.
+    Nth(usize),
+}
+
+/// Picks the adapter `pick` asks for among those `KILN_BACKEND` and `KILN_ADAPTER` allow.
+pub(crate) fn choose(instance: &wgpu::Instance, pick: Pick<'_>) -> Result<wgpu::Adapter> {
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-    let filter = match name {
-        Some(n) => Some(n.to_lowercase()),
-        None => crate::config::adapter().map(|s| s.to_lowercase()),
+    let filter = match pick {
+        Pick::Best(Some(n)) => Some(n.to_lowercase()),
+        _ => crate::config::adapter().map(|s| s.to_lowercase()),
     };
     let names: Vec<String> = adapters
         .iter()
         .map(|a| AdapterSummary::of(a).to_string())
         .collect();
-    let best = adapters
+    let mut allowed: Vec<wgpu::Adapter> = adapters
         .into_iter()
         .filter(|a| match &filter {
             Some(f) => a.get_info().name.to_lowercase().contains(f.as_str()),
             None => true,
         })
-        .max_by_key(|a| rank(&a.get_info()));
+        .collect();
+    let best = match pick {
+        Pick::Best(_) => allowed.into_iter().max_by_key(|a| rank(&a.get_info())),
+        Pick::Nth(n) => {
+            // Only the best kind, so that a second rank on a one-GPU machine shares the
+            // GPU rather than falling back to its GL view or a software adapter.
+            let top = allowed.iter().map(|a| rank(&a.get_info())).max();
+            allowed.retain(|a| Some(rank(&a.get_info())) == top);
+            let len = allowed.len().max(1);
+            allowed.into_iter().nth(n % len)
+        }
+    };
     best.ok_or_else(|| {
         let seen = if names.is_empty() {
             "no adapters at all".to_string()

@@ -178,10 +178,10 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl GpuContext {
-    /// Opens the best adapter (see `adapter::choose`) with its own limits.
-    pub(crate) fn new(name: Option<&str>) -> Result<Self> {
+    /// Opens the adapter `pick` names (see `adapter::choose`) with its own limits.
+    pub(crate) fn new(pick: super::adapter::Pick<'_>) -> Result<Self> {
         let instance = super::adapter::instance()?;
-        let adapter = super::adapter::choose(&instance, name)?;
+        let adapter = super::adapter::choose(&instance, pick)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         // Timestamps let the matmul autotuner time kernels on the GPU itself; asked for
@@ -977,7 +977,7 @@ mod tests {
 
     #[test]
     fn reported_out_of_memory_wins_over_other_errors() {
-        let ctx = GpuContext::new(None).unwrap();
+        let ctx = GpuContext::new(crate::device::Pick::Best(None)).unwrap();
         lock(&ctx.errors).push(Error::Gpu("first".into()));
         lock(&ctx.errors).push(from_wgpu(oom(), "GPU work", 0));
         assert!(matches!(ctx.flush(), Err(Error::OutOfMemory { .. })));
@@ -989,7 +989,7 @@ mod tests {
 
     #[test]
     fn a_lost_device_is_an_error_everywhere() {
-        let ctx = Arc::new(GpuContext::new(None).unwrap());
+        let ctx = Arc::new(GpuContext::new(crate::device::Pick::Best(None)).unwrap());
         let buf = ctx.alloc(16).unwrap();
         ctx.upload(Span::whole(&buf), &[0u8; 64]).unwrap();
         ctx.synchronize().unwrap();
@@ -1012,7 +1012,7 @@ mod tests {
         );
 
         // A readback is the other place a training loop waits: it notices too.
-        let ctx = GpuContext::new(None).unwrap();
+        let ctx = GpuContext::new(crate::device::Pick::Best(None)).unwrap();
         let buf = ctx.alloc(16).unwrap();
         ctx.device.destroy();
         lost(

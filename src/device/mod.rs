@@ -5,6 +5,7 @@ mod gpu;
 
 use std::sync::Arc;
 
+use adapter::Pick;
 pub use adapter::{list_adapters, AdapterSummary};
 pub use gpu::{GpuContext, Stats};
 pub(crate) use gpu::{Kernel, Span};
@@ -35,12 +36,21 @@ impl Device {
     /// `KILN_ADAPTER` (a substring of the adapter name) and `KILN_BACKEND`
     /// (vulkan, metal, dx12, gl) narrow the choice.
     pub fn gpu() -> Result<Device> {
-        Ok(Device::Gpu(Arc::new(GpuContext::new(None)?)))
+        Ok(Device::Gpu(Arc::new(GpuContext::new(Pick::Best(None))?)))
     }
 
     /// The best GPU adapter whose name contains `name` (case-insensitive).
     pub fn gpu_named(name: &str) -> Result<Device> {
-        Ok(Device::Gpu(Arc::new(GpuContext::new(Some(name))?)))
+        Ok(Device::Gpu(Arc::new(GpuContext::new(Pick::Best(Some(
+            name,
+        )))?)))
+    }
+
+    /// The `n`-th adapter, wrapping around, among those of the best kind (as
+    /// [`Device::gpu`] ranks them) in wgpu's order: rank `n` of a data-parallel job on
+    /// its own GPU where the machine has enough.
+    pub fn gpu_nth(n: usize) -> Result<Device> {
+        Ok(Device::Gpu(Arc::new(GpuContext::new(Pick::Nth(n))?)))
     }
 
     /// The CPU reference backend.

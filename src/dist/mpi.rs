@@ -31,6 +31,8 @@ pub struct MpiGroup {
     universe: Option<Universe>,
     rank: usize,
     size: usize,
+    /// This rank's place among the ranks on its machine.
+    node_rank: usize,
     timeout: Duration,
     /// The most elements one MPI call moves: MPI counts are C `int`s.
     max_count: usize,
@@ -83,17 +85,26 @@ impl MpiGroup {
                 ))
             }
         };
+        // Ranks that share memory share a machine; MPI_Init has already met them all.
+        let node_rank = usize::try_from(world.split_shared(0).rank()).unwrap_or(0);
         Ok(MpiGroup {
             world,
             universe: Some(universe),
             rank,
             size,
+            node_rank,
             timeout: Self::DEFAULT_TIMEOUT,
             max_count: c_int::MAX as usize,
             failure: None,
             send32: Vec::new(),
             send64: Vec::new(),
         })
+    }
+
+    /// This rank's index among the ranks on its machine (0 for the first): the GPU it
+    /// should use where each machine has one per rank.
+    pub fn node_rank(&self) -> usize {
+        self.node_rank
     }
 
     /// Sets how long each collective waits for every rank before it fails.
