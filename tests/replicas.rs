@@ -202,3 +202,29 @@ fn shards_cover_each_batch_once() {
         }
     }
 }
+
+#[test]
+fn a_replica_whose_device_fails_ends_the_job_with_its_rank_and_cause() {
+    let (x, y) = data(64);
+    let failing = Device::gpu().unwrap();
+    let mut others = vec![trainer(&failing, 7, Optimizer::sgd(0.1))];
+    let mut main = trainer(&Device::cpu(), 7, Optimizer::sgd(0.1));
+    // Rank 0's step hook pulls rank 1's device away mid-epoch.
+    let opts = FitOptions {
+        on_step: Some(Box::new(move |info: &kiln::train::StepInfo| {
+            if info.step == 3 {
+                failing.simulate_loss();
+            }
+        })),
+        ..opts(2, 4)
+    };
+    let start = std::time::Instant::now();
+    let err = main.fit_replicas(&mut others, &x, &y, opts).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::Distributed { rank: 1, .. }) && text.contains("lost"),
+        "{text}"
+    );
+    // The peers hear of it at the next exchange, not after the group's timeout.
+    assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
+}

@@ -114,6 +114,15 @@ impl Device {
         }
     }
 
+    /// Destroys the GPU device now, as a driver reset or a removed card would: every later
+    /// call on it fails with [`Error::DeviceLost`](crate::Error::DeviceLost). For tests of
+    /// how a program recovers; a no-op on the CPU.
+    pub fn simulate_loss(&self) {
+        if let Device::Gpu(g) = self {
+            g.device.destroy();
+        }
+    }
+
     /// GPU time per kernel and grid since the last call, most first: (kernel and grid,
     /// dispatches, time). Filled only under `KILN_PROFILE=1` on an adapter with timestamps,
     /// which runs every dispatch in a timed submission of its own (slow; for diagnosis).

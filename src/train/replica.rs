@@ -95,18 +95,19 @@ impl Trainer {
             let mine = self.fit_distributed(&mut first, x, y, opts);
             // Rank 0's failure reaches the others through its member, dropped here.
             drop(first);
-            let theirs = handles.into_iter().enumerate().map(|(i, h)| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Distributed {
-                        rank: i + 1,
-                        detail: "the replica's thread panicked".into(),
+            let theirs: Vec<Result<()>> = handles
+                .into_iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Distributed {
+                            rank: i + 1,
+                            detail: "the replica's thread panicked".into(),
+                        })
                     })
                 })
-            });
-            // Rank 0's own error explains the job best; else the first replica's.
-            let theirs: Result<Vec<()>> = theirs.collect();
-            let history = mine?;
-            theirs.map(|_| history)
+                .collect();
+            job_result(mine, theirs)
         })
     }
 
@@ -203,6 +204,31 @@ impl Trainer {
         }
         let mut grads: Vec<&mut Tensor> = model.params.iter_mut().map(|p| &mut p.grad).collect();
         write_parts(&mut grads, flat)
+    }
+}
+
+/// The job's result: rank 0's history, or the error that explains the failure: the first
+/// that is not a peer's report of another rank's failure (rank 0's as it is; another
+/// rank's as an [`Error::Distributed`] naming it), else rank 0's.
+fn job_result(mine: Result<History>, theirs: Vec<Result<()>>) -> Result<History> {
+    let echo = |e: &Error| matches!(e, Error::Distributed { .. });
+    if mine.as_ref().is_err_and(|e| !echo(e)) {
+        return mine;
+    }
+    let mut errors: Vec<(usize, Error)> = theirs
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.err().map(|e| (i + 1, e)))
+        .collect();
+    // A root cause first, then peers' reports of it.
+    errors.sort_by_key(|(_, e)| echo(e));
+    match (mine, errors.into_iter().next()) {
+        (_, Some((rank, e))) if !echo(&e) => Err(Error::Distributed {
+            rank,
+            detail: format!("rank {rank} failed: {e}"),
+        }),
+        (Ok(_), Some((_, e))) => Err(e),
+        (mine, _) => mine,
     }
 }
 
