@@ -11,7 +11,8 @@
 //! (elements per MPI call, to exercise the chunking), `--timeout S` (seconds per
 //! collective), `--mismatch` (the last rank passes another fingerprint), `--die-at K`
 //! (the last rank exits, status 3, before all-reduce K of 1000), `--hang-at K` (the last
-//! rank sleeps instead of joining all-reduce K).
+//! rank sleeps instead of joining all-reduce K), `--stop-inside K` (the last rank joins
+//! all-reduce K's opening barrier, then sleeps: it stopped inside the exchange).
 //!
 //! Each rank prints `rank R: mean ok, bits HASH` (the same HASH on every rank), or its
 //! error on stderr, exiting 2.
@@ -29,6 +30,7 @@ struct Args {
     mismatch: bool,
     die_at: Option<usize>,
     hang_at: Option<usize>,
+    stop_inside: Option<usize>,
     bench: bool,
 }
 
@@ -40,6 +42,7 @@ fn parse() -> Result<Args, String> {
         mismatch: false,
         die_at: None,
         hang_at: None,
+        stop_inside: None,
         bench: false,
     };
     let mut it = std::env::args().skip(1);
@@ -55,6 +58,7 @@ fn parse() -> Result<Args, String> {
             "--timeout" => a.timeout = Some(num()? as u64),
             "--die-at" => a.die_at = Some(num()?),
             "--hang-at" => a.hang_at = Some(num()?),
+            "--stop-inside" => a.stop_inside = Some(num()?),
             "--mismatch" => a.mismatch = true,
             "--bench" => a.bench = true,
             _ => return Err(format!("unknown option {flag}")),
@@ -122,7 +126,7 @@ fn run(g: &mut MpiGroup, a: &Args) -> kiln::Result<()> {
     println!("rank {rank}: mean ok, bits {bits:016x}");
 
     // Failure drills: many small all-reduces, one of which the last rank misses.
-    if a.die_at.is_some() || a.hang_at.is_some() {
+    if a.die_at.is_some() || a.hang_at.is_some() || a.stop_inside.is_some() {
         let mut step = vec![1.0f32; 1024];
         for k in 0..1000 {
             if rank == last && a.die_at == Some(k) {
@@ -131,6 +135,12 @@ fn run(g: &mut MpiGroup, a: &Args) -> kiln::Result<()> {
             }
             if rank == last && a.hang_at == Some(k) {
                 eprintln!("rank {rank}: hanging before all-reduce {k}");
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+            if rank == last && a.stop_inside == Some(k) {
+                // An all-reduce opens with a barrier: join it, then never sum.
+                eprintln!("rank {rank}: stopping inside all-reduce {k}");
+                g.barrier()?;
                 std::thread::sleep(Duration::from_secs(3600));
             }
             g.all_reduce_mean(&mut step)?;

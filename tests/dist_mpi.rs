@@ -139,6 +139,21 @@ fn a_rank_that_hangs_mid_job_times_out_the_others() {
     );
 }
 
+#[test]
+fn a_rank_that_stops_inside_an_exchange_times_out_the_others() {
+    let (out, text, took) = mpirun(&["--len", "10", "--stop-inside", "5", "--timeout", "3"]);
+    assert!(!out.status.success(), "{text}");
+    assert_ne!(out.status.code(), Some(124), "hung until timeout: {text}");
+    assert!(
+        text.contains("all_reduce_mean timed out after 3s: a peer rank stopped inside"),
+        "{text}"
+    );
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+}
+
 /// The kiln binary, built with the `mpi` feature for this test.
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 

@@ -210,18 +210,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
             kiln::Error::Distributed { .. } | kiln::Error::RankMismatch { .. }
         ) {
             let (rank, size) = (job.group.rank(), job.group.size());
-            eprintln!("rank {rank} of {size} stops the job:");
+            whole_line(format!("rank {rank} of {size} stops the job:"));
         }
         job.abandon();
     }
     result
 }
 
+/// Writes `line` to stderr in one call, so that ranks sharing mpirun's stderr do not
+/// interleave their lines (`eprintln!` writes each piece of its format separately).
+fn whole_line(line: String) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 /// Trains as one rank of `job`: on its own device, printing only on rank 0.
 fn run_rank(args: &TrainArgs, job: &mut Job) -> Result<()> {
     let device = job.device(&args.device)?;
     let (rank, size) = (job.group.rank(), job.group.size());
-    eprintln!("rank {rank} of {size} on {}", device.name());
+    whole_line(format!("rank {rank} of {size} on {}", device.name()));
     if !job.leads() {
         super::silence();
     }

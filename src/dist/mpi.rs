@@ -15,7 +15,7 @@
 
 use super::AllReduce;
 use crate::error::{Error, Result};
-use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
+use mpi::collective::Root;
 use mpi::datatype::Equivalence;
 use mpi::environment::Universe;
 use mpi::ffi;
@@ -140,17 +140,23 @@ impl MpiGroup {
                 format!("{what} cannot run: the group failed earlier: {why}"),
             ));
         }
-        let start = Instant::now();
         let mut req = unsafe { ffi::RSMPI_REQUEST_NULL };
         // SAFETY: a barrier has no buffers; `req` is written by MPI.
         let rc = unsafe { ffi::MPI_Ibarrier(self.world.as_raw(), &mut req) };
         if rc != ffi::MPI_SUCCESS as c_int {
             return Err(self.fail(format!("{what}: MPI_Ibarrier returned error code {rc}")));
         }
+        self.wait(&mut req, what, "a peer rank did not join (hung, or died)")
+    }
+
+    /// Polls the active request `req` until it completes; past the deadline the group
+    /// fails, naming `what` and the likely cause `why`.
+    fn wait(&mut self, req: &mut ffi::MPI_Request, what: &str, why: &str) -> Result<()> {
+        let start = Instant::now();
         let mut flag: c_int = 0;
         loop {
-            // SAFETY: `req` is the active request of the barrier started above.
-            let rc = unsafe { ffi::MPI_Test(&mut req, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
+            // SAFETY: `req` is an active request started by the caller.
+            let rc = unsafe { ffi::MPI_Test(req, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
             if rc != ffi::MPI_SUCCESS as c_int {
                 return Err(self.fail(format!("{what}: MPI_Test returned error code {rc}")));
             }
@@ -159,10 +165,7 @@ impl MpiGroup {
             }
             let waited = start.elapsed();
             if waited >= self.timeout {
-                return Err(self.fail(format!(
-                    "{what} timed out after {:?}: a peer rank did not join (hung, or died)",
-                    self.timeout
-                )));
+                return Err(self.fail(format!("{what} timed out after {:?}: {why}", self.timeout)));
             }
             // Poll (yielding the core) as MPI's blocking calls do; sleep between tests
             // only once a wait is long, such as for a peer's slower step.
@@ -179,15 +182,42 @@ impl MpiGroup {
         Error::dist(self.rank, why)
     }
 
-    /// Sums `buf` over the ranks in place, in calls of at most `max_count` elements.
+    /// Sums `buf` over the ranks in place, in calls of at most `max_count` elements,
+    /// each a non-blocking all-reduce polled against the deadline, so that a rank that
+    /// stops inside the exchange fails the others instead of hanging them.
     fn sum<T: Element>(&mut self, buf: &mut [T], what: &str) -> Result<()> {
         self.arrive(what)?;
         let mut send = std::mem::take(T::send_buf(self));
+        let mut recv = Vec::new();
         for chunk in buf.chunks_mut(self.max_count) {
             send.clear();
             send.extend_from_slice(chunk);
-            self.world
-                .all_reduce_into(&send[..], chunk, SystemOperation::sum());
+            recv.clear();
+            recv.extend_from_slice(chunk);
+            let mut req = unsafe { ffi::RSMPI_REQUEST_NULL };
+            // SAFETY: both buffers hold `chunk.len()` elements of T's MPI datatype and stay
+            // alive until the request completes: on a timeout they are leaked below.
+            let rc = unsafe {
+                ffi::MPI_Iallreduce(
+                    send.as_ptr().cast(),
+                    recv.as_mut_ptr().cast(),
+                    chunk.len() as c_int,
+                    T::equivalent_datatype().as_raw(),
+                    ffi::RSMPI_SUM,
+                    self.world.as_raw(),
+                    &mut req,
+                )
+            };
+            if rc != ffi::MPI_SUCCESS as c_int {
+                return Err(self.fail(format!("{what}: MPI_Iallreduce returned error code {rc}")));
+            }
+            if let Err(e) = self.wait(&mut req, what, "a peer rank stopped inside the exchange") {
+                // MPI may still write into them: never free memory under it.
+                std::mem::forget(send);
+                std::mem::forget(recv);
+                return Err(e);
+            }
+            chunk.copy_from_slice(&recv);
         }
         *T::send_buf(self) = send;
         Ok(())
