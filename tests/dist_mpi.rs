@@ -265,6 +265,8 @@ fn check_same_as_one_process(batch: &str) {
     // Rank 0 alone prints the run; every rank names its device on stderr.
     assert_eq!(text.matches("test:").count(), 1, "{text}");
     assert!(text.contains("rank 1 of 2 on "), "{text}");
+    // Rank 0 reports what the exchanges cost.
+    assert_eq!(text.matches("all-reduce: ").count(), 1, "{text}");
     common::assert_close(&weights(&two), &weights(&one), 1e-4, 1e-5, "weights");
     let (got, wanted) = (last_epoch(&two), last_epoch(&one));
     assert_eq!(got.len(), wanted.len());

@@ -705,6 +705,16 @@ fn finish(run: &mut Run) -> Result<()> {
             "time:   {:.2} s per epoch (min {min:.2}, max {max:.2}), {total:.1} s in all",
             total / seconds.len() as f64
         );
+        let x = run.trainer.exchange_stats();
+        if x.steps > 0 {
+            // What the cost model in the README needs: the all-reduce's share of a step.
+            say!(
+                "all-reduce: {:.2} ms and {:.2} MB per step, {:.1}% of the training time",
+                x.seconds * 1e3 / x.steps as f64,
+                x.bytes as f64 / 1e6 / x.steps as f64,
+                100.0 * x.seconds / total.max(f64::MIN_POSITIVE)
+            );
+        }
     }
     let curves = run.out.join("curves.png");
     if !run.history.epochs.is_empty() {
