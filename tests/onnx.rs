@@ -6,10 +6,11 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use kiln::data::Scaler;
 use kiln::nn::layers::Pool;
 use kiln::nn::layers::{Conv, Layer};
 use kiln::ops::Activation;
-use kiln::{Dense, Device, Graph, Loss, Optimizer, Sequential, Trainer};
+use kiln::{Dense, Device, Graph, Loss, Optimizer, OutputLoss, Sequential, Trainer};
 use serde_json::Value;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -108,16 +109,27 @@ fn trained_classifier(model: kiln::Model, width: usize, rows: usize, classes: us
     t
 }
 
-/// Exports `t`, runs it on `x` under onnxruntime and checks it against `t.predict`.
-fn export_and_compare(t: &mut Trainer, name: &str, x: &[f32], sample: &[usize]) -> Value {
+/// Exports `t` with `scaler` in front, runs it on raw rows `x` under onnxruntime and
+/// checks it against `t.predict` on the scaled rows.
+fn export_and_compare(
+    t: &mut Trainer,
+    name: &str,
+    x: &[f32],
+    sample: &[usize],
+    scaler: Option<&Scaler>,
+) -> Value {
     let path = temp_dir(name).join("model.onnx");
-    kiln::io::onnx::export(t, None, &path).unwrap();
+    kiln::io::onnx::export(t, scaler, &path).unwrap();
     let rows = x.len() / sample.iter().product::<usize>();
     let shape: Vec<usize> = std::iter::once(rows)
         .chain(sample.iter().copied())
         .collect();
     let result = run_onnx(&path, &[("input", shape, x)]);
-    let want = t.predict(x, 4).unwrap();
+    let mut scaled = x.to_vec();
+    if let Some(s) = scaler {
+        s.transform(&mut scaled).unwrap();
+    }
+    let want = t.predict(&scaled, 4).unwrap();
     assert_close(&output(&result, "output"), &want, name);
     result
 }
@@ -141,7 +153,7 @@ fn an_mlp_with_every_activation_matches_predict() {
         .dense(3);
     let mut t = trained_classifier(spec.build(&Device::cpu(), 3).unwrap(), 6, 16, 3);
     let x = random(7 * 6, 9);
-    let r = export_and_compare(&mut t, "mlp", &x, &[6]);
+    let r = export_and_compare(&mut t, "mlp", &x, &[6], None);
     assert_eq!(r["ir_version"], 8);
     assert_eq!(r["opset"], serde_json::json!([17]));
     assert_eq!(r["inputs"]["input"], serde_json::json!(["batch", 6]));
@@ -195,7 +207,7 @@ fn a_cnn_with_batch_norm_matches_predict() {
         "running mean {mean:?}"
     );
     let x = random(5 * 200, 11);
-    let r = export_and_compare(&mut t, "cnn", &x, &[200]);
+    let r = export_and_compare(&mut t, "cnn", &x, &[200], None);
     let ops = r["ops"].to_string();
     for op in [
         "Conv",
@@ -231,7 +243,13 @@ fn an_image_model_with_global_pooling_matches_predict() {
     for _ in 0..3 {
         t.train_batch(&x, &y).unwrap();
     }
-    let r = export_and_compare(&mut t, "image", &x, &[3, 6, 6]);
+    // Per-feature scaling, written in front in the input's [c, h, w] shape.
+    let scaler = Scaler {
+        shift: random(108, 41),
+        divisor: random(108, 42).iter().map(|d| d.abs() + 0.5).collect(),
+    };
+    let raw: Vec<f32> = x.iter().map(|v| v * 3.0 + 1.0).collect();
+    let r = export_and_compare(&mut t, "image", &raw, &[3, 6, 6], Some(&scaler));
     assert_eq!(r["inputs"]["input"], serde_json::json!(["batch", 3, 6, 6]));
     assert!(r["ops"].to_string().contains("GlobalAveragePool"));
 }
@@ -409,4 +427,51 @@ fn exporting_a_missing_or_broken_run_is_a_clear_error() {
     // The library reports the same as a typed error.
     let lib = kiln::io::load_trainer(dir.join("nowhere"), &Device::cpu());
     assert!(lib.is_err());
+}
+
+#[test]
+fn a_graph_with_several_outputs_matches_predict_outputs() {
+    // "ht" is an output that also feeds "out"; "out" trains on logits and "p" hands its
+    // sigmoid to the loss, yet both give probabilities.
+    let dense = |units| Layer::Dense(Dense::new(units));
+    let mut g = Graph::new();
+    g.input("x", &[4])
+        .layer("h", dense(5), &["x"])
+        .layer("ht", Layer::Activation(Activation::Tanh), &["h"])
+        .layer("out", dense(3), &["ht"])
+        .layer_with_activation(
+            "p",
+            dense(1),
+            Layer::Activation(Activation::Sigmoid),
+            &["x"],
+        )
+        .output("ht")
+        .output("out")
+        .output("p");
+    let losses = [
+        OutputLoss::new("ht", Loss::Mse),
+        OutputLoss::new("out", Loss::SparseCategoricalCrossEntropy),
+        OutputLoss::new("p", Loss::BinaryCrossEntropy { from_logits: false }),
+    ];
+    let model = g.build(&Device::cpu(), 8).unwrap();
+    let mut t = model
+        .compile_outputs(&losses, Optimizer::adam(0.01))
+        .unwrap();
+    let rows = 6;
+    let x = random(rows * 4, 30);
+    let labels: Vec<f32> = (0..rows).map(|r| (r % 3) as f32).collect();
+    let bits: Vec<f32> = (0..rows).map(|r| (r % 2) as f32).collect();
+    let y = t
+        .pack_targets(&[&random(rows * 5, 31), &labels, &bits])
+        .unwrap();
+    for _ in 0..3 {
+        t.train_batch(&x, &y).unwrap();
+    }
+    let path = temp_dir("outputs").join("model.onnx");
+    kiln::io::onnx::export(&t, None, &path).unwrap();
+    let r = run_onnx(&path, &[("x", vec![rows, 4], &x)]);
+    for (name, want) in t.predict_outputs(&x, 4).unwrap() {
+        assert_close(&output(&r, &name), &want, &name);
+    }
+    assert_eq!(r["outputs"]["p"], serde_json::json!(["batch", 1]));
 }
