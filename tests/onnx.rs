@@ -448,10 +448,11 @@ fn a_graph_with_several_outputs_matches_predict_outputs() {
         .output("ht")
         .output("out")
         .output("p");
+    // The losses in another order than the outputs.
     let losses = [
+        OutputLoss::new("p", Loss::BinaryCrossEntropy { from_logits: false }),
         OutputLoss::new("ht", Loss::Mse),
         OutputLoss::new("out", Loss::SparseCategoricalCrossEntropy),
-        OutputLoss::new("p", Loss::BinaryCrossEntropy { from_logits: false }),
     ];
     let model = g.build(&Device::cpu(), 8).unwrap();
     let mut t = model
@@ -462,7 +463,7 @@ fn a_graph_with_several_outputs_matches_predict_outputs() {
     let labels: Vec<f32> = (0..rows).map(|r| (r % 3) as f32).collect();
     let bits: Vec<f32> = (0..rows).map(|r| (r % 2) as f32).collect();
     let y = t
-        .pack_targets(&[&random(rows * 5, 31), &labels, &bits])
+        .pack_targets(&[&bits, &random(rows * 5, 31), &labels])
         .unwrap();
     for _ in 0..3 {
         t.train_batch(&x, &y).unwrap();

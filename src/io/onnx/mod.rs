@@ -40,8 +40,16 @@ pub const BATCH: &str = "batch";
 /// Writes `trainer`'s model as an ONNX file at `path`, with `scaler` (the run's input
 /// scaling, if any) in front; replaces the file atomically.
 pub fn export(trainer: &Trainer, scaler: Option<&Scaler>, path: impl AsRef<Path>) -> Result<()> {
-    let bytes = to_proto(trainer, scaler)?.encode_to_vec();
-    super::write_atomic(path.as_ref(), &bytes)
+    let model = to_proto(trainer, scaler)?;
+    // Protobuf readers refuse messages of 2 GiB or more; such weights would need ONNX's
+    // external data files, which the export does not write.
+    if model.encoded_len() >= 1 << 31 {
+        return Err(export_error(format!(
+            "the model is {} bytes as ONNX, over protobuf's 2 GiB limit",
+            model.encoded_len()
+        )));
+    }
+    super::write_atomic(path.as_ref(), &model.encode_to_vec())
 }
 
 /// The ONNX model of `trainer`'s model, with `scaler` in front (see [`export`]).
@@ -72,14 +80,7 @@ pub fn describe(trainer: &Trainer, scaler: Option<&Scaler>) -> Result<Exported> 
         ),
     };
     let resolved = graph.resolve()?;
-    let heads = trainer.prediction_heads();
-    if heads.len() != output_names.len() || resolved.outputs.len() != output_names.len() {
-        return Err(export_error(format!(
-            "the model has {} outputs but its trainer predicts {}",
-            output_names.len(),
-            heads.len()
-        )));
-    }
+    let heads = heads(trainer, &graph)?;
     let mut out = OnnxGraph::new();
     for name in graph.inputs.iter().map(|(n, _)| n).chain(&output_names) {
         out.reserve(name)?;
@@ -92,7 +93,7 @@ pub fn describe(trainer: &Trainer, scaler: Option<&Scaler>) -> Result<Exported> 
         .iter()
         .zip(&output_names)
         .zip(&heads)
-        .filter(|(_, (_, head))| head == &Output::Raw)
+        .filter(|(_, head)| **head == Output::Raw)
         .map(|((&act, name), _)| (act, name.clone()))
         .collect();
     for j in resolved.input_acts.saturating_sub(1)..resolved.nodes.len() {
@@ -105,10 +106,11 @@ pub fn describe(trainer: &Trainer, scaler: Option<&Scaler>) -> Result<Exported> 
         acts.push(Some(value));
     }
     let mut outputs = Vec::with_capacity(output_names.len());
-    for ((&act, name), (_, head)) in resolved.outputs.iter().zip(&output_names).zip(&heads) {
+    for ((&act, name), head) in resolved.outputs.iter().zip(&output_names).zip(&heads) {
         let value = act_value(&acts, act)?;
         let shape = shape_of(&resolved, act);
-        let written = direct.iter().any(|d| d.0 == act);
+        // An output that is an input is written by no layer.
+        let written = act >= resolved.input_acts && direct.iter().any(|d| d.0 == act);
         outputs.push((
             name.clone(),
             head_node(&mut out, *head, &value, name, shape, written),
@@ -119,6 +121,25 @@ pub fn describe(trainer: &Trainer, scaler: Option<&Scaler>) -> Result<Exported> 
         inputs: graph.inputs.clone(),
         outputs,
     })
+}
+
+/// What predictions apply to each of `graph`'s outputs, in its order (the trainer's
+/// several-output losses may name them in another).
+fn heads(trainer: &Trainer, graph: &Graph) -> Result<Vec<Output>> {
+    let heads = trainer.prediction_heads();
+    match heads.as_slice() {
+        [(_, one)] if graph.outputs.len() == 1 => Ok(vec![*one]),
+        _ => graph
+            .outputs
+            .iter()
+            .map(|name| {
+                let head = heads.iter().find(|(n, _)| n == name);
+                head.map(|(_, h)| *h).ok_or_else(|| {
+                    export_error(format!("the trainer has no prediction for output '{name}'"))
+                })
+            })
+            .collect(),
+    }
 }
 
 /// Every parameter and running statistic as a constant named as in the checkpoint.
