@@ -140,7 +140,6 @@ fn every_registered_layer_writes_its_onnx_nodes() {
             graph: &mut graph,
             name: "layer",
             inputs: vec!["x".into()],
-            input_shapes: vec![input.clone()],
             shape: shape.clone(),
             params: params
                 .iter()

@@ -146,8 +146,6 @@ pub struct Emit<'a> {
     pub name: &'a str,
     /// The value names of its inputs.
     pub inputs: Vec<String>,
-    /// The sample shapes of its inputs (no batch dimension).
-    pub input_shapes: Vec<Vec<usize>>,
     /// Its output's sample shape.
     pub shape: Vec<usize>,
     /// The constants holding its parameters, in [`crate::nn::layers::LayerDef::params`] order
@@ -275,7 +273,7 @@ impl Emit<'_> {
 }
 
 /// A usize as an ONNX integer attribute value.
-pub fn int(v: usize) -> i64 {
+fn int(v: usize) -> i64 {
     v as i64
 }
 

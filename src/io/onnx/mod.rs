@@ -260,11 +260,6 @@ fn layer(
             .iter()
             .map(|&a| act_value(acts, a))
             .collect::<Result<_>>()?,
-        input_shapes: node
-            .inputs
-            .iter()
-            .map(|&a| shape_of(resolved, a).to_vec())
-            .collect(),
         shape: node.shape.clone(),
         params,
         buffers,
