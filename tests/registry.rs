@@ -124,3 +124,40 @@ fn entries_are_written_with_their_layers_keys_in_order() {
         "{text}"
     );
 }
+
+/// Every registered layer has an ONNX form (`LayerDef::onnx`), whose last node writes
+/// the output it is given (tests/onnx.rs runs them under onnxruntime).
+#[test]
+fn every_registered_layer_writes_its_onnx_nodes() {
+    use kiln::nn::onnx::{Emit, OnnxGraph};
+    for (layer, image) in samples() {
+        let def = layer.def();
+        let input = if image { vec![4, 4, 4] } else { vec![7] };
+        let shape = def.output_shape("layer", &input).unwrap();
+        let params = def.params(&input, &shape);
+        let mut graph = OnnxGraph::new();
+        let mut cx = Emit {
+            graph: &mut graph,
+            name: "layer",
+            inputs: vec!["x".into()],
+            shape: shape.clone(),
+            params: params
+                .iter()
+                .map(|p| format!("layer.{}", p.field))
+                .collect(),
+            buffers: def
+                .buffer_channels(&shape)
+                .map(|_| ["layer.running_mean".into(), "layer.running_var".into()]),
+            output: "y".into(),
+        };
+        def.onnx(&mut cx)
+            .unwrap_or_else(|e| panic!("{}: {e}", def.describe()));
+        let last = graph.nodes.last().expect("at least one node");
+        assert_eq!(last.outputs, ["y"], "{}", def.describe());
+        assert!(
+            graph.nodes.iter().all(|n| n.op != "Dropout"),
+            "{}",
+            def.describe()
+        );
+    }
+}

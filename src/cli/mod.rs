@@ -13,6 +13,7 @@ mod checkpoint;
 mod data_source;
 mod distributed;
 mod eval;
+mod export;
 mod model_args;
 mod outputs;
 mod plot;
@@ -42,6 +43,7 @@ Examples:
   kiln train --data mnist:data/mnist --layers 784,256,128,10 --epochs 5
   kiln eval --checkpoint runs/mnist           loss, accuracy, confusion matrix
   kiln predict --checkpoint runs/mnist --input t10k-images-idx3-ubyte
+  kiln export --checkpoint runs/mnist --onnx mnist.onnx
   kiln adapters                               which GPUs kiln can see
   kiln summary --layers 784,256,128,10        layers and parameter counts
 
@@ -66,6 +68,9 @@ enum Command {
     /// Predict classes (or values) for the rows of a CSV or IDX file.
     #[command(long_about = predict::LONG_ABOUT, after_long_help = predict::EXAMPLES)]
     Predict(predict::PredictArgs),
+    /// Export a trained run as an ONNX model for inference elsewhere.
+    #[command(long_about = export::LONG_ABOUT, after_long_help = export::EXAMPLES)]
+    Export(export::ExportArgs),
     /// List the GPU adapters kiln can use, with their limits.
     #[command(long_about = adapters::LONG_ABOUT)]
     Adapters,
@@ -82,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Export(args) => export::run(args),
         Command::Adapters => adapters::run(),
         Command::Summary(args) => summary::run(args),
     };

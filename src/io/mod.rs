@@ -2,10 +2,12 @@
 //! safetensors format ([`save`], [`load_trainer`], [`load_model`], ...).
 //!
 //! Both are meant to be read by other tools: the TOML by people, the checkpoints
-//! by PyTorch/NumPy through Hugging Face's `safetensors` package.
+//! by PyTorch/NumPy through Hugging Face's `safetensors` package. [`onnx`] exports a
+//! trained model for ONNX runtimes.
 
 pub mod checkpoint;
 pub mod model_file;
+pub mod onnx;
 
 pub use checkpoint::{load_model, load_trainer, load_weights_into, save, save_model};
 pub use model_file::{

@@ -5,6 +5,7 @@ pub mod init;
 pub mod layer;
 pub mod layers;
 pub mod model;
+pub mod onnx;
 
 pub use graph::Graph;
 pub use init::Init;

@@ -465,6 +465,24 @@ impl Trainer {
             .sum())
     }
 
+    /// What predictions apply to each output (a softmax or sigmoid the loss took), by
+    /// output name, in the model's order.
+    pub(crate) fn prediction_heads(&self) -> Vec<(String, Output)> {
+        match &self.outputs {
+            Some(o) => o
+                .plans
+                .iter()
+                .map(|p| (p.spec.name.clone(), p.output))
+                .collect(),
+            None => self
+                .model
+                .outputs
+                .iter()
+                .map(|o| (o.0.clone(), self.output))
+                .collect(),
+        }
+    }
+
     /// Each output's predictions for rows `x`, by name: probabilities for classifiers
     /// (a softmax or sigmoid the loss took is applied), raw values otherwise.
     pub fn predict_outputs(

@@ -11,6 +11,7 @@ use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::ops::activation::{activation_backward_into, activation_into};
 use crate::ops::Activation;
+use crate::nn::onnx::{Attr, Emit};
 
 /// An activation layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,6 +87,19 @@ impl LayerDef for Act {
         Ok(input.to_vec())
     }
 
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        match self.0 {
+            Activation::Identity => cx.pass_through(),
+            Activation::Relu => cx.apply("Relu", &[], Vec::new()),
+            Activation::LeakyRelu(slope) => {
+                cx.apply("LeakyRelu", &[], vec![("alpha", Attr::Float(slope))])
+            }
+            Activation::Sigmoid => cx.apply("Sigmoid", &[], Vec::new()),
+            Activation::Tanh => cx.apply("Tanh", &[], Vec::new()),
+            Activation::Gelu => gelu_onnx(cx),
+        }
+    }
+
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {
         Ok(Arc::new(ActStep(self.0)))
     }
@@ -97,6 +111,22 @@ impl LayerDef for Act {
         };
         LayerSpec::new(super::ACTIVATION_KEY, self.name()).with_some("slope", slope)
     }
+}
+
+/// GELU in its exact form, 0.5 x (1 + erf(x / sqrt 2)), from Erf (opset 9) rather than
+/// Gelu, which needs opset 20.
+fn gelu_onnx(cx: &mut Emit<'_>) -> Result<()> {
+    let x = cx.input(0)?.to_string();
+    let name = cx.name.to_string();
+    let rsqrt2 = cx.graph.scalar(&format!("{name}/rsqrt2"), std::f32::consts::FRAC_1_SQRT_2);
+    let one = cx.graph.scalar(&format!("{name}/one"), 1.0);
+    let half = cx.graph.scalar(&format!("{name}/half"), 0.5);
+    let scaled = cx.step("Mul", &[&x, &rsqrt2], "scaled", Vec::new());
+    let erf = cx.step("Erf", &[&scaled], "erf", Vec::new());
+    let cdf2 = cx.step("Add", &[&erf, &one], "cdf2", Vec::new());
+    let xcdf2 = cx.step("Mul", &[&x, &cdf2], "xcdf2", Vec::new());
+    cx.finish("Mul", &[&xcdf2, &half], Vec::new());
+    Ok(())
 }
 
 /// A standalone activation (GELU, or one not after a dense layer).

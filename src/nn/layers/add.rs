@@ -7,6 +7,7 @@ use super::step::{Backward, Forward, Step};
 use super::{LayerDef, Slots};
 use crate::error::Result;
 use crate::io::model_file::schema::LayerSpec;
+use crate::nn::onnx::Emit;
 use crate::ops::elementwise::{axpy, binary_into, BinaryOp};
 
 /// The add merge.
@@ -24,6 +25,12 @@ impl LayerDef for Add {
 
     fn output_shape_of(&self, name: &str, inputs: &[Vec<usize>]) -> Result<Vec<usize>> {
         super::same_shapes(name, inputs, 2)
+    }
+
+    /// Sum takes any number of inputs.
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        cx.merge("Sum", Vec::new());
+        Ok(())
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {

@@ -10,6 +10,7 @@ use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::ops::pool::Pool2d;
+use crate::nn::onnx::{Attr, Emit};
 
 /// The average pooling layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -36,6 +37,13 @@ impl LayerDef for AvgPool2d {
 
     fn output_shape(&self, name: &str, input: &[usize]) -> Result<Vec<usize>> {
         self.0.output_shape(name, input)
+    }
+
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        let mut attrs = self.0.onnx_attrs();
+        let include = i64::from(self.0.op().count_include_pad);
+        attrs.push(("count_include_pad", Attr::Int(include)));
+        cx.apply("AveragePool", &[], attrs)
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {

@@ -13,6 +13,7 @@ use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::ops::batch_norm::{BatchNorm, NormStats, RunningStats};
 use crate::tensor::Tensor;
+use crate::nn::onnx::{Attr, Emit};
 
 /// The batch normalisation layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,6 +65,22 @@ impl LayerDef for BatchNormLayer {
 
     fn buffer_channels(&self, output: &[usize]) -> Option<usize> {
         Some(norm_channels(output))
+    }
+
+    /// BatchNormalization (inference: running statistics) over channels of [c, h, w]
+    /// samples or over features of flat ones (any other shape viewed flat).
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        let [mean, var] = cx.buffers()?;
+        let rest = [cx.param(0)?.to_string(), cx.param(1)?.to_string(), mean, var];
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        let attrs = vec![("epsilon", Attr::Float(self.0.eps))];
+        if cx.shape.len() == 3 {
+            let x = cx.input(0)?.to_string();
+            let inputs: Vec<&str> = std::iter::once(x.as_str()).chain(rest).collect();
+            cx.finish("BatchNormalization", &inputs, attrs);
+            return Ok(());
+        }
+        cx.on_rows("BatchNormalization", &rest, attrs)
     }
 
     fn lower(&self, slots: &Slots) -> Result<Arc<dyn Step>> {

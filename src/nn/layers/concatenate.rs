@@ -8,6 +8,7 @@ use super::step::{Backward, Forward, Step};
 use super::{LayerDef, Slots};
 use crate::error::{Error, Result};
 use crate::io::model_file::schema::LayerSpec;
+use crate::nn::onnx::{Attr, Emit};
 use crate::ops::concat::{concat_cols_into, split_cols_into};
 
 /// The concatenate merge.
@@ -42,6 +43,12 @@ impl LayerDef for Concatenate {
                 ),
             )),
         }
+    }
+
+    /// Axis 1 is the feature axis of [batch, features] and the channel axis of NCHW.
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        cx.merge("Concat", vec![("axis", Attr::Int(1))]);
+        Ok(())
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {

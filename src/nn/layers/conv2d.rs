@@ -10,6 +10,7 @@ use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::nn::init::Init;
 use crate::ops::conv::Conv2d;
+use crate::nn::onnx::{pads, pair, Emit};
 
 /// A 2-D convolution layer over NCHW images; weights [filters, channels, kh, kw] as PyTorch.
 #[derive(Clone, Debug, PartialEq)]
@@ -156,6 +157,18 @@ impl LayerDef for Conv {
         std::iter::once(weight)
             .chain(self.use_bias.then_some(bias))
             .collect()
+    }
+
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        let op = self.op()?;
+        let params = cx.params.clone();
+        let attrs = vec![
+            ("kernel_shape", pair(self.kernel)),
+            ("strides", pair(op.stride)),
+            ("pads", pads(op.padding)),
+            ("dilations", pair(op.dilation)),
+        ];
+        cx.apply("Conv", &params, attrs)
     }
 
     fn lower(&self, slots: &Slots) -> Result<Arc<dyn Step>> {

@@ -17,6 +17,7 @@ use crate::ops::dense_grad::{dense_grad_into, DenseGrad};
 use crate::ops::matmul::Gemm;
 use crate::ops::Activation;
 use crate::tensor::Tensor;
+use crate::nn::onnx::{Attr, Emit};
 
 /// A fully connected layer: `y = x W^T + b`, W stored [units, inputs] as PyTorch does.
 #[derive(Clone, Debug, PartialEq)]
@@ -186,6 +187,12 @@ impl LayerDef for Dense {
             .use_bias
             .then(|| ParamSpec::new("bias", &[units], bias));
         std::iter::once(weight).chain(bias).collect()
+    }
+
+    /// Gemm with W as stored ([units, inputs], hence transB).
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        let params = cx.params.clone();
+        cx.apply("Gemm", &params, vec![("transB", Attr::Int(1))])
     }
 
     fn lower(&self, slots: &Slots) -> Result<Arc<dyn Step>> {

@@ -10,6 +10,7 @@ use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::ops::dropout::dropout_into;
+use crate::nn::onnx::Emit;
 
 /// Dropout with this rate, in [0, 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -48,6 +49,11 @@ impl LayerDef for Dropout {
             ));
         }
         Ok(input.to_vec())
+    }
+
+    /// Dropout does nothing at inference.
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        cx.pass_through()
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {

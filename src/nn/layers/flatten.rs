@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
+use crate::nn::onnx::{Attr, Emit};
 
 /// The flatten layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -32,6 +33,10 @@ impl LayerDef for Flatten {
         // The shape coming in was checked against usize by the model's shape walk.
         let values = input.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         Ok(vec![values.unwrap_or(usize::MAX)])
+    }
+
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        cx.apply("Flatten", &[], vec![("axis", Attr::Int(1))])
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {

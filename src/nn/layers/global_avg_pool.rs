@@ -9,6 +9,7 @@ use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::ops::pool::{global_avg_pool_backward_into, global_avg_pool_into};
+use crate::nn::onnx::{Attr, Emit};
 
 /// The global average pooling layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -30,6 +31,14 @@ impl LayerDef for GlobalAvgPool {
 
     fn output_shape(&self, name: &str, input: &[usize]) -> Result<Vec<usize>> {
         Ok(vec![image(name, input)?.0])
+    }
+
+    /// GlobalAveragePool keeps 1x1 planes; kiln's output is [c].
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        let x = cx.input(0)?.to_string();
+        let pooled = cx.step("GlobalAveragePool", &[&x], "pooled", Vec::new());
+        cx.finish("Flatten", &[&pooled], vec![("axis", Attr::Int(1))]);
+        Ok(())
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {

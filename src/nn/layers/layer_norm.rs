@@ -12,6 +12,7 @@ use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::ops::batch_norm::NormStats;
 use crate::ops::layer_norm::LayerNorm;
+use crate::nn::onnx::{Attr, Emit};
 
 /// The layer normalisation layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,6 +56,13 @@ impl LayerDef for LayerNormLayer {
 
     fn params(&self, input: &[usize], _output: &[usize]) -> Vec<ParamSpec> {
         affine_params(input.iter().product())
+    }
+
+    /// LayerNormalization-17 over the features (biased variance, as kiln's).
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        let params = [cx.param(0)?.to_string(), cx.param(1)?.to_string()];
+        let attrs = vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(self.0.eps))];
+        cx.apply("LayerNormalization", &params, attrs)
     }
 
     fn lower(&self, slots: &Slots) -> Result<Arc<dyn Step>> {

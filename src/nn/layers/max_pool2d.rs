@@ -12,6 +12,7 @@ use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::ops::pool::Pool2d;
 use crate::tensor::Tensor;
+use crate::nn::onnx::{pads, pair, Attr, Emit};
 
 /// Pooling window, stride and padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +52,15 @@ impl Pool {
         Ok(vec![o[1], o[2], o[3]])
     }
 
+    /// The window's ONNX attributes (MaxPool and AveragePool share them).
+    pub(crate) fn onnx_attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![
+            ("kernel_shape", pair(self.kernel)),
+            ("strides", pair(self.stride)),
+            ("pads", pads(self.padding)),
+        ]
+    }
+
     /// A `max_pool = K` or `avg_pool = K` entry's window.
     pub(crate) fn from_entry(e: &Entry<'_>, key: &'static str) -> std::result::Result<Pool, Invalid> {
         let k = e.usize(key)?.unwrap_or(0);
@@ -84,6 +94,11 @@ impl LayerDef for MaxPool2d {
 
     fn output_shape(&self, name: &str, input: &[usize]) -> Result<Vec<usize>> {
         self.0.output_shape(name, input)
+    }
+
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        // Padding never wins a max, as in ONNX MaxPool.
+        cx.apply("MaxPool", &[], self.0.onnx_attrs())
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {

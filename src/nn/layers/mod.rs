@@ -1,8 +1,8 @@
 //! One file per layer. Each holds everything about its layer: its builder and options,
 //! its output-shape rule (with typed errors), its parameters (PyTorch's names, their
 //! shapes and initializers), the [`Step`] it lowers to (forward and backward as `ops`
-//! calls, shared by the CPU reference and the GPU), its model-file entry and its name in
-//! summaries. [`Layer`] is the closed set users build models from; [`Layer::def`] is the
+//! calls, shared by the CPU reference and the GPU), its model-file entry, its ONNX nodes
+//! and its name in summaries. [`Layer`] is the closed set users build models from; [`Layer::def`] is the
 //! registry that maps each variant to its [`LayerDef`].
 //!
 //! Adding a layer: a file here with a type implementing [`LayerDef`], [`FromEntry`] and a
@@ -28,6 +28,7 @@ use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::nn::init::Init;
+use crate::nn::onnx::Emit;
 use crate::ops::batch_norm::BatchNorm;
 use crate::ops::layer_norm::LayerNorm;
 use crate::ops::Activation;
@@ -197,6 +198,13 @@ pub trait LayerDef: Debug {
     /// A short description for messages ("dense 8", "dropout 0.5").
     fn describe(&self) -> String {
         self.kind().to_string()
+    }
+    /// The layer at inference as ONNX (opset 17) nodes that write `cx.output`.
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        Err(Error::arg(
+            "onnx export",
+            format!("layer '{}' ({}) has no ONNX form", cx.name, self.kind()),
+        ))
     }
 }
 

@@ -7,6 +7,7 @@ use super::step::{Backward, Forward, Step};
 use super::{LayerDef, Slots};
 use crate::error::{Error, Result};
 use crate::io::model_file::schema::LayerSpec;
+use crate::nn::onnx::Emit;
 use crate::ops::elementwise::{binary_into, BinaryOp};
 
 /// The multiply merge (exactly two inputs).
@@ -30,6 +31,11 @@ impl LayerDef for Multiply {
             ));
         }
         super::same_shapes(name, inputs, 2)
+    }
+
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        cx.merge("Mul", Vec::new());
+        Ok(())
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {

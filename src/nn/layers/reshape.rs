@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
+use crate::nn::onnx::Emit;
 
 /// The reshape layer, to this sample shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +48,12 @@ impl LayerDef for Reshape {
             ));
         }
         Ok(to.clone())
+    }
+
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        let shape = cx.shape.clone();
+        let dims = cx.graph.batch_shape(&format!("{}/shape", cx.name), &shape);
+        cx.apply("Reshape", &[dims], Vec::new())
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {

@@ -10,6 +10,7 @@ use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::ops::activation::{softmax_backward_into, softmax_into};
+use crate::nn::onnx::{Attr, Emit};
 
 /// The softmax layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,6 +32,11 @@ impl LayerDef for Softmax {
 
     fn output_shape(&self, _name: &str, input: &[usize]) -> Result<Vec<usize>> {
         Ok(input.to_vec())
+    }
+
+    /// Over each whole sample, as kiln's row-wise softmax.
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        cx.on_rows("Softmax", &[], vec![("axis", Attr::Int(-1))])
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {
