@@ -19,6 +19,8 @@ mod plot;
 mod predict;
 mod progress;
 mod record;
+#[cfg(feature = "serve")]
+mod serve;
 mod summary;
 mod train;
 
@@ -42,6 +44,7 @@ Examples:
   kiln train --data mnist:data/mnist --layers 784,256,128,10 --epochs 5
   kiln eval --checkpoint runs/mnist           loss, accuracy, confusion matrix
   kiln predict --checkpoint runs/mnist --input t10k-images-idx3-ubyte
+  kiln serve --checkpoint runs/mnist          predictions over HTTP on 127.0.0.1:8080
   kiln adapters                               which GPUs kiln can see
   kiln summary --layers 784,256,128,10        layers and parameter counts
 
@@ -66,6 +69,10 @@ enum Command {
     /// Predict classes (or values) for the rows of a CSV or IDX file.
     #[command(long_about = predict::LONG_ABOUT, after_long_help = predict::EXAMPLES)]
     Predict(predict::PredictArgs),
+    /// Serve a trained run's predictions over HTTP.
+    #[cfg(feature = "serve")]
+    #[command(long_about = serve::LONG_ABOUT, after_long_help = serve::EXAMPLES)]
+    Serve(serve::ServeArgs),
     /// List the GPU adapters kiln can use, with their limits.
     #[command(long_about = adapters::LONG_ABOUT)]
     Adapters,
@@ -82,6 +89,8 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args),
         Command::Adapters => adapters::run(),
         Command::Summary(args) => summary::run(args),
     };
