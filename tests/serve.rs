@@ -195,7 +195,11 @@ fn sigterm_lets_requests_in_flight_finish_and_exits_0() {
     const IN_FLIGHT: usize = 8;
     const LOAD: usize = 8;
     // Each batch waits a second for more rows, so requests are surely in flight at SIGTERM.
-    let mut server = Server::start(KILN, run_dir(), &["--max-wait-ms", "1000"]);
+    let flags = ["--max-wait-ms", "1000", "--shutdown-grace-s", "3"];
+    let mut server = Server::start(KILN, run_dir(), &flags);
+    // A client that stalls mid-request does not keep the server from exiting.
+    let mut stalled = std::net::TcpStream::connect(&server.addr).unwrap();
+    std::io::Write::write_all(&mut stalled, b"POST /v1/predict HTTP/1.1\r\nContent-Le").unwrap();
     let row = digits_rows(1).remove(0);
     let sent = |c: Client, row: Vec<f32>| {
         std::thread::spawn(move || {
@@ -243,4 +247,5 @@ fn sigterm_lets_requests_in_flight_finish_and_exits_0() {
     }
     let status = server.wait();
     assert_eq!(status.code(), Some(0), "{status:?}");
+    drop(stalled);
 }

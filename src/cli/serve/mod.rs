@@ -30,7 +30,8 @@ latency and batch size counters in Prometheus's text format.
 
 One thread owns the model. Requests that arrive within --max-wait-ms of each
 other are predicted as one batch of up to --max-batch rows. SIGTERM or Ctrl-C
-stops accepting connections, finishes the requests in flight and exits.";
+stops accepting connections, finishes the requests in flight (closing any
+connection still open --shutdown-grace-s later) and exits.";
 
 /// Examples for `kiln serve --help`.
 pub const EXAMPLES: &str = "\
@@ -75,6 +76,10 @@ pub struct ServeArgs {
     /// Request body size at most
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+
+    /// After SIGTERM or Ctrl-C, how long requests in flight may take to finish
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub shutdown_grace_s: u64,
 }
 
 /// Runs `kiln serve` until SIGTERM or Ctrl-C.
@@ -108,15 +113,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
         metrics,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| bad_arg("serve", e.to_string()))?;
-    runtime.block_on(listen(args.addr, http::router(app, args.max_body_bytes)))?;
-    // Every queue sender has gone with the router, so the worker ends after the last batch.
+    let router = http::router(app, args.max_body_bytes);
+    let grace = Duration::from_secs(args.shutdown_grace_s);
+    runtime.block_on(listen(args.addr, router, grace))?;
+    // Connections left after the grace period hold queue senders: end their tasks, so that
+    // the worker sees every sender gone and ends after its last batch.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     worker
         .join()
         .map_err(|_| bad_arg("serve", "the model worker panicked"))
 }
 
-/// Serves `router` on `addr` until a shutdown signal, then lets requests in flight finish.
-async fn listen(addr: SocketAddr, router: axum::Router) -> Result<()> {
+/// Serves `router` on `addr` until a shutdown signal, then lets requests in flight finish
+/// for up to `grace`: a client that stalls mid-request must not keep the server up.
+async fn listen(addr: SocketAddr, router: axum::Router, grace: Duration) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| bad_arg("--addr", format!("cannot listen on {addr}: {e}")))?;
@@ -125,10 +135,27 @@ async fn listen(addr: SocketAddr, router: axum::Router) -> Result<()> {
         .map_err(|e| bad_arg("--addr", e.to_string()))?;
     // Tests and scripts read the address from this line (port 0 picks a free port).
     say!("listening on http://{bound}");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| bad_arg("serve", e.to_string()))
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let notify = signalled.clone();
+    let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        notify.notify_one();
+    });
+    let deadline = async move {
+        signalled.notified().await;
+        tokio::time::sleep(grace).await;
+    };
+    let serving = Box::pin(std::future::IntoFuture::into_future(serving));
+    match futures::future::select(serving, Box::pin(deadline)).await {
+        futures::future::Either::Left((served, _)) => {
+            served.map_err(|e| bad_arg("serve", e.to_string()))
+        }
+        futures::future::Either::Right(_) => {
+            let s = grace.as_secs();
+            eprintln!("kiln serve: closing the connections still open {s} s after the signal");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.
