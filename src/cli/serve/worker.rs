@@ -237,17 +237,17 @@ impl Worker {
     }
 }
 
-/// The batch size `rows` rows are padded to: 1, 8, 64 or `max_batch` rows, or a
-/// multiple of `max_batch` (predicted in batches of `max_batch`).
+/// The batch size `rows` rows are padded to: the next power of 8 (1, 8, 64, 512, ...)
+/// up to `max_batch`, or a multiple of `max_batch` (predicted in batches of `max_batch`).
+/// Powers of 8 keep the sizes few and the padding below 8 times the rows.
 fn padded_rows(rows: usize, max_batch: usize) -> usize {
     let max = max_batch.max(1);
     if rows > max {
         return rows.div_ceil(max) * max;
     }
-    [1, 8, 64]
-        .into_iter()
-        .find(|&b| b >= rows && b < max)
-        .unwrap_or(max)
+    std::iter::successors(Some(1usize), |b| b.checked_mul(8))
+        .find(|&b| b >= rows)
+        .map_or(max, |b| b.min(max))
 }
 
 #[cfg(test)]
@@ -263,5 +263,7 @@ mod tests {
         assert_eq!(padded_rows(300, 256), 512);
         assert_eq!(padded_rows(5, 4), 8);
         assert_eq!(padded_rows(3, 4), 4);
+        assert_eq!(padded_rows(65, 1 << 30), 512);
+        assert_eq!(padded_rows(0, 256), 1);
     }
 }
