@@ -72,6 +72,11 @@ fn bad_requests_get_a_4xx_with_a_json_error() {
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(ok.json()["classes"].as_array().unwrap().len(), 1);
     assert_eq!(c.get("/healthz").unwrap().status, 200);
+    for (path, status) in [("/v1/predict", 405), ("/v2/predict", 404)] {
+        let r = c.get(path).unwrap();
+        assert_eq!(r.status, status, "{r:?}");
+        assert!(r.json()["error"].is_string(), "{r:?}");
+    }
     let metrics = c.get("/metrics").unwrap().body;
     for line in [
         "kiln_requests_total 11",

@@ -34,6 +34,10 @@ pub fn router(app: App, max_body_bytes: usize) -> Router {
         .route("/v1/predict", post(predict))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(Arc::new(app))
 }
@@ -53,15 +57,19 @@ async fn predict(
     let start = Instant::now();
     let response = match answer(&app, &headers, body).await {
         Ok(outputs) => Json(outputs).into_response(),
-        Err(f) => (
+        Err(f) => error(
             StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Json(json!({ "error": f.message })),
-        )
-            .into_response(),
+            &f.message,
+        ),
     };
     app.metrics
         .request(response.status().as_u16(), start.elapsed());
     response
+}
+
+/// An error answer: `status` and `{"error": why}`.
+fn error(status: StatusCode, why: &str) -> Response {
+    (status, Json(json!({ "error": why }))).into_response()
 }
 
 /// A prediction answer; f32 values, written as the shortest text that reads back the same.

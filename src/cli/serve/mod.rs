@@ -36,11 +36,12 @@ connection still open --shutdown-grace-s later) and exits.";
 /// Examples for `kiln serve --help`.
 pub const EXAMPLES: &str = "\
 Examples:
-  kiln serve --checkpoint runs/mnist
-  curl -s localhost:8080/v1/predict -d '{\"rows\": [[0, 0, 5, 13, 9, 1, 0, 0, ...]]}'
+  kiln serve --checkpoint runs/digits
+  curl -s localhost:8080/v1/predict -H 'Content-Type: application/json' \\
+      -d '{\"rows\": [[0, 0, 5, 13, 9, 1, 0, 0, ...]]}'
 
   # Every request on its own, on all interfaces
-  kiln serve --checkpoint runs/mnist --addr 0.0.0.0:8080 --no-coalesce";
+  kiln serve --checkpoint runs/digits --addr 0.0.0.0:8080 --no-coalesce";
 
 /// Options of `kiln serve`.
 #[derive(Args, Debug)]
@@ -84,11 +85,13 @@ pub struct ServeArgs {
 
 /// Runs `kiln serve` until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> Result<()> {
-    if args.max_batch == 0 || args.max_rows == 0 {
-        return Err(bad_arg(
-            "--max-batch",
-            "--max-batch and --max-rows must be at least 1",
-        ));
+    for (name, value) in [
+        ("--max-batch", args.max_batch),
+        ("--max-rows", args.max_rows),
+    ] {
+        if value == 0 {
+            return Err(bad_arg(name, "must be at least 1"));
+        }
     }
     let wait = if args.no_coalesce {
         0
