@@ -75,6 +75,11 @@ pub struct CheckpointsDoctests;
 #[cfg(doctest)]
 pub struct ErrorsDoctests;
 
+/// The Rust examples of `docs/deployment.md`, compiled by `cargo test --doc`.
+#[doc = include_str!("../docs/deployment.md")]
+#[cfg(doctest)]
+pub struct DeploymentDoctests;
+
 /// The code of `docs/architecture.md` (a sketch, marked `ignore`).
 #[doc = include_str!("../docs/architecture.md")]
 #[cfg(doctest)]

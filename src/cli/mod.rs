@@ -20,6 +20,8 @@ mod plot;
 mod predict;
 mod progress;
 mod record;
+#[cfg(feature = "serve")]
+mod serve;
 mod summary;
 mod train;
 
@@ -44,6 +46,7 @@ Examples:
   kiln eval --checkpoint runs/mnist           loss, accuracy, confusion matrix
   kiln predict --checkpoint runs/mnist --input t10k-images-idx3-ubyte
   kiln export --checkpoint runs/mnist --onnx mnist.onnx
+  kiln serve --checkpoint runs/mnist          predictions over HTTP on 127.0.0.1:8080
   kiln adapters                               which GPUs kiln can see
   kiln summary --layers 784,256,128,10        layers and parameter counts
 
@@ -71,6 +74,10 @@ enum Command {
     /// Export a trained run as an ONNX model for inference elsewhere.
     #[command(long_about = export::LONG_ABOUT, after_long_help = export::EXAMPLES)]
     Export(export::ExportArgs),
+    /// Serve a trained run's predictions over HTTP.
+    #[cfg(feature = "serve")]
+    #[command(long_about = serve::LONG_ABOUT, after_long_help = serve::EXAMPLES)]
+    Serve(serve::ServeArgs),
     /// List the GPU adapters kiln can use, with their limits.
     #[command(long_about = adapters::LONG_ABOUT)]
     Adapters,
@@ -88,6 +95,8 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Export(args) => export::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args),
         Command::Adapters => adapters::run(),
         Command::Summary(args) => summary::run(args),
     };

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use kiln::data::{csv, idx};
-use kiln::{Loss, Result};
+use kiln::{Loss, Result, Trainer};
 
 use super::checkpoint::{CheckpointArgs, Opened};
 use super::record::RunRecord;
@@ -65,17 +65,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         mut trainer,
         batch_size,
     } = args.run.open()?;
-    if let Some(outputs) = trainer.output_losses() {
-        let names: Vec<String> = outputs.into_iter().map(|o| o.name).collect();
-        return Err(bad_arg(
-            "--checkpoint",
-            format!(
-                "the model has several outputs ({}); kiln predict writes one, so predict \
-                 with the library's Trainer::predict_outputs",
-                names.join(", ")
-            ),
-        ));
-    }
+    one_output(&trainer, "kiln predict")?;
     let mut x = read_rows(&args.input, args.delimiter, &record)?;
     if let Some(s) = record.scaler() {
         s.transform(&mut x)?;
@@ -83,8 +73,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let rows = x.len() / record.features;
     let out = trainer.predict(&x, batch_size)?;
     let outputs = trainer.model.output_width();
-    let classify = !matches!(trainer.loss(), Loss::Mse | Loss::Mae);
-    let text = to_csv(&out, outputs, classify);
+    let text = to_csv(&out, outputs, is_classifier(&trainer));
     match &args.output {
         Some(path) => {
             std::fs::write(path, text).map_err(|e| io_error(path, e))?;
@@ -154,6 +143,46 @@ fn csv_label(record: &RunRecord) -> Option<String> {
     }
 }
 
+/// Refuses a model with several outputs: `command` answers with one.
+pub fn one_output(trainer: &Trainer, command: &str) -> Result<()> {
+    match trainer.output_losses() {
+        None => Ok(()),
+        Some(outputs) => {
+            let names: Vec<String> = outputs.into_iter().map(|o| o.name).collect();
+            Err(bad_arg(
+                "--checkpoint",
+                format!(
+                    "the model has several outputs ({}); {command} writes one, so predict \
+                     with the library's Trainer::predict_outputs",
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// Whether the trainer's loss makes its outputs class probabilities (not values).
+pub fn is_classifier(trainer: &Trainer) -> bool {
+    !matches!(trainer.loss(), Loss::Mse | Loss::Mae)
+}
+
+/// Every class's probability from one row of outputs: one sigmoid output is the
+/// probability of class 1.
+pub fn class_probabilities(row: &[f32]) -> Vec<f32> {
+    match row {
+        [p] => vec![1.0 - p, *p],
+        _ => row.to_vec(),
+    }
+}
+
+/// The first of equal maxima, as the library's argmax picks.
+pub fn best_class(probs: &[f32]) -> usize {
+    probs
+        .iter()
+        .enumerate()
+        .fold(0, |b, (c, &p)| if p > probs[b] { c } else { b })
+}
+
 /// Predictions as CSV: row, predicted class and probabilities, or row and value.
 fn to_csv(out: &[f32], outputs: usize, classify: bool) -> String {
     let mut text = String::new();
@@ -165,7 +194,6 @@ fn to_csv(out: &[f32], outputs: usize, classify: bool) -> String {
         }
         return text;
     }
-    // One sigmoid output is the probability of class 1.
     let classes = outputs.max(2);
     text += "row,predicted";
     for c in 0..classes {
@@ -173,17 +201,8 @@ fn to_csv(out: &[f32], outputs: usize, classify: bool) -> String {
     }
     text += "\n";
     for (i, row) in out.chunks_exact(outputs).enumerate() {
-        let probs: Vec<f32> = if outputs == 1 {
-            vec![1.0 - row[0], row[0]]
-        } else {
-            row.to_vec()
-        };
-        // The first of equal maxima, as the library's argmax picks.
-        let best = probs
-            .iter()
-            .enumerate()
-            .fold(0, |b, (c, &p)| if p > probs[b] { c } else { b });
-        text += &format!("{i},{best}");
+        let probs = class_probabilities(row);
+        text += &format!("{i},{}", best_class(&probs));
         for p in &probs {
             text += &format!(",{p:.6}");
         }

@@ -1,4 +1,4 @@
-//! Average pooling over NCHW images (padding not counted).
+//! Average pooling over NCHW images (padding counted in the divisor, as PyTorch's default).
 
 use std::sync::Arc;
 

@@ -82,7 +82,7 @@ layers! {
     Conv2d(Conv) => conv2d::Conv,
     /// Max pooling.
     MaxPool2d(Pool) => max_pool2d::MaxPool2d,
-    /// Average pooling (padding not counted).
+    /// Average pooling (padding counted in the divisor, as PyTorch's default).
     AvgPool2d(Pool) => avg_pool2d::AvgPool2d,
     /// Mean over each channel's plane: [c, h, w] -> [c].
     GlobalAvgPool => global_avg_pool::GlobalAvgPool,
