@@ -270,8 +270,8 @@ fn optimizer_rules_have_the_documented_state() {
 
 /// A fitted step of a two-layer MLP on the GPU is five dispatches (one gather, the hidden
 /// layer's forward matmul, the fused classifier head, the hidden layer's weight-gradient
-/// matmul, one optimizer dispatch for all four tensors, or one per tensor on adapters that
-/// bind too few storage buffers for that, as GL ones) and reads nothing back; the
+/// matmul, one optimizer dispatch for the four tensors, packed in one buffer each for the
+/// values, gradients and state) and reads nothing back; the
 /// epoch reads its loss log back once. Steps go to the GPU `steps_per_execution` at a
 /// time, and how they are grouped changes nothing in the weights.
 #[test]
@@ -301,11 +301,14 @@ fn fitted_steps_are_five_dispatches_submitted_steps_per_execution_at_a_time() {
             kiln::ops::dense_head::head_fits(&device, batch, 8, 3),
             "this count assumes the fused head, which every adapter tested binds"
         );
-        let optimizer = if kiln::ops::optim::groups_of_four(&device) {
+        // Packed parameters update in one dispatch; unpacked, in one per four tensors
+        // or, on adapters that bind too few buffers for that (GL), one per tensor.
+        let optimizer = if t.model.is_packed() || kiln::ops::optim::groups_of_four(&device) {
             1
         } else {
             4
         };
+        assert!(t.model.is_packed(), "GPU models are packed");
         assert_eq!(
             after.dispatches - before.dispatches,
             (4 + optimizer) * steps,
