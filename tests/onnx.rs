@@ -221,6 +221,25 @@ fn a_cnn_with_batch_norm_matches_predict() {
     }
 }
 
+/// examples/mnist_cnn's network with `--bn`, at its real size: two blocks of conv, batch
+/// norm, relu and max pooling (32 and 64 filters), dense 128, relu, dense 10.
+#[test]
+fn the_mnist_cnn_with_batch_norm_matches_predict() {
+    let block = |s: Sequential, filters| s.conv2d(filters, 3).batch_norm().relu().max_pool(2);
+    let spec = block(block(Sequential::image(1, 28, 28), 32), 64)
+        .flatten()
+        .dense(128)
+        .relu()
+        .dense(10);
+    let mut t = trained_classifier(spec.build(&Device::cpu(), 5).unwrap(), 784, 8, 10);
+    let x = random(3 * 784, 12);
+    let r = export_and_compare(&mut t, "mnist-cnn", &x, &[1, 28, 28], None);
+    let ops = r["ops"].to_string();
+    for op in ["Conv", "BatchNormalization", "MaxPool", "Gemm"] {
+        assert!(ops.contains(op), "{op} not in {ops}");
+    }
+}
+
 #[test]
 fn an_image_model_with_global_pooling_matches_predict() {
     let spec = Sequential::image(3, 6, 6)
