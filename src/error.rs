@@ -55,6 +55,9 @@ pub enum Error {
         /// The limit's value.
         limit: u64,
     },
+    /// Ensemble members that cannot be combined (or no members at all).
+    #[error("ensemble: {0}")]
+    Ensemble(String),
     /// An argument has a value outside its domain.
     #[error("invalid {name}: {detail}")]
     InvalidArgument {

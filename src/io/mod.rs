@@ -6,6 +6,7 @@
 //! trained model for ONNX runtimes.
 
 pub mod checkpoint;
+mod ensemble;
 pub mod model_file;
 pub mod onnx;
 

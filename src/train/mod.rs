@@ -3,6 +3,7 @@
 
 pub mod callbacks;
 mod data;
+pub mod ensemble;
 mod fit;
 pub mod history;
 pub mod metrics;
@@ -13,6 +14,7 @@ mod step;
 
 pub use crate::ops::loss::Loss;
 pub use callbacks::{Control, EarlyStopping, EpochHook, StepHook, StepInfo};
+pub use ensemble::{Combine, Ensemble, EnsembleEvaluation, Member};
 pub use fit::FitRun;
 pub use history::{EpochLog, History};
 pub use metrics::Metric;
