@@ -33,6 +33,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Graph(_) => "Graph",
         Error::Distributed { .. } => "Distributed",
         Error::RankMismatch { .. } => "RankMismatch",
+        Error::Ensemble(_) => "Ensemble",
     }
 }
 
