@@ -156,3 +156,108 @@ fn members_that_do_not_fit_together_are_refused_by_name() {
     let regression = ensemble_error(vec![Member::new("runs/r", small(4, 1, Loss::Mse))]);
     assert!(regression.contains("only classifiers"), "{regression}");
 }
+
+/// Runs the kiln binary and insists that it succeeds; returns its standard output.
+fn kiln_ok(args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "kiln {args:?}:\n{out}\n{err}");
+    out.into_owned()
+}
+
+#[test]
+fn cli_ensembles_agree_with_the_library() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ens-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let runs: Vec<String> = (1..=3)
+        .map(|s| dir.join(format!("r{s}")).display().to_string())
+        .collect();
+    for (s, run) in runs.iter().enumerate() {
+        let seed = s.to_string();
+        let args = [
+            "train", "--data", "digits", "--layers", "64,32,10", "--epochs", "2",
+        ];
+        let rest = [
+            "--seed", &seed, "--scale", "16", "--device", "cpu", "--out", run,
+        ];
+        kiln_ok(&[&args[..], &rest[..]].concat());
+    }
+    let list = runs.join(",");
+    let common = ["--ensemble", &list, "--device", "cpu"];
+    let out = kiln_ok(
+        &[
+            &["eval", "--data", "digits", "--combine", "vote"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    let printed: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("accuracy"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy in:\n{out}"));
+    // The runs scaled pixels by 1/16: the library's members do the same.
+    let digits = kiln::data::digits().unwrap();
+    let scaler = Scaler::fit(&digits, Scaling::Divide(16.0)).unwrap();
+    let members = runs
+        .iter()
+        .map(|r| {
+            let t = kiln::io::load_trainer(r, &Device::cpu()).unwrap();
+            Member::new(r.clone(), t).with_scaler(Some(scaler.clone()))
+        })
+        .collect();
+    let mut ens = Ensemble::new(members).unwrap();
+    let e = ens
+        .evaluate(&digits.x, &digits.y, 32, Combine::Vote)
+        .unwrap();
+    assert!(
+        (printed - e.accuracy).abs() < 1e-4,
+        "{printed} vs {}",
+        e.accuracy
+    );
+    assert_eq!(out.matches("member ").count(), 3, "{out}");
+    // Ensemble::load feeds the input as given: scaled here first.
+    let mut scaled = digits.x.clone();
+    scaler.transform(&mut scaled).unwrap();
+    let mut loaded = Ensemble::load(&runs, &Device::cpu()).unwrap();
+    let again = loaded
+        .evaluate(&scaled, &digits.y, 32, Combine::Vote)
+        .unwrap();
+    assert!((again.accuracy - e.accuracy).abs() < 1e-9);
+
+    // Five raw rows as a CSV with the features' header.
+    let csv = dir.join("rows.csv");
+    let header: Vec<String> = (0..64).map(|i| format!("f{i}")).collect();
+    let mut text = header.join(",") + "\n";
+    for row in digits.x.chunks(64).take(5) {
+        let fields: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        text += &(fields.join(",") + "\n");
+    }
+    std::fs::write(&csv, text).unwrap();
+    let csv = csv.display().to_string();
+    let predicted = kiln_ok(&[&["predict", "--input", &csv], &common[..]].concat());
+    let want = ens
+        .predict_classes(&digits.x[..5 * 64], 32, Combine::Mean)
+        .unwrap();
+    let got: Vec<usize> = predicted
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got, want, "{predicted}");
+    assert!(
+        predicted.starts_with("row,predicted,prob_0,"),
+        "{predicted}"
+    );
+    let both = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["eval", "--checkpoint", &runs[0], "--ensemble", &list])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2), "--checkpoint with --ensemble");
+}

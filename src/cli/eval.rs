@@ -9,6 +9,7 @@ use kiln::{Loss, Metric, Result, Trainer};
 use super::checkpoint::{CheckpointArgs, Opened};
 use super::data_source::{self, DataSource};
 use super::model_args;
+use super::record::RunRecord;
 use super::{bad_arg, train};
 
 /// The long help of `kiln eval`.
@@ -34,7 +35,10 @@ Examples:
   kiln eval --checkpoint runs/fashion --data fashion:data/fashion --device cpu
 
   # Every row of another CSV file with the same columns
-  kiln eval --checkpoint runs/iris --data csv:iris-new.csv:species";
+  kiln eval --checkpoint runs/iris --data csv:iris-new.csv:species
+
+  # Three runs as one ensemble, by majority vote, on the first run's test rows
+  kiln eval --ensemble runs/a,runs/b,runs/c --combine vote";
 
 /// Options of `kiln eval`.
 #[derive(Args, Debug)]
@@ -60,14 +64,63 @@ pub struct EvalArgs {
 
 /// Runs `kiln eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
+    if !args.run.ensemble.is_empty() {
+        return run_ensemble(&args);
+    }
     let Opened {
         record,
         trainer,
         batch_size,
     } = args.run.open()?;
+    let (name, mut test) = test_rows(&args, &record)?;
+    data_source::apply(record.scaler().as_ref(), &mut test)?;
+    let epochs = trainer.epochs_done();
+    let e = evaluate(trainer, &test, batch_size)?;
+
+    say!(
+        "checkpoint: {} (after {epochs} epochs)",
+        args.run.path()?.display()
+    );
+    say!("data:       {name}, {}", data_source::describe(&test));
+    super::write_out(&report(&e));
+    Ok(())
+}
+
+/// `kiln eval --ensemble`: the ensemble's loss and accuracy, then each member's accuracy,
+/// on the first run's test rows (or --data), unscaled: each member scales them itself.
+fn run_ensemble(args: &EvalArgs) -> Result<()> {
+    let mut opened = args.run.open_ensemble()?;
+    let first = opened
+        .records
+        .first()
+        .ok_or_else(|| bad_arg("--ensemble", "name at least one run folder"))?;
+    let (name, test) = test_rows(args, first)?;
+    let combine = args.run.combine;
+    let e = opened
+        .ensemble
+        .evaluate(&test.x, &test.y, opened.batch_size, combine)?;
+    say!(
+        "ensemble:   {} members, combined by {combine:?}",
+        e.members.len()
+    );
+    say!("data:       {name}, {}", data_source::describe(&test));
+    let mut out = format!(
+        "{:<11} {:.4}\n{:<11} {:.4}\n",
+        "loss", e.loss, "accuracy", e.accuracy
+    );
+    for (member, acc) in &e.members {
+        out += &format!("member {member} accuracy {acc:.4}\n");
+    }
+    super::write_out(&out);
+    Ok(())
+}
+
+/// The rows to evaluate on, unscaled, and their description: the run's test rows or
+/// those of --data.
+fn test_rows(args: &EvalArgs, record: &RunRecord) -> Result<(String, Dataset)> {
     let (name, test) = match &args.data {
         None => {
-            let (_, test) = train::load_recorded(&record)?;
+            let (_, test) = train::load_recorded(record)?;
             let test = test.filter(|t| t.n > 0).ok_or_else(|| {
                 bad_arg(
                     "--data",
@@ -93,17 +146,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         // A file lacking some class is read as regression; its labels are still class ids.
         test.classes = test.classes.max(record.classes);
     }
-    data_source::apply(record.scaler().as_ref(), &mut test)?;
-    let epochs = trainer.epochs_done();
-    let e = evaluate(trainer, &test, batch_size)?;
-
-    say!(
-        "checkpoint: {} (after {epochs} epochs)",
-        args.run.checkpoint.display()
-    );
-    say!("data:       {name}, {}", data_source::describe(&test));
-    super::write_out(&report(&e));
-    Ok(())
+    Ok((name, test))
 }
 
 /// The trainer's loss and metrics on `test`: a one-output model compiled again for the

@@ -36,7 +36,10 @@ Examples:
   kiln predict --checkpoint runs/iris --input new-flowers.csv
 
   # Tab-separated rows
-  kiln predict --checkpoint runs/iris --input new-flowers.txt --delimiter tab";
+  kiln predict --checkpoint runs/iris --input new-flowers.txt --delimiter tab
+
+  # Three runs as one ensemble, their probabilities averaged
+  kiln predict --ensemble runs/a,runs/b,runs/c --input new-flowers.csv";
 
 /// Options of `kiln predict`.
 #[derive(Args, Debug)]
@@ -60,6 +63,10 @@ pub struct PredictArgs {
 
 /// Runs `kiln predict`.
 pub fn run(args: PredictArgs) -> Result<()> {
+    if !args.run.ensemble.is_empty() {
+        let text = ensemble_csv(&args)?;
+        return write(&args, &text);
+    }
     let Opened {
         record,
         mut trainer,
@@ -70,16 +77,40 @@ pub fn run(args: PredictArgs) -> Result<()> {
     if let Some(s) = record.scaler() {
         s.transform(&mut x)?;
     }
-    let rows = x.len() / record.features;
     let out = trainer.predict(&x, batch_size)?;
     let outputs = trainer.model.output_width();
     let text = to_csv(&out, outputs, is_classifier(&trainer));
+    write(&args, &text)
+}
+
+/// The `--ensemble` runs' combined predictions for the rows of --input as CSV; the
+/// first run says how to read the file, and each member scales the rows itself.
+fn ensemble_csv(args: &PredictArgs) -> Result<String> {
+    let mut opened = args.run.open_ensemble()?;
+    let first = opened
+        .records
+        .first()
+        .ok_or_else(|| bad_arg("--ensemble", "name at least one run folder"))?;
+    let x = read_rows(&args.input, args.delimiter, first)?;
+    let ens = &mut opened.ensemble;
+    let probs = ens.predict_proba(&x, opened.batch_size)?;
+    let predicted = ens.predict_classes(&x, opened.batch_size, args.run.combine)?;
+    let rows: Vec<Vec<f32>> = probs
+        .chunks_exact(ens.classes())
+        .map(<[f32]>::to_vec)
+        .collect();
+    Ok(class_csv(&rows, &predicted, ens.classes()))
+}
+
+/// Writes the predictions to --output, or to standard output.
+fn write(args: &PredictArgs, text: &str) -> Result<()> {
     match &args.output {
         Some(path) => {
             std::fs::write(path, text).map_err(|e| io_error(path, e))?;
+            let rows = text.lines().count().saturating_sub(1);
             eprintln!("wrote {rows} predictions to {}", path.display());
         }
-        None => super::write_out(&text),
+        None => super::write_out(text),
     }
     Ok(())
 }
@@ -194,16 +225,21 @@ fn to_csv(out: &[f32], outputs: usize, classify: bool) -> String {
         }
         return text;
     }
-    let classes = outputs.max(2);
-    text += "row,predicted";
+    let probs: Vec<Vec<f32>> = out.chunks_exact(outputs).map(class_probabilities).collect();
+    let predicted: Vec<usize> = probs.iter().map(|p| best_class(p)).collect();
+    class_csv(&probs, &predicted, outputs.max(2))
+}
+
+/// Class predictions as CSV: row, predicted class and each of `classes` probabilities.
+fn class_csv(probs: &[Vec<f32>], predicted: &[usize], classes: usize) -> String {
+    let mut text = String::from("row,predicted");
     for c in 0..classes {
         text += &format!(",prob_{c}");
     }
     text += "\n";
-    for (i, row) in out.chunks_exact(outputs).enumerate() {
-        let probs = class_probabilities(row);
-        text += &format!("{i},{}", best_class(&probs));
-        for p in &probs {
+    for (i, (row, class)) in probs.iter().zip(predicted).enumerate() {
+        text += &format!("{i},{class}");
+        for p in row {
             text += &format!(",{p:.6}");
         }
         text += "\n";

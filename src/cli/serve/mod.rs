@@ -103,7 +103,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_wait: Duration::from_millis(wait),
     };
     let run = CheckpointArgs {
-        checkpoint: args.checkpoint.clone(),
+        checkpoint: Some(args.checkpoint.clone()),
+        ensemble: Vec::new(),
+        combine: kiln::train::Combine::Mean,
         device: args.device.clone(),
         batch_size: None,
     };
