@@ -241,6 +241,11 @@ impl TensorBoard {
     }
 }
 
+/// The scalar tags [`TensorBoard::log_epoch`] writes for this epoch, in order.
+pub fn epoch_tags(log: &EpochLog) -> Vec<String> {
+    epoch_scalars(log).into_iter().map(|(tag, _)| tag).collect()
+}
+
 /// An epoch's values under the History's names.
 fn epoch_scalars(log: &EpochLog) -> Vec<(String, f64)> {
     let mut values = vec![("loss".to_string(), log.loss)];
