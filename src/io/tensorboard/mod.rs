@@ -90,9 +90,7 @@ impl TensorBoard {
     pub fn new(dir: impl AsRef<Path>) -> Result<TensorBoard> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let secs = now().floor() as u64;
-        let path = dir.join(format!("events.out.tfevents.{secs}.{}.kiln", hostname()));
-        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let (path, file) = create_event_file(dir)?;
         let mut board = TensorBoard {
             path,
             out: BufWriter::new(file),
@@ -271,6 +269,29 @@ fn dataset_of(tag: &str) -> hp::DatasetType {
     }
 }
 
+/// A new `events.out.tfevents.{secs}.{host}.kiln` in `dir`, numbered when a writer of
+/// the same second already took the name, so that no file is overwritten.
+fn create_event_file(dir: &Path) -> Result<(PathBuf, File)> {
+    let stem = format!(
+        "events.out.tfevents.{}.{}",
+        now().floor() as u64,
+        hostname()
+    );
+    let mut n = 0;
+    loop {
+        let name = match n {
+            0 => format!("{stem}.kiln"),
+            _ => format!("{stem}.{n}.kiln"),
+        };
+        let path = dir.join(name);
+        match File::create_new(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 fn now() -> f64 {
     SystemTime::now()
@@ -294,5 +315,23 @@ fn hostname() -> String {
         "localhost".into()
     } else {
         name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_in_one_folder_never_share_a_file() {
+        let dir = std::env::temp_dir().join(format!("kiln-tb-unit-{}", std::process::id()));
+        let a = TensorBoard::new(&dir).unwrap();
+        let b = TensorBoard::new(&dir).unwrap();
+        assert_ne!(a.path(), b.path());
+        for board in [&a, &b] {
+            let name = board.path().file_name().unwrap().to_string_lossy();
+            assert!(name.starts_with("events.out.tfevents.") && name.ends_with(".kiln"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
