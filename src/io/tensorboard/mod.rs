@@ -201,7 +201,7 @@ impl TensorBoard {
         })
     }
 
-    /// Writes one HParams plugin summary (no value: the plugin reads the metadata) and flushes.
+    /// Writes one HParams plugin summary and flushes.
     fn hparams_summary(&mut self, tag: &str, data: Data) -> Result<()> {
         let content = hp::HParamsPluginData {
             version: 0,
@@ -218,6 +218,7 @@ impl TensorBoard {
         let value = summary::Value {
             tag: tag.into(),
             metadata: Some(metadata),
+            value: Some(summary::value::Value::Tensor(null_tensor())),
             ..Default::default()
         };
         let summary = Summary { value: vec![value] };
@@ -236,6 +237,17 @@ impl TensorBoard {
         self.out
             .write_all(&bytes)
             .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// The empty float tensor TensorBoard's own HParams summaries carry: its data provider
+/// lists a plugin's summaries by their tensors.
+fn null_tensor() -> proto::TensorProto {
+    proto::TensorProto {
+        dtype: proto::DataType::DtFloat as i32,
+        tensor_shape: Some(proto::TensorShapeProto {
+            dim: vec![proto::tensor_shape_proto::Dim::default()],
+        }),
     }
 }
 
