@@ -170,6 +170,12 @@ fn kiln_train_writes_tensorboard_logs() {
     assert_eq!(hp["optimizer"], "sgd");
     assert_eq!(hp["layers"], "64,16,10");
     assert_eq!(read["status"], 1);
+    let listed = [
+        "_hparams_/experiment",
+        "_hparams_/session_end_info",
+        "_hparams_/session_start_info",
+    ];
+    assert_eq!(read["listed"], serde_json::json!(listed));
     assert!(read["experiment"]["metrics"]
         .as_array()
         .unwrap()
