@@ -60,6 +60,11 @@ pub struct ModelsDoctests;
 #[cfg(doctest)]
 pub struct TrainingDoctests;
 
+/// The Rust examples of `docs/tensorboard.md`, run by `cargo test --doc`.
+#[doc = include_str!("../docs/tensorboard.md")]
+#[cfg(doctest)]
+pub struct TensorboardDoctests;
+
 /// The Rust examples of `docs/data.md`, run by `cargo test --doc`.
 #[doc = include_str!("../docs/data.md")]
 #[cfg(doctest)]

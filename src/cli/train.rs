@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Args;
 use kiln::data::Dataset;
 use kiln::dist::AllReduce;
-use kiln::train::{FitOptions, Validation};
+use kiln::io::tensorboard::{self, HParam, SessionStatus, TensorBoard};
+use kiln::train::{EpochLog, FitOptions, Validation};
 use kiln::{Device, History, Result, Schedule, Trainer};
 
 use super::data_source::{self, DataSource, Scale};
@@ -142,6 +143,11 @@ pub struct TrainArgs {
     /// Name of the run: its folder is runs/NAME unless --out is given
     #[arg(long, value_name = "NAME", conflicts_with = "out")]
     pub name: Option<String>,
+
+    /// Also write TensorBoard event files into DIR: every epoch's loss, metrics and
+    /// learning rate, and the run's hyperparameters for the HParams dashboard
+    #[arg(long, value_name = "DIR")]
+    pub tensorboard: Option<PathBuf>,
 
     /// Continue the run saved in DIR (its data, model and optimizer) up to --epochs in all
     #[arg(
@@ -662,16 +668,32 @@ fn fit(
         Some(g) => run.trainer.start_fit_distributed(g, x, &y, opts)?,
         None => run.trainer.start_fit(x, &y, opts)?,
     };
+    let mut board = match &args.tensorboard {
+        Some(dir) if run.lead => Some(start_board(dir, &run.record)?),
+        _ => None,
+    };
+    let mut first = true;
     loop {
         let epoch = fit.trainer().epochs_done() + 1;
         let bar = progress::epoch_bar(bars, epoch, epochs, steps);
         fit.set_step_hook(Some(progress::step_hook(bar.clone())));
         let result = fit.next_epoch();
         bar.finish_and_clear();
-        let Some(log) = result? else {
-            break;
+        let log = match result {
+            Ok(Some(log)) => log,
+            Ok(None) => break,
+            Err(e) => {
+                if let Some(b) = board.as_mut() {
+                    let _ = b.session_end(SessionStatus::Failure);
+                }
+                return Err(e);
+            }
         };
         say!("{}", progress::epoch_line(&log, epochs, rows));
+        if let Some(b) = board.as_mut() {
+            log_board(b, &log, &run.record, first)?;
+        }
+        first = false;
         run.history.epochs.push(log);
         if !run.lead {
             continue;
@@ -681,7 +703,40 @@ fn fit(
         std::fs::write(&path, run.history.to_csv()).map_err(|e| io_error(&path, e))?;
     }
     fit.finish()?;
+    if let Some(b) = board.as_mut() {
+        b.session_end(SessionStatus::Success)?;
+    }
     Ok(())
+}
+
+/// The run's hyperparameters as the HParams dashboard shows them.
+fn hparams_of(r: &RunRecord) -> Vec<(String, HParam)> {
+    let layers: Vec<String> = r.layers.iter().map(|w| w.to_string()).collect();
+    vec![
+        ("lr".into(), HParam::Number(f64::from(r.lr))),
+        ("batch_size".into(), HParam::Number(r.batch_size as f64)),
+        ("optimizer".into(), HParam::Text(r.optimizer.clone())),
+        ("layers".into(), HParam::Text(layers.join(","))),
+        ("loss".into(), HParam::Text(r.loss.clone())),
+        ("seed".into(), HParam::Number(r.seed as f64)),
+    ]
+}
+
+/// Opens the event file and starts the run's HParams session.
+fn start_board(dir: &Path, r: &RunRecord) -> Result<TensorBoard> {
+    let mut board = TensorBoard::new(dir)?;
+    board.session_start(&hparams_of(r))?;
+    Ok(board)
+}
+
+/// Logs an epoch; the first also names the experiment's metrics, known only now.
+fn log_board(board: &mut TensorBoard, log: &EpochLog, r: &RunRecord, first: bool) -> Result<()> {
+    if first {
+        let mut metrics = tensorboard::epoch_tags(log);
+        metrics.retain(|tag| tag != "lr");
+        board.experiment(&hparams_of(r), &metrics)?;
+    }
+    board.log_epoch(log)
 }
 
 /// Tests the model, prints the summary and writes the curves.

@@ -3,12 +3,13 @@
 //!
 //! Both are meant to be read by other tools: the TOML by people, the checkpoints
 //! by PyTorch/NumPy through Hugging Face's `safetensors` package. [`onnx`] exports a
-//! trained model for ONNX runtimes.
+//! trained model for ONNX runtimes; [`tensorboard`] writes training logs for TensorBoard.
 
 pub mod checkpoint;
 mod ensemble;
 pub mod model_file;
 pub mod onnx;
+pub mod tensorboard;
 
 pub use checkpoint::{load_model, load_trainer, load_weights_into, save, save_model};
 pub use model_file::{
