@@ -38,25 +38,27 @@ pub struct MpiGroup {
     max_count: usize,
     /// Why the group cannot go on, once it cannot.
     failure: Option<String>,
-    /// The send buffers of the all-reduces (MPI reduces from one buffer into another).
-    send32: Vec<f32>,
-    send64: Vec<f64>,
+    /// The send and receive buffers of the all-reduces, kept between calls: MPI reduces
+    /// from one buffer into another, and the caller's buffer gets the result only once
+    /// the reduction has completed.
+    bufs32: (Vec<f32>, Vec<f32>),
+    bufs64: (Vec<f64>, Vec<f64>),
 }
 
 /// The element types that [`MpiGroup`] sums.
 trait Element: Equivalence + Copy {
-    fn send_buf(g: &mut MpiGroup) -> &mut Vec<Self>;
+    fn bufs(g: &mut MpiGroup) -> &mut (Vec<Self>, Vec<Self>);
 }
 
 impl Element for f32 {
-    fn send_buf(g: &mut MpiGroup) -> &mut Vec<Self> {
-        &mut g.send32
+    fn bufs(g: &mut MpiGroup) -> &mut (Vec<Self>, Vec<Self>) {
+        &mut g.bufs32
     }
 }
 
 impl Element for f64 {
-    fn send_buf(g: &mut MpiGroup) -> &mut Vec<Self> {
-        &mut g.send64
+    fn bufs(g: &mut MpiGroup) -> &mut (Vec<Self>, Vec<Self>) {
+        &mut g.bufs64
     }
 }
 
@@ -96,8 +98,8 @@ impl MpiGroup {
             timeout: Self::DEFAULT_TIMEOUT,
             max_count: c_int::MAX as usize,
             failure: None,
-            send32: Vec::new(),
-            send64: Vec::new(),
+            bufs32: (Vec::new(), Vec::new()),
+            bufs64: (Vec::new(), Vec::new()),
         })
     }
 
@@ -187,8 +189,7 @@ impl MpiGroup {
     /// stops inside the exchange fails the others instead of hanging them.
     fn sum<T: Element>(&mut self, buf: &mut [T], what: &str) -> Result<()> {
         self.arrive(what)?;
-        let mut send = std::mem::take(T::send_buf(self));
-        let mut recv = Vec::new();
+        let (mut send, mut recv) = std::mem::take(T::bufs(self));
         for chunk in buf.chunks_mut(self.max_count) {
             send.clear();
             send.extend_from_slice(chunk);
@@ -219,7 +220,7 @@ impl MpiGroup {
             }
             chunk.copy_from_slice(&recv);
         }
-        *T::send_buf(self) = send;
+        *T::bufs(self) = (send, recv);
         Ok(())
     }
 }

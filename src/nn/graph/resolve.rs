@@ -96,14 +96,16 @@ impl Graph {
         })
     }
 
+    /// Every input's and node's name, inputs first.
+    fn names(&self) -> impl Iterator<Item = &String> {
+        let nodes = self.nodes.iter().map(|n| &n.name);
+        self.inputs.iter().map(|(n, _)| n).chain(nodes)
+    }
+
     /// Every name once; every reference to a known name.
     fn check_names(&self) -> Result<()> {
         let mut seen = HashSet::new();
-        let names = self
-            .inputs
-            .iter()
-            .map(|(n, _)| n)
-            .chain(self.nodes.iter().map(|n| &n.name));
+        let names = self.names();
         for name in names {
             if !seen.insert(name.as_str()) {
                 return Err(GraphError::DuplicateName(name.clone()).into());
@@ -185,11 +187,7 @@ impl Graph {
                 }
             }
         }
-        let names = self
-            .inputs
-            .iter()
-            .map(|(n, _)| n)
-            .chain(self.nodes.iter().map(|n| &n.name));
+        let names = self.names();
         for name in names {
             if !reached.contains(name.as_str()) {
                 return Err(GraphError::Unused(name.clone()).into());
