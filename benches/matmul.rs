@@ -1,8 +1,9 @@
 //! Matmul throughput per kernel, with the one-output-per-invocation kernel as the baseline.
 //!
 //! `cargo bench --bench matmul` prints GFLOP/s per kernel for square sizes, the MNIST layer
-//! shapes and batch-32 training shapes, then the automatic (autotuned) product, the kernel
-//! the tuner chose and its first call's time, tuning included (`-- --quick` leaves out
+//! shapes and batch-32 training shapes, then the automatic product (autotuned on hardware
+//! adapters, and on CPU ones under `KILN_AUTOTUNE=1`), the kernel it ran and its first
+//! call's time, tuning included (`-- --quick` leaves out
 //! N = 2048; `-- --json` prints the square sizes for compare.sh).
 //!
 //! `-- --sizes 1024,2048,4096` times only the automatic product at those square sizes and

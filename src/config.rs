@@ -16,7 +16,7 @@ pub const VARIABLES: [(&str, &str); 5] = [
     ),
     (
         "KILN_AUTOTUNE",
-        "0/off/false/no: no matmul tuning; retune: time every class again",
+        "1/on: matmul tuning on every adapter; 0/off: on none; retune: time every class again",
     ),
     ("KILN_CACHE_DIR", "the folder of the matmul autotune cache"),
     (

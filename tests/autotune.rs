@@ -42,13 +42,18 @@ fn env_disables_tuning_and_the_cache_records_choices() {
 
     // Off: the static choice, nothing timed, nothing written.
     std::env::set_var("KILN_AUTOTUNE", "0");
-    assert!(!matmul_tune::enabled());
+    assert!(!matmul_tune::enabled(ctx));
     run_checked(g, d, 1);
     assert_eq!(g.choose(ctx, d), g.static_choice(ctx, d));
     assert!(!path.exists(), "tuning is off, yet the cache was written");
 
-    // On: the first product tunes its class, the choice is a candidate and is cached.
+    // Unset: tuning on hardware adapters only (compiling candidates costs a CPU adapter
+    // more than it wins back).
     std::env::remove_var("KILN_AUTOTUNE");
+    assert_eq!(matmul_tune::enabled(ctx), !ctx.is_software());
+
+    // On: the first product tunes its class, the choice is a candidate and is cached.
+    std::env::set_var("KILN_AUTOTUNE", "1");
     run_checked(g, d, 2);
     let chosen = g.choose(ctx, d);
     assert!(g.candidates(ctx, d).contains(&chosen), "{chosen:?}");

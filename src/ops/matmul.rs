@@ -87,12 +87,13 @@ pub(super) fn kernels() -> Vec<Kernel> {
 /// (see `Gemm::small_kernel`).
 const SMALL_PRODUCT: usize = 1 << 19;
 
-/// The subgroup lane kernels, largest tile first.
-const SG_LANES: [MatmulKernel; 6] = [
+/// The subgroup lane kernels kiln chooses among, largest tile first. `sg32x16` and
+/// `sg16x16` are left out: on lavapipe they compile two to four times longer than `sg32x8`
+/// (a cost every fresh machine pays in its first epoch) and never ran clearly faster than
+/// it (BENCHMARKS.md, "The matmul autotuner"); they stay selectable by name.
+const SG_LANES: [MatmulKernel; 4] = [
     MatmulKernel::LaneSg64x16,
-    MatmulKernel::LaneSg32x16,
     MatmulKernel::LaneSg32x8,
-    MatmulKernel::LaneSg16x16,
     MatmulKernel::LaneSg16x8,
     MatmulKernel::LaneSg8x16,
 ];
@@ -392,9 +393,12 @@ impl Gemm {
             return MatmulKernel::Blocked;
         }
         if sg {
-            // The largest tile that still gives each of two cores a workgroup.
-            return SG_LANES
-                .into_iter()
+            // The largest tile that still gives each of two cores a workgroup, short of
+            // `sg64x16`, whose compile time (seconds, on every fresh machine) only the
+            // tuner may judge worth it on tall outputs.
+            return SG_LANES[1..]
+                .iter()
+                .copied()
                 .find(|k| k.workgroups(d) >= 2)
                 .unwrap_or(MatmulKernel::LaneSg8x16);
         }
@@ -425,18 +429,14 @@ impl Gemm {
         let lanes: Vec<MatmulKernel> = if ctx.subgroup_size() == Some(8) {
             // Big tiles compile for seconds on lavapipe: only those that give both cores
             // work are worth timing (the 64-row one only on tall outputs, where it wins);
-            // the smallest two always are.
-            let mut lanes: Vec<_> = SG_LANES
+            // the smallest always is.
+            SG_LANES
                 .into_iter()
                 .filter(|&k| {
                     let tall = k != MatmulKernel::LaneSg64x16 || d.m >= 512;
                     (tall && k.workgroups(d) >= 2) || k == MatmulKernel::LaneSg8x16
                 })
-                .collect();
-            if !self.trans_a {
-                lanes.push(MatmulKernel::Lane4x16);
-            }
-            lanes
+                .collect()
         } else {
             vec![
                 MatmulKernel::Lane16x16,

@@ -5,8 +5,9 @@
 //! The cache is a text file, one `class<TAB>kernel` line each, at
 //! `$KILN_CACHE_DIR/autotune.txt`, else `$XDG_CACHE_HOME/kiln/autotune.txt`, else
 //! `~/.cache/kiln/autotune.txt`; it is rewritten atomically (temp file + rename) and an
-//! unreadable or corrupt one is ignored. `KILN_AUTOTUNE=0` turns tuning off: every
-//! product then runs the static choice (`Gemm::static_choice`). `KILN_AUTOTUNE=retune`
+//! unreadable or corrupt one is ignored. Tuning is on for hardware adapters and off for CPU
+//! ones unless `KILN_AUTOTUNE` says otherwise: `0` turns it off everywhere (every product
+//! then runs the static choice, `Gemm::static_choice`), `1` on everywhere. `KILN_AUTOTUNE=retune`
 //! ignores the file's choices and times every class again, rewriting their lines (for
 //! choices first made on a busy machine).
 
@@ -46,16 +47,20 @@ fn lock_table() -> std::sync::MutexGuard<'static, Table> {
     table().lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether tuning is on: unless `KILN_AUTOTUNE` is 0, off, false or no.
-pub fn enabled() -> bool {
-    enabled_by(crate::config::autotune().as_deref())
+/// Whether products on `ctx` are tuned: as `KILN_AUTOTUNE` says, else on hardware
+/// adapters only. On CPU adapters every candidate costs seconds of shader compilation on
+/// a fresh machine, more than tuning wins back there (BENCHMARKS.md, "First run with
+/// cold caches").
+pub fn enabled(ctx: &GpuContext) -> bool {
+    enabled_by(crate::config::autotune().as_deref(), ctx.is_software())
 }
 
-fn enabled_by(value: Option<&str>) -> bool {
-    !matches!(
-        value.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
-        Some("0" | "off" | "false" | "no")
-    )
+fn enabled_by(value: Option<&str>, software: bool) -> bool {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Some("0" | "off" | "false" | "no") => false,
+        Some("1" | "on" | "true" | "yes" | "retune") => true,
+        _ => !software,
+    }
 }
 
 /// Whether this process times every class afresh instead of reading the cache file.
@@ -154,7 +159,7 @@ fn save(path: &Path, choices: &HashMap<String, MatmulKernel>) -> std::io::Result
 
 /// The tuned choice for this product's class, if there is one and it still applies.
 pub(crate) fn cached(g: &Gemm, ctx: &GpuContext, d: Dims) -> Option<MatmulKernel> {
-    if !enabled() {
+    if !enabled(ctx) {
         return None;
     }
     let key = class_key(g, ctx, d);
@@ -192,7 +197,7 @@ pub(crate) fn pick(
     out: &mut Tensor,
 ) -> Result<MatmulKernel> {
     let candidates = g.candidates(ctx, d);
-    if candidates.len() < 2 || !enabled() {
+    if candidates.len() < 2 || !enabled(ctx) {
         return Ok(g.static_choice(ctx, d));
     }
     if let Some(k) = cached(g, ctx, d) {
@@ -317,12 +322,17 @@ mod tests {
 
     #[test]
     fn autotune_env_values() {
-        assert!(enabled_by(None));
-        assert!(enabled_by(Some("1")));
-        for off in ["0", "off", "FALSE", " no "] {
-            assert!(!enabled_by(Some(off)), "{off}");
+        assert!(enabled_by(None, false) && !enabled_by(None, true));
+        for on in ["1", "on", " TRUE ", "yes", "retune"] {
+            assert!(
+                enabled_by(Some(on), true) && enabled_by(Some(on), false),
+                "{on}"
+            );
         }
-        assert!(enabled_by(Some("retune")) && retune_by(Some(" Retune ")));
+        for off in ["0", "off", "FALSE", " no "] {
+            assert!(!enabled_by(Some(off), false), "{off}");
+        }
+        assert!(retune_by(Some(" Retune ")));
         assert!(!retune_by(None) && !retune_by(Some("1")));
     }
 
