@@ -81,6 +81,20 @@ fn started(stdout: &str) -> Vec<usize> {
         .collect()
 }
 
+/// The (trial, epoch) pairs of a run's epoch lines ("  002 epoch 1/4  loss ...").
+fn trained_epochs(stdout: &str) -> Vec<(usize, usize)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let trial = words.next()?.parse().ok()?;
+            (words.next()? == "epoch").then_some(())?;
+            let epoch = words.next()?.split('/').next()?.parse().ok()?;
+            Some((trial, epoch))
+        })
+        .collect()
+}
+
 fn trials(dir: &Path) -> Trials {
     Trials::load(dir).unwrap().expect("trials.csv written")
 }
@@ -406,10 +420,13 @@ fn a_resumed_search_runs_no_trial_twice() {
     child.kill().unwrap();
     let before = child.wait_with_output().unwrap();
     let again = kiln_ok(&args);
-    let mut all = started(&String::from_utf8_lossy(&before.stdout));
-    all.extend(started(&again));
-    let unique: BTreeSet<usize> = all.iter().copied().collect();
-    assert_eq!(unique.len(), all.len(), "a trial started twice: {all:?}");
+    // Every epoch line is printed once the epoch's checkpoint is saved: across both runs,
+    // no trial's epoch may be trained twice.
+    let mut all = trained_epochs(&String::from_utf8_lossy(&before.stdout));
+    all.extend(trained_epochs(&again));
+    let unique: BTreeSet<(usize, usize)> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "an epoch trained twice: {all:?}");
+    assert_eq!(unique.len(), 4 * 4, "{all:?}");
     let t = trials(&killed);
     assert_eq!(
         t.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -489,4 +506,30 @@ fn descriptions_and_budgets_fail_with_typed_errors() {
         &format!("best:2:{}", dir.join("none").display()),
     ]);
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("holds no search"));
+}
+
+#[test]
+fn the_time_budget_stops_the_search_and_a_rerun_finishes_it() {
+    let out = temp_dir("budget").join("search");
+    let space = ["--param", "units=8,16,32", "--epochs", "3", "--trials", "3"];
+    let first = tune(&out, &[&["--time-budget", "0.001s"][..], &space].concat());
+    assert!(first.contains("stopped by the time budget"), "{first}");
+    let cut = Trials::load(&out).unwrap().map_or(0, |t| {
+        assert!(t
+            .rows
+            .iter()
+            .all(|r| r.status == kiln::tune::Status::Stopped && r.epochs < 3));
+        t.rows.len()
+    });
+    assert!(cut <= 1, "no trial starts after the budget");
+    tune(&out, &space);
+    let t = trials(&out);
+    assert_eq!(t.rows.len(), 3);
+    for r in &t.rows {
+        assert_eq!(r.status, kiln::tune::Status::Done);
+        assert_eq!(
+            history_epochs(&kiln::tune::trial_dir(&out, r.id)),
+            [1, 2, 3]
+        );
+    }
 }

@@ -10,6 +10,7 @@ import sys
 
 from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
 from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.util import tensor_util
 
 mux = pem.EventMultiplexer()
 mux.AddRunsFromDirectory(sys.argv[1])
@@ -31,7 +32,12 @@ for run, tags in mux.PluginRunToTagToContent("hparams").items():
                 s["hparams"][name] = getattr(value, value.WhichOneof("kind"))
         elif kind == "session_end_info":
             s["status"] = data.session_end_info.status
+# The multiplexer behind the dashboards reads scalars as tensors.
 for run, s in out["sessions"].items():
-    for tag in mux.GetAccumulator(run).Tags()["scalars"]:
-        s["scalars"][tag] = [[e.step, e.value] for e in mux.Scalars(run, tag)]
+    for tag in mux.GetAccumulator(run).Tags()["tensors"]:
+        if not tag.startswith("_hparams_"):
+            s["scalars"][tag] = [
+                [e.step, float(tensor_util.make_ndarray(e.tensor_proto))]
+                for e in mux.Tensors(run, tag)
+            ]
 print(json.dumps(out))

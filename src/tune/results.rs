@@ -145,15 +145,20 @@ impl Trials {
     /// The rows best first: finished before cut short before failed, then by score.
     pub fn ranked(&self) -> Vec<&TrialRow> {
         let mut rows: Vec<&TrialRow> = self.rows.iter().collect();
+        // Missing values sort last; equal metrics go to the lower loss, then the earlier trial.
+        let lower_first = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
         rows.sort_by(|a, b| {
-            let key = |r: &TrialRow| (r.status.rank(), self.score(r).map(|s| -s));
-            let (ka, kb) = (key(a), key(b));
-            ka.0.cmp(&kb.0).then_with(|| match (ka.1, kb.1) {
-                (Some(x), Some(y)) => x.total_cmp(&y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            })
+            a.status
+                .rank()
+                .cmp(&b.status.rank())
+                .then_with(|| lower_first(self.score(a).map(|s| -s), self.score(b).map(|s| -s)))
+                .then_with(|| lower_first(a.loss, b.loss))
+                .then_with(|| a.id.cmp(&b.id))
         });
         rows
     }

@@ -130,7 +130,6 @@ impl Search {
         let deadline = self.time_budget.map(|b| Instant::now() + b);
         let mut ran = Vec::new();
         let rungs = self.strategy.rungs(candidates.len(), self.epochs);
-        let last = rungs.len() - 1;
         for (i, rung) in rungs.iter().enumerate() {
             if i > 0 {
                 self.cut(&mut trials, rung)?;
@@ -144,9 +143,8 @@ impl Search {
                         out_of_time: true,
                     });
                 }
-                let final_epochs = if i == last { self.epochs } else { rung.epochs };
                 runner.run_group(&group, &mut |job, outcome| {
-                    let row = self.row(&trials, job, outcome, final_epochs)?;
+                    let row = self.row(&trials, job, outcome)?;
                     if let Some(dir) = &self.tensorboard {
                         session(dir, &row, &trials.metric)?;
                     }
@@ -213,10 +211,14 @@ impl Search {
         }
         for id in &alive[rung.keep..] {
             if let Some(row) = trials.get(*id).cloned() {
-                trials.put(TrialRow {
+                let row = TrialRow {
                     status: Status::Halted,
                     ..row
-                });
+                };
+                if let Some(dir) = &self.tensorboard {
+                    session(dir, &row, &trials.metric)?;
+                }
+                trials.put(row);
             }
         }
         trials.save(&self.dir)
@@ -258,7 +260,6 @@ impl Search {
         trials: &Trials,
         job: &TrialJob,
         outcome: Result<TrialOutcome>,
-        final_epochs: usize,
     ) -> Result<TrialRow> {
         let before = trials.get(job.id).map_or(0.0, |r| r.seconds);
         let (outcome, failed) = match outcome {
@@ -270,7 +271,7 @@ impl Search {
             Status::Failed
         } else if outcome.epochs < job.epochs {
             Status::Stopped
-        } else if outcome.epochs >= final_epochs {
+        } else if outcome.epochs >= self.epochs {
             Status::Done
         } else {
             Status::Paused

@@ -172,7 +172,7 @@ pub struct FitRunner<'a> {
     pub steps_per_execution: Option<usize>,
     /// Run before a fresh trial trains (`kiln tune` writes the run record here).
     pub on_start: Option<StartHook<'a>>,
-    /// Run after every epoch (progress lines).
+    /// Run after every epoch, once its checkpoint is saved (progress lines).
     pub on_epoch: Option<TrialEpochHook<'a>>,
 }
 
@@ -245,15 +245,16 @@ impl<'a> FitRunner<'a> {
             }
             let mut fit = trainer.start_fit(&self.data.x, &self.data.y, opts)?;
             while let Some(log) = fit.next_epoch()? {
-                if let Some(hook) = self.on_epoch.as_mut() {
-                    hook(job, &log);
-                }
                 history.epochs.push(log);
                 // History first: a run killed between the two writes reads back only the
                 // epochs its checkpoint holds.
                 let path = job.dir.join("history.csv");
                 std::fs::write(&path, history.to_csv()).map_err(|e| Error::io(&path, e))?;
                 crate::io::save(&job.dir, fit.trainer())?;
+                // After the saves: an epoch reported is an epoch kept.
+                if let (Some(hook), Some(log)) = (self.on_epoch.as_mut(), history.epochs.last()) {
+                    hook(job, log);
+                }
                 if job.deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
