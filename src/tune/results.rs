@@ -391,6 +391,10 @@ mod tests {
             metric: "mae".into(),
             ..t.clone()
         };
-        assert_eq!(loss.ranked()[0].id, 3, "without an accuracy the loss ranks");
+        assert_eq!(
+            loss.ranked()[0].id,
+            2,
+            "without an accuracy the lower loss ranks first"
+        );
     }
 }
