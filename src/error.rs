@@ -108,6 +108,9 @@ pub enum Error {
     /// A graph model's description is inconsistent; nothing was built.
     #[error("graph model: {0}")]
     Graph(#[from] GraphError),
+    /// A hyperparameter search (`kiln::tune`) was described or asked for wrongly.
+    #[error("tune: {0}")]
+    Tune(#[from] TuneError),
     /// The GPU device was lost (driver reset, device removed, or destroyed).
     #[error("the GPU device was lost ({reason}); nothing more can run on it: open a new Device and rebuild or reload the model (from its last checkpoint)")]
     DeviceLost {
@@ -217,6 +220,49 @@ pub enum GraphError {
         /// What is wrong.
         error: Box<GraphError>,
     },
+}
+
+/// What is wrong with a hyperparameter search's description or its results.
+#[derive(Clone, Debug, PartialEq, Error)]
+pub enum TuneError {
+    /// A search space without any hyperparameter.
+    #[error("the search space is empty: give at least one hyperparameter (--param NAME=VALUES or --space FILE)")]
+    EmptySpace,
+    /// A hyperparameter kiln does not search over.
+    #[error("unknown hyperparameter '{name}'; kiln searches over {known}")]
+    UnknownName {
+        /// The name given.
+        name: String,
+        /// The names kiln knows.
+        known: String,
+    },
+    /// A range whose low end is above its high end.
+    #[error("{name}: the range {low}:{high} runs backwards; give the low end first")]
+    BackwardRange {
+        /// The hyperparameter.
+        name: String,
+        /// The low end given.
+        low: f64,
+        /// The high end given.
+        high: f64,
+    },
+    /// A value outside what a hyperparameter takes, or a malformed one.
+    #[error("{name}: {detail}")]
+    BadValue {
+        /// The hyperparameter (or option).
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A budget of zero trials or zero time.
+    #[error("the {0} budget is 0: no trial could run; give at least 1")]
+    ZeroBudget(&'static str),
+    /// A folder that holds no search (no trials.csv).
+    #[error("{0} holds no search: trials.csv is missing; run `kiln tune --out DIR` first")]
+    NoSearch(String),
+    /// `best:N:DIR` with N = 0, or a search with no completed trial to choose from.
+    #[error("{0}")]
+    NoBest(String),
 }
 
 fn bytes_note(size: u64) -> String {

@@ -1,6 +1,7 @@
 //! kiln: train neural networks on any GPU through wgpu compute shaders.
 //!
 //! Layers, top to bottom (each uses only those below it):
+//! `tune` (hyperparameter search: trials as run folders, their results and the best),
 //! `io` (model files and checkpoints), `train` (compile, fit, evaluate, predict),
 //! `nn` and `optim` (layers, models, optimizers), with `data` (data sets) and `dist`
 //! (collective communication across replicas and ranks: threads, and MPI behind the
@@ -34,9 +35,10 @@ pub mod ops;
 pub mod optim;
 pub mod tensor;
 pub mod train;
+pub mod tune;
 
 pub use device::{list_adapters, AdapterSummary, Device, Stats};
-pub use error::{Error, GraphError, Result};
+pub use error::{Error, GraphError, Result, TuneError};
 pub use nn::{Dense, Graph, Init, Layer, Model, Sequential};
 pub use ops::Activation;
 pub use optim::{Optimizer, Schedule};
@@ -64,6 +66,11 @@ pub struct TrainingDoctests;
 #[doc = include_str!("../docs/tensorboard.md")]
 #[cfg(doctest)]
 pub struct TensorboardDoctests;
+
+/// The Rust examples of `docs/tune.md`, run by `cargo test --doc`.
+#[doc = include_str!("../docs/tune.md")]
+#[cfg(doctest)]
+pub struct TuneDoctests;
 
 /// The Rust examples of `docs/data.md`, run by `cargo test --doc`.
 #[doc = include_str!("../docs/data.md")]

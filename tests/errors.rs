@@ -34,6 +34,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Distributed { .. } => "Distributed",
         Error::RankMismatch { .. } => "RankMismatch",
         Error::Ensemble(_) => "Ensemble",
+        Error::Tune(_) => "Tune",
     }
 }
 

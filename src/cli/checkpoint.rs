@@ -49,7 +49,8 @@ pub struct CheckpointArgs {
     pub checkpoint: Option<PathBuf>,
 
     /// Several run folders, comma-separated, combined as one ensemble of classifiers
-    /// (instead of --checkpoint); each scales the input as its run did
+    /// (instead of --checkpoint); each scales the input as its run did. best:N:DIR stands
+    /// for the N best completed trials of the `kiln tune` search in DIR
     #[arg(long, value_name = "DIR,DIR,...", value_delimiter = ',')]
     pub ensemble: Vec<PathBuf>,
 
@@ -112,13 +113,36 @@ impl CheckpointArgs {
             .ok_or_else(|| super::bad_arg("--checkpoint", "name the run folder to use"))
     }
 
+    /// The `--ensemble` run folders, each `best:N:DIR` replaced by the search's best N.
+    pub fn ensemble_dirs(&self) -> Result<Vec<PathBuf>> {
+        let mut dirs = Vec::new();
+        for entry in &self.ensemble {
+            let text = entry.to_string_lossy();
+            let Some(rest) = text.strip_prefix("best:") else {
+                dirs.push(entry.clone());
+                continue;
+            };
+            let (n, dir) = rest.split_once(':').ok_or_else(|| {
+                super::bad_arg("--ensemble", format!("'{text}': write best:N:SEARCH_DIR"))
+            })?;
+            let n: usize = n.trim().parse().map_err(|_| {
+                super::bad_arg(
+                    "--ensemble",
+                    format!("'{text}': '{n}' is not a number of trials"),
+                )
+            })?;
+            dirs.extend(kiln::tune::best_runs(dir, n)?);
+        }
+        Ok(dirs)
+    }
+
     /// Opens the device and loads every `--ensemble` run onto it as a member named by its
     /// folder, with the run's scaling.
     pub fn open_ensemble(&self) -> Result<OpenedEnsemble> {
         let device = Device::from_name(&self.device)?;
         let mut records = Vec::new();
         let mut members = Vec::new();
-        for dir in &self.ensemble {
+        for dir in &self.ensemble_dirs()? {
             let record = RunRecord::load(dir)?;
             let trainer = kiln::io::load_trainer(dir, &device)?;
             members

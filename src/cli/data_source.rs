@@ -5,10 +5,164 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use clap::Args;
 use kiln::data::{self, Dataset, Scaler, Scaling};
 use kiln::Result;
 
 use super::bad_arg;
+use super::record::RunRecord;
+
+/// Rows per step when none is given: 32, or 128 for the large image sets (MNIST,
+/// Fashion-MNIST), where a GPU step wants more rows.
+const DEFAULT_BATCH: usize = 32;
+const DEFAULT_IMAGE_BATCH: usize = 128;
+const DEFAULT_VALIDATION: f32 = 0.1;
+const DEFAULT_TEST_SPLIT: f32 = 0.2;
+
+/// The data options of `kiln train` and `kiln tune`: where the rows come from, how they
+/// are split and scaled.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DataArgs {
+    /// Training data: digits (built in), mnist:DIR or fashion:DIR (a folder of IDX
+    /// files train-* and t10k-*), or csv:FILE[:LABEL_COLUMN] (header row, numeric
+    /// values; the label is the last column unless named) [default: digits]
+    #[arg(long, value_name = "SOURCE")]
+    pub data: Option<DataSource>,
+
+    /// Test rows from another source (e.g. csv:test.csv) instead of --test-split
+    #[arg(long, value_name = "SOURCE")]
+    pub test_data: Option<DataSource>,
+
+    /// What separates the fields of CSV data (--data and --test-data): a character such
+    /// as , or ; or |, tab, space, or 0xNN for any byte; a field in double quotes may
+    /// hold it, and line breaks [default: ,]
+    #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
+
+    /// Feature scaling, fitted on the training rows: a number to divide by (255 for
+    /// pixels), standardize, minmax or none [default: 255 for IDX, standardize otherwise]
+    #[arg(long, value_name = "HOW")]
+    pub scale: Option<Scale>,
+
+    /// Fraction of the training rows (the last ones) used for validation [default: 0 for
+    /// sources with their own test set (mnist, fashion, --test-data), 0.1 otherwise]
+    #[arg(long, value_name = "FRACTION")]
+    pub validation_split: Option<f32>,
+
+    /// Fraction of the rows held out for testing, for sources without their own test set
+    /// (digits, CSV) [default: 0.2]
+    #[arg(long, value_name = "FRACTION")]
+    pub test_split: Option<f32>,
+}
+
+/// The data as the options prepare it: loaded, split and scaled.
+pub struct Prepared {
+    /// The source of the training rows.
+    pub source: DataSource,
+    /// The source of separate test rows, if any.
+    pub test_source: Option<DataSource>,
+    /// Whether the test rows come from the source (not from --test-split).
+    pub own_test: bool,
+    /// Fraction of rows held out for testing.
+    pub test_split: f32,
+    /// Fraction of training rows that validate.
+    pub validation_split: f32,
+    /// CSV field separator.
+    pub delimiter: u8,
+    /// The scaling chosen, and as fitted on the training rows.
+    pub scale: Scale,
+    /// See `scale`.
+    pub scaler: Option<Scaler>,
+    /// The training rows, scaled (validation rows last).
+    pub train: Dataset,
+    /// The test rows, scaled.
+    pub test: Option<Dataset>,
+}
+
+impl DataArgs {
+    /// Loads, splits (seeded by `seed`) and scales the data.
+    pub fn prepare(&self, seed: u64) -> Result<Prepared> {
+        let source = self.data.clone().unwrap_or(DataSource::Digits);
+        let own_test = source.has_test_set() || self.test_data.is_some();
+        let (test_split, validation_split) = self.splits(&source, own_test)?;
+        let delimiter = delimiter(
+            self.delimiter,
+            None,
+            &[Some(&source), self.test_data.as_ref()],
+        )?;
+        let split = source.load(self.test_data.as_ref(), test_split, seed, delimiter)?;
+        let (mut train, mut test) = (split.train, split.test);
+        let scale = self.scale.unwrap_or(source.default_scale());
+        let scaler = scale.fit(&train)?;
+        apply(scaler.as_ref(), &mut train)?;
+        if let Some(t) = test.as_mut() {
+            apply(scaler.as_ref(), t)?;
+        }
+        Ok(Prepared {
+            source,
+            test_source: self.test_data.clone(),
+            own_test,
+            test_split,
+            validation_split,
+            delimiter,
+            scale,
+            scaler,
+            train,
+            test,
+        })
+    }
+
+    /// The test and validation fractions: none by default for a source with its own test
+    /// rows (which trains on all the others, as Keras does), else the defaults.
+    fn splits(&self, source: &DataSource, own_test: bool) -> Result<(f32, f32)> {
+        if own_test && self.test_split.is_some() {
+            return Err(bad_arg(
+                "--test-split",
+                format!(
+                    "{source} comes with its test rows; --test-split applies to sources without"
+                ),
+            ));
+        }
+        let test_split = self
+            .test_split
+            .unwrap_or(if own_test { 0.0 } else { DEFAULT_TEST_SPLIT });
+        let validation_split =
+            self.validation_split
+                .unwrap_or(if own_test { 0.0 } else { DEFAULT_VALIDATION });
+        check_fraction("--validation-split", validation_split)?;
+        Ok((test_split, validation_split))
+    }
+}
+
+impl Prepared {
+    /// Rows per step when none is given.
+    pub fn default_batch(&self) -> usize {
+        if self.own_test {
+            DEFAULT_IMAGE_BATCH
+        } else {
+            DEFAULT_BATCH
+        }
+    }
+
+    /// A run record of how this data was prepared (the training options left at their
+    /// defaults, for the caller to fill in).
+    pub fn record(&self, seed: u64) -> RunRecord {
+        let mut record = RunRecord {
+            data: self.source.to_string(),
+            test_data: self.test_source.as_ref().map(|s| s.to_string()),
+            delimiter: Some(self.delimiter).filter(|&d| d != b','),
+            test_split: self.test_split,
+            validation_split: self.validation_split,
+            seed,
+            scale: self.scale.to_string(),
+            features: self.train.features,
+            classes: self.train.classes,
+            ..RunRecord::default()
+        };
+        record.set_scaler(self.scaler.as_ref());
+        record
+    }
+}
 
 /// Where the rows come from.
 #[derive(Clone, Debug, PartialEq)]

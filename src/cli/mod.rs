@@ -24,6 +24,7 @@ mod record;
 mod serve;
 mod summary;
 mod train;
+mod tune;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -43,6 +44,7 @@ const EXAMPLES: &str = "\
 Examples:
   kiln train                                  train on the built-in digits set
   kiln train --data mnist:data/mnist --layers 784,256,128,10 --epochs 5
+  kiln tune --param lr=log:1e-4:1e-1 --param units=32,64,128   search hyperparameters
   kiln eval --checkpoint runs/mnist           loss, accuracy, confusion matrix
   kiln predict --checkpoint runs/mnist --input t10k-images-idx3-ubyte
   kiln export --checkpoint runs/mnist --onnx mnist.onnx
@@ -65,6 +67,9 @@ enum Command {
     /// Train a model and save its checkpoint, history and learning curves.
     #[command(long_about = train::LONG_ABOUT, after_long_help = train::EXAMPLES)]
     Train(Box<train::TrainArgs>),
+    /// Search hyperparameters: a trial per configuration, ranked on validation.
+    #[command(long_about = tune::LONG_ABOUT, after_long_help = tune::EXAMPLES)]
+    Tune(Box<tune::TuneArgs>),
     /// Evaluate a checkpoint: loss, metrics and the confusion matrix.
     #[command(long_about = eval::LONG_ABOUT, after_long_help = eval::EXAMPLES)]
     Eval(eval::EvalArgs),
@@ -92,6 +97,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
+        Command::Tune(args) => tune::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Export(args) => export::run(args),

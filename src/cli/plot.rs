@@ -141,3 +141,128 @@ fn panel(
         .draw()?;
     Ok(())
 }
+
+/// Draws `trials.png`: the validation metric of every trial with results against each
+/// hyperparameter, one panel per hyperparameter.
+pub fn trials(trials: &kiln::tune::Trials, path: &Path) -> kiln::Result<()> {
+    draw_trials(trials, path).map_err(|e| io_error(path, std::io::Error::other(e.to_string())))
+}
+
+fn draw_trials(trials: &kiln::tune::Trials, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    register_font();
+    let n = trials.params.len().max(1);
+    let cols = n.min(3);
+    let rows = n.div_ceil(cols);
+    let root = BitMapBackend::new(path, (420 * cols as u32, 340 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (name, value): (String, fn(&kiln::tune::TrialRow) -> Option<f64>) = if trials.maximizes() {
+        (format!("val_{}", trials.metric), |r| r.metric)
+    } else {
+        ("val_loss".into(), |r| r.loss)
+    };
+    for (i, area) in root.split_evenly((rows, cols)).iter().enumerate() {
+        let Some(&hyper) = trials.params.get(i) else {
+            continue;
+        };
+        let points: Vec<(String, f64)> = trials
+            .rows
+            .iter()
+            .filter_map(|r| Some((r.config.get(hyper)?.to_string(), value(r)?)))
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        trial_panel(area, hyper.name(), &name, &points)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// One hyperparameter's panel: names spread evenly, numbers on a log axis when they span
+/// more than a factor of 20 (learning rates, penalties).
+fn trial_panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    hyper: &str,
+    metric: &str,
+    points: &[(String, f64)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    let numbers: Option<Vec<f64>> = points.iter().map(|(x, _)| x.parse().ok()).collect();
+    let mut names: Vec<String> = Vec::new();
+    let (xs, log, names) = match numbers {
+        Some(xs) => {
+            let (lo, hi) = xs
+                .iter()
+                .fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+            let log = lo > 0.0 && hi / lo > 20.0;
+            let xs: Vec<f64> = xs
+                .iter()
+                .map(|&x| if log { x.log10() } else { x })
+                .collect();
+            (xs, log, names)
+        }
+        None => {
+            for (x, _) in points {
+                if !names.contains(x) {
+                    names.push(x.clone());
+                }
+            }
+            let xs: Vec<f64> = points
+                .iter()
+                .map(|(x, _)| names.iter().position(|n| n == x).unwrap_or(0) as f64)
+                .collect();
+            (xs, false, names)
+        }
+    };
+    let ys: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let span = |v: &[f64]| {
+        v.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            })
+    };
+    let ((x0, x1), (y0, y1)) = (span(&xs), span(&ys));
+    let xpad = ((x1 - x0) * 0.1).max(0.5);
+    let ypad = ((y1 - y0) * 0.1).max(1e-3);
+    let mut chart = ChartBuilder::on(area)
+        .caption(hyper, (FAMILY, 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d((x0 - xpad)..(x1 + xpad), (y0 - ypad)..(y1 + ypad))?;
+    let label = |x: &f64| {
+        if names.is_empty() {
+            return if log {
+                format!("{:.0e}", 10f64.powf(*x))
+            } else {
+                format!("{x}")
+            };
+        }
+        let i = x.round();
+        match names.get(i as usize) {
+            Some(n) if (x - i).abs() < 1e-6 && i >= 0.0 => n.clone(),
+            _ => String::new(),
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_desc(hyper)
+        .y_desc(metric)
+        .x_labels(if names.is_empty() {
+            6
+        } else {
+            names.len() * 2 + 1
+        })
+        .x_label_formatter(&label)
+        .y_label_formatter(&|y| format!("{y:.3}"))
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 14))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    chart.draw_series(
+        xs.iter()
+            .zip(&ys)
+            .map(|(&x, &y)| Circle::new((x, y), 4, ShapeStyle::from(&TRAIN_COLOR).filled())),
+    )?;
+    Ok(())
+}

@@ -11,7 +11,7 @@ use kiln::io::tensorboard::{self, HParam, SessionStatus, TensorBoard};
 use kiln::train::{EpochLog, FitOptions, Validation};
 use kiln::{Device, History, Result, Schedule, Trainer};
 
-use super::data_source::{self, DataSource, Scale};
+use super::data_source::{self, DataArgs, DataSource};
 use super::distributed::{Job, Launcher};
 use super::model_args::{self, LossName, ModelArgs, ModelSpec, OptimizerName, ScheduleName};
 use super::record::{self, RunRecord};
@@ -61,21 +61,8 @@ Examples:
 /// Options of `kiln train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Training data: digits (built in), mnist:DIR or fashion:DIR (a folder of IDX
-    /// files train-* and t10k-*), or csv:FILE[:LABEL_COLUMN] (header row, numeric
-    /// values; the label is the last column unless named) [default: digits]
-    #[arg(long, value_name = "SOURCE")]
-    pub data: Option<DataSource>,
-
-    /// Test rows from another source (e.g. csv:test.csv) instead of --test-split
-    #[arg(long, value_name = "SOURCE")]
-    pub test_data: Option<DataSource>,
-
-    /// What separates the fields of CSV data (--data and --test-data): a character such
-    /// as , or ; or |, tab, space, or 0xNN for any byte; a field in double quotes may
-    /// hold it, and line breaks [default: ,]
-    #[arg(long, value_name = "CHAR", value_parser = data_source::parse_delimiter)]
-    pub delimiter: Option<u8>,
+    #[command(flatten)]
+    pub source: DataArgs,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -119,21 +106,6 @@ pub struct TrainArgs {
     /// NAME, see `kiln adapters`) or cpu (the reference backend)
     #[arg(long, value_name = "DEVICE", default_value = "gpu")]
     pub device: String,
-
-    /// Feature scaling, fitted on the training rows: a number to divide by (255 for
-    /// pixels), standardize, minmax or none [default: 255 for IDX, standardize otherwise]
-    #[arg(long, value_name = "HOW")]
-    pub scale: Option<Scale>,
-
-    /// Fraction of the training rows (the last ones) used for validation [default: 0 for
-    /// sources with their own test set (mnist, fashion, --test-data), 0.1 otherwise]
-    #[arg(long, value_name = "FRACTION")]
-    pub validation_split: Option<f32>,
-
-    /// Fraction of the rows held out for testing, for sources without their own test set
-    /// (digits, CSV) [default: 0.2]
-    #[arg(long, value_name = "FRACTION")]
-    pub test_split: Option<f32>,
 
     /// Folder for the checkpoint, history.csv and curves.png [default: runs/NAME, or
     /// runs/<date-time> without --name]
@@ -183,11 +155,6 @@ pub struct TrainArgs {
 
 /// Epochs when --epochs is not given: enough for the digits set to pass 95% accuracy.
 const DEFAULT_EPOCHS: usize = 10;
-const DEFAULT_BATCH: usize = 32;
-/// Batch size for the large image sets (MNIST, Fashion-MNIST), where a GPU step wants more rows.
-const DEFAULT_IMAGE_BATCH: usize = 128;
-const DEFAULT_VALIDATION: f32 = 0.1;
-const DEFAULT_TEST_SPLIT: f32 = 0.2;
 
 /// Everything a run needs once its data and trainer are ready.
 struct Run {
@@ -282,7 +249,6 @@ fn train(args: &TrainArgs, device: &Device, job: Option<&mut Job>) -> Result<()>
 /// Loads the data and builds a new model as the options say; `lead`: creates the run
 /// folder.
 fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
-    let source = args.data.clone().unwrap_or(DataSource::Digits);
     // A model file's [training] section gives defaults that the options override.
     let file = args.model.load_file()?;
     let from_file = |f: fn(&ModelSpec) -> Option<usize>| file.as_ref().and_then(f);
@@ -290,34 +256,16 @@ fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
         .seed
         .or(file.as_ref().and_then(|f| f.seed))
         .unwrap_or(0);
-    let own_test = source.has_test_set() || args.test_data.is_some();
-    let (test_split, validation_split) = splits_of(args, &source, own_test)?;
+    let data = args.source.prepare(seed)?;
     let batch_size = args
         .batch_size
         .or(from_file(|f| f.batch_size))
-        .unwrap_or(if own_test {
-            DEFAULT_IMAGE_BATCH
-        } else {
-            DEFAULT_BATCH
-        });
+        .unwrap_or(data.default_batch());
     if batch_size == 0 {
         return Err(bad_arg("--batch-size", "must be at least 1"));
     }
-
-    let delimiter = data_source::delimiter(
-        args.delimiter,
-        None,
-        &[Some(&source), args.test_data.as_ref()],
-    )?;
-    let split = source.load(args.test_data.as_ref(), test_split, seed, delimiter)?;
-    let (mut train, mut test) = (split.train, split.test);
-    let scale = args.scale.unwrap_or(source.default_scale());
-    let scaler = scale.fit(&train)?;
-    data_source::apply(scaler.as_ref(), &mut train)?;
-    if let Some(t) = test.as_mut() {
-        data_source::apply(scaler.as_ref(), t)?;
-    }
-
+    let base = data.record(seed);
+    let (train, test) = (data.train, data.test);
     let loss_name = args.loss.unwrap_or(LossName::default_for(&train));
     let outputs = match loss_name {
         LossName::SparseCategoricalCrossentropy => train.classes.max(1),
@@ -338,18 +286,9 @@ fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
 
     let mut layers = vec![trainer.model.input_width()];
     layers.extend(spec.architecture.dense_units());
-    let mut record = RunRecord {
-        data: source.to_string(),
-        test_data: args.test_data.as_ref().map(|s| s.to_string()),
-        delimiter: Some(delimiter).filter(|&d| d != b','),
-        test_split,
-        validation_split,
-        seed,
+    let record = RunRecord {
         batch_size,
         epochs,
-        scale: scale.to_string(),
-        features: train.features,
-        classes: train.classes,
         layers,
         // A model file names its own activations, layer by layer.
         activation: match args.model.model {
@@ -359,9 +298,8 @@ fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
         loss,
         optimizer: optimizer_name,
         lr,
-        ..RunRecord::default()
+        ..base
     };
-    record.set_scaler(scaler.as_ref());
 
     // Other ranks neither need the folder nor may race rank 0 to name and create it.
     let out = if lead { out_dir(args)? } else { PathBuf::new() };
@@ -410,26 +348,6 @@ fn compile(
     let outputs = model.output_width();
     let trainer = model.compile(loss, optimizer, &model_args::train_metrics(loss, outputs))?;
     Ok((trainer, LossName::of(loss).name()))
-}
-
-/// The test and validation fractions: none by default for a source with its own test
-/// rows (which trains on all the others, as Keras does), else the defaults.
-fn splits_of(args: &TrainArgs, source: &DataSource, own_test: bool) -> Result<(f32, f32)> {
-    if own_test && args.test_split.is_some() {
-        return Err(bad_arg(
-            "--test-split",
-            format!("{source} comes with its test rows; --test-split applies to sources without"),
-        ));
-    }
-    let test_split = args
-        .test_split
-        .unwrap_or(if own_test { 0.0 } else { DEFAULT_TEST_SPLIT });
-    // A source with its own test rows trains on all the others, as Keras does by default.
-    let validation_split =
-        args.validation_split
-            .unwrap_or(if own_test { 0.0 } else { DEFAULT_VALIDATION });
-    data_source::check_fraction("--validation-split", validation_split)?;
-    Ok((test_split, validation_split))
 }
 
 /// The optimizer and its name: a model file's, with --lr and --schedule applied, unless
