@@ -896,7 +896,7 @@ pub fn step_trials(
         return Err(Error::arg("t", "steps count from 1"));
     }
     let len = slot.value.len();
-    if trials == 0 || len % trials != 0 || (row + trials) * TRIAL_ROW > table.len() {
+    if trials == 0 || !len.is_multiple_of(trials) || (row + trials) * TRIAL_ROW > table.len() {
         return Err(Error::shape(
             name,
             format!(
@@ -930,7 +930,7 @@ pub fn step_trials(
         let t = if used { given.next() } else { spare.next() };
         bound.push(t.ok_or(Error::arg("state", "fewer tensors than the rule uses"))?);
     }
-    let kernel = if n % 4 == 0 {
+    let kernel = if n.is_multiple_of(4) {
         &UPDATE_TRIALS4
     } else {
         &UPDATE_TRIALS

@@ -464,7 +464,7 @@ impl StackedTrials {
     fn check_data(&self, x: &[f32], y: &[f32]) -> Result<usize> {
         let w = self.shape.inputs;
         let classes = self.shape.classes();
-        if w == 0 || x.len() % w != 0 || x.len() / w != y.len() {
+        if w == 0 || !x.len().is_multiple_of(w) || x.len() / w != y.len() {
             return Err(Error::shape(
                 "stacked trials data",
                 format!(
