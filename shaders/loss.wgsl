@@ -19,6 +19,10 @@ struct Params {
     nan: u32,
     // Where the mean goes in the value tensor: a training loop keeps one per step there.
     slot: u32,
+    // Stacked trials (the rows kernels, one workgroup per trial t = workgroup_id.z): trial
+    // t's predictions and gradient start at t * n * cols, its mean goes to
+    // value[slot + t * stride]; the targets are shared.
+    stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -93,11 +97,11 @@ fn workgroup_sum(acc: f32, lid: u32) -> f32 {
 }
 
 // Writes the workgroup's sum: the mean itself when it is the only workgroup.
-fn store(acc: f32, lid: u32, group: u32, groups: u32) {
+fn store(acc: f32, lid: u32, group: u32, groups: u32, trial: u32) {
     let total = workgroup_sum(acc, lid);
     if lid == 0u {
         if groups == 1u {
-            part[p.slot] = total * p.scale;
+            part[p.slot + trial * p.stride] = total * p.scale;
         } else {
             part[group] = total;
         }
@@ -117,7 +121,7 @@ fn elem_grad(
         grad[i] = r.y * p.scale;
         acc += r.x;
     }
-    store(acc, lid, wid.x, nwg.x);
+    store(acc, lid, wid.x, nwg.x, 0u);
 }
 
 @compute @workgroup_size(256)
@@ -131,7 +135,7 @@ fn elem_value(
     for (var i = gid.x; i < p.n; i += nwg.x * WG) {
         acc += elem(pred[i], tgt[i]).x;
     }
-    store(acc, lid, wid.x, nwg.x);
+    store(acc, lid, wid.x, nwg.x, 0u);
 }
 
 struct Row {
@@ -147,8 +151,10 @@ struct Row {
     ok: bool,
 }
 
-fn row_stats(r: u32) -> Row {
-    let base = r * p.cols;
+// Row r of the predictions starting at `first` (a stacked trial's); targets are shared.
+fn row_stats(first: u32, r: u32) -> Row {
+    let tbase = r * p.cols;
+    let base = first + tbase;
     var m = pred[base];
     for (var j = 1u; j < p.cols; j++) {
         m = max(m, pred[base + j]);
@@ -162,7 +168,7 @@ fn row_stats(r: u32) -> Row {
         let x = pred[base + j];
         s += exp(x - m);
         if LOSS == 4u {
-            let t = tgt[base + j];
+            let t = tgt[tbase + j];
             tsum += t;
             a += t * (m - x);
         }
@@ -188,21 +194,22 @@ fn rows_grad(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let first = wid.z * p.n * p.cols;
     var acc = 0.0;
     for (var r = gid.x; r < p.n; r += nwg.x * WG) {
-        let row = row_stats(r);
+        let row = row_stats(first, r);
         acc += row.loss;
-        let base = r * p.cols;
+        let base = first + r * p.cols;
         for (var j = 0u; j < p.cols; j++) {
             var t = select(0.0, 1.0, j == row.label);
             if LOSS == 4u {
-                t = tgt[base + j];
+                t = tgt[r * p.cols + j];
             }
             let g = (exp(pred[base + j] - row.lse) * row.tsum - t) * p.scale;
             grad[base + j] = select(bitcast<f32>(p.nan), g, row.ok);
         }
     }
-    store(acc, lid, wid.x, nwg.x);
+    store(acc, lid, wid.x, nwg.x, wid.z);
 }
 
 @compute @workgroup_size(256)
@@ -212,11 +219,12 @@ fn rows_value(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let first = wid.z * p.n * p.cols;
     var acc = 0.0;
     for (var r = gid.x; r < p.n; r += nwg.x * WG) {
-        acc += row_stats(r).loss;
+        acc += row_stats(first, r).loss;
     }
-    store(acc, lid, wid.x, nwg.x);
+    store(acc, lid, wid.x, nwg.x, wid.z);
 }
 
 // One workgroup: value[slot] = scale * sum of the n partials.

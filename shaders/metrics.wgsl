@@ -33,6 +33,11 @@ const WG: u32 = 256u;
 // confusion_local takes matrices up to 45 x 45.
 const LOCAL_CELLS: u32 = 2048u;
 
+// Stacked trials (the confusion kernels, trial t = workgroup_id.z): trial t's scores
+// start at t * n * classes and its matrix at t * classes^2; the labels are shared.
+var<private> trial_scores: u32;
+var<private> trial_cells: u32;
+
 var<workgroup> hist: array<atomic<u32>, LOCAL_CELLS>;
 var<workgroup> red: array<vec2<f32>, 256>;
 
@@ -45,10 +50,10 @@ fn cell(r: u32) -> u32 {
     }
     var k = 0u;
     if BINARY {
-        k = select(0u, 1u, pred[r] > p.threshold);
+        k = select(0u, 1u, pred[trial_scores + r] > p.threshold);
     } else {
         // Argmax; a strict comparison keeps the first of equal maxima.
-        let base = r * p.classes;
+        let base = trial_scores + r * p.classes;
         var best = pred[base];
         for (var j = 1u; j < p.classes; j++) {
             let v = pred[base + j];
@@ -62,7 +67,8 @@ fn cell(r: u32) -> u32 {
 }
 
 // counts[c] += v on the f32 bits, retrying when another invocation got there first.
-fn add_count(c: u32, v: f32) {
+fn add_count(cell_index: u32, v: f32) {
+    let c = trial_cells + cell_index;
     var old = atomicLoad(&counts[c]);
     loop {
         let r = atomicCompareExchangeWeak(&counts[c], old, bitcast<u32>(bitcast<f32>(old) + v));
@@ -79,9 +85,12 @@ fn add_count(c: u32, v: f32) {
 fn confusion_local(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let cells = p.classes * p.classes;
+    trial_scores = wid.z * p.n * p.classes;
+    trial_cells = wid.z * cells;
     for (var c = lid; c < cells; c += WG) {
         atomicStore(&hist[c], 0u);
     }
@@ -105,9 +114,12 @@ fn confusion_local(
 @compute @workgroup_size(256)
 fn confusion_global(
     @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let cells = p.classes * p.classes;
+    trial_scores = wid.z * p.n * p.classes;
+    trial_cells = wid.z * cells;
     for (var r = gid.x; r < p.n; r += nwg.x * WG) {
         let c = cell(r);
         if c < cells {

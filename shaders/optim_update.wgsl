@@ -26,6 +26,26 @@ override USE2: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// The numbers `apply` uses: the uniform's (update, update4), or one stacked trial's
+// row of the hyperparameter table (update_trials). `on` is 0 for a trial another
+// dispatch updates (it trains with a rule of another shape).
+struct Hyper {
+    lr: f32,
+    wd: f32,
+    a: f32,
+    b: f32,
+    eps: f32,
+    bc1: f32,
+    bc2_sqrt: f32,
+    on: f32,
+}
+
+var<private> h: Hyper;
+
+fn from_uniform() -> Hyper {
+    return Hyper(p.lr, p.wd, p.a, p.b, p.eps, p.bc1, p.bc2_sqrt, 1.0);
+}
+
 // Four values of one parameter: its value, gradient and state slots.
 struct Elem {
     theta: vec4<f32>,
@@ -50,67 +70,67 @@ fn apply(e: Elem) -> Elem {
         case 0u: {
             // SGD: g += wd*theta; b_1 = g, b_t = mu*b + (1 - tau)*g;
             // nesterov: g += mu*b, else g = b; theta -= lr*g
-            g = g + p.wd * theta;
+            g = g + h.wd * theta;
             if MOMENTUM != 0u {
-                let buf = select(p.a * e.s0 + (1.0 - p.b) * g, g, p.first != 0u);
+                let buf = select(h.a * e.s0 + (1.0 - h.b) * g, g, p.first != 0u);
                 r.s0 = buf;
                 if NESTEROV != 0u {
-                    g = g + p.a * buf;
+                    g = g + h.a * buf;
                 } else {
                     g = buf;
                 }
             }
-            r.theta = theta - p.lr * g;
+            r.theta = theta - h.lr * g;
         }
         case 1u, 2u: {
             // Adam: g += wd*theta.  AdamW: theta *= 1 - lr*wd.
             // m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2; amsgrad: vmax = max(vmax, v), v <- vmax;
             // theta -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
             if RULE == 2u {
-                theta = theta * (1.0 - p.lr * p.wd);
+                theta = theta * (1.0 - h.lr * h.wd);
             } else {
-                g = g + p.wd * theta;
+                g = g + h.wd * theta;
             }
-            let m = p.a * prev(e.s0, 0.0) + (1.0 - p.a) * g;
-            var v = p.b * prev(e.s1, 0.0) + (1.0 - p.b) * g * g;
+            let m = h.a * prev(e.s0, 0.0) + (1.0 - h.a) * g;
+            var v = h.b * prev(e.s1, 0.0) + (1.0 - h.b) * g * g;
             r.s0 = m;
             r.s1 = v;
             if AMSGRAD != 0u {
                 v = max(prev(e.s2, 0.0), v);
                 r.s2 = v;
             }
-            let denom = sqrt(v) / p.bc2_sqrt + p.eps;
-            r.theta = theta - (p.lr / p.bc1) * m / denom;
+            let denom = sqrt(v) / h.bc2_sqrt + h.eps;
+            r.theta = theta - (h.lr / h.bc1) * m / denom;
         }
         case 3u: {
             // RMSprop: g += wd*theta; v = alpha*v + (1-alpha)*g^2;
             // centered: ga = alpha*ga + (1-alpha)*g, v~ = v - ga^2;
             // momentum: b = mu*b + g/(sqrt(v~)+eps), theta -= lr*b; else theta -= lr*g/(sqrt(v~)+eps)
-            g = g + p.wd * theta;
-            let v = p.a * prev(e.s0, 0.0) + (1.0 - p.a) * g * g;
+            g = g + h.wd * theta;
+            let v = h.a * prev(e.s0, 0.0) + (1.0 - h.a) * g * g;
             r.s0 = v;
             var vt = v;
             if CENTERED != 0u {
-                let ga = p.a * prev(e.s2, 0.0) + (1.0 - p.a) * g;
+                let ga = h.a * prev(e.s2, 0.0) + (1.0 - h.a) * g;
                 r.s2 = ga;
                 vt = v - ga * ga;
             }
-            let scaled = g / (sqrt(vt) + p.eps);
+            let scaled = g / (sqrt(vt) + h.eps);
             if MOMENTUM != 0u {
-                let buf = p.b * prev(e.s1, 0.0) + scaled;
+                let buf = h.b * prev(e.s1, 0.0) + scaled;
                 r.s1 = buf;
-                r.theta = theta - p.lr * buf;
+                r.theta = theta - h.lr * buf;
             } else {
-                r.theta = theta - p.lr * scaled;
+                r.theta = theta - h.lr * scaled;
             }
         }
         default: {
             // Adagrad: g += wd*theta; sum += g^2 (sum_0 = initial accumulator);
             // theta -= clr * g / (sqrt(sum) + eps), clr = lr / (1 + (t-1)*lr_decay)
-            g = g + p.wd * theta;
-            let sum = prev(e.s0, p.b) + g * g;
+            g = g + h.wd * theta;
+            let sum = prev(e.s0, h.b) + g * g;
             r.s0 = sum;
-            r.theta = theta - p.lr * g / (sqrt(sum) + p.eps);
+            r.theta = theta - h.lr * g / (sqrt(sum) + h.eps);
         }
     }
     return r;
@@ -139,6 +159,7 @@ fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     if i * 4u >= p.n {
         return;
     }
+    h = from_uniform();
     var e = Elem(y[i], x[i], vec4<f32>(), vec4<f32>(), vec4<f32>());
     if USE0 { e.s0 = s0[i]; }
     if USE1 { e.s1 = s1[i]; }
@@ -190,6 +211,7 @@ fn update4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     if k == 4u {
         return;
     }
+    h = from_uniform();
     // Bindings cannot be indexed, hence a case per tensor.
     var e: Elem;
     switch k {
@@ -246,4 +268,74 @@ fn update4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
             if USE2 { c3[i] = r.s2; }
         }
     }
+}
+
+// Stacked trials: one parameter tensor of every trial, trial t's p.n values at t * p.n
+// (t = global_invocation_id.z) in tv with their gradients tg and state t0..t2, trial t
+// updated with row p.base + t of the table `hyper`. Four values per invocation, loaded
+// one by one since a trial's values need not start on a multiple of 4.
+@group(0) @binding(1) var<storage, read> hyper: array<Hyper>;
+@group(0) @binding(2) var<storage, read> tg: array<f32>;
+@group(0) @binding(3) var<storage, read_write> tv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> t0: array<f32>;
+@group(0) @binding(5) var<storage, read_write> t1: array<f32>;
+@group(0) @binding(6) var<storage, read_write> t2: array<f32>;
+
+@compute @workgroup_size(256)
+fn update_trials(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = (gid.x + gid.y * nwg.x * 256u) * 4u;
+    if i >= p.n {
+        return;
+    }
+    h = hyper[p.base + gid.z];
+    if h.on == 0.0 {
+        return;
+    }
+    let b = gid.z * p.n + i;
+    // Lanes past the trial's end read its last value and are not stored.
+    let l = vec4<u32>(b) + min(vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u - i));
+    var e = Elem(
+        vec4<f32>(tv[l.x], tv[l.y], tv[l.z], tv[l.w]),
+        vec4<f32>(tg[l.x], tg[l.y], tg[l.z], tg[l.w]),
+        vec4<f32>(), vec4<f32>(), vec4<f32>(),
+    );
+    if USE0 { e.s0 = vec4<f32>(t0[l.x], t0[l.y], t0[l.z], t0[l.w]); }
+    if USE1 { e.s1 = vec4<f32>(t1[l.x], t1[l.y], t1[l.z], t1[l.w]); }
+    if USE2 { e.s2 = vec4<f32>(t2[l.x], t2[l.y], t2[l.z], t2[l.w]); }
+    let r = apply(e);
+    for (var j = 0u; j < min(4u, p.n - i); j++) {
+        tv[b + j] = r.theta[j];
+        if USE0 { t0[b + j] = r.s0[j]; }
+        if USE1 { t1[b + j] = r.s1[j]; }
+        if USE2 { t2[b + j] = r.s2[j]; }
+    }
+}
+
+// update_trials for trials of a multiple of 4 values each: whole vec4 loads.
+@group(0) @binding(2) var<storage, read> tg4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> tv4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> t04: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> t14: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> t24: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn update_trials4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if i * 4u >= p.n {
+        return;
+    }
+    h = hyper[p.base + gid.z];
+    if h.on == 0.0 {
+        return;
+    }
+    let b = gid.z * (p.n / 4u) + i;
+    var e = Elem(tv4[b], tg4[b], vec4<f32>(), vec4<f32>(), vec4<f32>());
+    if USE0 { e.s0 = t04[b]; }
+    if USE1 { e.s1 = t14[b]; }
+    if USE2 { e.s2 = t24[b]; }
+    let r = apply(e);
+    tv4[b] = r.theta;
+    if USE0 { t04[b] = r.s0; }
+    if USE1 { t14[b] = r.s1; }
+    if USE2 { t24[b] = r.s2; }
 }

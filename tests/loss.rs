@@ -432,3 +432,76 @@ fn loss_at_writes_only_its_slot() {
         }
     }
 }
+
+#[test]
+fn stacked_softmax_cross_entropy_matches_each_trial_alone() {
+    let cpu = Device::cpu();
+    for l in [
+        Loss::SparseCategoricalCrossEntropy,
+        Loss::CategoricalCrossEntropy,
+    ] {
+        for &(trials, rows, cols) in &[(1, 1, 1), (3, 17, 10), (17, 3, 3), (3, 255, 17)] {
+            let (_, t, tshape) = data(l, rows, cols, 9);
+            let x = random(trials * rows * cols, 11);
+            let (stride, slot) = (3, 2);
+            let n = rows * cols;
+            for device in [cpu.clone(), gpu()] {
+                let what = format!("{l:?} {trials}x{rows}x{cols} on {device:?}");
+                let logits = Tensor::from_slice(&device, &x, &[trials, rows, cols]).unwrap();
+                let target = Tensor::from_slice(&device, &t, &tshape).unwrap();
+                let mut grad = Tensor::full(&device, &[trials, rows, cols], f32::NAN).unwrap();
+                let mut log = Tensor::full(&device, &[slot + trials * stride], -1.0).unwrap();
+                loss::stacked_softmax_ce_at(
+                    l,
+                    &logits,
+                    &target,
+                    Some(&mut grad),
+                    (&mut log, slot, stride),
+                )
+                .unwrap();
+                let (log, grad) = (log.to_vec().unwrap(), grad.to_vec().unwrap());
+                for k in 0..trials {
+                    let pred =
+                        Tensor::from_slice(&cpu, &x[k * n..(k + 1) * n], &[rows, cols]).unwrap();
+                    let target = Tensor::from_slice(&cpu, &t, &tshape).unwrap();
+                    let mut g = Tensor::zeros(&cpu, &[rows, cols]).unwrap();
+                    let mut v = Tensor::zeros(&cpu, &[1]).unwrap();
+                    loss::loss_and_grad_into(l, &pred, &target, &mut g, &mut v).unwrap();
+                    let v = v.to_vec().unwrap();
+                    assert_close(
+                        &log[slot + k * stride..slot + k * stride + 1],
+                        &v,
+                        1e-5,
+                        1e-6,
+                        &what,
+                    );
+                    assert_close(
+                        &grad[k * n..(k + 1) * n],
+                        &g.to_vec().unwrap(),
+                        1e-5,
+                        1e-6,
+                        &what,
+                    );
+                }
+                // Only the trials' slots are written.
+                for (i, v) in log.iter().enumerate() {
+                    if i < slot || (i - slot) % stride != 0 {
+                        assert_eq!(*v, -1.0, "{what}: slot {i} written");
+                    }
+                }
+            }
+        }
+    }
+    let logits = Tensor::zeros(&cpu, &[2, 3, 4]).unwrap();
+    let mut log = Tensor::zeros(&cpu, &[4]).unwrap();
+    let bad_labels = Tensor::zeros(&cpu, &[4]).unwrap();
+    let sparse = Loss::SparseCategoricalCrossEntropy;
+    let e = loss::stacked_softmax_ce_at(sparse, &logits, &bad_labels, None, (&mut log, 0, 2));
+    assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
+    let labels = Tensor::zeros(&cpu, &[3]).unwrap();
+    // Trial 1's slot (0 + 1 * 4) is past the log.
+    let e = loss::stacked_softmax_ce_at(sparse, &logits, &labels, None, (&mut log, 0, 4));
+    assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
+    let e = loss::stacked_softmax_ce_at(Loss::Mse, &logits, &labels, None, (&mut log, 0, 2));
+    assert!(e.is_err());
+}

@@ -336,3 +336,42 @@ fn metrics_stay_on_the_gpu() {
     assert_eq!(m.total(), 3 * rows as u64);
     assert_eq!(sums.to_vec().unwrap(), [0.0, 0.0]);
 }
+
+#[test]
+fn stacked_confusion_matches_each_trial_alone() {
+    // 50 classes take the global kernel (2500 cells), the others the workgroup one.
+    for &(trials, rows, classes) in &[(1, 1, 1), (3, 17, 10), (17, 255, 3), (3, 17, 50)] {
+        let (_, labels) = batch(rows, classes, 3);
+        let scores: Vec<f32> = (0..trials)
+            .flat_map(|k| batch(rows, classes, 10 + k as u64).0)
+            .collect();
+        let mut want = vec![0.0; trials * classes * classes];
+        let cells = classes * classes;
+        for k in 0..trials {
+            let s = &scores[k * rows * classes..(k + 1) * rows * classes];
+            // Twice: the counts add up across batches.
+            for _ in 0..2 {
+                reference(s, &labels, classes, &mut want[k * cells..(k + 1) * cells]);
+            }
+        }
+        for device in [Device::cpu(), gpu()] {
+            let p = Tensor::from_slice(&device, &scores, &[trials, rows, classes]).unwrap();
+            let y = Tensor::from_slice(&device, &labels, &[rows]).unwrap();
+            let mut counts = Tensor::zeros(&device, &[trials, classes, classes]).unwrap();
+            for _ in 0..2 {
+                metrics::confusion_accumulate_stacked(&p, &y, &mut counts).unwrap();
+            }
+            assert_eq!(
+                counts.to_vec().unwrap(),
+                want,
+                "{trials}x{rows}x{classes} on {device:?}"
+            );
+        }
+    }
+    let cpu = Device::cpu();
+    let p = Tensor::zeros(&cpu, &[2, 3, 4]).unwrap();
+    let y = Tensor::zeros(&cpu, &[3]).unwrap();
+    let mut wrong = Tensor::zeros(&cpu, &[4, 4]).unwrap();
+    let e = metrics::confusion_accumulate_stacked(&p, &y, &mut wrong);
+    assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
+}

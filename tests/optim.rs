@@ -656,3 +656,144 @@ fn step_many_matches_step_per_tensor() {
         }
     }
 }
+
+/// Three rules of one kernel shape with different numbers each.
+fn trios() -> Vec<[Rule; 3]> {
+    let sgd = |momentum, nesterov| Rule::Sgd {
+        momentum,
+        dampening: 0.0,
+        nesterov,
+    };
+    let adam = |beta1, beta2, amsgrad| Rule::Adam {
+        beta1,
+        beta2,
+        eps: 1e-8,
+        amsgrad,
+    };
+    let adamw = |beta1, beta2| Rule::AdamW {
+        beta1,
+        beta2,
+        eps: 1e-6,
+    };
+    let rms = |alpha, momentum| Rule::RmsProp {
+        alpha,
+        eps: 1e-8,
+        momentum,
+        centered: true,
+    };
+    let adagrad = |initial_accumulator| Rule::Adagrad {
+        eps: 1e-10,
+        lr_decay: 0.01,
+        initial_accumulator,
+    };
+    vec![
+        [sgd(0.0, false), sgd(0.0, false), sgd(0.0, false)],
+        [sgd(0.9, true), sgd(0.5, true), sgd(0.8, true)],
+        [
+            adam(0.9, 0.999, false),
+            adam(0.8, 0.99, false),
+            adam(0.95, 0.9, false),
+        ],
+        [
+            adam(0.9, 0.999, true),
+            adam(0.8, 0.99, true),
+            adam(0.5, 0.9, true),
+        ],
+        [adamw(0.9, 0.999), adamw(0.8, 0.99), adamw(0.7, 0.9)],
+        [rms(0.99, 0.9), rms(0.9, 0.5), rms(0.5, 0.1)],
+        [adagrad(0.0), adagrad(0.1), adagrad(1.0)],
+    ]
+}
+
+#[test]
+fn stacked_trials_step_as_each_trial_alone() {
+    let (lr, wd) = ([0.01f32, 0.003, 0.1], [0.0f32, 0.01, 0.1]);
+    let cpu = Device::cpu();
+    // Trial 3 belongs to another kernel: its row is zeros and it must not move.
+    let trials = 4;
+    for trio in trios() {
+        assert!(trio.iter().all(|r| r.same_kernel(&trio[0])));
+        for &n in &[1, 3, 17, 255, 256] {
+            let theta0 = random(trials * n, n as u64);
+            let grads: Vec<Vec<f32>> = (0..STEPS)
+                .map(|s| random(trials * n, 100 + s as u64))
+                .collect();
+            let mut want = Vec::new();
+            for k in 0..3 {
+                let rule = &trio[k];
+                let mut p = Tensor::from_slice(&cpu, &theta0[k * n..(k + 1) * n], &[n]).unwrap();
+                let mut state = rule.new_state(&p).unwrap();
+                for (s, g) in grads.iter().enumerate() {
+                    let g = Tensor::from_slice(&cpu, &g[k * n..(k + 1) * n], &[n]).unwrap();
+                    optim::step(rule, lr[k], wd[k], s as u64 + 1, &mut p, &g, &mut state).unwrap();
+                }
+                let state: Vec<Vec<f32>> = state.iter().map(|t| t.to_vec().unwrap()).collect();
+                want.push((p.to_vec().unwrap(), state));
+            }
+            for device in [cpu.clone(), gpu()] {
+                let what = format!("{:?} n={n} on {device:?}", trio[0]);
+                let mut value = Tensor::from_slice(&device, &theta0, &[trials * n]).unwrap();
+                let mut state = trio[0].new_state(&value).unwrap();
+                for (s, g) in grads.iter().enumerate() {
+                    let t = s as u64 + 1;
+                    // Two rows of padding before the step's rows: the offset is honoured.
+                    let mut table = vec![7.0; 2 * optim::TRIAL_ROW];
+                    for k in 0..3 {
+                        table.extend(trio[k].trial_row(lr[k], wd[k], t).unwrap());
+                    }
+                    table.extend([0.0; optim::TRIAL_ROW]);
+                    let table = Tensor::from_slice(&device, &table, &[table.len()]).unwrap();
+                    let g = Tensor::from_slice(&device, g, &[trials * n]).unwrap();
+                    let slot = optim::TrialSlot {
+                        value: &mut value,
+                        grad: &g,
+                        state: &mut state,
+                    };
+                    optim::step_trials(&trio[0], t, (&table, 2), trials, slot).unwrap();
+                }
+                let got = value.to_vec().unwrap();
+                for (k, (p, st)) in want.iter().enumerate() {
+                    assert_close(
+                        &got[k * n..(k + 1) * n],
+                        p,
+                        RTOL,
+                        ATOL,
+                        &format!("{what} trial {k}"),
+                    );
+                    for (j, s) in st.iter().enumerate() {
+                        let gs = state[j].to_vec().unwrap();
+                        assert_close(
+                            &gs[k * n..(k + 1) * n],
+                            s,
+                            RTOL,
+                            ATOL,
+                            &format!("{what} trial {k} state {j}"),
+                        );
+                    }
+                }
+                assert_eq!(
+                    &got[3 * n..],
+                    &theta0[3 * n..],
+                    "{what}: the trial that is off moved"
+                );
+            }
+        }
+    }
+    // Rows past the table and a length that does not split into the trials are errors.
+    let mut value = Tensor::zeros(&cpu, &[6]).unwrap();
+    let g = Tensor::zeros(&cpu, &[6]).unwrap();
+    let table = Tensor::zeros(&cpu, &[2 * optim::TRIAL_ROW]).unwrap();
+    let sgd = Rule::Sgd {
+        momentum: 0.0,
+        dampening: 0.0,
+        nesterov: false,
+    };
+    for (row, trials) in [(1, 2), (0, 4), (0, 0)] {
+        let slot = optim::TrialSlot {
+            value: &mut value,
+            grad: &g,
+            state: &mut [],
+        };
+        assert!(optim::step_trials(&sgd, 1, (&table, row), trials, slot).is_err());
+    }
+}

@@ -59,6 +59,8 @@ pub(super) struct Params {
     pub(super) nan: u32,
     /// Where the mean goes in the value tensor.
     pub(super) slot: u32,
+    /// Stacked trials: values between trials' slots (see [`stacked_softmax_ce_at`]).
+    pub(super) stride: u32,
 }
 
 /// Elements each GPU thread sums for the elementwise losses before the workgroup reduction.
@@ -327,6 +329,93 @@ pub fn loss_value(loss: Loss, pred: &Tensor, target: &Tensor) -> Result<Tensor> 
     Ok(value)
 }
 
+/// Softmax cross-entropy of `trials` stacked trials: `logits` is `[trials, rows, cols]`,
+/// `target` the rows' shared targets (class ids, or one-hot rows), trial `t`'s mean loss
+/// goes to `log[slot + t * stride]` and, when asked for, its gradient into `grad` (the
+/// logits' shape). One dispatch, one workgroup per trial.
+pub fn stacked_softmax_ce_at(
+    loss: Loss,
+    logits: &Tensor,
+    target: &Tensor,
+    grad: Option<&mut Tensor>,
+    (log, slot, stride): (&mut Tensor, usize, usize),
+) -> Result<()> {
+    let op = "stacked_softmax_ce";
+    if !loss.per_row() {
+        return Err(Error::arg(
+            op,
+            format!("{loss:?} is not a softmax cross-entropy"),
+        ));
+    }
+    let &[trials, rows, cols] = logits.shape() else {
+        return Err(Error::shape(
+            op,
+            format!(
+                "logits must be [trials, rows, cols], got {:?}",
+                logits.shape()
+            ),
+        ));
+    };
+    let targets_ok = match loss {
+        Loss::SparseCategoricalCrossEntropy => target.len() == rows,
+        _ => target.shape() == [rows, cols],
+    };
+    if !targets_ok || trials * rows * cols == 0 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "targets {:?} for logits {:?} ({loss:?})",
+                target.shape(),
+                logits.shape()
+            ),
+        ));
+    }
+    if grad.as_deref().is_some_and(|g| g.shape() != logits.shape()) {
+        return Err(Error::shape(op, "the gradient must have the logits' shape"));
+    }
+    check_slot(op, log, slot + (trials - 1) * stride)?;
+    let mut operands = vec![logits, target, &*log];
+    operands.extend(grad.as_deref());
+    match device_of(op, &operands)? {
+        Device::Cpu => {
+            let (x, t, n) = (host(logits), host(target), rows * cols);
+            let mut grad = grad.and_then(|g| g.host_mut());
+            for k in 0..trials {
+                let g = grad.as_deref_mut().map(|g| &mut g[k * n..(k + 1) * n]);
+                let mean = cpu(loss, &x[k * n..(k + 1) * n], t, rows, cols, g)?;
+                write_value(log, slot + k * stride, mean, op)?;
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            let params = Params {
+                n: rows as u32,
+                cols: cols as u32,
+                scale: (1.0 / rows as f64) as f32,
+                nan: NAN_BITS,
+                slot: slot as u32,
+                stride: stride as u32,
+            };
+            let kernel = if grad.is_some() {
+                &ROWS_GRAD
+            } else {
+                &ROWS_VALUE
+            };
+            let mut bound: Vec<&Tensor> = vec![logits, target, log];
+            bound.extend(grad.as_deref());
+            let constants = [("LOSS", loss.code() as f64)];
+            launch(
+                &ctx,
+                kernel,
+                &constants,
+                &params,
+                &bound,
+                [1, 1, trials as u32],
+            )
+        }
+    }
+}
+
 fn write_value(value: &mut Tensor, slot: usize, mean: f64, op: &'static str) -> Result<()> {
     let v = value.host_mut().ok_or(Error::DeviceMismatch { op })?;
     v[slot] = mean as f32;
@@ -441,6 +530,7 @@ fn gpu(
         scale: (1.0 / items as f64) as f32,
         nan: NAN_BITS,
         slot: slot as u32,
+        stride: 0,
     };
     let constants = [("LOSS", loss.code() as f64)];
     // One workgroup writes the mean straight into `value`.

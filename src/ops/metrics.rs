@@ -109,7 +109,63 @@ pub fn confusion_accumulate(pred: &Tensor, labels: &Tensor, counts: &mut Tensor)
                 k
             })
         }
-        Device::Gpu(ctx) => confusion_gpu(&ctx, pred, labels, counts, rows, classes, None),
+        Device::Gpu(ctx) => confusion_gpu(&ctx, pred, labels, counts, (1, rows), classes, None),
+    }
+}
+
+/// [`confusion_accumulate`] for stacked trials: `pred` is `[trials, rows, classes]`, the
+/// labels (`[rows]`) are shared, and trial `t`'s pairs go into `counts[t]`
+/// (`[trials, classes, classes]`). One dispatch for every trial.
+pub fn confusion_accumulate_stacked(
+    pred: &Tensor,
+    labels: &Tensor,
+    counts: &mut Tensor,
+) -> Result<()> {
+    let op = "confusion_accumulate_stacked";
+    let &[trials, rows, classes] = pred.shape() else {
+        return Err(Error::shape(
+            op,
+            format!(
+                "scores must be [trials, rows, classes], got {:?}",
+                pred.shape()
+            ),
+        ));
+    };
+    if trials * classes == 0 || counts.shape() != [trials, classes, classes] {
+        return Err(Error::shape(
+            op,
+            format!(
+                "counts {:?} for scores {:?}: want [trials, classes, classes]",
+                counts.shape(),
+                pred.shape()
+            ),
+        ));
+    }
+    if labels.len() != rows {
+        return Err(Error::shape(
+            op,
+            format!("labels {:?} for {rows} rows", labels.shape()),
+        ));
+    }
+    let cells = classes * classes;
+    match device_of(op, &[pred, labels, counts])? {
+        Device::Cpu => {
+            let x = host(pred);
+            for t in 0..trials {
+                let mut one = Tensor::zeros(&Device::Cpu, &[classes, classes])?;
+                let scores = &x[t * rows * classes..(t + 1) * rows * classes];
+                let scores = Tensor::from_slice(&Device::Cpu, scores, &[rows, classes])?;
+                confusion_accumulate(&scores, labels, &mut one)?;
+                let c = counts.host_mut().ok_or(Error::DeviceMismatch { op })?;
+                for (c, v) in c[t * cells..(t + 1) * cells].iter_mut().zip(host(&one)) {
+                    *c += v;
+                }
+            }
+            Ok(())
+        }
+        Device::Gpu(ctx) => {
+            confusion_gpu(&ctx, pred, labels, counts, (trials, rows), classes, None)
+        }
     }
 }
 
@@ -142,7 +198,9 @@ pub fn confusion_accumulate_binary(
                 usize::from(x[r] > threshold)
             })
         }
-        Device::Gpu(ctx) => confusion_gpu(&ctx, pred, labels, counts, rows, 2, Some(threshold)),
+        Device::Gpu(ctx) => {
+            confusion_gpu(&ctx, pred, labels, counts, (1, rows), 2, Some(threshold))
+        }
     }
 }
 
@@ -202,7 +260,7 @@ fn confusion_gpu(
     pred: &Tensor,
     labels: &Tensor,
     counts: &Tensor,
-    rows: usize,
+    (trials, rows): (usize, usize),
     classes: usize,
     threshold: Option<f32>,
 ) -> Result<()> {
@@ -217,14 +275,14 @@ fn confusion_gpu(
         threshold: threshold.unwrap_or(0.0),
     };
     let constants = [("BINARY", if threshold.is_some() { 1.0 } else { 0.0 })];
-    let groups = groups_for(rows);
+    let groups = [groups_for(rows), 1, trials as u32];
     launch(
         ctx,
         kernel,
         &constants,
         &params,
         &[pred, labels, counts],
-        [groups, 1, 1],
+        groups,
     )
 }
 

@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod batch_norm;
+pub mod batched_matmul;
 pub mod bias;
 pub mod concat;
 pub mod conv;
@@ -200,6 +201,23 @@ mod uniform_layout {
                 }),
             ),
             (
+                vec![batched_matmul::BATCHED],
+                layout!(batched_matmul::Params {
+                    m,
+                    n,
+                    k,
+                    act,
+                    alpha,
+                    sa,
+                    sb,
+                    sc,
+                    sbias,
+                    lda,
+                    ldb,
+                    ldc
+                }),
+            ),
+            (
                 vec![bias::ADD, bias::ADD_INPLACE, bias::COL_SUM],
                 layout!(bias::Params { rows, cols, chunk }),
             ),
@@ -323,7 +341,8 @@ mod uniform_layout {
                     cols,
                     scale,
                     nan,
-                    slot
+                    slot,
+                    stride
                 }),
             ),
             (
@@ -356,6 +375,8 @@ mod uniform_layout {
                     optim::SUMSQ,
                     optim::SUM_PARTIALS,
                     optim::CLIP,
+                    optim::UPDATE_TRIALS,
+                    optim::UPDATE_TRIALS4,
                 ],
                 layout!(optim::Params {
                     n,

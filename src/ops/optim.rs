@@ -30,6 +30,16 @@ pub(super) const UPDATE4: Kernel = Kernel {
     outputs: 16,
     ..UPDATE
 };
+pub(super) const UPDATE_TRIALS: Kernel = Kernel {
+    entry: "update_trials",
+    inputs: 2,
+    outputs: 4,
+    ..UPDATE
+};
+pub(super) const UPDATE_TRIALS4: Kernel = Kernel {
+    entry: "update_trials4",
+    ..UPDATE_TRIALS
+};
 pub(super) const SUMSQ: Kernel = Kernel {
     file: "optim.wgsl",
     source: concat!(
@@ -792,4 +802,182 @@ pub fn clip_by_global_norm(
             Ok(())
         }
     }
+}
+
+/// Values per row of a stacked-trials hyperparameter table (see [`Rule::trial_row`]).
+pub const TRIAL_ROW: usize = 8;
+
+impl Rule {
+    /// One trial's row of the table [`step_trials`] reads, for step `t` (1-based): the
+    /// learning rate, weight decay, the rule's numbers and bias corrections, and 1 for
+    /// "update this trial". A trial another dispatch updates gets a row of zeros.
+    pub fn trial_row(&self, lr: f32, weight_decay: f32, t: u64) -> Result<[f32; TRIAL_ROW]> {
+        self.validate(lr, weight_decay, t)?;
+        let s = self.scalars(lr, weight_decay, t);
+        let (a, b, eps) = self.hyper();
+        Ok([
+            s.lr as f32,
+            s.wd as f32,
+            a,
+            b,
+            eps,
+            s.bc1 as f32,
+            s.bc2_sqrt as f32,
+            1.0,
+        ])
+    }
+
+    /// Whether one update dispatch serves both rules: the same rule with the same state
+    /// buffers and branches (their numbers may differ).
+    pub fn same_kernel(&self, other: &Rule) -> bool {
+        self.constants() == other.constants()
+    }
+
+    /// The rule with a table row's numbers in place of its own (the CPU reference of
+    /// [`step_trials`], which reads them per trial as the kernel does).
+    fn with_row(&self, row: &[f32]) -> Rule {
+        let (a, b, eps) = (row[2], row[3], row[4]);
+        match *self {
+            Rule::Sgd { nesterov, .. } => Rule::Sgd {
+                momentum: a,
+                dampening: b,
+                nesterov,
+            },
+            Rule::Adam { amsgrad, .. } => Rule::Adam {
+                beta1: a,
+                beta2: b,
+                eps,
+                amsgrad,
+            },
+            Rule::AdamW { .. } => Rule::AdamW {
+                beta1: a,
+                beta2: b,
+                eps,
+            },
+            Rule::RmsProp { centered, .. } => Rule::RmsProp {
+                alpha: a,
+                momentum: b,
+                eps,
+                centered,
+            },
+            Rule::Adagrad { lr_decay, .. } => Rule::Adagrad {
+                eps,
+                lr_decay,
+                initial_accumulator: b,
+            },
+        }
+    }
+}
+
+/// One parameter tensor of every stacked trial (trial `k`'s values at `k * n`), with
+/// its gradient and state, for [`step_trials`].
+pub struct TrialSlot<'a> {
+    /// Every trial's values, updated in place.
+    pub value: &'a mut Tensor,
+    /// Their gradients, laid out alike.
+    pub grad: &'a Tensor,
+    /// [`Rule::state_slots`] state tensors, laid out alike.
+    pub state: &'a mut [Tensor],
+}
+
+/// The optimizer step of `trials` stacked trials on one parameter tensor, each trial `k`
+/// with the numbers in row `row + k` of `table` (rows of [`TRIAL_ROW`] values from
+/// [`Rule::trial_row`]); `rule` gives only the kernel's shape, which every updated trial
+/// shares ([`Rule::same_kernel`]). `t` is the 1-based step. One dispatch on the GPU.
+pub fn step_trials(
+    rule: &Rule,
+    t: u64,
+    (table, row): (&Tensor, usize),
+    trials: usize,
+    slot: TrialSlot,
+) -> Result<()> {
+    let name = "optim::step_trials";
+    if t == 0 {
+        return Err(Error::arg("t", "steps count from 1"));
+    }
+    let len = slot.value.len();
+    if trials == 0 || !len.is_multiple_of(trials) || (row + trials) * TRIAL_ROW > table.len() {
+        return Err(Error::shape(
+            name,
+            format!(
+                "{trials} trials of {len} values, rows {row}.. of a {}-value table",
+                table.len()
+            ),
+        ));
+    }
+    check_tensors(name, rule, slot.value, slot.grad, slot.state)?;
+    let n = len / trials;
+    let mut all: Vec<&Tensor> = vec![&*slot.value, slot.grad, table];
+    all.extend(slot.state.iter());
+    let device = device_of(name, &all)?;
+    let ctx = match &device {
+        Device::Cpu => return trials_cpu(rule, t, &host(table)[row * TRIAL_ROW..], n, slot),
+        Device::Gpu(ctx) => ctx,
+    };
+    let s = rule.scalars(0.0, 0.0, t);
+    let mut params = uniform(rule, &s, [n, 0, 0, 0]);
+    params.base = row as u32;
+    // Unused state bindings get distinct one-element buffers, as in `step`.
+    let mut dummies = Vec::new();
+    for used in rule.slots() {
+        if !used {
+            dummies.push(Tensor::uninit(&device, &[1])?);
+        }
+    }
+    let (mut given, mut spare) = (slot.state.iter(), dummies.iter());
+    let mut bound: Vec<&Tensor> = vec![table, slot.grad, slot.value];
+    for used in rule.slots() {
+        let t = if used { given.next() } else { spare.next() };
+        bound.push(t.ok_or(Error::arg("state", "fewer tensors than the rule uses"))?);
+    }
+    let kernel = if n.is_multiple_of(4) {
+        &UPDATE_TRIALS4
+    } else {
+        &UPDATE_TRIALS
+    };
+    let mut groups = grid(n.div_ceil(4), WG);
+    groups[2] = trials as u32;
+    launch(ctx, kernel, &rule.constants(), &params, &bound, groups)
+}
+
+/// The CPU reference of [`step_trials`]: each trial's row made into its rule and scalars.
+fn trials_cpu(rule: &Rule, t: u64, table: &[f32], n: usize, slot: TrialSlot) -> Result<()> {
+    let op = "optim::step_trials";
+    let g = host(slot.grad).to_vec();
+    let mut states: Vec<Vec<f32>> = slot.state.iter().map(|s| host(s).to_vec()).collect();
+    let values = slot.value.host_mut().ok_or(Error::DeviceMismatch { op })?;
+    let trials = values.len() / n.max(1);
+    for k in 0..trials {
+        let row = &table[k * TRIAL_ROW..(k + 1) * TRIAL_ROW];
+        if row[7] == 0.0 {
+            continue;
+        }
+        let r = rule.with_row(row);
+        let s = Scalars {
+            first: t == 1,
+            lr: f64::from(row[0]),
+            wd: f64::from(row[1]),
+            bc1: f64::from(row[5]),
+            bc2_sqrt: f64::from(row[6]),
+        };
+        for i in k * n..(k + 1) * n {
+            let mut old = [0.0; 3];
+            let mut used = rule.slots().into_iter().enumerate().filter(|(_, u)| *u);
+            for st in states.iter() {
+                if let Some((j, _)) = used.next() {
+                    old[j] = f64::from(st[i]);
+                }
+            }
+            let (theta, new) = r.update(&s, f64::from(values[i]), f64::from(g[i]), old);
+            values[i] = theta as f32;
+            let used = rule.slots().into_iter().enumerate().filter(|(_, u)| *u);
+            for (st, (j, _)) in states.iter_mut().zip(used) {
+                st[i] = new[j] as f32;
+            }
+        }
+    }
+    for (tensor, st) in slot.state.iter_mut().zip(states) {
+        tensor.write(&st)?;
+    }
+    Ok(())
 }

@@ -1,10 +1,13 @@
 //! Training data on the device: checked, uploaded once, gathered batch by batch.
 
 use super::Trainer;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::gather::{PaletteRows, Rows};
 use crate::ops::loss::Loss;
 use crate::tensor::Tensor;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 
 /// An uploaded data set, in chunks of at most one binding each.
 pub(super) struct DeviceData {
@@ -75,44 +78,7 @@ impl Trainer {
     /// on a GPU, data of at most 256 distinct values (pixels) goes up as bytes.
     pub(super) fn upload(&self, x: &[f32], y: &[f32]) -> Result<DeviceData> {
         let (w, tw) = (self.model.input_width(), self.target_width());
-        let rows = x.len() / w;
-        let d = &self.model.device;
-        let palette = if d.is_cpu() {
-            None
-        } else {
-            PaletteRows::palette_of(x)
-        };
-        let row_len = if palette.is_some() { w.div_ceil(4) } else { w };
-        let per_chunk = (d.max_tensor_len() / row_len.max(tw)).clamp(1, rows.max(1));
-        let chunks = (0..rows)
-            .step_by(per_chunk)
-            .map(|lo| {
-                let hi = (lo + per_chunk).min(rows);
-                let xs = &x[lo * w..hi * w];
-                let inputs = match &palette {
-                    Some(p) => Rows::Palette(PaletteRows::pack(d, xs, w, p)?),
-                    None => Rows::F32(Tensor::from_slice(d, xs, &[hi - lo, w])?),
-                };
-                let ys = Tensor::from_slice(d, &y[lo * tw..hi * tw], &[hi - lo, tw])?;
-                Ok((lo, inputs, ys))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.finish_upload(rows, chunks)
-    }
-
-    pub(super) fn finish_upload(
-        &self,
-        rows: usize,
-        chunks: Vec<(usize, Rows, Tensor)>,
-    ) -> Result<DeviceData> {
-        let order: Vec<f32> = (0..rows).map(|i| i as f32).collect();
-        let index = Tensor::from_slice(&self.model.device, &order, &[rows])?;
-        Ok(DeviceData {
-            rows,
-            chunks,
-            index,
-            order,
-        })
+        upload_rows(&self.model.device, x, y, w, tw)
     }
 
     /// Gathers rows order[start..start + batch] into the workspace's input and target.
@@ -124,9 +90,89 @@ impl Trainer {
     ) -> Result<(usize, usize)> {
         let key = (batch, self.target_width());
         let ws = self.model.workspace(batch, key.1)?;
-        for (lo, x, y) in &data.chunks {
-            x.gather_with_targets(y, *lo, &data.index, start, &mut ws.acts[0], &mut ws.target)?;
-        }
+        data.gather(start, &mut ws.acts[0], &mut ws.target)?;
         Ok(key)
     }
+}
+
+/// Uploads rows of `w` inputs and `tw` targets once, in as few chunks as the adapter's
+/// binding limit allows; on a GPU, data of at most 256 distinct values (pixels) goes up
+/// as bytes.
+pub(super) fn upload_rows(
+    d: &Device,
+    x: &[f32],
+    y: &[f32],
+    w: usize,
+    tw: usize,
+) -> Result<DeviceData> {
+    let rows = x.len() / w.max(1);
+    let palette = if d.is_cpu() {
+        None
+    } else {
+        PaletteRows::palette_of(x)
+    };
+    let row_len = if palette.is_some() { w.div_ceil(4) } else { w };
+    let per_chunk = (d.max_tensor_len() / row_len.max(tw)).clamp(1, rows.max(1));
+    let chunks = (0..rows)
+        .step_by(per_chunk)
+        .map(|lo| {
+            let hi = (lo + per_chunk).min(rows);
+            let xs = &x[lo * w..hi * w];
+            let inputs = match &palette {
+                Some(p) => Rows::Palette(PaletteRows::pack(d, xs, w, p)?),
+                None => Rows::F32(Tensor::from_slice(d, xs, &[hi - lo, w])?),
+            };
+            let ys = Tensor::from_slice(d, &y[lo * tw..hi * tw], &[hi - lo, tw])?;
+            Ok((lo, inputs, ys))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    DeviceData::new(d, rows, chunks)
+}
+
+impl DeviceData {
+    /// The uploaded chunks, in their given order until shuffled.
+    fn new(d: &Device, rows: usize, chunks: Vec<(usize, Rows, Tensor)>) -> Result<DeviceData> {
+        let order: Vec<f32> = (0..rows).map(|i| i as f32).collect();
+        let index = Tensor::from_slice(d, &order, &[rows])?;
+        Ok(DeviceData {
+            rows,
+            chunks,
+            index,
+            order,
+        })
+    }
+
+    /// Shuffles the row order for `epoch` (1-based): one generator per epoch, so resuming
+    /// at any epoch shuffles as an uninterrupted run does.
+    pub(super) fn shuffle(&mut self, seed: u64, epoch: usize) -> Result<()> {
+        let epoch_seed = seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.order = (0..self.rows).map(|i| i as f32).collect();
+        self.order
+            .shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
+        self.index.write(&self.order)
+    }
+
+    /// Gathers rows order[start..start + batch] into `x` and their targets into `y`.
+    pub(super) fn gather(&self, start: usize, x: &mut Tensor, y: &mut Tensor) -> Result<()> {
+        for (lo, rows, targets) in &self.chunks {
+            rows.gather_with_targets(targets, *lo, &self.index, start, x, y)?;
+        }
+        Ok(())
+    }
+}
+
+/// The training rows a validation split of `fraction` keeps (the last rows validate, as
+/// Keras holds them out).
+pub(super) fn split_point(rows: usize, fraction: f32) -> Result<usize> {
+    if !(0.0..1.0).contains(&fraction) {
+        return Err(Error::arg(
+            "validation split",
+            format!("{fraction} is not in [0, 1)"),
+        ));
+    }
+    let keep = rows - (rows as f32 * fraction).round() as usize;
+    if keep == 0 {
+        return Err(Error::arg("validation split", "leaves no training rows"));
+    }
+    Ok(keep)
 }

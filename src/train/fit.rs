@@ -1,7 +1,5 @@
 //! `fit`: epochs of steps over uploaded data, with validation, callbacks and early stopping.
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use std::time::Instant;
 
 use super::data::DeviceData;
@@ -43,16 +41,7 @@ impl Trainer {
         let (train_rows, val) = match std::mem::take(&mut opts.validation) {
             Validation::None => (rows, None),
             Validation::Split(f) => {
-                if !(0.0..1.0).contains(&f) {
-                    return Err(Error::arg(
-                        "validation split",
-                        format!("{f} is not in [0, 1)"),
-                    ));
-                }
-                let keep = rows - (rows as f32 * f).round() as usize;
-                if keep == 0 {
-                    return Err(Error::arg("validation split", "leaves no training rows"));
-                }
+                let keep = super::data::split_point(rows, f)?;
                 (
                     keep,
                     Some((x[keep * w..].to_vec(), y[keep * tw..].to_vec())),
@@ -229,12 +218,7 @@ impl FitRun<'_> {
         let epoch = t.epoch + 1;
         let data = &mut self.data;
         if self.opts.shuffle {
-            // One generator per epoch, so resuming at any epoch shuffles as an uninterrupted run.
-            let epoch_seed = self.opts.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            data.order = (0..data.rows).map(|i| i as f32).collect();
-            data.order
-                .shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
-            data.index.write(&data.order)?;
+            data.shuffle(self.opts.seed, epoch)?;
         }
         let start = Instant::now();
         let (loss, metrics) = t.run_epoch(data, epoch, &mut self.opts, lend(&mut self.group))?;

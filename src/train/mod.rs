@@ -10,6 +10,7 @@ pub mod metrics;
 mod outputs;
 mod predict;
 mod replica;
+pub mod stacked;
 mod step;
 
 pub use crate::ops::loss::Loss;
@@ -20,6 +21,9 @@ pub use history::{EpochLog, History};
 pub use metrics::Metric;
 pub use outputs::OutputLoss;
 pub use replica::{shard, ExchangeStats};
+pub use stacked::{
+    fit_grouped, fit_stacked, group_by_shape, StackOptions, StackShape, StackedTrials, TrialConfig,
+};
 
 use crate::device::Device;
 use crate::error::Result;
