@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::data::{split_point, upload_rows, DeviceData};
-use super::{EpochLog, History, Validation};
+use super::{EpochLog, History, Metric, Trainer, Validation};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{Layer, Model, Sequential};
@@ -378,6 +378,42 @@ impl StackedTrials {
             }
         }
         Ok(model)
+    }
+
+    /// Epochs trained so far (over every call to [`StackedTrials::fit`]).
+    pub fn epochs(&self) -> usize {
+        self.epoch
+    }
+
+    /// Trial `trial` as a trainer that carries on where the stack is: its weights, its
+    /// optimizer's state (moments) and its step and epoch counts, compiled with `loss`
+    /// and `metrics`, so that a checkpoint of it resumes as if it had trained alone.
+    pub fn trainer(&self, trial: usize, loss: Loss, metrics: &[Metric]) -> Result<Trainer> {
+        let t = self.trials.get(trial).ok_or_else(|| {
+            Error::arg("trial", format!("{trial} of {} trials", self.len()))
+        })?;
+        let mut trainer = self.model(trial)?.compile(loss, t.optimizer.clone(), metrics)?;
+        let kind = self.kind_of[trial];
+        for (l, &at) in self.dense_at.iter().enumerate() {
+            for (field, p) in ["weight", "bias"].iter().zip(&self.params[2 * l..2 * l + 2]) {
+                let name = format!("{at}.{field}");
+                let n = p.value.len() / self.len();
+                let Some(target) = trainer.model.params_mut().iter_mut().find(|q| q.name == name)
+                else {
+                    return Err(Error::arg("stacked trials", format!("no parameter {name}")));
+                };
+                let shape = target.value.shape().to_vec();
+                target.state = p.state[kind]
+                    .iter()
+                    .map(|slot| {
+                        let all = slot.to_vec()?;
+                        Tensor::from_slice(&self.device, &all[trial * n..(trial + 1) * n], &shape)
+                    })
+                    .collect::<Result<_>>()?;
+            }
+        }
+        trainer.set_progress(self.step, self.epoch);
+        Ok(trainer)
     }
 
     /// Trains every trial on rows `x` with class ids `y`; one history per trial, in order.

@@ -11,6 +11,7 @@
 mod results;
 mod search;
 mod space;
+mod stacked;
 mod strategy;
 mod trial;
 

@@ -174,6 +174,9 @@ pub struct FitRunner<'a> {
     pub on_start: Option<StartHook<'a>>,
     /// Run after every epoch, once its checkpoint is saved (progress lines).
     pub on_epoch: Option<TrialEpochHook<'a>>,
+    /// Train fresh trials of one shape stacked in the same dispatches where they can be
+    /// (the default; see [`FitRunner::stacks`]).
+    pub stack: bool,
 }
 
 impl<'a> FitRunner<'a> {
@@ -196,11 +199,12 @@ impl<'a> FitRunner<'a> {
             steps_per_execution: None,
             on_start: None,
             on_epoch: None,
+            stack: true,
         }
     }
 
     /// The metrics trials report: accuracy for classifiers, MAE for regression.
-    fn metrics(&self) -> Vec<Metric> {
+    pub(super) fn metrics(&self) -> Vec<Metric> {
         match self.loss {
             Loss::Mse | Loss::Mae => vec![Metric::Mae],
             _ if self.outputs == 1 => vec![Metric::BinaryAccuracy],
@@ -246,15 +250,7 @@ impl<'a> FitRunner<'a> {
             let mut fit = trainer.start_fit(&self.data.x, &self.data.y, opts)?;
             while let Some(log) = fit.next_epoch()? {
                 history.epochs.push(log);
-                // History first: a run killed between the two writes reads back only the
-                // epochs its checkpoint holds.
-                let path = job.dir.join("history.csv");
-                std::fs::write(&path, history.to_csv()).map_err(|e| Error::io(&path, e))?;
-                crate::io::save(&job.dir, fit.trainer())?;
-                // After the saves: an epoch reported is an epoch kept.
-                if let (Some(hook), Some(log)) = (self.on_epoch.as_mut(), history.epochs.last()) {
-                    hook(job, log);
-                }
+                self.keep_epoch(job, &history, fit.trainer())?;
                 if job.deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
@@ -271,9 +267,28 @@ impl<'a> FitRunner<'a> {
         })
     }
 
+    /// Writes a trial's history and checkpoint after an epoch, then reports the epoch.
+    pub(super) fn keep_epoch(
+        &mut self,
+        job: &TrialJob,
+        history: &History,
+        trainer: &Trainer,
+    ) -> Result<()> {
+        // History first: a run killed between the two writes reads back only the epochs
+        // its checkpoint holds.
+        let path = job.dir.join("history.csv");
+        std::fs::write(&path, history.to_csv()).map_err(|e| Error::io(&path, e))?;
+        crate::io::save(&job.dir, trainer)?;
+        // After the saves: an epoch reported is an epoch kept.
+        if let (Some(hook), Some(log)) = (self.on_epoch.as_mut(), history.epochs.last()) {
+            hook(job, log);
+        }
+        Ok(())
+    }
+
     /// The validation metric and loss after the last epoch: from its log, or (when this
     /// call trained no epoch) by evaluating the validation rows.
-    fn validation(
+    pub(super) fn validation(
         &self,
         trainer: &mut Trainer,
         history: &History,
@@ -305,13 +320,21 @@ impl TrialRunner for FitRunner<'_> {
             .map_or("loss".into(), |m| m.name().to_string())
     }
 
-    /// One trial after another for now; trials of one shape may later train stacked.
+    /// Fresh trials that can share dispatches ([`FitRunner::stacks`]) train stacked;
+    /// the rest, and trials continued from a checkpoint, one after another.
     fn run_group(
         &mut self,
         jobs: &[TrialJob],
         done: &mut dyn FnMut(&TrialJob, Result<TrialOutcome>) -> Result<()>,
     ) -> Result<()> {
-        for job in jobs {
+        let (stacks, singles) = self.stacks(jobs);
+        for stack in stacks {
+            if stack[0].deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
+            self.run_stacked(&stack, done)?;
+        }
+        for job in singles {
             // Past the time budget, the rest of the group waits for a resumed search.
             if job.deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
