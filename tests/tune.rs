@@ -503,3 +503,81 @@ fn the_time_budget_stops_the_search_and_a_rerun_finishes_it() {
         );
     }
 }
+
+/// Trial `id`'s parameters, read from its checkpoint.
+fn trial_params(dir: &Path, id: usize) -> Vec<(String, Vec<f32>)> {
+    let trainer =
+        kiln::io::load_trainer(kiln::tune::trial_dir(dir, id), &kiln::Device::cpu()).unwrap();
+    (trainer.model.params().iter())
+        .map(|p| (p.name.clone(), p.value.to_vec().unwrap()))
+        .collect()
+}
+
+/// Fresh trials of one shape train stacked in the same dispatches and end where the
+/// same trials trained alone end: same weights within 1e-4 (float reassociation over a
+/// few epochs), same validation loss within 1e-4 relative, accuracy within one row.
+/// Under successive halving the survivors continue alone from the stacked checkpoints,
+/// which therefore must carry each trial's optimizer state and step count.
+#[test]
+fn stacked_trials_equal_trials_trained_alone() {
+    let space = [
+        "--param",
+        "lr=0.001,0.003,0.01",
+        "--param",
+        "optimizer=adam,sgd",
+        "--epochs",
+        "3",
+    ];
+    for strategy in [
+        &["--strategy", "grid"][..],
+        &["--strategy", "halving", "--trials", "6"],
+    ] {
+        let args: Vec<&str> = strategy.iter().chain(&space).copied().collect();
+        let (stacked, alone) = (temp_dir("stacked"), temp_dir("alone"));
+        let out = tune(&stacked, &args);
+        assert!(
+            out.contains("stack: trials 001, 002, 003, 004, 005, 006 train in the same dispatches"),
+            "{out}"
+        );
+        let mut solo = args.clone();
+        solo.push("--no-stack");
+        assert!(!tune(&alone, &solo).contains("stack:"));
+        let (a, b) = (trials(&stacked), trials(&alone));
+        assert_eq!(a.rows.len(), 6);
+        // kiln tune's digits split: 1438 training rows, the last 144 validating.
+        let one_row = 1.0 / 144.0;
+        for (x, y) in a.rows.iter().zip(&b.rows) {
+            assert_eq!(
+                (x.id, &x.config, x.epochs, x.status),
+                (y.id, &y.config, y.epochs, y.status)
+            );
+            let (lx, ly) = (x.loss.unwrap(), y.loss.unwrap());
+            assert!(
+                (lx - ly).abs() <= 1e-4 * ly.abs().max(1.0),
+                "trial {}: {lx} vs {ly}",
+                x.id
+            );
+            let (mx, my) = (x.metric.unwrap(), y.metric.unwrap());
+            assert!(
+                (mx - my).abs() <= one_row + 1e-9,
+                "trial {}: {mx} vs {my}",
+                x.id
+            );
+            for ((name, p), (_, q)) in trial_params(&stacked, x.id)
+                .iter()
+                .zip(trial_params(&alone, x.id))
+            {
+                let worst = p
+                    .iter()
+                    .zip(&q)
+                    .map(|(u, v)| (u - v).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst <= 1e-4,
+                    "trial {} {name}: weights differ by {worst}",
+                    x.id
+                );
+            }
+        }
+    }
+}

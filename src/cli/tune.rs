@@ -126,6 +126,11 @@ pub struct TuneArgs {
     #[arg(long, value_name = "DIR")]
     pub tensorboard: Option<PathBuf>,
 
+    /// Train every trial alone: without it, fresh trials of one shape (widths,
+    /// activations, batch size; no dropout or L1/L2) train stacked in the same dispatches
+    #[arg(long)]
+    pub no_stack: bool,
+
     /// One line per trial, no line per epoch
     #[arg(long, short)]
     pub quiet: bool,
@@ -178,6 +183,14 @@ pub fn run(args: TuneArgs) -> Result<()> {
     let mut runner = FitRunner::new(&device, &data.train, loss_name.loss());
     runner.validation_split = data.validation_split;
     runner.seed = args.seed;
+    runner.stack = !args.no_stack;
+    runner.on_stack = Some(Box::new(|jobs: &[&TrialJob]| {
+        let ids: Vec<String> = jobs.iter().map(|j| format!("{:03}", j.id)).collect();
+        say!(
+            "stack: trials {} train in the same dispatches",
+            ids.join(", ")
+        );
+    }));
     runner.defaults = Hyperparams {
         lr: args.lr,
         batch_size: args.batch_size.unwrap_or(data.default_batch()),

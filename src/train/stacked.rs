@@ -389,16 +389,26 @@ impl StackedTrials {
     /// optimizer's state (moments) and its step and epoch counts, compiled with `loss`
     /// and `metrics`, so that a checkpoint of it resumes as if it had trained alone.
     pub fn trainer(&self, trial: usize, loss: Loss, metrics: &[Metric]) -> Result<Trainer> {
-        let t = self.trials.get(trial).ok_or_else(|| {
-            Error::arg("trial", format!("{trial} of {} trials", self.len()))
-        })?;
-        let mut trainer = self.model(trial)?.compile(loss, t.optimizer.clone(), metrics)?;
+        let t = self
+            .trials
+            .get(trial)
+            .ok_or_else(|| Error::arg("trial", format!("{trial} of {} trials", self.len())))?;
+        let mut trainer = self
+            .model(trial)?
+            .compile(loss, t.optimizer.clone(), metrics)?;
         let kind = self.kind_of[trial];
         for (l, &at) in self.dense_at.iter().enumerate() {
-            for (field, p) in ["weight", "bias"].iter().zip(&self.params[2 * l..2 * l + 2]) {
+            for (field, p) in ["weight", "bias"]
+                .iter()
+                .zip(&self.params[2 * l..2 * l + 2])
+            {
                 let name = format!("{at}.{field}");
                 let n = p.value.len() / self.len();
-                let Some(target) = trainer.model.params_mut().iter_mut().find(|q| q.name == name)
+                let Some(target) = trainer
+                    .model
+                    .params_mut()
+                    .iter_mut()
+                    .find(|q| q.name == name)
                 else {
                     return Err(Error::arg("stacked trials", format!("no parameter {name}")));
                 };

@@ -21,4 +21,4 @@ pub use results::{
 pub use search::{Report, Search, TrialJob, TrialOutcome, TrialRunner};
 pub use space::{Config, Domain, Hyper, Space, Value, ACTIVATIONS};
 pub use strategy::{Rung, Strategy, DEFAULT_TRIALS};
-pub use trial::{FitRunner, Hyperparams, StartHook, TrialEpochHook};
+pub use trial::{FitRunner, Hyperparams, StackHook, StartHook, TrialEpochHook};

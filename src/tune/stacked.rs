@@ -16,7 +16,10 @@ impl FitRunner<'_> {
     /// same dispatches (a classifier with a sparse cross-entropy loss; the same layer
     /// widths and activations, batch size and epochs; no dropout or L1/L2 penalty), and
     /// the trials that train alone.
-    pub(super) fn stacks<'j>(&self, jobs: &'j [TrialJob]) -> (Vec<Vec<&'j TrialJob>>, Vec<&'j TrialJob>) {
+    pub(super) fn stacks<'j>(
+        &self,
+        jobs: &'j [TrialJob],
+    ) -> (Vec<Vec<&'j TrialJob>>, Vec<&'j TrialJob>) {
         let mut stacks: Vec<(StackShape, usize, usize, Vec<&TrialJob>)> = Vec::new();
         let mut singles = Vec::new();
         for job in jobs {
@@ -77,6 +80,9 @@ impl FitRunner<'_> {
             if let Some(hook) = self.on_start.as_mut() {
                 hook(job, hp)?;
             }
+        }
+        if let Some(hook) = self.on_stack.as_mut() {
+            hook(jobs);
         }
         let started = Instant::now();
         let result = self.train_stack(jobs, &configs, hps[0].batch_size);

@@ -148,6 +148,8 @@ impl Hyperparams {
 
 /// Called before a trial's first epoch with its hyperparameters, when it starts fresh.
 pub type StartHook<'a> = Box<dyn FnMut(&TrialJob, &Hyperparams) -> Result<()> + 'a>;
+/// Called when fresh trials start training stacked, with them.
+pub type StackHook<'a> = Box<dyn FnMut(&[&TrialJob]) + 'a>;
 /// Called after each epoch of a trial.
 pub type TrialEpochHook<'a> = Box<dyn FnMut(&TrialJob, &EpochLog) + 'a>;
 
@@ -175,8 +177,10 @@ pub struct FitRunner<'a> {
     /// Run after every epoch, once its checkpoint is saved (progress lines).
     pub on_epoch: Option<TrialEpochHook<'a>>,
     /// Train fresh trials of one shape stacked in the same dispatches where they can be
-    /// (the default; see [`FitRunner::stacks`]).
+    /// (the default; see `FitRunner::run_group`).
     pub stack: bool,
+    /// Run when a stack of fresh trials starts (`kiln tune` prints its trials).
+    pub on_stack: Option<StackHook<'a>>,
 }
 
 impl<'a> FitRunner<'a> {
@@ -200,6 +204,7 @@ impl<'a> FitRunner<'a> {
             on_start: None,
             on_epoch: None,
             stack: true,
+            on_stack: None,
         }
     }
 
@@ -320,7 +325,7 @@ impl TrialRunner for FitRunner<'_> {
             .map_or("loss".into(), |m| m.name().to_string())
     }
 
-    /// Fresh trials that can share dispatches ([`FitRunner::stacks`]) train stacked;
+    /// Fresh trials that can share dispatches train stacked (`FitRunner::stacks`);
     /// the rest, and trials continued from a checkpoint, one after another.
     fn run_group(
         &mut self,
