@@ -2,7 +2,7 @@
 //! same dispatches (`kiln::train::fit_stacked`) against the same K trained one after
 //! another with `Trainer::fit`, for K = 1, 4 and 16, in one command:
 //!
-//! `cargo bench --bench stacked` (or `-- --rows N --epochs E --batch B`).
+//! `cargo bench --bench stacked` (or `-- --rows N --epochs E --batch B --hidden H`).
 //!
 //! The data is the first `rows` (10,000) MNIST training images from ../shared/data/mnist,
 //! scaled to [0, 1]; where that is absent, random pixels of MNIST's shape with labels
@@ -16,6 +16,7 @@ use kiln::{Device, FitOptions, Loss, Optimizer, Sequential};
 use std::time::Instant;
 
 struct Args {
+    hidden: usize,
     rows: usize,
     epochs: usize,
     batch: usize,
@@ -23,6 +24,7 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
+        hidden: 128,
         rows: 10_000,
         epochs: 1,
         batch: 32,
@@ -31,6 +33,7 @@ fn args() -> Args {
     for w in argv.windows(2) {
         let v = w[1].parse().ok();
         match (w[0].as_str(), v) {
+            ("--hidden", Some(v)) => a.hidden = v,
             ("--rows", Some(v)) => a.rows = v,
             ("--epochs", Some(v)) => a.epochs = v,
             ("--batch", Some(v)) => a.batch = v,
@@ -77,8 +80,8 @@ fn data(rows: usize) -> (Vec<f32>, Vec<f32>, String) {
     (x, y, why)
 }
 
-fn trials(k: usize) -> Vec<TrialConfig> {
-    let model = Sequential::new(784).dense(128).relu().dense(10);
+fn trials(k: usize, hidden: usize) -> Vec<TrialConfig> {
+    let model = Sequential::new(784).dense(hidden).relu().dense(10);
     (0..k)
         .map(|i| TrialConfig {
             model: model.clone(),
@@ -123,7 +126,8 @@ fn main() {
     // The warm-up's last batch has the timed run's size: its products are tuned too.
     let warm = (8 * a.batch + y.len() % a.batch).min(y.len());
     println!(
-        "784-128-10, Adam, {} epoch(s), batch {}, {source}, on {}",
+        "784-{}-10, Adam, {} epoch(s), batch {}, {source}, on {}",
+        a.hidden,
         a.epochs,
         a.batch,
         device.name()
@@ -140,7 +144,7 @@ fn main() {
         "stacked loss"
     );
     for k in [1, 4, 16] {
-        let t = trials(k);
+        let t = trials(k, a.hidden);
         stacked(&device, &t, &x[..warm * 784], &y[..warm], &a);
         separate(&device, &t, &x[..warm * 784], &y[..warm], &a);
         let (ss, sl) = separate(&device, &t, &x, &y, &a);

@@ -274,7 +274,15 @@ fn update4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
 // (t = global_invocation_id.z) in tv with their gradients tg and state t0..t2, trial t
 // updated with row p.base + t of the table `hyper`. Four values per invocation, loaded
 // one by one since a trial's values need not start on a multiple of 4.
-@group(0) @binding(1) var<storage, read> hyper: array<Hyper>;
+// Rows of two vec4s: two loads where eight scalar ones cost four times as much on
+// lavapipe (each storage access loops over the SIMD lanes).
+@group(0) @binding(1) var<storage, read> hyper: array<vec4<f32>>;
+
+fn trial_hyper(row: u32) -> Hyper {
+    let a = hyper[2u * row];
+    let b = hyper[2u * row + 1u];
+    return Hyper(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+}
 @group(0) @binding(2) var<storage, read> tg: array<f32>;
 @group(0) @binding(3) var<storage, read_write> tv: array<f32>;
 @group(0) @binding(4) var<storage, read_write> t0: array<f32>;
@@ -287,7 +295,7 @@ fn update_trials(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     if i >= p.n {
         return;
     }
-    h = hyper[p.base + gid.z];
+    h = trial_hyper(p.base + gid.z);
     if h.on == 0.0 {
         return;
     }
@@ -324,7 +332,7 @@ fn update_trials4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     if i * 4u >= p.n {
         return;
     }
-    h = hyper[p.base + gid.z];
+    h = trial_hyper(p.base + gid.z);
     if h.on == 0.0 {
         return;
     }

@@ -573,18 +573,7 @@ impl StackedTrials {
     ) -> Result<()> {
         let steps = logs.rows.len();
         for s in 0..steps {
-            let rows = logs.rows[s];
-            self.forward(data, s * opts.batch_size, rows)?;
-            let ws = self.workspace(rows)?;
-            let log = (&mut logs.losses, s, steps);
-            stacked_softmax_ce_at(
-                Loss::SparseCategoricalCrossEntropy,
-                &ws.logits,
-                &ws.y,
-                Some(&mut ws.dlogits),
-                log,
-            )?;
-            confusion_accumulate_stacked(&ws.logits, &ws.y, &mut logs.counts)?;
+            let rows = self.loss(data, s * opts.batch_size, (logs, s), true)?;
             self.backward(rows)?;
             let t = self.step + 1;
             for (c, rule) in self.kinds.iter().enumerate() {
@@ -610,23 +599,33 @@ impl StackedTrials {
     fn evaluate(&mut self, data: &DeviceData, opts: &StackOptions, logs: &mut Logs) -> Result<()> {
         let batches = logs.rows.len();
         for b in 0..batches {
-            let rows = logs.rows[b];
-            self.forward(data, b * opts.batch_size, rows)?;
-            let ws = self.workspace(rows)?;
-            let log = (&mut logs.losses, b, batches);
-            stacked_softmax_ce_at(
-                Loss::SparseCategoricalCrossEntropy,
-                &ws.logits,
-                &ws.y,
-                None,
-                log,
-            )?;
-            confusion_accumulate_stacked(&ws.logits, &ws.y, &mut logs.counts)?;
+            self.loss(data, b * opts.batch_size, (logs, b), false)?;
             if (b + 1) % opts.steps_per_execution.max(1) == 0 {
                 self.device.flush()?;
             }
         }
         Ok(())
+    }
+
+    /// Every trial's forward pass on batch `b` of `logs` (at row `start` of `data`), its
+    /// loss into the log and its confusion counts, and with `grad` the logits' gradient;
+    /// returns the batch's rows.
+    fn loss(
+        &mut self,
+        data: &DeviceData,
+        start: usize,
+        (logs, b): (&mut Logs, usize),
+        grad: bool,
+    ) -> Result<usize> {
+        let (rows, batches) = (logs.rows[b], logs.rows.len());
+        self.forward(data, start, rows)?;
+        let ws = self.workspace(rows)?;
+        let dlogits = if grad { Some(&mut ws.dlogits) } else { None };
+        let log = (&mut logs.losses, b, batches);
+        let sparse = Loss::SparseCategoricalCrossEntropy;
+        stacked_softmax_ce_at(sparse, &ws.logits, &ws.y, dlogits, log)?;
+        confusion_accumulate_stacked(&ws.logits, &ws.y, &mut logs.counts)?;
+        Ok(rows)
     }
 
     /// The workspace of batches of `rows` rows, made on first use.
@@ -707,11 +706,6 @@ impl StackedTrials {
             .get_mut(&rows)
             .ok_or_else(|| Error::arg("stacked trials", "no workspace"))?;
         let last = shape.layers.len() - 1;
-        let batched = |gemm: Gemm, m: usize, n: usize, kk: usize| Batched {
-            gemm,
-            dims: Dims { m, n, k: kk },
-            trials: k,
-        };
         // The output layer: dW = dZ^T A, db = 1^T dZ, and dA = dZ W into the last hidden layer.
         let (classes, inw) = (shape.classes(), shape.width(last));
         let dz = Operand {
@@ -719,24 +713,23 @@ impl StackedTrials {
             strides: Strides::stacked(rows, classes),
         };
         let a = layer_input(&ws.x, &ws.acts, last, inw, k);
-        batched(Gemm::tn(), classes, inw, rows).run_into(
-            dz,
-            a,
-            None,
-            &mut params[2 * last].grad,
-            Strides::stacked(classes, inw),
-        )?;
+        let dw = &mut params[2 * last].grad;
+        weight_grad(Gemm::tn(), (k, rows), dz, a, (classes, inw), dw)?;
         let ones = Operand {
             tensor: &ws.ones,
             strides: Strides::shared(rows),
         };
-        batched(Gemm::nn(), 1, classes, rows).run_into(
-            ones,
-            dz,
-            None,
-            &mut params[2 * last + 1].grad,
-            Strides::stacked(1, classes),
-        )?;
+        let bias_grad = Batched {
+            gemm: Gemm::nn(),
+            dims: Dims {
+                m: 1,
+                n: classes,
+                k: rows,
+            },
+            trials: k,
+        };
+        let db = &mut params[2 * last + 1].grad;
+        bias_grad.run_into(ones, dz, None, db, Strides::stacked(1, classes))?;
         if last > 0 {
             let (w, out) = (&params[2 * last].value, &mut ws.dy[last - 1]);
             input_grad(k, rows, dz, w, (classes, inw), out)?;
@@ -760,13 +753,8 @@ impl StackedTrials {
                 strides: Strides::stacked(units, rows),
             };
             let a = layer_input(&ws.x, &ws.acts, l, inw, k);
-            batched(Gemm::nn(), units, inw, rows).run_into(
-                dzt,
-                a,
-                None,
-                &mut params[2 * l].grad,
-                Strides::stacked(units, inw),
-            )?;
+            let dw = &mut params[2 * l].grad;
+            weight_grad(Gemm::nn(), (k, rows), dzt, a, (units, inw), dw)?;
             let dz = Operand {
                 tensor: &ws.dz[l],
                 strides: Strides::wide(k, units),
@@ -797,6 +785,28 @@ fn layer_input<'a>(
             strides: Strides::shared(inw),
         },
     }
+}
+
+/// `dW = dZ^T A` for every trial of a layer of `units` from `inw` inputs, from `dz`
+/// stored as `gemm` reads it (`[rows, units]` with A^T, or `[units, rows]`).
+fn weight_grad(
+    gemm: Gemm,
+    (k, rows): (usize, usize),
+    dz: Operand,
+    a: Operand,
+    (units, inw): (usize, usize),
+    dw: &mut Tensor,
+) -> Result<()> {
+    let product = Batched {
+        gemm,
+        dims: Dims {
+            m: units,
+            n: inw,
+            k: rows,
+        },
+        trials: k,
+    };
+    product.run_into(dz, a, None, dw, Strides::stacked(units, inw))
 }
 
 /// `dA = dZ W` for every trial of a layer of `units` from `inw` inputs, into the wide
