@@ -3,6 +3,7 @@
 
 pub mod csv;
 pub mod idx;
+pub mod text;
 
 use crate::error::{Error, Result};
 use rand::seq::SliceRandom;

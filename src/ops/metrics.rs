@@ -153,7 +153,8 @@ fn check_confusion(
     labels: &Tensor,
     counts: &Tensor,
 ) -> Result<()> {
-    if labels.shape() != [rows] && labels.shape() != [rows, 1] {
+    // [B, T] ids label the B * T rows of [B, T, classes] predictions.
+    if labels.len() != rows || labels.shape().len() > 2 {
         return Err(Error::shape(
             op,
             format!(

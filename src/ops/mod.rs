@@ -13,6 +13,7 @@ pub mod dense_grad;
 pub mod dense_head;
 pub mod dropout;
 pub mod elementwise;
+pub mod embedding;
 pub mod gather;
 pub mod layer_norm;
 pub mod loss;
@@ -308,6 +309,20 @@ mod uniform_layout {
                     d,
                     eps,
                     chunk
+                }),
+            ),
+            (
+                vec![
+                    embedding::LOOKUP,
+                    embedding::LOOKUP_GRAD,
+                    embedding::POSITIONAL,
+                    embedding::POSITIONAL_GRAD,
+                ],
+                layout!(embedding::Params {
+                    n,
+                    dim,
+                    rows,
+                    period
                 }),
             ),
             (

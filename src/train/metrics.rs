@@ -127,11 +127,13 @@ impl Accumulator {
     pub fn add(&mut self, out: &Tensor, target: &Tensor, rows: usize) -> Result<()> {
         self.batch_rows.push(rows);
         if let Some(c) = self.confusion.as_mut() {
-            if out.shape().get(1).copied().unwrap_or(1) == 1 {
+            // Classes are the last axis ([B, T, V] sequences: one label per position).
+            if out.shape().last().copied().unwrap_or(1) == 1 {
                 confusion_accumulate_binary(out, target, self.threshold, c)?;
-            } else if target.shape().get(1).copied().unwrap_or(1) > 1 {
+            } else if target.shape() == out.shape() {
                 // One-hot (or soft) targets: the label is the target's argmax.
-                let mut labels = Tensor::uninit(&out.device(), &[rows])?;
+                let (label_rows, _) = target.dims2("metrics")?;
+                let mut labels = Tensor::uninit(&out.device(), &[label_rows])?;
                 argmax_rows_into(target, &mut labels)?;
                 confusion_accumulate(out, &labels, c)?;
             } else {

@@ -316,10 +316,21 @@ impl Trainer {
             None => Ok(vec![Accumulator::new(
                 d,
                 &self.metrics,
-                self.model.output_width(),
+                self.accumulator_width(),
                 self.logits,
                 batches,
             )?]),
+        }
+    }
+
+    /// What a single output's metrics count over: the classes at each position for a
+    /// softmax cross-entropy (the last axis), every output value otherwise.
+    fn accumulator_width(&self) -> usize {
+        match self.train_loss {
+            Loss::SparseCategoricalCrossEntropy | Loss::CategoricalCrossEntropy => {
+                self.model.output_classes()
+            }
+            _ => self.model.output_width(),
         }
     }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 pub use conv2d::Conv;
 pub use dense::Dense;
+pub use embedding::Embedding;
 pub use max_pool2d::Pool;
 pub use step::{Backward, Forward, Inputs, Pass, Pattern, Scratch, Step};
 
@@ -101,8 +102,13 @@ layers! {
     /// Batch normalisation per feature of [features] samples (BatchNorm1d) or per channel
     /// of [c, h, w] ones (BatchNorm2d); momentum follows PyTorch (0.1 = weight of the batch).
     BatchNorm(BatchNorm) => batch_norm::BatchNormLayer,
-    /// Layer normalisation over the features of each [features] sample.
+    /// Layer normalisation over the last axis: the features of each [features] sample,
+    /// or of each position of [positions, features] sequences.
     LayerNorm(LayerNorm) => layer_norm::LayerNormLayer,
+    /// Token ids [T] -> [T, dim] rows of a learned table (nn.Embedding).
+    Embedding(Embedding) => embedding::Embedding,
+    /// Learned positions added to [T, dim] sequences of at most this many positions.
+    PositionalEmbedding(usize) => positional_embedding::PositionalEmbedding,
 }
 
 /// The key of the activation that may follow a layer in its entry (or stand alone).
