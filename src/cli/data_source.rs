@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use kiln::data::text::{self, Vocab};
 use kiln::data::{self, Dataset, Scaler, Scaling};
 use kiln::Result;
 
@@ -29,9 +30,18 @@ pub enum DataSource {
         /// The label column (default: the last one).
         label: Option<String>,
     },
+    /// A text file (gzipped when it ends in .gz) for a language model: windows of
+    /// `--context` tokens, each position's target the next token; the last 10% held out.
+    Text {
+        /// The file.
+        path: PathBuf,
+        /// Byte tokens (all 256) instead of the sorted characters of the file.
+        bytes: bool,
+    },
 }
 
-const SOURCE_FORMS: &str = "digits, mnist:DIR, fashion:DIR or csv:FILE[:LABEL_COLUMN]";
+const SOURCE_FORMS: &str =
+    "digits, mnist:DIR, fashion:DIR, csv:FILE[:LABEL_COLUMN] or text:FILE[:bytes]";
 
 impl FromStr for DataSource {
     type Err = String;
@@ -64,6 +74,15 @@ impl FromStr for DataSource {
                     label,
                 })
             }
+            "text" => {
+                let bytes = rest
+                    .strip_suffix(":bytes")
+                    .filter(|p| !Path::new(rest).exists() && !p.is_empty());
+                Ok(DataSource::Text {
+                    path: PathBuf::from(bytes.unwrap_or(rest)),
+                    bytes: bytes.is_some(),
+                })
+            }
             _ => Err(format!("unknown data kind '{kind}': use {SOURCE_FORMS}")),
         }
     }
@@ -79,6 +98,10 @@ impl fmt::Display for DataSource {
                 path,
                 label: Some(l),
             } => write!(f, "csv:{}:{l}", path.display()),
+            DataSource::Text { path, bytes } => {
+                let suffix = if *bytes { ":bytes" } else { "" };
+                write!(f, "text:{}{suffix}", path.display())
+            }
         }
     }
 }
@@ -86,7 +109,48 @@ impl fmt::Display for DataSource {
 impl DataSource {
     /// True when the source ships its own test set, so no rows need holding out.
     pub fn has_test_set(&self) -> bool {
-        matches!(self, DataSource::Idx { .. })
+        matches!(self, DataSource::Idx { .. } | DataSource::Text { .. })
+    }
+
+    /// True for a text file, whose rows are windows of token ids.
+    pub fn is_text(&self) -> bool {
+        matches!(self, DataSource::Text { .. })
+    }
+
+    /// A text source's windows of `context` tokens: the first 90% of the text to train
+    /// on, the last 10% held out as its test rows. `vocab` (a run's saved vocabulary)
+    /// encodes the text when given; a character outside it is an error.
+    pub fn load_text(&self, context: usize, vocab: Option<Vocab>) -> Result<(Split, Vocab)> {
+        let DataSource::Text { path, bytes } = self else {
+            return Err(bad_arg(
+                "--context",
+                "applies to text data (text:FILE) only",
+            ));
+        };
+        let vocab = match (vocab, bytes) {
+            (Some(v), _) => Some(v),
+            (None, true) => Some(Vocab::bytes()),
+            (None, false) => None,
+        };
+        let text::TextData {
+            vocab,
+            train,
+            valid,
+        } = text::load(path, vocab, context, context)?;
+        let classes = vocab.len();
+        let rows = |w: text::Windows| Dataset {
+            x: w.x,
+            y: w.y,
+            n: w.n,
+            features: w.context,
+            classes,
+            image: None,
+        };
+        let split = Split {
+            train: rows(train),
+            test: Some(rows(valid)),
+        };
+        Ok((split, vocab))
     }
 
     /// True for a CSV file, the one kind that `--delimiter` applies to.
@@ -99,6 +163,8 @@ impl DataSource {
         match self {
             DataSource::Idx { .. } => Scale::Divide(255.0),
             DataSource::Digits | DataSource::Csv { .. } => Scale::Standardize,
+            // Token ids are not magnitudes.
+            DataSource::Text { .. } => Scale::None,
         }
     }
 
@@ -116,6 +182,10 @@ impl DataSource {
                 let (train, test) = data::idx::load_mnist(dir)?;
                 Ok((train, Some(test)))
             }
+            DataSource::Text { .. } => Err(bad_arg(
+                "--data",
+                format!("{self} is text: its rows are windows of --context tokens"),
+            )),
             DataSource::Csv { path, label } => {
                 let options = data::csv::Options::new(label.as_deref(), classes);
                 Ok((
@@ -298,6 +368,8 @@ mod tests {
             "fashion:d/x",
             "csv:a.csv",
             "csv:a.csv:y",
+            "text:a.txt",
+            "text:a.txt:bytes",
         ] {
             let parsed: DataSource = s.parse().unwrap();
             assert_eq!(parsed.to_string(), s);

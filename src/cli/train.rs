@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use kiln::data::text::Vocab;
 use kiln::data::Dataset;
 use kiln::dist::AllReduce;
 use kiln::io::tensorboard::{self, HParam, SessionStatus, TensorBoard};
@@ -62,8 +63,10 @@ Examples:
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Training data: digits (built in), mnist:DIR or fashion:DIR (a folder of IDX
-    /// files train-* and t10k-*), or csv:FILE[:LABEL_COLUMN] (header row, numeric
-    /// values; the label is the last column unless named) [default: digits]
+    /// files train-* and t10k-*), csv:FILE[:LABEL_COLUMN] (header row, numeric
+    /// values; the label is the last column unless named), or text:FILE[:bytes] (a
+    /// language model's windows of --context characters, or bytes; the last 10% held
+    /// out as test rows; the vocabulary saved as vocab.json) [default: digits]
     #[arg(long, value_name = "SOURCE")]
     pub data: Option<DataSource>,
 
@@ -76,6 +79,11 @@ pub struct TrainArgs {
     /// hold it, and line breaks [default: ,]
     #[arg(long, value_name = "CHAR", value_parser = data_source::parse_delimiter)]
     pub delimiter: Option<u8>,
+
+    /// Tokens per row of text data: each row is a window of N tokens, its targets the N
+    /// tokens one step later [default: 64]
+    #[arg(long, value_name = "N")]
+    pub context: Option<usize>,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -154,7 +162,7 @@ pub struct TrainArgs {
         long,
         value_name = "DIR",
         conflicts_with_all = [
-            "data", "test_data", "delimiter", "layers", "activation", "model", "batch_size", "optimizer",
+            "data", "test_data", "delimiter", "context", "layers", "activation", "model", "batch_size", "optimizer",
             "lr", "schedule", "loss", "seed", "scale", "validation_split", "test_split", "out", "name"
         ]
     )]
@@ -188,6 +196,8 @@ const DEFAULT_BATCH: usize = 32;
 const DEFAULT_IMAGE_BATCH: usize = 128;
 const DEFAULT_VALIDATION: f32 = 0.1;
 const DEFAULT_TEST_SPLIT: f32 = 0.2;
+/// Tokens per row of text data when --context is not given.
+const DEFAULT_CONTEXT: usize = 64;
 
 /// Everything a run needs once its data and trainer are ready.
 struct Run {
@@ -309,7 +319,25 @@ fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
         None,
         &[Some(&source), args.test_data.as_ref()],
     )?;
-    let split = source.load(args.test_data.as_ref(), test_split, seed, delimiter)?;
+    let (split, vocab) = if source.is_text() {
+        if args.test_data.is_some() {
+            return Err(bad_arg(
+                "--test-data",
+                "text data holds out its own last 10% as test rows",
+            ));
+        }
+        let context = args.context.unwrap_or(DEFAULT_CONTEXT);
+        let (split, vocab) = source.load_text(context, None)?;
+        (split, Some(vocab))
+    } else if args.context.is_some() {
+        return Err(bad_arg(
+            "--context",
+            "applies to text data (text:FILE) only",
+        ));
+    } else {
+        let split = source.load(args.test_data.as_ref(), test_split, seed, delimiter)?;
+        (split, None)
+    };
     let (mut train, mut test) = (split.train, split.test);
     let scale = args.scale.unwrap_or(source.default_scale());
     let scaler = scale.fit(&train)?;
@@ -329,6 +357,7 @@ fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
         .unwrap_or(DEFAULT_EPOCHS);
     let spec = match file {
         Some(spec) => spec,
+        None if source.is_text() => args.model.text(train.features, train.classes)?,
         None => args.model.build(train.features, outputs)?,
     };
     let (optimizer_name, optimizer) = optimizer_of(args, spec.optimizer.clone(), epochs)?;
@@ -367,6 +396,10 @@ fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
     let out = if lead { out_dir(args)? } else { PathBuf::new() };
     if lead {
         record.save(&out)?;
+        if let Some(v) = &vocab {
+            // Later commands encode text with the ids the model was trained on.
+            v.save(&out.join(VOCAB_FILE))?;
+        }
         // A checkpoint from the start, so the folder can be resumed or evaluated at once.
         kiln::io::save(&out, &trainer)?;
     }
@@ -462,7 +495,7 @@ fn optimizer_of(
 /// Reloads a run folder: its record, data (scaled as before), trainer and history.
 fn resume(dir: &Path, device: &Device, lead: bool) -> Result<Run> {
     let record = RunRecord::load(dir)?;
-    let (mut train, mut test) = load_recorded(&record)?;
+    let (mut train, mut test) = load_recorded(&record, Some(dir))?;
     let scaler = record.scaler();
     data_source::apply(scaler.as_ref(), &mut train)?;
     if let Some(t) = test.as_mut() {
@@ -488,9 +521,26 @@ fn resume(dir: &Path, device: &Device, lead: bool) -> Result<Run> {
     })
 }
 
-/// The train and test rows of a recorded run, split as it split them (not yet scaled).
-pub fn load_recorded(record: &RunRecord) -> Result<(Dataset, Option<Dataset>)> {
+/// The vocabulary a text run saved in its folder.
+pub const VOCAB_FILE: &str = "vocab.json";
+
+/// The vocabulary saved in run folder `dir`, if there is one.
+pub fn saved_vocab(dir: Option<&Path>) -> Result<Option<Vocab>> {
+    match dir.map(|d| d.join(VOCAB_FILE)) {
+        Some(path) if path.is_file() => Vocab::load(&path).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The train and test rows of a recorded run, split as it split them (not yet scaled);
+/// text is encoded with the vocabulary saved in its folder `dir`.
+pub fn load_recorded(record: &RunRecord, dir: Option<&Path>) -> Result<(Dataset, Option<Dataset>)> {
     let source: DataSource = record.data.parse().map_err(|e| bad_arg("data", e))?;
+    if source.is_text() {
+        // A text run's features are its context.
+        let (split, _) = source.load_text(record.features, saved_vocab(dir)?)?;
+        return Ok((split.train, split.test));
+    }
     let test_source: Option<DataSource> = match &record.test_data {
         Some(t) => Some(t.parse().map_err(|e| bad_arg("test_data", e))?),
         None => None,

@@ -81,8 +81,9 @@ fn groups_for(items: usize) -> u32 {
 /// falls short of the rows seen.
 pub fn confusion_accumulate(pred: &Tensor, labels: &Tensor, counts: &mut Tensor) -> Result<()> {
     let op = "confusion_accumulate";
+    // [B, T, classes] scores are B * T rows, one per position.
     let (rows, classes) = match pred.shape() {
-        [r, c] => (*r, *c),
+        [lead @ .., c] if !lead.is_empty() => (lead.iter().product(), *c),
         s => {
             return Err(Error::shape(
                 op,

@@ -194,12 +194,20 @@ impl LayerDef for Dense {
     }
 
     /// Gemm with W as stored ([units, inputs], hence transB).
+    /// On [T, D] sequences: MatMul by W^T (Gemm takes 2-D inputs only), then the bias.
     fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
         if cx.shape.len() > 1 {
-            return Err(Error::arg(
-                "onnx export",
-                format!("dense layer '{}' on sequences has no ONNX form yet", cx.name),
-            ));
+            let (x, w) = (cx.input(0)?.to_string(), cx.param(0)?.to_string());
+            let perm = vec![("perm", Attr::Ints(vec![1, 0]))];
+            let wt = cx.step("Transpose", &[&w], "weight_t", perm);
+            match cx.params.get(1).cloned() {
+                Some(b) => {
+                    let xw = cx.step("MatMul", &[&x, &wt], "matmul", Vec::new());
+                    cx.finish("Add", &[&xw, &b], Vec::new());
+                }
+                None => cx.finish("MatMul", &[&x, &wt], Vec::new()),
+            }
+            return Ok(());
         }
         let params = cx.params.clone();
         cx.apply("Gemm", &params, vec![("transB", Attr::Int(1))])
