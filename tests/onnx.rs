@@ -512,7 +512,11 @@ fn a_sequence_model_matches_predict() {
     let mut t = spec
         .build(&Device::cpu(), 3)
         .unwrap()
-        .compile(Loss::SparseCategoricalCrossEntropy, Optimizer::adam(0.01), &[])
+        .compile(
+            Loss::SparseCategoricalCrossEntropy,
+            Optimizer::adam(0.01),
+            &[],
+        )
         .unwrap();
     let x: Vec<f32> = (0..4 * context).map(|i| ((i * 7) % vocab) as f32).collect();
     let y: Vec<f32> = x.iter().map(|&v| (v + 1.0) % vocab as f32).collect();

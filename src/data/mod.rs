@@ -179,7 +179,7 @@ fn check_len(data: &Dataset) -> Result<()> {
             ),
         ));
     }
-    let whole_rows = data.n > 0 && data.y.len() % data.n == 0 && data.y.len() >= data.n;
+    let whole_rows = data.n > 0 && data.y.len().is_multiple_of(data.n) && data.y.len() >= data.n;
     if data.y.len() != data.n && !whole_rows {
         return Err(Error::shape(
             "dataset",
