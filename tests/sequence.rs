@@ -178,3 +178,104 @@ fn cross_entropy_over_positions_is_the_mean_over_every_position() {
     let loss = Loss::SparseCategoricalCrossEntropy;
     assert!(loss_and_grad_into(loss, &pred, &target, &mut grad, &mut value).is_err());
 }
+
+#[test]
+fn a_per_position_output_beside_another_trains_with_its_own_targets() {
+    // ids [T] -> tok -> pos -> logits [T, V] (cross-entropy over positions) and
+    // value [T, 1] (MSE): T class ids and T values per row, packed.
+    let (t, vocab, rows) = (4, 5, 3);
+    let mut g = Graph::new();
+    g.input("ids", &[t])
+        .layer(
+            "tok",
+            Layer::Embedding(kiln::Embedding::new(vocab, 6)),
+            &["ids"],
+        )
+        .layer("pos", Layer::PositionalEmbedding(t), &["tok"])
+        .layer("logits", Layer::Dense(kiln::Dense::new(vocab)), &["pos"])
+        .layer("value", Layer::Dense(kiln::Dense::new(1)), &["pos"])
+        .output("logits")
+        .output("value");
+    let outputs = [
+        kiln::OutputLoss::new("logits", Loss::SparseCategoricalCrossEntropy),
+        kiln::OutputLoss::new("value", Loss::Mse).weight(0.5),
+    ];
+    let x = ids(rows * t, vocab, 10);
+    let labels = ids(rows * t, vocab, 11);
+    let values = random(rows * t, 12);
+    for device in [Device::cpu(), gpu()] {
+        let mut tr = g
+            .build(&device, 2)
+            .unwrap()
+            .compile_outputs(&outputs, Optimizer::sgd(0.1))
+            .unwrap();
+        assert_eq!(tr.target_width(), 2 * t, "T ids and T values per row");
+        let y = tr.pack_targets(&[&labels, &values]).unwrap();
+        assert_trainer_fd(
+            &mut tr,
+            &x,
+            &y,
+            H_GPU,
+            &format!("two outputs on {device:?}"),
+        );
+        let mut bad = labels.clone();
+        bad[t + 1] = vocab as f32;
+        let y = tr.pack_targets(&[&bad, &values]).unwrap();
+        assert!(tr.gradients(&x, &y).is_err(), "a label past the vocabulary");
+    }
+}
+
+#[test]
+fn sequence_outputs_train_with_one_hot_and_regression_targets() {
+    // [T, V] outputs against targets packed flat per row ([B, T * V]): categorical
+    // cross-entropy on one-hot rows with accuracy per position, and MSE with its metrics.
+    let (t, vocab, rows) = (3, 4, 5);
+    let x = ids(rows * t, vocab, 20);
+    let labels = ids(rows * t, vocab, 21);
+    let one_hot: Vec<f32> = labels
+        .iter()
+        .flat_map(|&l| (0..vocab).map(move |c| f32::from(c == l as usize)))
+        .collect();
+    let spec = Sequential::new(t).embedding(vocab, 6).dense(vocab);
+    for device in [Device::cpu(), gpu()] {
+        let cases = [
+            (
+                Loss::CategoricalCrossEntropy,
+                kiln::Metric::Accuracy,
+                &one_hot,
+            ),
+            (Loss::Mse, kiln::Metric::Mae, &one_hot),
+        ];
+        for (loss, metric, y) in cases {
+            let mut tr = spec
+                .build(&device, 4)
+                .unwrap()
+                .compile(loss, Optimizer::sgd(0.1), &[metric])
+                .unwrap();
+            assert_eq!(tr.target_width(), t * vocab);
+            let e = tr.evaluate(&x, y, 2).unwrap();
+            let (name, v) = &e.metrics[0];
+            assert!(
+                e.loss.is_finite() && v.is_finite() && *v >= 0.0,
+                "{loss:?} {name} {v}"
+            );
+            if loss == Loss::CategoricalCrossEntropy {
+                // Accuracy counts positions: the argmax of each position's logits.
+                let logits = tr.predict(&x, 2).unwrap();
+                let hits = logits
+                    .chunks(vocab)
+                    .zip(&labels)
+                    .filter(|(p, &l)| {
+                        let best = (0..vocab).fold(0, |b, c| if p[c] > p[b] { c } else { b });
+                        best == l as usize
+                    })
+                    .count();
+                let want = hits as f64 / (rows * t) as f64;
+                assert!(
+                    (v - want).abs() < 1e-9,
+                    "accuracy {v} vs {want} on {device:?}"
+                );
+            }
+        }
+    }
+}

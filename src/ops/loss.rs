@@ -193,7 +193,7 @@ fn check(op: &str, loss: Loss, pred: &Tensor, target: &Tensor) -> Result<(usize,
                 ),
             ));
         }
-    } else if target.shape() != pred.shape() {
+    } else if !super::same_samples(pred, target) {
         return Err(Error::shape(
             op,
             format!(

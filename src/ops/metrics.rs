@@ -235,7 +235,7 @@ fn confusion_gpu(
 /// at the end of the epoch for MAE and MSE.
 pub fn abs_sq_error_accumulate(pred: &Tensor, target: &Tensor, sums: &mut Tensor) -> Result<()> {
     let op = "abs_sq_error_accumulate";
-    if pred.shape() != target.shape() {
+    if !super::same_samples(pred, target) {
         return Err(Error::shape(
             op,
             format!(

@@ -88,6 +88,17 @@ pub(crate) fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     }
 }
 
+/// Whether `target` holds a value for each of `pred`'s, row for row: the same shape, or
+/// the same rows with each row's values packed flat (a batch of [T, D] outputs against
+/// its [B, T * D] targets).
+pub(crate) fn same_samples(pred: &Tensor, target: &Tensor) -> bool {
+    pred.shape() == target.shape()
+        || (pred.len() == target.len()
+            && target.shape().len() == 2
+            && pred.shape().len() > 2
+            && pred.shape().first() == target.shape().first())
+}
+
 /// The host values of a CPU tensor (empty for a GPU tensor).
 pub(crate) fn host(t: &Tensor) -> &[f32] {
     t.host().unwrap_or(&[])

@@ -130,11 +130,19 @@ impl Accumulator {
             // Classes are the last axis ([B, T, V] sequences: one label per position).
             if out.shape().last().copied().unwrap_or(1) == 1 {
                 confusion_accumulate_binary(out, target, self.threshold, c)?;
-            } else if target.shape() == out.shape() {
-                // One-hot (or soft) targets: the label is the target's argmax.
-                let (label_rows, _) = target.dims2("metrics")?;
+            } else if target.len() == out.len() {
+                // One-hot (or soft) targets: the label is the target's argmax, at each
+                // position of sequence outputs (whose targets come packed flat).
+                let (label_rows, classes) = out.dims2("metrics")?;
+                let packed;
+                let one_hot = if target.dims2("metrics")? == (label_rows, classes) {
+                    target
+                } else {
+                    packed = target.try_clone()?.reshape(&[label_rows, classes])?;
+                    &packed
+                };
                 let mut labels = Tensor::uninit(&out.device(), &[label_rows])?;
-                argmax_rows_into(target, &mut labels)?;
+                argmax_rows_into(one_hot, &mut labels)?;
                 confusion_accumulate(out, &labels, c)?;
             } else {
                 confusion_accumulate(out, target, c)?;
