@@ -801,6 +801,12 @@ fn text_data_trains_saves_its_vocabulary_and_evaluates() {
     let (data, run_s) = (format!("text:{}", file.display()), run.to_str().unwrap());
     let args = ["train", "--data", &data, "--context", "16", "--epochs", "4"];
     let out = kiln_ok(&[&args[..], &["--device", "cpu", "--out", run_s, "-q"]].concat());
+    // Context 16, embeddings of 64, a hidden layer of 128, logits over 17 characters.
+    assert!(out.contains("model:  16-64-128-17 "), "{out}");
+    assert!(
+        out.contains("16 tokens per row, 17 in the vocabulary"),
+        "{out}"
+    );
     let vocab = kiln::data::text::Vocab::load(&run.join("vocab.json")).unwrap();
     let mut chars: Vec<char> = text.chars().collect();
     chars.sort_unstable();

@@ -226,10 +226,12 @@ impl Architecture {
         }
     }
 
-    /// The units of the dense layers, in order (a graph's in declaration order).
+    /// The units of the dense layers and the widths of the embeddings, in order (a
+    /// graph's in declaration order).
     pub fn dense_units(&self) -> Vec<usize> {
         let units = |l: &Layer| match l {
             Layer::Dense(d) => Some(d.units),
+            Layer::Embedding(e) => Some(e.dim),
             _ => None,
         };
         match self {

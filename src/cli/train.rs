@@ -638,16 +638,20 @@ fn describe(run: &Run, device: &Device, epochs: usize) {
         .test
         .as_ref()
         .map_or("no test rows".to_string(), |t| format!("{} test", t.n));
-    let classes = if r.classes > 0 {
-        format!("{} classes", r.classes)
+    let shape = if r.data.starts_with("text:") {
+        format!(
+            "{} tokens per row, {} in the vocabulary",
+            r.features, r.classes
+        )
+    } else if r.classes > 0 {
+        format!("{} features, {} classes", r.features, r.classes)
     } else {
-        "regression".to_string()
+        format!("{} features, regression", r.features)
     };
     say!(
-        "data:   {} ({fit_rows} train, {} validation, {test}; {} features, {classes}; scale {})",
+        "data:   {} ({fit_rows} train, {} validation, {test}; {shape}; scale {})",
         r.data,
         run.train.n - fit_rows,
-        r.features,
         r.scale
     );
     let widths: Vec<String> = r.layers.iter().map(|w| w.to_string()).collect();

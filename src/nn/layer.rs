@@ -119,7 +119,7 @@ impl Sequential {
         self.activation(Activation::Gelu)
     }
 
-    /// Appends a row-wise softmax.
+    /// Appends a softmax over the last axis (per position of [T, V] sequences).
     pub fn softmax(self) -> Sequential {
         self.add(Layer::Softmax)
     }

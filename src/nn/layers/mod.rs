@@ -95,7 +95,7 @@ layers! {
     Dense(Dense) => dense::Dense,
     /// A pointwise activation.
     Activation(Activation) => activation::Act,
-    /// Row-wise softmax.
+    /// Softmax over the last axis (each sample's row; each position of a sequence).
     Softmax => softmax::Softmax,
     /// Inverted dropout with this rate (training only).
     Dropout(f32) => dropout::Dropout,
