@@ -58,6 +58,16 @@ fn check(build: impl Fn(&Device) -> kiln::Model, x: &[f32], y: &[f32], what: &st
     }
     assert_trainer_fd(&mut cpu, x, y, H, what);
     assert_trainer_fd(&mut gpu_t, x, y, H_GPU, what);
+    // With dropout on: the counter-based masks are the same on both devices.
+    let (lc, gc) = cpu.gradients_training(x, y).unwrap();
+    let (lg, gg) = gpu_t.gradients_training(x, y).unwrap();
+    assert!(
+        (lc - lg).abs() <= 1e-5 * lc.abs().max(1.0),
+        "{what} dropout: {lc} vs {lg}"
+    );
+    for ((name, c), (_, g)) in gc.iter().zip(&gg) {
+        assert_close(g, c, 1e-3, 1e-5, &format!("{what} dropout {name}"));
+    }
 }
 
 #[test]
