@@ -6,9 +6,20 @@ mod common;
 
 use common::{assert_close, both, gpu, random};
 use kiln::ops::embedding::{
-    embedding_grad_into, embedding_into, positional_grad_into, positional_into,
+    embedding_grad_into, embedding_into, positional_grad_into, positional_into, TokenSort,
 };
 use kiln::{Device, Error, Tensor};
+
+/// `dy` [.., dim] into `dtable` [rows, dim], through a token sort of its own.
+fn grad(ids: &Tensor, dy: &Tensor, dtable: &mut Tensor) -> kiln::Result<()> {
+    let rows = dtable.shape()[0];
+    let [mut offsets, mut positions] = TokenSort::buffers(&ids.device(), rows, ids.len())?;
+    let sort = TokenSort {
+        offsets: &mut offsets,
+        positions: &mut positions,
+    };
+    embedding_grad_into(ids, dy, dtable, sort)
+}
 
 /// `n` ids in 0..vocab, with repeats (a few ids many times, so the gradient sums rows).
 fn ids(n: usize, vocab: usize, seed: u64) -> Vec<f32> {
@@ -41,8 +52,8 @@ fn lookups_and_their_gradients_match_the_cpu() {
         let (dc, dg) = both(&random(n * dim, 3), &[n, dim]);
         let mut gc = Tensor::zeros(&Device::cpu(), &[vocab, dim]).unwrap();
         let mut gg = common::nan_gpu(&[vocab, dim]);
-        embedding_grad_into(&ic, &dc, &mut gc).unwrap();
-        embedding_grad_into(&ig, &dg, &mut gg).unwrap();
+        grad(&ic, &dc, &mut gc).unwrap();
+        grad(&ig, &dg, &mut gg).unwrap();
         let first = gg.to_vec().unwrap();
         assert_close(
             &first,
@@ -51,7 +62,15 @@ fn lookups_and_their_gradients_match_the_cpu() {
             1e-6,
             &format!("grad {what}"),
         );
-        embedding_grad_into(&ig, &dg, &mut gg).unwrap();
+        // Again, through sort buffers left holding another batch's values (as a step's
+        // scratch is): the same bits.
+        let mut offsets = Tensor::full(&gpu(), &[vocab + 1], 3.0).unwrap();
+        let mut positions = Tensor::full(&gpu(), &[n], 1e9).unwrap();
+        let sort = TokenSort {
+            offsets: &mut offsets,
+            positions: &mut positions,
+        };
+        embedding_grad_into(&ig, &dg, &mut gg, sort).unwrap();
         let again: Vec<u32> = gg.to_vec().unwrap().iter().map(|v| v.to_bits()).collect();
         let first: Vec<u32> = first.iter().map(|v| v.to_bits()).collect();
         assert_eq!(again, first, "the same bits on a second run, {what}");
@@ -71,7 +90,7 @@ fn a_batch_of_sequences_looks_up_every_position() {
     assert!(y.to_vec().unwrap().iter().all(|v| v.is_finite()));
     let ones = Tensor::full(&gpu(), &[b, t, dim], 1.0).unwrap();
     let mut g = common::nan_gpu(&[vocab, dim]);
-    embedding_grad_into(&ig, &ones, &mut g).unwrap();
+    grad(&ig, &ones, &mut g).unwrap();
     let g = g.to_vec().unwrap();
     for r in 0..vocab {
         let uses = id.iter().filter(|&&i| i as usize == r).count() as f32;
@@ -90,7 +109,7 @@ fn ids_outside_the_vocabulary_are_errors_on_the_cpu_and_clamped_on_the_gpu() {
         assert!(matches!(err, Error::InvalidArgument { .. }), "{bad}: {err}");
         let mut g = Tensor::zeros(&Device::cpu(), &[3, 2]).unwrap();
         let dy = Tensor::zeros(&Device::cpu(), &[2, 2]).unwrap();
-        assert!(embedding_grad_into(&ic, &dy, &mut g).is_err(), "{bad}");
+        assert!(grad(&ic, &dy, &mut g).is_err(), "{bad}");
     }
     // The GPU cannot report errors: 7 reads the last row, -1 the first, 1.5 row 1.
     let table = tc.to_vec().unwrap();

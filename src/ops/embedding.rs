@@ -2,11 +2,13 @@
 //! position of a sequence, with their gradients into the tables.
 //!
 //! The gradients are sums of scattered rows, and WGSL has no f32 atomics, so each table
-//! value has one GPU invocation that scans the batch and adds its terms in token order.
-//! That is deterministic (the same bits every run, unlike a scatter with atomics or a
-//! compare-and-swap loop) and needs no sort; it costs vocab * dim * tokens comparisons,
-//! small for character vocabularies and the batches a step holds. Sort + segment sum
-//! is the design to move to if vocabularies grow to tens of thousands.
+//! value has one GPU invocation that adds its terms in token order: deterministic (the
+//! same bits every run, unlike a scatter with atomics or a compare-and-swap loop). For
+//! the token table, the batch's tokens are first sorted by row (a counting sort into
+//! the caller's [`TokenSort`]: counts, prefix sums, each row's tokens in token order),
+//! so each value sums only its own row's tokens: vocab * tokens work for the sort and
+//! tokens * dim for the sums, where each value scanning the whole batch would take
+//! vocab * dim * tokens.
 
 use super::{device_of, grid, host, launch, write_f64, WG};
 use crate::device::{Device, Kernel};
@@ -22,8 +24,23 @@ pub(super) const LOOKUP: Kernel = Kernel {
     outputs: 1,
     bounds_checks: true,
 };
+pub(super) const BUCKET_COUNT: Kernel = Kernel {
+    entry: "bucket_count",
+    inputs: 1,
+    ..LOOKUP
+};
+pub(super) const BUCKET_SCAN: Kernel = Kernel {
+    entry: "bucket_scan",
+    inputs: 0,
+    ..LOOKUP
+};
+pub(super) const BUCKET_FILL: Kernel = Kernel {
+    entry: "bucket_fill",
+    ..LOOKUP
+};
 pub(super) const LOOKUP_GRAD: Kernel = Kernel {
     entry: "lookup_grad",
+    inputs: 3,
     ..LOOKUP
 };
 pub(super) const POSITIONAL: Kernel = Kernel {
@@ -77,7 +94,15 @@ fn expect(op: &str, what: &str, t: &Tensor, want: &[usize]) -> Result<()> {
 fn params(op: &str, n: usize, dim: usize, rows: usize, period: usize) -> Result<Params> {
     let fits = |v: usize| u32::try_from(v).ok();
     let total = n.checked_mul(period.max(dim)).and_then(fits);
-    match (fits(n), fits(dim), fits(rows), fits(period), total) {
+    // Token positions travel as f32 in the sort: exact below 2^24.
+    let positions = (n < 1 << 24).then_some(());
+    match (
+        fits(n),
+        fits(dim),
+        fits(rows),
+        fits(period),
+        total.and(positions),
+    ) {
         (Some(n), Some(dim), Some(rows), Some(period), Some(_)) => Ok(Params {
             n,
             dim,
@@ -139,14 +164,44 @@ pub fn embedding_into(ids: &Tensor, table: &Tensor, out: &mut Tensor) -> Result<
     }
 }
 
-/// `dtable[r, c]` = the sum of `dy[.., c]` over the tokens whose id is r (overwritten;
-/// rows no token names get 0). Shapes and ids as [`embedding_into`].
-pub fn embedding_grad_into(ids: &Tensor, dy: &Tensor, dtable: &mut Tensor) -> Result<()> {
+/// Where the GPU gradient sorts a batch's tokens by table row: the first sorted token of
+/// each row (`offsets`, `[rows + 1]`) and the tokens in row order (`positions`,
+/// `[tokens]`), borrowed from buffers made once per batch size by [`TokenSort::buffers`]
+/// (so a training step allocates nothing).
+pub struct TokenSort<'a> {
+    /// `[rows + 1]`.
+    pub offsets: &'a mut Tensor,
+    /// `[tokens]`.
+    pub positions: &'a mut Tensor,
+}
+
+impl TokenSort<'_> {
+    /// The offsets and positions for `tokens` ids into a table of `rows` rows.
+    pub fn buffers(device: &Device, rows: usize, tokens: usize) -> Result<[Tensor; 2]> {
+        Ok([
+            Tensor::zeros(device, &[rows.saturating_add(1)])?,
+            Tensor::zeros(device, &[tokens])?,
+        ])
+    }
+}
+
+/// `dtable[r, c]` = the sum of `dy[.., c]` over the tokens whose id is r, in token order
+/// (overwritten; rows no token names get 0), the tokens sorted by row in `sort` on the
+/// GPU. Shapes and ids as [`embedding_into`].
+pub fn embedding_grad_into(
+    ids: &Tensor,
+    dy: &Tensor,
+    dtable: &mut Tensor,
+    sort: TokenSort<'_>,
+) -> Result<()> {
     let op = "embedding_grad";
     let (rows, dim) = table_dims(op, dtable)?;
     let want: Vec<usize> = ids.shape().iter().copied().chain([dim]).collect();
     expect(op, "dy", dy, &want)?;
-    match device_of(op, &[ids, dy, dtable])? {
+    expect(op, "the sort's offsets", sort.offsets, &[rows + 1])?;
+    expect(op, "the sort's positions", sort.positions, &[ids.len()])?;
+    let TokenSort { offsets, positions } = sort;
+    match device_of(op, &[ids, dy, dtable, offsets, positions])? {
         Device::Cpu => {
             let token_rows = rows_of(op, host(ids), rows)?;
             let mut acc = vec![0f64; rows * dim];
@@ -161,12 +216,17 @@ pub fn embedding_grad_into(ids: &Tensor, dy: &Tensor, dtable: &mut Tensor) -> Re
             let p = params(op, ids.len(), dim, rows, dim)?;
             launch(
                 &ctx,
-                &LOOKUP_GRAD,
+                &BUCKET_COUNT,
                 &[],
                 &p,
-                &[ids, dy, dtable],
-                grid(rows * dim, WG),
-            )
+                &[ids, offsets],
+                grid(rows, WG),
+            )?;
+            launch(&ctx, &BUCKET_SCAN, &[], &p, &[offsets], [1, 1, 1])?;
+            let fill = [ids, &*offsets, &*positions];
+            launch(&ctx, &BUCKET_FILL, &[], &p, &fill, grid(rows, WG))?;
+            let grad = [&*offsets, &*positions, dy, &*dtable];
+            launch(&ctx, &LOOKUP_GRAD, &[], &p, &grad, grid(rows * dim, WG))
         }
     }
 }

@@ -325,6 +325,9 @@ mod uniform_layout {
             (
                 vec![
                     embedding::LOOKUP,
+                    embedding::BUCKET_COUNT,
+                    embedding::BUCKET_SCAN,
+                    embedding::BUCKET_FILL,
                     embedding::LOOKUP_GRAD,
                     embedding::POSITIONAL,
                     embedding::POSITIONAL_GRAD,

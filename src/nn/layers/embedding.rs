@@ -5,15 +5,16 @@
 
 use std::sync::Arc;
 
-use super::step::{Backward, Forward, Step};
+use super::step::{Backward, Forward, Scratch, Step};
 use super::{FromEntry, Layer, LayerDef, ParamInit, ParamSpec, Slots};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::nn::init::Init;
 use crate::nn::onnx::{Attr, Emit};
-use crate::ops::embedding::{embedding_grad_into, embedding_into, zero_into};
+use crate::ops::embedding::{embedding_grad_into, embedding_into, zero_into, TokenSort};
 
 /// A lookup table of `vocab` rows of `dim` values, indexed by token id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +91,10 @@ impl LayerDef for Embedding {
     }
 
     fn lower(&self, slots: &Slots) -> Result<Arc<dyn Step>> {
-        Ok(Arc::new(EmbeddingStep { w: slots.param(0)? }))
+        Ok(Arc::new(EmbeddingStep {
+            w: slots.param(0)?,
+            vocab: self.vocab,
+        }))
     }
 
     fn entry(&self) -> LayerSpec {
@@ -106,6 +110,7 @@ impl LayerDef for Embedding {
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct EmbeddingStep {
     w: usize,
+    vocab: usize,
 }
 
 impl Step for EmbeddingStep {
@@ -114,11 +119,24 @@ impl Step for EmbeddingStep {
     }
 
     fn backward(&self, cx: Backward<'_>) -> Result<()> {
-        embedding_grad_into(cx.x, cx.dy, &mut cx.params[self.w].grad)?;
+        let sort = match cx.scratch.tensors.as_mut_slice() {
+            [offsets, positions, ..] => TokenSort { offsets, positions },
+            _ => return Err(Error::arg("workspace", "no token sort for an embedding")),
+        };
+        embedding_grad_into(cx.x, cx.dy, &mut cx.params[self.w].grad, sort)?;
         if !cx.first {
             zero_into(cx.dx)?;
         }
         Ok(())
+    }
+
+    fn scratch(&self, device: &Device, y: &[usize]) -> Result<Scratch> {
+        // y is [batch, T, dim]: one sorted slot per token.
+        let tokens = y.split_last().map_or(0, |(_, lead)| lead.iter().product());
+        Ok(Scratch {
+            tensors: TokenSort::buffers(device, self.vocab, tokens)?.into(),
+            norm: None,
+        })
     }
 
     fn has_params(&self) -> bool {
