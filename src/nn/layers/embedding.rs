@@ -1,7 +1,7 @@
 //! Token embedding (`nn.Embedding`): [T] token ids (f32, exact below 2^24) -> [T, dim]
 //! rows of a learned `weight` [vocab, dim]. Its backward adds each position's gradient
-//! into its token's row (`ops::embedding`: one invocation per table value scanning the
-//! batch, deterministic); the ids themselves have no gradient.
+//! into its token's row (`ops::embedding`: the tokens sorted by row in the step's
+//! scratch, then summed in token order, deterministic); the ids have no gradient.
 
 use std::sync::Arc;
 
