@@ -204,7 +204,8 @@ impl Sequential {
         Ok(self.shapes()?.iter().map(|s| s.iter().product()).collect())
     }
 
-    /// Output shape of one sample after each layer: [features] or [channels, height, width].
+    /// Output shape of one sample after each layer: [features], [positions, features] or
+    /// [channels, height, width].
     pub fn shapes(&self) -> crate::Result<Vec<Vec<usize>>> {
         use crate::Error;
         let mut shape = self.input_shape();

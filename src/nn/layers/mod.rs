@@ -171,8 +171,8 @@ impl Kind {
 
 /// A layer type: what the builder, the planner and the model files need of it.
 ///
-/// Shapes are of one sample ([features] or [channels, height, width]); `name` in errors
-/// is the layer's place in the model ("layer 3 (dense)").
+/// Shapes are of one sample ([features], [positions, features] or [channels, height,
+/// width]); `name` in errors is the layer's place in the model ("layer 3 (dense)").
 pub trait LayerDef: Debug {
     /// The Keras-style kind name used in summaries and names ("dense").
     fn kind(&self) -> &'static str;
