@@ -839,6 +839,18 @@ fn text_data_trains_saves_its_vocabulary_and_evaluates() {
         "cpu",
     ];
     kiln_fails(&eval_other, 1, "not in the vocabulary");
+    // A language model has classes at every position: predict's one class per row
+    // does not describe it.
+    let ids = dir.join("ids.csv");
+    std::fs::write(&ids, "a,b\n1,2\n").unwrap();
+    let predict = [
+        "predict",
+        "--checkpoint",
+        run_s,
+        "--input",
+        ids.to_str().unwrap(),
+    ];
+    kiln_fails(&predict, 1, "is a language model");
 
     let empty = dir.join("empty.txt");
     std::fs::write(&empty, "").unwrap();
