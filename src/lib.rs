@@ -39,7 +39,7 @@ pub mod tune;
 
 pub use device::{list_adapters, AdapterSummary, Device, Stats};
 pub use error::{Error, GraphError, Result, TuneError};
-pub use nn::{Dense, Graph, Init, Layer, Model, Sequential};
+pub use nn::{Dense, Embedding, Graph, Init, Layer, Model, Sequential};
 pub use ops::Activation;
 pub use optim::{Optimizer, Schedule};
 pub use tensor::Tensor;

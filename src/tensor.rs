@@ -201,14 +201,16 @@ impl Tensor {
         }
     }
 
-    /// (rows, cols) of a 2-D tensor; a 1-D tensor is one row.
+    /// (rows, cols) of the tensor as a matrix over its last axis: a 1-D tensor is one
+    /// row, and the leading axes of a 3-D or larger one are folded into rows (a batch of
+    /// [T, D] sequences is B * T rows of D), as PyTorch's row-wise ops act on the last axis.
     pub fn dims2(&self, op: &str) -> Result<(usize, usize)> {
         match self.shape.as_slice() {
             [n] => Ok((1, *n)),
-            [r, c] => Ok((*r, *c)),
+            [lead @ .., c] if !lead.is_empty() => Ok((lead.iter().product(), *c)),
             s => Err(Error::shape(
                 op,
-                format!("expected a 1-D or 2-D tensor, got shape {s:?}"),
+                format!("expected a tensor of at least one axis, got shape {s:?}"),
             )),
         }
     }

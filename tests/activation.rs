@@ -301,7 +301,6 @@ fn bad_shapes_are_errors() {
         let x = Tensor::zeros(&dev, &[4, 6]).unwrap();
         let wrong = Tensor::zeros(&dev, &[6, 4]).unwrap();
         let mut out = Tensor::zeros(&dev, &[6, 4]).unwrap();
-        let cube = Tensor::zeros(&dev, &[2, 3, 4]).unwrap();
         let is_shape = |r: kiln::Result<()>| matches!(r, Err(kiln::Error::Shape { .. }));
         assert!(is_shape(act::activation_into(
             Activation::Relu,
@@ -318,9 +317,15 @@ fn bad_shapes_are_errors() {
             &mut out
         )));
         assert!(is_shape(act::softmax_into(&x, &mut out)));
-        assert!(is_shape(act::softmax(&cube).map(|_| ())));
+        // [B, T, C] is B * T rows over its last axis (sequences), as a [B * T, C] tensor.
+        let data = common::random(24, 3);
+        let cube = Tensor::from_slice(&dev, &data, &[2, 3, 4]).unwrap();
+        let rows = Tensor::from_slice(&dev, &data, &[6, 4]).unwrap();
+        let (sc, sr) = (act::softmax(&cube).unwrap(), act::softmax(&rows).unwrap());
+        assert_eq!(sc.shape(), [2, 3, 4]);
+        assert_eq!(sc.to_vec().unwrap(), sr.to_vec().unwrap());
         assert!(is_shape(act::softmax_backward(&x, &wrong).map(|_| ())));
-        assert!(is_shape(act::softmax_backward(&cube, &cube).map(|_| ())));
+        assert!(is_shape(act::softmax_backward(&cube, &rows).map(|_| ())));
         assert!(is_shape(act::softmax_backward_into(&x, &x, &mut out)));
     }
     let x = Tensor::zeros(&Device::cpu(), &[2, 2]).unwrap();

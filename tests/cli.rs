@@ -790,3 +790,91 @@ fn distributed_mpi_needs_the_mpi_feature() {
     let args = ["train", "--distributed", "mpi", "--device", "cpu"];
     kiln_fails(&args, 1, "built without the `mpi` feature");
 }
+
+#[test]
+fn text_data_trains_saves_its_vocabulary_and_evaluates() {
+    let dir = temp_dir("text");
+    let file = dir.join("verse.txt");
+    let text = "the cat sat on the mat; a dog ran to the log.\n".repeat(40);
+    std::fs::write(&file, &text).unwrap();
+    let run = dir.join("run");
+    let (data, run_s) = (format!("text:{}", file.display()), run.to_str().unwrap());
+    let args = ["train", "--data", &data, "--context", "16", "--epochs", "4"];
+    let out = kiln_ok(&[&args[..], &["--device", "cpu", "--out", run_s, "-q"]].concat());
+    // Context 16, embeddings of 64, a hidden layer of 128, logits over 17 characters.
+    assert!(out.contains("model:  16-64-128-17 "), "{out}");
+    assert!(
+        out.contains("16 tokens per row, 17 in the vocabulary"),
+        "{out}"
+    );
+    let vocab = kiln::data::text::Vocab::load(&run.join("vocab.json")).unwrap();
+    let mut chars: Vec<char> = text.chars().collect();
+    chars.sort_unstable();
+    chars.dedup();
+    assert_eq!(
+        vocab.decode(&(0..chars.len() as u32).collect::<Vec<_>>()),
+        String::from_iter(&chars)
+    );
+    // Evaluating the run's held-out tail gives the loss training reported for it.
+    let test_loss = value_after(&out, "test:", "loss");
+    let evaluated = kiln_ok(&["eval", "--checkpoint", run_s, "--device", "cpu"]);
+    let loss = value_after(&evaluated, "loss", "loss");
+    assert!(
+        (loss - test_loss).abs() < 1e-3,
+        "{loss} vs {test_loss}\n{out}"
+    );
+    // Learned something: under the uniform loss ln(vocab).
+    assert!(test_loss < (vocab.len() as f64).ln(), "{out}");
+    // Other text is encoded with the saved vocabulary, which lacks 'Z'.
+    let other = dir.join("other.txt");
+    std::fs::write(&other, "the Zebra sat on the mat.\n".repeat(10)).unwrap();
+    let other = format!("text:{}", other.display());
+    let eval_other = [
+        "eval",
+        "--checkpoint",
+        run_s,
+        "--data",
+        &other,
+        "--device",
+        "cpu",
+    ];
+    kiln_fails(&eval_other, 1, "not in the vocabulary");
+    // A language model has classes at every position: predict's one class per row
+    // does not describe it.
+    let ids = dir.join("ids.csv");
+    std::fs::write(&ids, "a,b\n1,2\n").unwrap();
+    let predict = [
+        "predict",
+        "--checkpoint",
+        run_s,
+        "--input",
+        ids.to_str().unwrap(),
+    ];
+    kiln_fails(&predict, 1, "is a language model");
+
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let run2 = dir.join("run2");
+    let run2 = run2.to_str().unwrap();
+    for (data, context, needle) in [
+        (
+            "text:/no/such/verse.txt".to_string(),
+            "8",
+            "/no/such/verse.txt",
+        ),
+        (format!("text:{}", empty.display()), "8", "empty"),
+        (data.clone(), "5000", "5000 tokens need a text of at least"),
+    ] {
+        let args = [
+            "train",
+            "--data",
+            &data,
+            "--context",
+            context,
+            "--out",
+            run2,
+        ];
+        kiln_fails(&args, 1, needle);
+    }
+    kiln_fails(&["train", "--context", "8", "--out", run2], 1, "--context");
+}

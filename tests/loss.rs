@@ -344,8 +344,15 @@ fn bad_shapes_are_errors() {
             ),
             "labels as one-hot",
         );
+        // [B, T, C] predictions are B * T rows (sequences); labels must be one per row.
         let cube = t(&[2, 2, 3]);
-        shape_err(loss::loss_value_into(mse, &cube, &cube, &mut value), "3-D");
+        let mut cube_grad = t(&[2, 2, 3]);
+        shape_err(
+            loss::loss_and_grad_into(sparse, &cube, &t(&[2, 3]), &mut cube_grad, &mut value),
+            "3-D labels",
+        );
+        loss::loss_value_into(mse, &cube, &cube, &mut value).unwrap();
+        loss::loss_and_grad_into(sparse, &cube, &t(&[2, 2]), &mut cube_grad, &mut value).unwrap();
         let empty = t(&[0, 3]);
         shape_err(
             loss::loss_value_into(mse, &empty, &empty, &mut value),

@@ -199,6 +199,7 @@ fn shape_errors_are_typed() {
             Gemm::nn().run_into(&a, &b, None, &mut out),
             Err(kiln::Error::Shape { .. })
         ));
+        // [2, 2, 2] is 4 rows of 2 (sequences), whose K = 2 does not meet b's 4 rows.
         let t3 = Tensor::zeros(&dev, &[2, 2, 2]).unwrap();
         assert!(matches!(
             Gemm::nn().run(&t3, &b, None),

@@ -495,3 +495,37 @@ fn a_graph_with_several_outputs_matches_predict_outputs() {
     }
     assert_eq!(r["outputs"]["p"], serde_json::json!(["batch", 1]));
 }
+
+#[test]
+fn a_sequence_model_matches_predict() {
+    // Token ids -> embeddings + positions -> per-position dense, GELU, layer norm ->
+    // [T, V] probabilities: Cast + Gather, Add, MatMul, LayerNormalization, Softmax(-1).
+    let (context, vocab) = (6, 5);
+    let spec = Sequential::new(context)
+        .embedding(vocab, 4)
+        .positional_embedding(context)
+        .dense(8)
+        .gelu()
+        .layer_norm()
+        .dense(vocab)
+        .softmax();
+    let mut t = spec
+        .build(&Device::cpu(), 3)
+        .unwrap()
+        .compile(
+            Loss::SparseCategoricalCrossEntropy,
+            Optimizer::adam(0.01),
+            &[],
+        )
+        .unwrap();
+    let x: Vec<f32> = (0..4 * context).map(|i| ((i * 7) % vocab) as f32).collect();
+    let y: Vec<f32> = x.iter().map(|&v| (v + 1.0) % vocab as f32).collect();
+    for _ in 0..4 {
+        t.train_batch(&x, &y).unwrap();
+    }
+    let r = export_and_compare(&mut t, "sequence", &x, &[context], None);
+    let ops = r["ops"].to_string();
+    for op in ["Gather", "MatMul", "LayerNormalization", "Softmax"] {
+        assert!(ops.contains(op), "{op} not in {ops}");
+    }
+}

@@ -201,7 +201,8 @@ fn bad_shapes_are_errors() {
         assert!(is_shape(reduce::mean_into(&x, &mut two)));
         let mut scalar = Tensor::zeros(&dev, &[1, 1]).unwrap();
         assert!(is_shape(reduce::sum_into(&x, &mut scalar)));
-        assert!(is_shape(reduce::argmax_rows(&cube).map(|_| ())));
+        // [B, T, C] is B * T rows of C (sequences): one argmax per position.
+        assert_eq!(reduce::argmax_rows(&cube).unwrap().shape(), [6]);
         assert!(is_shape(reduce::argmax_rows(&empty_rows).map(|_| ())));
         let mut six = Tensor::zeros(&dev, &[6]).unwrap();
         assert!(is_shape(reduce::argmax_rows_into(&x, &mut six)));

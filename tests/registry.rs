@@ -33,6 +33,8 @@ fn samples() -> Vec<(Layer, bool)> {
             true,
         ),
         (Layer::LayerNorm(LayerNorm { eps: 1e-4 }), false),
+        (Layer::Embedding(kiln::Embedding::new(11, 5)), false),
+        (Layer::PositionalEmbedding(7), false),
     ]
 }
 
@@ -132,7 +134,12 @@ fn every_registered_layer_writes_its_onnx_nodes() {
     use kiln::nn::onnx::{Emit, OnnxGraph};
     for (layer, image) in samples() {
         let def = layer.def();
-        let input = if image { vec![4, 4, 4] } else { vec![7] };
+        let input = match (&layer, image) {
+            // Positions are added to [T, D] sequences (exported with T = max_positions).
+            (Layer::PositionalEmbedding(max), _) => vec![*max, 3],
+            (_, true) => vec![4, 4, 4],
+            _ => vec![7],
+        };
         let shape = def.output_shape("layer", &input).unwrap();
         let params = def.params(&input, &shape);
         let mut graph = OnnxGraph::new();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use clap::Args;
+use kiln::data::text::{self, Vocab};
 use kiln::data::{self, Dataset, Scaler, Scaling};
 use kiln::Result;
 
@@ -18,16 +19,25 @@ const DEFAULT_BATCH: usize = 32;
 const DEFAULT_IMAGE_BATCH: usize = 128;
 const DEFAULT_VALIDATION: f32 = 0.1;
 const DEFAULT_TEST_SPLIT: f32 = 0.2;
+/// Tokens per row of text data when --context is not given.
+const DEFAULT_CONTEXT: usize = 64;
 
 /// The data options of `kiln train` and `kiln tune`: where the rows come from, how they
 /// are split and scaled.
 #[derive(Args, Debug, Clone, Default)]
 pub struct DataArgs {
     /// Training data: digits (built in), mnist:DIR or fashion:DIR (a folder of IDX
-    /// files train-* and t10k-*), or csv:FILE[:LABEL_COLUMN] (header row, numeric
-    /// values; the label is the last column unless named) [default: digits]
+    /// files train-* and t10k-*), csv:FILE[:LABEL_COLUMN] (header row, numeric
+    /// values; the label is the last column unless named), or text:FILE[:bytes] (a
+    /// language model's windows of --context characters, or bytes; the last 10% held
+    /// out as test rows; the vocabulary saved as vocab.json) [default: digits]
     #[arg(long, value_name = "SOURCE")]
     pub data: Option<DataSource>,
+
+    /// Tokens per row of text data: each row is a window of N tokens, its targets the N
+    /// tokens one step later [default: 64]
+    #[arg(long, value_name = "N")]
+    pub context: Option<usize>,
 
     /// Test rows from another source (e.g. csv:test.csv) instead of --test-split
     #[arg(long, value_name = "SOURCE")]
@@ -77,6 +87,8 @@ pub struct Prepared {
     pub train: Dataset,
     /// The test rows, scaled.
     pub test: Option<Dataset>,
+    /// The vocabulary of text data.
+    pub vocab: Option<Vocab>,
 }
 
 impl DataArgs {
@@ -90,7 +102,7 @@ impl DataArgs {
             None,
             &[Some(&source), self.test_data.as_ref()],
         )?;
-        let split = source.load(self.test_data.as_ref(), test_split, seed, delimiter)?;
+        let (split, vocab) = self.load(&source, test_split, seed, delimiter)?;
         let (mut train, mut test) = (split.train, split.test);
         let scale = self.scale.unwrap_or(source.default_scale());
         let scaler = scale.fit(&train)?;
@@ -109,7 +121,33 @@ impl DataArgs {
             scaler,
             train,
             test,
+            vocab,
         })
+    }
+
+    /// The rows of `source` split as asked, and the vocabulary of text data.
+    fn load(
+        &self,
+        source: &DataSource,
+        test_split: f32,
+        seed: u64,
+        delimiter: u8,
+    ) -> Result<(Split, Option<Vocab>)> {
+        if !source.is_text() {
+            if self.context.is_some() {
+                return Err(bad_arg("--context", "applies to text data (text:FILE) only"));
+            }
+            let split = source.load(self.test_data.as_ref(), test_split, seed, delimiter)?;
+            return Ok((split, None));
+        }
+        if self.test_data.is_some() {
+            return Err(bad_arg(
+                "--test-data",
+                "text data holds out its own last 10% as test rows",
+            ));
+        }
+        let (split, vocab) = source.load_text(self.context.unwrap_or(DEFAULT_CONTEXT), None)?;
+        Ok((split, Some(vocab)))
     }
 
     /// The test and validation fractions: none by default for a source with its own test
@@ -183,9 +221,18 @@ pub enum DataSource {
         /// The label column (default: the last one).
         label: Option<String>,
     },
+    /// A text file (gzipped when it ends in .gz) for a language model: windows of
+    /// `--context` tokens, each position's target the next token; the last 10% held out.
+    Text {
+        /// The file.
+        path: PathBuf,
+        /// Byte tokens (all 256) instead of the sorted characters of the file.
+        bytes: bool,
+    },
 }
 
-const SOURCE_FORMS: &str = "digits, mnist:DIR, fashion:DIR or csv:FILE[:LABEL_COLUMN]";
+const SOURCE_FORMS: &str =
+    "digits, mnist:DIR, fashion:DIR, csv:FILE[:LABEL_COLUMN] or text:FILE[:bytes]";
 
 impl FromStr for DataSource {
     type Err = String;
@@ -218,6 +265,15 @@ impl FromStr for DataSource {
                     label,
                 })
             }
+            "text" => {
+                let bytes = rest
+                    .strip_suffix(":bytes")
+                    .filter(|p| !Path::new(rest).exists() && !p.is_empty());
+                Ok(DataSource::Text {
+                    path: PathBuf::from(bytes.unwrap_or(rest)),
+                    bytes: bytes.is_some(),
+                })
+            }
             _ => Err(format!("unknown data kind '{kind}': use {SOURCE_FORMS}")),
         }
     }
@@ -233,6 +289,10 @@ impl fmt::Display for DataSource {
                 path,
                 label: Some(l),
             } => write!(f, "csv:{}:{l}", path.display()),
+            DataSource::Text { path, bytes } => {
+                let suffix = if *bytes { ":bytes" } else { "" };
+                write!(f, "text:{}{suffix}", path.display())
+            }
         }
     }
 }
@@ -240,7 +300,48 @@ impl fmt::Display for DataSource {
 impl DataSource {
     /// True when the source ships its own test set, so no rows need holding out.
     pub fn has_test_set(&self) -> bool {
-        matches!(self, DataSource::Idx { .. })
+        matches!(self, DataSource::Idx { .. } | DataSource::Text { .. })
+    }
+
+    /// True for a text file, whose rows are windows of token ids.
+    pub fn is_text(&self) -> bool {
+        matches!(self, DataSource::Text { .. })
+    }
+
+    /// A text source's windows of `context` tokens: the first 90% of the text to train
+    /// on, the last 10% held out as its test rows. `vocab` (a run's saved vocabulary)
+    /// encodes the text when given; a character outside it is an error.
+    pub fn load_text(&self, context: usize, vocab: Option<Vocab>) -> Result<(Split, Vocab)> {
+        let DataSource::Text { path, bytes } = self else {
+            return Err(bad_arg(
+                "--context",
+                "applies to text data (text:FILE) only",
+            ));
+        };
+        let vocab = match (vocab, bytes) {
+            (Some(v), _) => Some(v),
+            (None, true) => Some(Vocab::bytes()),
+            (None, false) => None,
+        };
+        let text::TextData {
+            vocab,
+            train,
+            valid,
+        } = text::load(path, vocab, context, context)?;
+        let classes = vocab.len();
+        let rows = |w: text::Windows| Dataset {
+            x: w.x,
+            y: w.y,
+            n: w.n,
+            features: w.context,
+            classes,
+            image: None,
+        };
+        let split = Split {
+            train: rows(train),
+            test: Some(rows(valid)),
+        };
+        Ok((split, vocab))
     }
 
     /// True for a CSV file, the one kind that `--delimiter` applies to.
@@ -253,6 +354,8 @@ impl DataSource {
         match self {
             DataSource::Idx { .. } => Scale::Divide(255.0),
             DataSource::Digits | DataSource::Csv { .. } => Scale::Standardize,
+            // Token ids are not magnitudes.
+            DataSource::Text { .. } => Scale::None,
         }
     }
 
@@ -270,6 +373,10 @@ impl DataSource {
                 let (train, test) = data::idx::load_mnist(dir)?;
                 Ok((train, Some(test)))
             }
+            DataSource::Text { .. } => Err(bad_arg(
+                "--data",
+                format!("{self} is text: its rows are windows of --context tokens"),
+            )),
             DataSource::Csv { path, label } => {
                 let options = data::csv::Options::new(label.as_deref(), classes);
                 Ok((
@@ -452,6 +559,8 @@ mod tests {
             "fashion:d/x",
             "csv:a.csv",
             "csv:a.csv:y",
+            "text:a.txt",
+            "text:a.txt:bytes",
         ] {
             let parsed: DataSource = s.parse().unwrap();
             assert_eq!(parsed.to_string(), s);

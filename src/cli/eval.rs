@@ -1,5 +1,7 @@
 //! `kiln eval`: a checkpoint's loss and metrics on test rows, and its confusion matrix.
 
+use std::path::Path;
+
 use clap::Args;
 use kiln::data::Dataset;
 use kiln::ops::metrics::ConfusionMatrix;
@@ -72,7 +74,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         trainer,
         batch_size,
     } = args.run.open()?;
-    let (name, mut test) = test_rows(&args, &record)?;
+    let dir = args.run.path()?;
+    let (name, mut test) = test_rows(&args, &record, Some(dir))?;
     data_source::apply(record.scaler().as_ref(), &mut test)?;
     let epochs = trainer.epochs_done();
     let e = evaluate(trainer, &test, batch_size)?;
@@ -94,7 +97,7 @@ fn run_ensemble(args: &EvalArgs) -> Result<()> {
         .records
         .first()
         .ok_or_else(|| bad_arg("--ensemble", "name at least one run folder"))?;
-    let (name, test) = test_rows(args, first)?;
+    let (name, test) = test_rows(args, first, None)?;
     let combine = args.run.combine;
     let e = opened
         .ensemble
@@ -117,10 +120,11 @@ fn run_ensemble(args: &EvalArgs) -> Result<()> {
 
 /// The rows to evaluate on, unscaled, and their description: the run's test rows or
 /// those of --data.
-fn test_rows(args: &EvalArgs, record: &RunRecord) -> Result<(String, Dataset)> {
+/// `dir` is the run's folder, whose saved vocabulary encodes text.
+fn test_rows(args: &EvalArgs, record: &RunRecord, dir: Option<&Path>) -> Result<(String, Dataset)> {
     let (name, test) = match &args.data {
         None => {
-            let (_, test) = train::load_recorded(record)?;
+            let (_, test) = train::load_recorded(record, dir)?;
             let test = test.filter(|t| t.n > 0).ok_or_else(|| {
                 bad_arg(
                     "--data",
@@ -128,6 +132,14 @@ fn test_rows(args: &EvalArgs, record: &RunRecord) -> Result<(String, Dataset)> {
                 )
             })?;
             (format!("{} (the run's test rows)", record.data), test)
+        }
+        Some(source) if source.is_text() => {
+            // The held-out tail, encoded as the run was: a character outside its
+            // vocabulary is an error.
+            let vocab = train::saved_vocab(dir)?;
+            let (split, _) = source.load_text(record.features, vocab)?;
+            let test = split.test.unwrap_or(split.train);
+            (format!("{source} (its last 10%)"), test)
         }
         Some(source) => {
             let delimiter =

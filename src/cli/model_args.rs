@@ -226,10 +226,12 @@ impl Architecture {
         }
     }
 
-    /// The units of the dense layers, in order (a graph's in declaration order).
+    /// The units of the dense layers and the widths of the embeddings, in order (a
+    /// graph's in declaration order).
     pub fn dense_units(&self) -> Vec<usize> {
         let units = |l: &Layer| match l {
             Layer::Dense(d) => Some(d.units),
+            Layer::Embedding(e) => Some(e.dim),
             _ => None,
         };
         match self {
@@ -294,6 +296,38 @@ impl ModelArgs {
                 &widths,
                 self.activation.unwrap_or_default(),
             )?),
+            loss: None,
+            optimizer: None,
+            batch_size: None,
+            epochs: None,
+            seed: None,
+            training: TrainingSpec::default(),
+        })
+    }
+}
+
+impl ModelArgs {
+    /// The default language model of text rows (`context` token ids, `vocab` tokens):
+    /// token and position embeddings of the first --layers width, a dense layer of each
+    /// further width with the activation, and logits over the vocabulary at every
+    /// position [default widths: 64,128]. A model file replaces it.
+    pub fn text(&self, context: usize, vocab: usize) -> Result<ModelSpec> {
+        if let Some(spec) = self.load_file()? {
+            return Ok(spec);
+        }
+        let widths = self.layers.clone().unwrap_or_else(|| vec![64, 128]);
+        let Some((&dim, hidden)) = widths.split_first() else {
+            return Err(bad_arg("--layers", "text needs an embedding width"));
+        };
+        let act = self.activation.unwrap_or_default().activation();
+        let mut spec = Sequential::new(context)
+            .embedding(vocab, dim)
+            .positional_embedding(context);
+        for &units in hidden {
+            spec = spec.dense(units).activation(act);
+        }
+        Ok(ModelSpec {
+            architecture: Architecture::Sequential(spec.dense(vocab)),
             loss: None,
             optimizer: None,
             batch_size: None,

@@ -73,6 +73,18 @@ pub fn run(args: PredictArgs) -> Result<()> {
         batch_size,
     } = args.run.open()?;
     one_output(&trainer, "kiln predict")?;
+    if record.data.starts_with("text:") {
+        // One row of classes per sample is what the CSV holds; a language model has
+        // classes at every position, and its use is generating text.
+        return Err(bad_arg(
+            "--checkpoint",
+            format!(
+                "{} is a language model of {}: kiln predict writes one class per row, not text",
+                args.run.path()?.display(),
+                record.data
+            ),
+        ));
+    }
     let mut x = read_rows(&args.input, args.delimiter, &record)?;
     if let Some(s) = record.scaler() {
         s.transform(&mut x)?;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use kiln::data::text::Vocab;
 use kiln::data::Dataset;
 use kiln::dist::AllReduce;
 use kiln::io::tensorboard::{self, HParam, SessionStatus, TensorBoard};
@@ -126,7 +127,7 @@ pub struct TrainArgs {
         long,
         value_name = "DIR",
         conflicts_with_all = [
-            "data", "test_data", "delimiter", "layers", "activation", "model", "batch_size", "optimizer",
+            "data", "test_data", "delimiter", "context", "layers", "activation", "model", "batch_size", "optimizer",
             "lr", "schedule", "loss", "seed", "scale", "validation_split", "test_split", "out", "name"
         ]
     )]
@@ -265,7 +266,8 @@ fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
         return Err(bad_arg("--batch-size", "must be at least 1"));
     }
     let base = data.record(seed);
-    let (train, test) = (data.train, data.test);
+    let text = data.source.is_text();
+    let (train, test, vocab) = (data.train, data.test, data.vocab);
     let loss_name = args.loss.unwrap_or(LossName::default_for(&train));
     let outputs = match loss_name {
         LossName::SparseCategoricalCrossentropy => train.classes.max(1),
@@ -277,6 +279,7 @@ fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
         .unwrap_or(DEFAULT_EPOCHS);
     let spec = match file {
         Some(spec) => spec,
+        None if text => args.model.text(train.features, train.classes)?,
         None => args.model.build(train.features, outputs)?,
     };
     let (optimizer_name, optimizer) = optimizer_of(args, spec.optimizer.clone(), epochs)?;
@@ -305,6 +308,10 @@ fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
     let out = if lead { out_dir(args)? } else { PathBuf::new() };
     if lead {
         record.save(&out)?;
+        if let Some(v) = &vocab {
+            // Later commands encode text with the ids the model was trained on.
+            v.save(&out.join(VOCAB_FILE))?;
+        }
         // A checkpoint from the start, so the folder can be resumed or evaluated at once.
         kiln::io::save(&out, &trainer)?;
     }
@@ -380,7 +387,7 @@ fn optimizer_of(
 /// Reloads a run folder: its record, data (scaled as before), trainer and history.
 fn resume(dir: &Path, device: &Device, lead: bool) -> Result<Run> {
     let record = RunRecord::load(dir)?;
-    let (mut train, mut test) = load_recorded(&record)?;
+    let (mut train, mut test) = load_recorded(&record, Some(dir))?;
     let scaler = record.scaler();
     data_source::apply(scaler.as_ref(), &mut train)?;
     if let Some(t) = test.as_mut() {
@@ -406,9 +413,26 @@ fn resume(dir: &Path, device: &Device, lead: bool) -> Result<Run> {
     })
 }
 
-/// The train and test rows of a recorded run, split as it split them (not yet scaled).
-pub fn load_recorded(record: &RunRecord) -> Result<(Dataset, Option<Dataset>)> {
+/// The vocabulary a text run saved in its folder.
+pub const VOCAB_FILE: &str = "vocab.json";
+
+/// The vocabulary saved in run folder `dir`, if there is one.
+pub fn saved_vocab(dir: Option<&Path>) -> Result<Option<Vocab>> {
+    match dir.map(|d| d.join(VOCAB_FILE)) {
+        Some(path) if path.is_file() => Vocab::load(&path).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The train and test rows of a recorded run, split as it split them (not yet scaled);
+/// text is encoded with the vocabulary saved in its folder `dir`.
+pub fn load_recorded(record: &RunRecord, dir: Option<&Path>) -> Result<(Dataset, Option<Dataset>)> {
     let source: DataSource = record.data.parse().map_err(|e| bad_arg("data", e))?;
+    if source.is_text() {
+        // A text run's features are its context.
+        let (split, _) = source.load_text(record.features, saved_vocab(dir)?)?;
+        return Ok((split.train, split.test));
+    }
     let test_source: Option<DataSource> = match &record.test_data {
         Some(t) => Some(t.parse().map_err(|e| bad_arg("test_data", e))?),
         None => None,
@@ -506,16 +530,20 @@ fn describe(run: &Run, device: &Device, epochs: usize) {
         .test
         .as_ref()
         .map_or("no test rows".to_string(), |t| format!("{} test", t.n));
-    let classes = if r.classes > 0 {
-        format!("{} classes", r.classes)
+    let shape = if r.data.starts_with("text:") {
+        format!(
+            "{} tokens per row, {} in the vocabulary",
+            r.features, r.classes
+        )
+    } else if r.classes > 0 {
+        format!("{} features, {} classes", r.features, r.classes)
     } else {
-        "regression".to_string()
+        format!("{} features, regression", r.features)
     };
     say!(
-        "data:   {} ({fit_rows} train, {} validation, {test}; {} features, {classes}; scale {})",
+        "data:   {} ({fit_rows} train, {} validation, {test}; {shape}; scale {})",
         r.data,
         run.train.n - fit_rows,
-        r.features,
         r.scale
     );
     let widths: Vec<String> = r.layers.iter().map(|w| w.to_string()).collect();

@@ -3,6 +3,7 @@
 
 pub mod csv;
 pub mod idx;
+pub mod text;
 
 use crate::error::{Error, Result};
 use rand::seq::SliceRandom;
@@ -13,7 +14,8 @@ use rand::SeedableRng;
 pub struct Dataset {
     /// Row-major features, `[n, features]`.
     pub x: Vec<f32>,
-    /// Targets, `[n]`: class ids as f32 for classification, values for regression.
+    /// Targets, `[n]`: class ids as f32 for classification, values for regression; or
+    /// `[n, k]`, k per row (the next token at each position of a text window).
     pub y: Vec<f32>,
     /// Number of rows.
     pub n: usize,
@@ -177,16 +179,29 @@ fn check_len(data: &Dataset) -> Result<()> {
             ),
         ));
     }
-    if data.y.len() != data.n {
+    let whole_rows = data.n > 0 && data.y.len().is_multiple_of(data.n) && data.y.len() >= data.n;
+    if data.y.len() != data.n && !whole_rows {
         return Err(Error::shape(
             "dataset",
-            format!("y holds {} values, expected n = {}", data.y.len(), data.n),
+            format!(
+                "y holds {} values, expected n = {} (or k per row)",
+                data.y.len(),
+                data.n
+            ),
         ));
     }
     Ok(())
 }
 
 impl Dataset {
+    /// Targets per row: 1, or k for `[n, k]` targets.
+    pub fn targets_per_row(&self) -> usize {
+        match self.n {
+            0 => 1,
+            n => (self.y.len() / n).max(1),
+        }
+    }
+
     /// The rows at `indices`, in that order, as a new data set.
     ///
     /// An index not below `n` is an `InvalidArgument` error.
@@ -272,7 +287,7 @@ impl Dataset {
         Ok(out)
     }
 
-    /// Features `[indices.len(), features]` and targets `[indices.len()]` of the given rows.
+    /// Features `[indices.len(), features]` and targets `[indices.len(), k]` of the given rows.
     ///
     /// An index not below `n` is an `InvalidArgument` error.
     pub fn batch(&self, indices: &[usize]) -> Result<(Vec<f32>, Vec<f32>)> {
@@ -286,10 +301,11 @@ impl Dataset {
         }
         // check_len proved n * f fits, and every index is below n.
         let mut x = Vec::with_capacity(indices.len().saturating_mul(f));
-        let mut y = Vec::with_capacity(indices.len());
+        let k = self.targets_per_row();
+        let mut y = Vec::with_capacity(indices.len().saturating_mul(k));
         for &i in indices {
             x.extend_from_slice(&self.x[i * f..(i + 1) * f]);
-            y.push(self.y[i]);
+            y.extend_from_slice(&self.y[i * k..(i + 1) * k]);
         }
         Ok((x, y))
     }

@@ -1,7 +1,7 @@
 //! The `Sequential` builder: what a model is, before it has weights. The layers it
 //! stacks live one per file in [`crate::nn::layers`].
 
-pub use super::layers::{Conv, Dense, Layer, Pool};
+pub use super::layers::{Conv, Dense, Embedding, Layer, Pool};
 use crate::ops::batch_norm::BatchNorm;
 use crate::ops::layer_norm::LayerNorm;
 use crate::ops::Activation;
@@ -119,7 +119,7 @@ impl Sequential {
         self.activation(Activation::Gelu)
     }
 
-    /// Appends a row-wise softmax.
+    /// Appends a softmax over the last axis (per position of [T, V] sequences).
     pub fn softmax(self) -> Sequential {
         self.add(Layer::Softmax)
     }
@@ -148,6 +148,16 @@ impl Sequential {
     /// Appends layer normalisation with this eps.
     pub fn layer_norm_with(self, ln: LayerNorm) -> Sequential {
         self.add(Layer::LayerNorm(ln))
+    }
+
+    /// Appends a token embedding: [T] ids in 0..vocab -> [T, dim] (nn.Embedding).
+    pub fn embedding(self, vocab: usize, dim: usize) -> Sequential {
+        self.add(Layer::Embedding(Embedding::new(vocab, dim)))
+    }
+
+    /// Appends learned positions, added to [T, dim] sequences of at most `max_positions`.
+    pub fn positional_embedding(self, max_positions: usize) -> Sequential {
+        self.add(Layer::PositionalEmbedding(max_positions))
     }
 
     /// The shape of one input sample: [features], or [channels, height, width].
@@ -194,7 +204,8 @@ impl Sequential {
         Ok(self.shapes()?.iter().map(|s| s.iter().product()).collect())
     }
 
-    /// Output shape of one sample after each layer: [features] or [channels, height, width].
+    /// Output shape of one sample after each layer: [features], [positions, features] or
+    /// [channels, height, width].
     pub fn shapes(&self) -> crate::Result<Vec<Vec<usize>>> {
         use crate::Error;
         let mut shape = self.input_shape();

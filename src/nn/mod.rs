@@ -9,5 +9,5 @@ pub mod onnx;
 
 pub use graph::Graph;
 pub use init::Init;
-pub use layer::{Dense, Layer, Sequential};
+pub use layer::{Dense, Embedding, Layer, Sequential};
 pub use model::{Buffers, Model, Param};

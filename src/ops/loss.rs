@@ -90,7 +90,9 @@ pub enum Loss {
     /// predictions' shape, mean over rows.
     CategoricalCrossEntropy,
     /// Softmax cross-entropy from logits with integer class ids stored as f32 in a
-    /// `[rows]` (or `[rows, 1]`) tensor, mean over rows.
+    /// `[rows]` (or `[rows, 1]`) tensor, mean over rows. Logits `[B, T, V]` with ids
+    /// `[B, T]` are B * T rows: the mean over every position, as PyTorch's
+    /// `F.cross_entropy(logits.view(-1, V), targets.view(-1))`.
     ///
     /// A label outside `[0, cols)` or not an integer is an `InvalidArgument` error on the
     /// CPU; on the GPU, which cannot report errors, it makes the loss value NaN (and the
@@ -180,7 +182,10 @@ fn check(op: &str, loss: Loss, pred: &Tensor, target: &Tensor) -> Result<(usize,
         ));
     }
     if loss == Loss::SparseCategoricalCrossEntropy {
-        if target.shape() != [rows] && target.shape() != [rows, 1] {
+        // One id per row: [rows], [rows, 1], or the predictions' leading axes ([B, T] ids
+        // for [B, T, V] logits: every position of every sequence).
+        let leading = &pred.shape()[..pred.shape().len().saturating_sub(1)];
+        if target.shape() != [rows] && target.shape() != [rows, 1] && target.shape() != leading {
             return Err(Error::shape(
                 op,
                 format!(
@@ -190,7 +195,7 @@ fn check(op: &str, loss: Loss, pred: &Tensor, target: &Tensor) -> Result<(usize,
                 ),
             ));
         }
-    } else if target.shape() != pred.shape() {
+    } else if !super::same_samples(pred, target) {
         return Err(Error::shape(
             op,
             format!(

@@ -81,8 +81,9 @@ fn groups_for(items: usize) -> u32 {
 /// falls short of the rows seen.
 pub fn confusion_accumulate(pred: &Tensor, labels: &Tensor, counts: &mut Tensor) -> Result<()> {
     let op = "confusion_accumulate";
+    // [B, T, classes] scores are B * T rows, one per position.
     let (rows, classes) = match pred.shape() {
-        [r, c] => (*r, *c),
+        [lead @ .., c] if !lead.is_empty() => (lead.iter().product(), *c),
         s => {
             return Err(Error::shape(
                 op,
@@ -211,7 +212,8 @@ fn check_confusion(
     labels: &Tensor,
     counts: &Tensor,
 ) -> Result<()> {
-    if labels.shape() != [rows] && labels.shape() != [rows, 1] {
+    // [B, T] ids label the B * T rows of [B, T, classes] predictions.
+    if labels.len() != rows || labels.shape().len() > 2 {
         return Err(Error::shape(
             op,
             format!(
@@ -291,7 +293,7 @@ fn confusion_gpu(
 /// at the end of the epoch for MAE and MSE.
 pub fn abs_sq_error_accumulate(pred: &Tensor, target: &Tensor, sums: &mut Tensor) -> Result<()> {
     let op = "abs_sq_error_accumulate";
-    if pred.shape() != target.shape() {
+    if !super::same_samples(pred, target) {
         return Err(Error::shape(
             op,
             format!(

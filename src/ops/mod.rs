@@ -14,6 +14,7 @@ pub mod dense_grad;
 pub mod dense_head;
 pub mod dropout;
 pub mod elementwise;
+pub mod embedding;
 pub mod gather;
 pub mod layer_norm;
 pub mod loss;
@@ -86,6 +87,17 @@ pub(crate) fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
             format!("{:?} vs {:?}", a.shape(), b.shape()),
         ))
     }
+}
+
+/// Whether `target` holds a value for each of `pred`'s, row for row: the same shape, or
+/// the same rows with each row's values packed flat (a batch of [T, D] outputs against
+/// its [B, T * D] targets).
+pub(crate) fn same_samples(pred: &Tensor, target: &Tensor) -> bool {
+    pred.shape() == target.shape()
+        || (pred.len() == target.len()
+            && target.shape().len() == 2
+            && pred.shape().len() > 2
+            && pred.shape().first() == target.shape().first())
 }
 
 /// The host values of a CPU tensor (empty for a GPU tensor).
@@ -326,6 +338,23 @@ mod uniform_layout {
                     d,
                     eps,
                     chunk
+                }),
+            ),
+            (
+                vec![
+                    embedding::LOOKUP,
+                    embedding::BUCKET_COUNT,
+                    embedding::BUCKET_SCAN,
+                    embedding::BUCKET_FILL,
+                    embedding::LOOKUP_GRAD,
+                    embedding::POSITIONAL,
+                    embedding::POSITIONAL_GRAD,
+                ],
+                layout!(embedding::Params {
+                    n,
+                    dim,
+                    rows,
+                    period
                 }),
             ),
             (

@@ -40,7 +40,7 @@ impl Trainer {
         if self.outputs.is_some() {
             self.check_output_labels(y)?;
         } else if self.train_loss == Loss::SparseCategoricalCrossEntropy {
-            let classes = self.model.output_width();
+            let classes = self.model.output_classes();
             if let Some(i) = y
                 .iter()
                 .position(|&v| v < 0.0 || v.fract() != 0.0 || v as usize >= classes)
@@ -48,7 +48,8 @@ impl Trainer {
                 return Err(Error::arg(
                     "labels y",
                     format!(
-                        "row {i} has label {} but the model has {classes} classes (0..{})",
+                        "row {} has label {} but the model has {classes} classes (0..{})",
+                        i / self.target_width().max(1),
                         y[i],
                         classes - 1
                     ),

@@ -127,12 +127,22 @@ impl Accumulator {
     pub fn add(&mut self, out: &Tensor, target: &Tensor, rows: usize) -> Result<()> {
         self.batch_rows.push(rows);
         if let Some(c) = self.confusion.as_mut() {
-            if out.shape().get(1).copied().unwrap_or(1) == 1 {
+            // Classes are the last axis ([B, T, V] sequences: one label per position).
+            if out.shape().last().copied().unwrap_or(1) == 1 {
                 confusion_accumulate_binary(out, target, self.threshold, c)?;
-            } else if target.shape().get(1).copied().unwrap_or(1) > 1 {
-                // One-hot (or soft) targets: the label is the target's argmax.
-                let mut labels = Tensor::uninit(&out.device(), &[rows])?;
-                argmax_rows_into(target, &mut labels)?;
+            } else if target.len() == out.len() {
+                // One-hot (or soft) targets: the label is the target's argmax, at each
+                // position of sequence outputs (whose targets come packed flat).
+                let (label_rows, classes) = out.dims2("metrics")?;
+                let packed;
+                let one_hot = if target.dims2("metrics")? == (label_rows, classes) {
+                    target
+                } else {
+                    packed = target.try_clone()?.reshape(&[label_rows, classes])?;
+                    &packed
+                };
+                let mut labels = Tensor::uninit(&out.device(), &[label_rows])?;
+                argmax_rows_into(one_hot, &mut labels)?;
                 confusion_accumulate(out, &labels, c)?;
             } else {
                 confusion_accumulate(out, target, c)?;

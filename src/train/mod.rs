@@ -253,14 +253,17 @@ impl Trainer {
         self.optimizer.schedule = schedule;
     }
 
-    /// Targets per row: 1 for class ids, the output width otherwise (several outputs:
-    /// the sum of theirs, packed).
+    /// Targets per row: one class id per position (1 for a flat classifier, T for [T, V]
+    /// sequence outputs), the output width otherwise (several outputs: the sum of theirs,
+    /// packed).
     pub fn target_width(&self) -> usize {
         if let Some(o) = &self.outputs {
             return o.plans.iter().map(|p| p.target_width).sum();
         }
         match self.train_loss {
-            Loss::SparseCategoricalCrossEntropy => 1,
+            Loss::SparseCategoricalCrossEntropy => {
+                self.model.output_width() / self.model.output_classes().max(1)
+            }
             _ => self.model.output_width(),
         }
     }

@@ -77,6 +77,11 @@ pub(crate) struct OutputPlan {
     out_act: usize,
     /// Values per row of what the loss reads.
     width: usize,
+    /// The sample shape of what the loss reads.
+    shape: Vec<usize>,
+    /// Its last axis: the classes of a softmax cross-entropy (at each position of a
+    /// [T, V] sequence).
+    classes: usize,
     /// Target values per row, and where they start in the packed row.
     pub target_width: usize,
     offset: usize,
@@ -195,6 +200,7 @@ impl Model {
             None => self.input_shape.clone(),
         };
         let width: usize = shape.iter().product();
+        let classes = shape.last().copied().unwrap_or(1).max(1);
         let (output, logits) = match spec.loss {
             _ if fused.is_some() => (Output::Raw, true),
             l if categorical(l) => (Output::Softmax, true),
@@ -202,7 +208,7 @@ impl Model {
             _ => (Output::Raw, false),
         };
         let target_width = match spec.loss {
-            Loss::SparseCategoricalCrossEntropy => 1,
+            Loss::SparseCategoricalCrossEntropy => width / classes,
             _ => width,
         };
         Ok(OutputPlan {
@@ -211,6 +217,8 @@ impl Model {
             act,
             out_act,
             width,
+            classes,
+            shape,
             target_width,
             offset,
             output,
@@ -311,15 +319,33 @@ impl Trainer {
             Some(o) => o
                 .plans
                 .iter()
-                .map(|p| Accumulator::new(d, &p.spec.metrics, p.width, p.logits, batches))
+                .map(|p| {
+                    let counted = if categorical(p.train_loss) {
+                        p.classes
+                    } else {
+                        p.width
+                    };
+                    Accumulator::new(d, &p.spec.metrics, counted, p.logits, batches)
+                })
                 .collect(),
             None => Ok(vec![Accumulator::new(
                 d,
                 &self.metrics,
-                self.model.output_width(),
+                self.accumulator_width(),
                 self.logits,
                 batches,
             )?]),
+        }
+    }
+
+    /// What a single output's metrics count over: the classes at each position for a
+    /// softmax cross-entropy (the last axis), every output value otherwise.
+    fn accumulator_width(&self) -> usize {
+        match self.train_loss {
+            Loss::SparseCategoricalCrossEntropy | Loss::CategoricalCrossEntropy => {
+                self.model.output_classes()
+            }
+            _ => self.model.output_width(),
         }
     }
 
@@ -394,7 +420,12 @@ impl Trainer {
                 .iter()
                 .map(|p| {
                     let grad = (p.spec.weight != 1.0)
-                        .then(|| Tensor::zeros(&device, &[rows, p.width]))
+                        .then(|| {
+                            let shape: Vec<usize> = std::iter::once(rows)
+                                .chain(p.shape.iter().copied())
+                                .collect();
+                            Tensor::zeros(&device, &shape)
+                        })
                         .transpose()?;
                     Ok((Tensor::zeros(&device, &[rows, p.target_width])?, grad))
                 })
@@ -548,10 +579,13 @@ impl Trainer {
             .iter()
             .filter(|p| p.train_loss == Loss::SparseCategoricalCrossEntropy)
         {
-            let classes = p.width;
+            let classes = p.classes;
             for (r, row) in y.chunks(tw).enumerate() {
-                let v = row.get(p.offset).copied().unwrap_or(0.0);
-                if v < 0.0 || v.fract() != 0.0 || v as usize >= classes {
+                let ids = row.get(p.offset..p.offset + p.target_width).unwrap_or(&[]);
+                let bad = ids
+                    .iter()
+                    .find(|&&v| v < 0.0 || v.fract() != 0.0 || v as usize >= classes);
+                if let Some(&v) = bad {
                     return Err(Error::arg(
                         "labels y",
                         format!(

@@ -89,13 +89,14 @@ impl Dense {
         Dense { l1, l2, ..self }
     }
 
-    /// The width of flat samples, or an error asking for a flatten.
+    /// The width of flat samples or of each position of [T, D] sequences (the layer acts
+    /// on the last axis, as nn.Linear), or an error asking an image for a flatten.
     fn width(name: &str, input: &[usize]) -> Result<usize> {
         match input {
-            [w] => Ok(*w),
+            [w] | [_, w] => Ok(*w),
             s => Err(Error::shape(
                 name,
-                format!("needs flat samples, got {s:?}: add .flatten() first"),
+                format!("needs flat samples or [positions, features] sequences, got {s:?}: add .flatten() first"),
             )),
         }
     }
@@ -167,11 +168,14 @@ impl LayerDef for Dense {
         ] {
             super::check_init(name, which, init)?;
         }
-        Ok(vec![self.units])
+        let mut out = input.to_vec();
+        out.pop();
+        out.push(self.units);
+        Ok(out)
     }
 
     fn params(&self, input: &[usize], _output: &[usize]) -> Vec<ParamSpec> {
-        let (width, units) = (input.iter().product(), self.units);
+        let (width, units) = (input.last().copied().unwrap_or(0), self.units);
         let weight = ParamSpec {
             l1: self.l1,
             l2: self.l2,
@@ -190,7 +194,21 @@ impl LayerDef for Dense {
     }
 
     /// Gemm with W as stored ([units, inputs], hence transB).
+    /// On [T, D] sequences: MatMul by W^T (Gemm takes 2-D inputs only), then the bias.
     fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        if cx.shape.len() > 1 {
+            let (x, w) = (cx.input(0)?.to_string(), cx.param(0)?.to_string());
+            let perm = vec![("perm", Attr::Ints(vec![1, 0]))];
+            let wt = cx.step("Transpose", &[&w], "weight_t", perm);
+            match cx.params.get(1).cloned() {
+                Some(b) => {
+                    let xw = cx.step("MatMul", &[&x, &wt], "matmul", Vec::new());
+                    cx.finish("Add", &[&xw, &b], Vec::new());
+                }
+                None => cx.finish("MatMul", &[&x, &wt], Vec::new()),
+            }
+            return Ok(());
+        }
         let params = cx.params.clone();
         cx.apply("Gemm", &params, vec![("transB", Attr::Int(1))])
     }
@@ -272,12 +290,14 @@ impl Step for DenseStep {
     }
 
     fn scratch(&self, device: &Device, y: &[usize]) -> Result<Scratch> {
+        // [batch, T, units] sequences are batch * T rows of units (Tensor::dims2).
         let (batch, units) = match *y {
             [batch, units] => (batch, units),
+            [batch, t, units] => (batch * t, units),
             ref s => {
                 return Err(Error::shape(
                     "dense workspace",
-                    format!("{s:?} is not [batch, units]"),
+                    format!("{s:?} is not [batch, units] or [batch, positions, units]"),
                 ))
             }
         };

@@ -1,4 +1,5 @@
-//! Layer normalisation over the features of each [features] sample; gamma and beta are
+//! Layer normalisation over the features of each [features] sample, or of each position of
+//! [positions, features] sequences (the last axis, as nn.LayerNorm(D)); gamma and beta are
 //! `weight` and `bias`, as in PyTorch's state_dict.
 
 use std::sync::Arc;
@@ -45,17 +46,17 @@ impl LayerDef for LayerNormLayer {
 
     fn output_shape(&self, name: &str, input: &[usize]) -> Result<Vec<usize>> {
         crate::ops::check_eps(name, self.0.eps)?;
-        if input.len() != 1 {
+        if !matches!(input.len(), 1 | 2) {
             return Err(Error::shape(
                 name,
-                format!("normalises flat samples, got {input:?}: add .flatten() first (or use batch_norm per channel)"),
+                format!("normalises flat samples or each position of [positions, features] sequences, got {input:?}: add .flatten() first (or use batch_norm per channel)"),
             ));
         }
         Ok(input.to_vec())
     }
 
     fn params(&self, input: &[usize], _output: &[usize]) -> Vec<ParamSpec> {
-        affine_params(input.iter().product())
+        affine_params(input.last().copied().unwrap_or(0))
     }
 
     /// LayerNormalization-17 over the features (biased variance, as kiln's).
@@ -103,7 +104,8 @@ impl Step for LayerNormStep {
     fn scratch(&self, device: &Device, y: &[usize]) -> Result<Scratch> {
         Ok(Scratch {
             tensors: Vec::new(),
-            norm: Some(NormStats::new(device, y.first().copied().unwrap_or(0))?),
+            // One mean and invstd per normalised row: per sample, or per position.
+            norm: Some(NormStats::new(device, y.split_last().map_or(0, |(_, rows)| rows.iter().product()))?),
         })
     }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 pub use conv2d::Conv;
 pub use dense::Dense;
+pub use embedding::Embedding;
 pub use max_pool2d::Pool;
 pub use step::{Backward, Forward, Inputs, Pass, Pattern, Scratch, Step};
 
@@ -94,15 +95,20 @@ layers! {
     Dense(Dense) => dense::Dense,
     /// A pointwise activation.
     Activation(Activation) => activation::Act,
-    /// Row-wise softmax.
+    /// Softmax over the last axis (each sample's row; each position of a sequence).
     Softmax => softmax::Softmax,
     /// Inverted dropout with this rate (training only).
     Dropout(f32) => dropout::Dropout,
     /// Batch normalisation per feature of [features] samples (BatchNorm1d) or per channel
     /// of [c, h, w] ones (BatchNorm2d); momentum follows PyTorch (0.1 = weight of the batch).
     BatchNorm(BatchNorm) => batch_norm::BatchNormLayer,
-    /// Layer normalisation over the features of each [features] sample.
+    /// Layer normalisation over the last axis: the features of each [features] sample,
+    /// or of each position of [positions, features] sequences.
     LayerNorm(LayerNorm) => layer_norm::LayerNormLayer,
+    /// Token ids [T] -> [T, dim] rows of a learned table (nn.Embedding).
+    Embedding(Embedding) => embedding::Embedding,
+    /// Learned positions added to [T, dim] sequences of at most this many positions.
+    PositionalEmbedding(usize) => positional_embedding::PositionalEmbedding,
 }
 
 /// The key of the activation that may follow a layer in its entry (or stand alone).
@@ -165,8 +171,8 @@ impl Kind {
 
 /// A layer type: what the builder, the planner and the model files need of it.
 ///
-/// Shapes are of one sample ([features] or [channels, height, width]); `name` in errors
-/// is the layer's place in the model ("layer 3 (dense)").
+/// Shapes are of one sample ([features], [positions, features] or [channels, height,
+/// width]); `name` in errors is the layer's place in the model ("layer 3 (dense)").
 pub trait LayerDef: Debug {
     /// The Keras-style kind name used in summaries and names ("dense").
     fn kind(&self) -> &'static str;

@@ -34,9 +34,9 @@ impl LayerDef for Softmax {
         Ok(input.to_vec())
     }
 
-    /// Over each whole sample, as kiln's row-wise softmax.
+    /// Over the last axis, as kiln's softmax (each position of a [T, V] sequence).
     fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
-        cx.on_rows("Softmax", &[], vec![("axis", Attr::Int(-1))])
+        cx.apply("Softmax", &[], vec![("axis", Attr::Int(-1))])
     }
 
     fn lower(&self, _slots: &Slots) -> Result<Arc<dyn Step>> {

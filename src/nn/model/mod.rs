@@ -151,6 +151,15 @@ impl Model {
             .map_or(self.input_width(), |n| n.shape.iter().product())
     }
 
+    /// Classes of a classifier's output: its last axis (a [T, V] sequence output has V
+    /// classes at each of its T positions).
+    pub fn output_classes(&self) -> usize {
+        self.nodes
+            .last()
+            .and_then(|n| n.shape.last().copied())
+            .unwrap_or_else(|| self.input_width())
+    }
+
     /// Every parameter, in layer order.
     pub fn params(&self) -> &[Param] {
         &self.params
