@@ -2,7 +2,7 @@
 //! reads back as the same layer, and an entry's keys are checked by the layer it names.
 
 use kiln::io::{LayerSpec, ModelFile};
-use kiln::nn::layers::{Conv, Pool, VARIANTS};
+use kiln::nn::layers::{Conv, MultiHeadAttention, Pool, VARIANTS};
 use kiln::ops::batch_norm::BatchNorm;
 use kiln::ops::layer_norm::LayerNorm;
 use kiln::{Activation, Dense, Error, Init, Layer};
@@ -33,6 +33,10 @@ fn samples() -> Vec<(Layer, bool)> {
             true,
         ),
         (Layer::LayerNorm(LayerNorm { eps: 1e-4 }), false),
+        (
+            Layer::MultiHeadAttention(MultiHeadAttention::new(4).causal()),
+            false,
+        ),
     ]
 }
 

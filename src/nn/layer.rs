@@ -1,7 +1,7 @@
 //! The `Sequential` builder: what a model is, before it has weights. The layers it
 //! stacks live one per file in [`crate::nn::layers`].
 
-pub use super::layers::{Conv, Dense, Layer, Pool};
+pub use super::layers::{Conv, Dense, Layer, MultiHeadAttention, Pool};
 use crate::ops::batch_norm::BatchNorm;
 use crate::ops::layer_norm::LayerNorm;
 use crate::ops::Activation;
@@ -148,6 +148,17 @@ impl Sequential {
     /// Appends layer normalisation with this eps.
     pub fn layer_norm_with(self, ln: LayerNorm) -> Sequential {
         self.add(Layer::LayerNorm(ln))
+    }
+
+    /// Appends multi-head self-attention with `heads` heads over [T, D] samples (start
+    /// with `.reshape(&[t, d])`).
+    pub fn attention(self, heads: usize) -> Sequential {
+        self.add(Layer::MultiHeadAttention(MultiHeadAttention::new(heads)))
+    }
+
+    /// Appends configured multi-head self-attention (causal, say).
+    pub fn attention_with(self, attention: MultiHeadAttention) -> Sequential {
+        self.add(Layer::MultiHeadAttention(attention))
     }
 
     /// The shape of one input sample: [features], or [channels, height, width].

@@ -5,6 +5,7 @@
 //! its buffers. On the GPU an op only records a dispatch; see [`Device::flush`].
 
 pub mod activation;
+pub mod attention;
 pub mod batch_norm;
 pub mod bias;
 pub mod concat;
@@ -198,6 +199,16 @@ mod uniform_layout {
                     eps,
                     momentum
                 }),
+            ),
+            (
+                vec![
+                    attention::FORWARD,
+                    attention::BACKWARD_Q,
+                    attention::BACKWARD_KV,
+                    attention::SCORES,
+                    attention::PV,
+                ],
+                layout!(attention::Params { batch, scale }),
             ),
             (
                 vec![bias::ADD, bias::ADD_INPLACE, bias::COL_SUM],
