@@ -136,7 +136,11 @@ fn every_registered_layer_writes_its_onnx_nodes() {
     use kiln::nn::onnx::{Emit, OnnxGraph};
     for (layer, image) in samples() {
         let def = layer.def();
-        let input = if image { vec![4, 4, 4] } else { vec![7] };
+        let input = match (&layer, image) {
+            (Layer::MultiHeadAttention(_), _) => vec![3, 8],
+            (_, true) => vec![4, 4, 4],
+            _ => vec![7],
+        };
         let shape = def.output_shape("layer", &input).unwrap();
         let params = def.params(&input, &shape);
         let mut graph = OnnxGraph::new();

@@ -20,6 +20,7 @@ use crate::io::model_file::entry::Entry;
 use crate::io::model_file::schema::LayerSpec;
 use crate::io::model_file::validation::Invalid;
 use crate::nn::init::Init;
+use crate::nn::onnx::{Attr, Emit, Values};
 use crate::ops::attention::Attention;
 use crate::ops::bias::bias_grad_into;
 use crate::ops::elementwise::axpy;
@@ -152,6 +153,66 @@ impl LayerDef for MultiHeadAttention {
             },
             ParamSpec::new("out_proj.bias", &[d], ParamInit::Fill(0.0)),
         ]
+    }
+
+    /// Opset 17 has no attention op: the projections, heads and softmax as MatMul,
+    /// Slice, Reshape, Transpose and Softmax nodes (PyTorch's export does the same).
+    fn onnx(&self, cx: &mut Emit<'_>) -> Result<()> {
+        let (t, d) = self.rows(cx.name, &cx.shape)?;
+        let (h, dh) = (self.heads, d / self.heads);
+        let cross = cx.inputs.len() > 1;
+        if cross && self.causal {
+            return Err(Error::arg(
+                "onnx export",
+                format!("'{}': causal cross-attention has no ONNX form", cx.name),
+            ));
+        }
+        let [w_in, b_in, w_out, b_out] = [0, 1, 2, 3].map(|k| cx.param(k).map(str::to_string));
+        let (w_in, b_in, w_out, b_out) = (w_in?, b_in?, w_out?, b_out?);
+        let perm = |p: &[i64]| vec![("perm", Attr::Ints(p.to_vec()))];
+        let ints = |cx: &mut Emit<'_>, what: &str, v: Vec<i64>| {
+            cx.graph.constant(&format!("{}/{what}", cx.name), &[v.len()], Values::I64(v))
+        };
+        let w_in_t = cx.step("Transpose", &[&w_in], "in_proj_t", perm(&[1, 0]));
+        let project = |cx: &mut Emit<'_>, k: usize| -> Result<String> {
+            let x = cx.input(k)?.to_string();
+            let xw = cx.step("MatMul", &[&x, &w_in_t], "in_proj", Vec::new());
+            Ok(cx.step("Add", &[&xw, &b_in], "qkv", Vec::new()))
+        };
+        let px = project(cx, 0)?;
+        let pm = if cross { project(cx, 1)? } else { px.clone() };
+        let heads = ints(cx, "heads", vec![0, -1, h as i64, dh as i64]);
+        let axis = ints(cx, "axis", vec![2]);
+        // One third of the projected rows, split into heads: [batch, h, rows, dh].
+        let split = |cx: &mut Emit<'_>, src: &str, third: i64, order: &[i64]| {
+            let lo = ints(cx, "start", vec![third * d as i64]);
+            let hi = ints(cx, "end", vec![(third + 1) * d as i64]);
+            let part = cx.step("Slice", &[src, &lo, &hi, &axis], "part", Vec::new());
+            let rows = cx.step("Reshape", &[&part, &heads], "heads", Vec::new());
+            cx.step("Transpose", &[&rows], "by_head", perm(order))
+        };
+        let q = split(cx, &px, 0, &[0, 2, 1, 3]);
+        let kt = split(cx, &pm, 1, &[0, 2, 3, 1]);
+        let v = split(cx, &pm, 2, &[0, 2, 1, 3]);
+        let qk = cx.step("MatMul", &[&q, &kt], "qk", Vec::new());
+        let scale = cx.graph.scalar(&format!("{}/scale", cx.name), 1.0 / (dh as f32).sqrt());
+        let mut scores = cx.step("Mul", &[&qk, &scale], "scores", Vec::new());
+        if self.causal {
+            let mask = (0..t * t)
+                .map(|e| if e % t > e / t { -1e30 } else { 0.0 })
+                .collect();
+            let mask = cx.graph.constant(&format!("{}/mask", cx.name), &[t, t], Values::F32(mask));
+            scores = cx.step("Add", &[&scores, &mask], "masked", Vec::new());
+        }
+        let p = cx.step("Softmax", &[&scores], "probs", vec![("axis", Attr::Int(-1))]);
+        let o = cx.step("MatMul", &[&p, &v], "o_heads", Vec::new());
+        let o = cx.step("Transpose", &[&o], "o_rows", perm(&[0, 2, 1, 3]));
+        let rows = ints(cx, "rows", vec![0, -1, d as i64]);
+        let o = cx.step("Reshape", &[&o, &rows], "o", Vec::new());
+        let w_out_t = cx.step("Transpose", &[&w_out], "out_proj_t", perm(&[1, 0]));
+        let y = cx.step("MatMul", &[&o, &w_out_t], "out_proj", Vec::new());
+        cx.finish("Add", &[&y, &b_out], Vec::new());
+        Ok(())
     }
 
     fn lower(&self, slots: &Slots) -> Result<Arc<dyn Step>> {
