@@ -6,8 +6,9 @@
 //!
 //! On the GPU the forward is one fused dispatch (online softmax, saving each row's
 //! logsumexp) and the backward two (dQ and delta, then dK and dV), recomputing the
-//! probabilities instead of storing a T x S matrix per head; [`Attention::forward_unfused_into`]
-//! is the plain path that materialises the scores. The CPU reference materialises them too.
+//! probabilities instead of storing a T x S matrix per head; heads a multiple of 4 wide
+//! get the same kernels with vec4 loads. [`Attention::forward_unfused_into`] is the plain
+//! path that materialises the scores. The CPU reference materialises them too.
 
 use super::activation::softmax_into;
 use super::{device_of, grid, host, launch};
@@ -24,6 +25,10 @@ pub(super) const FORWARD: Kernel = Kernel {
     outputs: 2,
     bounds_checks: true,
 };
+pub(super) const FORWARD4: Kernel = Kernel {
+    entry: "forward4",
+    ..FORWARD
+};
 pub(super) const BACKWARD_Q: Kernel = Kernel {
     entry: "backward_q",
     inputs: 5,
@@ -35,6 +40,14 @@ pub(super) const BACKWARD_KV: Kernel = Kernel {
     inputs: 5,
     outputs: 1,
     ..FORWARD
+};
+pub(super) const BACKWARD_Q4: Kernel = Kernel {
+    entry: "backward_q4",
+    ..BACKWARD_Q
+};
+pub(super) const BACKWARD_KV4: Kernel = Kernel {
+    entry: "backward_kv4",
+    ..BACKWARD_KV
 };
 pub(super) const SCORES: Kernel = Kernel {
     entry: "scores_naive",
@@ -140,6 +153,13 @@ impl Attention {
         Ok(())
     }
 
+    /// Whether the vec4 kernels run: heads a multiple of 4 wide (then every row, offset
+    /// and head starts on a vec4). On lavapipe each load costs a loop over the lanes
+    /// whatever it loads, so a quarter as many loads is most of the kernels' time.
+    fn vec4(&self) -> bool {
+        self.head_width().is_multiple_of(4)
+    }
+
     fn params(&self) -> Params {
         Params {
             batch: self.batch as u32,
@@ -210,7 +230,8 @@ impl Attention {
                     self.batch as u32,
                 ];
                 let c = self.constants(wg);
-                launch(&ctx, &FORWARD, &c, &self.params(), &[q, kv, o, lse], groups)
+                let kernel = if self.vec4() { &FORWARD4 } else { &FORWARD };
+                launch(&ctx, kernel, &c, &self.params(), &[q, kv, o, lse], groups)
             }
         }
     }
@@ -306,7 +327,11 @@ impl Attention {
                     self.batch as u32,
                 ];
                 let bound = [q, kv, o, lse, d_o, &*dq, &*delta];
-                launch(&ctx, &BACKWARD_Q, &self.constants(wq), &p, &bound, groups)?;
+                let (kq, kkv) = match self.vec4() {
+                    true => (&BACKWARD_Q4, &BACKWARD_KV4),
+                    false => (&BACKWARD_Q, &BACKWARD_KV),
+                };
+                launch(&ctx, kq, &self.constants(wq), &p, &bound, groups)?;
                 let wk = Self::rows_per_group(self.keys);
                 let groups = [
                     self.keys.div_ceil(wk) as u32,
@@ -315,7 +340,7 @@ impl Attention {
                 ];
                 let out = dkv.map_or(&*dq, |t| &*t);
                 let bound = [q, kv, lse, d_o, &*delta, out];
-                launch(&ctx, &BACKWARD_KV, &self.constants(wk), &p, &bound, groups)
+                launch(&ctx, kkv, &self.constants(wk), &p, &bound, groups)
             }
         }
     }

@@ -203,8 +203,11 @@ mod uniform_layout {
             (
                 vec![
                     attention::FORWARD,
+                    attention::FORWARD4,
                     attention::BACKWARD_Q,
                     attention::BACKWARD_KV,
+                    attention::BACKWARD_Q4,
+                    attention::BACKWARD_KV4,
                     attention::SCORES,
                     attention::PV,
                 ],
