@@ -46,10 +46,7 @@ fn filled(device: &Device, shape: &[usize], seed: u32) -> Tensor {
 fn main() {
     let device = Device::gpu().expect("a GPU adapter (lavapipe will do)");
     println!("attention on {}", device.name());
-    let (batch, t, d) = (12, 64, 128);
-    let heads: usize = std::env::var("HEADS")
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(4);
+    let (batch, t, d, heads) = (12, 64, 128, 4);
     let (bt, rows) = (batch * t, batch * heads * t);
     for causal in [false, true] {
         let a = Attention {
