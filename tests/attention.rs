@@ -9,7 +9,9 @@ use common::*;
 use kiln::nn::graph::inputs::pack;
 use kiln::nn::layers::MultiHeadAttention;
 use kiln::ops::attention::Attention;
-use kiln::{Dense, Device, Error, Graph, Layer, Loss, Optimizer, Sequential, Tensor, Trainer};
+use kiln::{
+    Dense, Device, Error, Graph, GraphError, Layer, Loss, Optimizer, Sequential, Tensor, Trainer,
+};
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 
@@ -217,6 +219,43 @@ fn gradients_match_finite_differences_mid_graph() {
             let input = if cross { &both } else { &x };
             assert_trainer_fd(&mut t, input, &y, 1e-3, &format!("{attn:?} cross {cross}"));
         }
+    }
+}
+
+/// A cross-attention graph saved as a model file and checkpoint loads back as the same
+/// graph (the layer's entry: heads and `causal`) with the same weights under PyTorch's
+/// names; a third input is a typed error naming the node.
+#[test]
+fn a_saved_attention_graph_loads_back_and_arity_is_checked() {
+    let g = mid_graph(MultiHeadAttention::new(2).causal(), true);
+    let model = g.build(&Device::cpu(), 3).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("attention-save");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    kiln::io::save_model(&dir, &model).unwrap();
+    let back = kiln::io::load_model(&dir, &Device::cpu()).unwrap();
+    assert_eq!(back.graph(), Some(&g));
+    for (a, b) in model.params().iter().zip(back.params()) {
+        assert_eq!(
+            (&a.name, a.value.to_vec().unwrap()),
+            (&b.name, b.value.to_vec().unwrap())
+        );
+    }
+    assert!(back.param("attn.out_proj.weight").is_some());
+
+    let mut g = Graph::new();
+    g.input("x", &[T * D])
+        .layer("seq", Layer::Reshape(vec![T, D]), &["x"])
+        .layer(
+            "attn",
+            Layer::MultiHeadAttention(MultiHeadAttention::new(2)),
+            &["seq", "seq", "seq"],
+        )
+        .output("attn");
+    match g.build(&Device::cpu(), 0) {
+        Err(Error::Graph(GraphError::Arity { node, .. })) => assert_eq!(node, "attn"),
+        Err(other) => panic!("expected an arity error, got {other}"),
+        Ok(_) => panic!("a third input to attention built"),
     }
 }
 
