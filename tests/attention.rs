@@ -242,6 +242,13 @@ fn a_saved_attention_graph_loads_back_and_arity_is_checked() {
         );
     }
     assert!(back.param("attn.out_proj.weight").is_some());
+    // The summary's row: 3D * D + 3D + D * D + D parameters.
+    let summary = model.summary();
+    let row = summary
+        .lines()
+        .find(|l| l.starts_with("attn (multi_head_attention)"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(row.contains(&format!(" {} ", 4 * D * D + 4 * D)), "{row}");
 
     let mut g = Graph::new();
     g.input("x", &[T * D])
