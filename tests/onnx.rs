@@ -529,3 +529,45 @@ fn a_sequence_model_matches_predict() {
         assert!(ops.contains(op), "{op} not in {ops}");
     }
 }
+
+/// Causal self-attention feeding cross-attention to a second input: the MatMul, Slice,
+/// Reshape, Transpose and Softmax nodes the layer exports give, under onnxruntime, what
+/// predict gives.
+#[test]
+fn self_and_cross_attention_match_predict() {
+    use kiln::nn::layers::MultiHeadAttention;
+    let (t, s, d) = (4, 3, 8);
+    let mut g = Graph::new();
+    g.input("x", &[t * d])
+        .input("m", &[s * d])
+        .layer("xs", Layer::Reshape(vec![t, d]), &["x"])
+        .layer("ms", Layer::Reshape(vec![s, d]), &["m"])
+        .layer(
+            "self",
+            Layer::MultiHeadAttention(MultiHeadAttention::new(2).causal()),
+            &["xs"],
+        )
+        .layer(
+            "cross",
+            Layer::MultiHeadAttention(MultiHeadAttention::new(4)),
+            &["self", "ms"],
+        )
+        .layer("flat", Layer::Reshape(vec![t * d]), &["cross"])
+        .layer("scores", Layer::Dense(Dense::new(3)), &["flat"])
+        .output("scores");
+    let mut tr = trained_classifier(g.build(&Device::cpu(), 3).unwrap(), t * d + s * d, 6, 3);
+    let (x, m) = (random(5 * t * d, 31), random(5 * s * d, 32));
+    let packed = tr.model.pack_inputs(&[&x, &m]).unwrap();
+    let want = tr.predict(&packed, 5).unwrap();
+    let path = temp_dir("attention").join("model.onnx");
+    kiln::io::onnx::export(&tr, None, &path).unwrap();
+    let r = run_onnx(
+        &path,
+        &[("x", vec![5, t * d], &x), ("m", vec![5, s * d], &m)],
+    );
+    assert_close(&output(&r, "scores"), &want, "attention");
+    let ops = r["ops"].to_string();
+    for op in ["Softmax", "Slice", "Transpose"] {
+        assert!(ops.contains(op), "{op} not in {ops}");
+    }
+}

@@ -2,7 +2,7 @@
 //! reads back as the same layer, and an entry's keys are checked by the layer it names.
 
 use kiln::io::{LayerSpec, ModelFile};
-use kiln::nn::layers::{Conv, Pool, VARIANTS};
+use kiln::nn::layers::{Conv, MultiHeadAttention, Pool, VARIANTS};
 use kiln::ops::batch_norm::BatchNorm;
 use kiln::ops::layer_norm::LayerNorm;
 use kiln::{Activation, Dense, Error, Init, Layer};
@@ -35,6 +35,10 @@ fn samples() -> Vec<(Layer, bool)> {
         (Layer::LayerNorm(LayerNorm { eps: 1e-4 }), false),
         (Layer::Embedding(kiln::Embedding::new(11, 5)), false),
         (Layer::PositionalEmbedding(7), false),
+        (
+            Layer::MultiHeadAttention(MultiHeadAttention::new(4).causal()),
+            false,
+        ),
     ]
 }
 
@@ -137,6 +141,7 @@ fn every_registered_layer_writes_its_onnx_nodes() {
         let input = match (&layer, image) {
             // Positions are added to [T, D] sequences (exported with T = max_positions).
             (Layer::PositionalEmbedding(max), _) => vec![*max, 3],
+            (Layer::MultiHeadAttention(_), _) => vec![3, 8],
             (_, true) => vec![4, 4, 4],
             _ => vec![7],
         };

@@ -1,7 +1,7 @@
 //! The `Sequential` builder: what a model is, before it has weights. The layers it
 //! stacks live one per file in [`crate::nn::layers`].
 
-pub use super::layers::{Conv, Dense, Embedding, Layer, Pool};
+pub use super::layers::{Conv, Dense, Embedding, Layer, MultiHeadAttention, Pool};
 use crate::ops::batch_norm::BatchNorm;
 use crate::ops::layer_norm::LayerNorm;
 use crate::ops::Activation;
@@ -158,6 +158,17 @@ impl Sequential {
     /// Appends learned positions, added to [T, dim] sequences of at most `max_positions`.
     pub fn positional_embedding(self, max_positions: usize) -> Sequential {
         self.add(Layer::PositionalEmbedding(max_positions))
+    }
+
+    /// Appends multi-head self-attention with `heads` heads over [T, D] samples (start
+    /// with `.reshape(&[t, d])`).
+    pub fn attention(self, heads: usize) -> Sequential {
+        self.add(Layer::MultiHeadAttention(MultiHeadAttention::new(heads)))
+    }
+
+    /// Appends configured multi-head self-attention (causal, say).
+    pub fn attention_with(self, attention: MultiHeadAttention) -> Sequential {
+        self.add(Layer::MultiHeadAttention(attention))
     }
 
     /// The shape of one input sample: [features], or [channels, height, width].

@@ -364,6 +364,45 @@ impl Gemm {
         }
     }
 
+    /// The product for dimensions `d` whatever the operands' shapes (only their lengths are
+    /// checked): rows of samples with several positions ([batch, t, d] as [batch * t, d]).
+    pub fn run_flat_into(
+        &self,
+        d: Dims,
+        a: &Tensor,
+        b: &Tensor,
+        bias: Option<&Tensor>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let lens = [
+            (a.len(), d.m * d.k),
+            (b.len(), d.k * d.n),
+            (out.len(), d.m * d.n),
+        ];
+        let bias_ok = bias.is_none_or(|t| t.len() == d.n);
+        if lens.iter().any(|(got, want)| got != want) || !bias_ok || self.trans_c {
+            return Err(Error::shape(
+                "matmul",
+                format!(
+                    "{d:?} does not fit operands of {:?}, {:?} and output {:?}",
+                    a.shape(),
+                    b.shape(),
+                    out.shape()
+                ),
+            ));
+        }
+        let mut operands = vec![a, b, &*out];
+        operands.extend(bias);
+        match device_of("matmul", &operands)? {
+            Device::Cpu => {
+                let c = cpu_matmul(self, d, host(a), host(b), bias.and_then(Tensor::host));
+                out.host_mut().unwrap_or(&mut []).copy_from_slice(&c);
+                Ok(())
+            }
+            Device::Gpu(ctx) => self.dispatch(&ctx, d, a, b, bias, out),
+        }
+    }
+
     /// The kernel this product runs with on `ctx`: the forced one, else the autotuner's
     /// choice for this shape class if it has made one, else the static choice.
     pub fn choose(&self, ctx: &GpuContext, d: Dims) -> MatmulKernel {

@@ -5,6 +5,7 @@
 //! its buffers. On the GPU an op only records a dispatch; see [`Device::flush`].
 
 pub mod activation;
+pub mod attention;
 pub mod batch_norm;
 pub mod batched_matmul;
 pub mod bias;
@@ -228,6 +229,19 @@ mod uniform_layout {
                     ldb,
                     ldc
                 }),
+            ),
+            (
+                vec![
+                    attention::FORWARD,
+                    attention::FORWARD4,
+                    attention::BACKWARD_Q,
+                    attention::BACKWARD_KV,
+                    attention::BACKWARD_Q4,
+                    attention::BACKWARD_KV4,
+                    attention::SCORES,
+                    attention::PV,
+                ],
+                layout!(attention::Params { batch, scale }),
             ),
             (
                 vec![bias::ADD, bias::ADD_INPLACE, bias::COL_SUM],

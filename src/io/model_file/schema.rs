@@ -17,7 +17,9 @@ use crate::optim::Rule;
 /// the activation that follows it), a standalone `activation`, a `dropout` rate, an
 /// image layer (`conv2d`, `max_pool`, `avg_pool`, `global_avg_pool`, `flatten`, or
 /// `reshape = [1, 28, 28]` to give flat samples an image shape or any other), or a
-/// normalization (`batch_norm = true` or `layer_norm = true`, optionally with an activation).
+/// normalization (`batch_norm = true` or `layer_norm = true`, optionally with an activation),
+/// or multi-head attention over [T, D] samples (`multi_head_attention = HEADS`, with
+/// `causal = false` by default; a graph node gives it a second input for cross-attention).
 /// Each layer's file in [`crate::nn::layers`] declares its kind key and the keys it
 /// takes ([`LayerSpec`]). Unknown keys, unknown names and impossible values are errors
 /// that name the key and its line. A complete example, every optional key shown with its default where it

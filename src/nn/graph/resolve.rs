@@ -318,7 +318,7 @@ impl Graph {
                 .map(|n| act.get(n.as_str()).copied().unwrap_or(0))
                 .collect();
             let in_shapes: Vec<Vec<usize>> = inputs.iter().map(|&a| shapes[a].clone()).collect();
-            check_arity(&node.name, &node.op, &node.inputs)?;
+            check_arity(&node.name, &node.op, def.max_inputs(), &node.inputs)?;
             let shape = def
                 .output_shape_of(&node.name, &in_shapes)
                 .map_err(|e| shape_error(node, &in_shapes, e.to_string()))?;
@@ -449,9 +449,11 @@ fn activation_node(
     })
 }
 
-/// A layer takes one input, add and concatenate two or more, multiply two.
-fn check_arity(node: &str, op: &Op, inputs: &[String]) -> Result<()> {
+/// A layer takes one input (attention one or two), add and concatenate two or more,
+/// multiply two.
+fn check_arity(node: &str, op: &Op, max: usize, inputs: &[String]) -> Result<()> {
     let (ok, expected) = match op {
+        Op::Layer(_) | Op::Shared(_) if max > 1 => ((1..=max).contains(&inputs.len()), "1 or 2"),
         Op::Layer(_) | Op::Shared(_) => (inputs.len() == 1, "1"),
         Op::Add | Op::Concatenate => (inputs.len() >= 2, "2 or more"),
         Op::Multiply => (inputs.len() == 2, "2"),

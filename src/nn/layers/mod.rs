@@ -22,6 +22,7 @@ pub use conv2d::Conv;
 pub use dense::Dense;
 pub use embedding::Embedding;
 pub use max_pool2d::Pool;
+pub use multi_head_attention::MultiHeadAttention;
 pub use step::{Backward, Forward, Inputs, Pass, Pattern, Scratch, Step};
 
 use crate::error::{Error, Result};
@@ -109,6 +110,9 @@ layers! {
     Embedding(Embedding) => embedding::Embedding,
     /// Learned positions added to [T, dim] sequences of at most this many positions.
     PositionalEmbedding(usize) => positional_embedding::PositionalEmbedding,
+    /// Multi-head attention over [T, D] samples: self-attention, or cross-attention to a
+    /// second input (PyTorch's nn.MultiheadAttention).
+    MultiHeadAttention(MultiHeadAttention) => multi_head_attention::MultiHeadAttention,
 }
 
 /// The key of the activation that may follow a layer in its entry (or stand alone).
@@ -188,6 +192,10 @@ pub trait LayerDef: Debug {
                 format!("takes one input, got {}", inputs.len()),
             )),
         }
+    }
+    /// The most inputs a layer node may take (attention: keys and values from a second).
+    fn max_inputs(&self) -> usize {
+        1
     }
     /// The trainable parameters, in order, for these (checked) shapes.
     fn params(&self, _input: &[usize], _output: &[usize]) -> Vec<ParamSpec> {
