@@ -135,7 +135,10 @@ impl DataArgs {
     ) -> Result<(Split, Option<Vocab>)> {
         if !source.is_text() {
             if self.context.is_some() {
-                return Err(bad_arg("--context", "applies to text data (text:FILE) only"));
+                return Err(bad_arg(
+                    "--context",
+                    "applies to text data (text:FILE) only",
+                ));
             }
             let split = source.load(self.test_data.as_ref(), test_split, seed, delimiter)?;
             return Ok((split, None));
