@@ -2,7 +2,7 @@
 //! reads back as the same layer, and an entry's keys are checked by the layer it names.
 
 use kiln::io::{LayerSpec, ModelFile};
-use kiln::nn::layers::{Conv, Pool, VARIANTS};
+use kiln::nn::layers::{Conv, Pool, Recurrent, VARIANTS};
 use kiln::ops::batch_norm::BatchNorm;
 use kiln::ops::layer_norm::LayerNorm;
 use kiln::{Activation, Dense, Error, Init, Layer};
@@ -33,6 +33,8 @@ fn samples() -> Vec<(Layer, bool)> {
             true,
         ),
         (Layer::LayerNorm(LayerNorm { eps: 1e-4 }), false),
+        (Layer::Lstm(Recurrent::new(4).sequences()), false),
+        (Layer::Gru(Recurrent::new(3)), false),
     ]
 }
 
@@ -132,7 +134,11 @@ fn every_registered_layer_writes_its_onnx_nodes() {
     use kiln::nn::onnx::{Emit, OnnxGraph};
     for (layer, image) in samples() {
         let def = layer.def();
-        let input = if image { vec![4, 4, 4] } else { vec![7] };
+        let input = match (&layer, image) {
+            (_, true) => vec![4, 4, 4],
+            (Layer::Lstm(_) | Layer::Gru(_), _) => vec![5, 7],
+            _ => vec![7],
+        };
         let shape = def.output_shape("layer", &input).unwrap();
         let params = def.params(&input, &shape);
         let mut graph = OnnxGraph::new();

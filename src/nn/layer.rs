@@ -1,7 +1,7 @@
 //! The `Sequential` builder: what a model is, before it has weights. The layers it
 //! stacks live one per file in [`crate::nn::layers`].
 
-pub use super::layers::{Conv, Dense, Layer, Pool};
+pub use super::layers::{Conv, Dense, Layer, Pool, Recurrent};
 use crate::ops::batch_norm::BatchNorm;
 use crate::ops::layer_norm::LayerNorm;
 use crate::ops::Activation;
@@ -148,6 +148,16 @@ impl Sequential {
     /// Appends layer normalisation with this eps.
     pub fn layer_norm_with(self, ln: LayerNorm) -> Sequential {
         self.add(Layer::LayerNorm(ln))
+    }
+
+    /// Appends an LSTM of `units` returning its last state ([steps, features] samples in).
+    pub fn lstm(self, units: usize) -> Sequential {
+        self.add(Layer::Lstm(Recurrent::new(units)))
+    }
+
+    /// Appends a GRU of `units` returning its last state ([steps, features] samples in).
+    pub fn gru(self, units: usize) -> Sequential {
+        self.add(Layer::Gru(Recurrent::new(units)))
     }
 
     /// The shape of one input sample: [features], or [channels, height, width].

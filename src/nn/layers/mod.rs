@@ -13,6 +13,7 @@
 pub mod add;
 pub mod concatenate;
 pub mod multiply;
+pub mod recurrent;
 pub mod step;
 
 use std::fmt::Debug;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 pub use conv2d::Conv;
 pub use dense::Dense;
 pub use max_pool2d::Pool;
+pub use recurrent::Recurrent;
 pub use step::{Backward, Forward, Inputs, Pass, Pattern, Scratch, Step};
 
 use crate::error::{Error, Result};
@@ -103,6 +105,10 @@ layers! {
     BatchNorm(BatchNorm) => batch_norm::BatchNormLayer,
     /// Layer normalisation over the features of each [features] sample.
     LayerNorm(LayerNorm) => layer_norm::LayerNormLayer,
+    /// LSTM over [steps, features] samples (PyTorch's gates and weight names).
+    Lstm(Recurrent) => lstm::Lstm,
+    /// GRU over [steps, features] samples (PyTorch's gates and weight names).
+    Gru(Recurrent) => gru::Gru,
 }
 
 /// The key of the activation that may follow a layer in its entry (or stand alone).

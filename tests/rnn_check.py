@@ -1,0 +1,76 @@
+"""An independent reference for tests/rnn.rs: PyTorch's LSTM and GRU equations
+(torch.nn.LSTM / torch.nn.GRU, one layer, batch_first, zero initial state) in float64
+numpy, and the gradients of sum(y * dy) by central differences of that forward (no
+hand-derived backward). Reads, one per line: the cell ("lstm" or "gru"), "B T D H seq",
+then x, w_ih, w_hh, b_ih, b_hh, dy as space-separated numbers. Writes y, dx, dw_ih, dw_hh,
+db_ih, db_hh, one per line."""
+import sys
+
+import numpy as np
+
+
+def sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def forward(cell, x, w_ih, w_hh, b_ih, b_hh, seq):
+    batch, steps, _ = x.shape
+    hidden = w_hh.shape[1]
+    h = np.zeros((batch, hidden))
+    c = np.zeros((batch, hidden))
+    out = []
+    for t in range(steps):
+        gi = x[:, t, :] @ w_ih.T + b_ih
+        gh = h @ w_hh.T + b_hh
+        if cell == "lstm":
+            i, f, g, o = np.split(gi + gh, 4, axis=1)
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+        else:
+            i_r, i_z, i_n = np.split(gi, 3, axis=1)
+            h_r, h_z, h_n = np.split(gh, 3, axis=1)
+            r = sigmoid(i_r + h_r)
+            z = sigmoid(i_z + h_z)
+            n = np.tanh(i_n + r * h_n)
+            h = (1.0 - z) * n + z * h
+        out.append(h)
+    return np.stack(out, axis=1) if seq else h
+
+
+def main():
+    lines = sys.stdin.read().split("\n")
+    cell = lines[0].strip()
+    batch, steps, inputs, hidden, seq = (int(v) for v in lines[1].split())
+    arrays = [np.array([float(v) for v in line.split()]) for line in lines[2:8]]
+    gates = 4 if cell == "lstm" else 3
+    shapes = [
+        (batch, steps, inputs),
+        (gates * hidden, inputs),
+        (gates * hidden, hidden),
+        (gates * hidden,),
+        (gates * hidden,),
+    ]
+    args = [a.reshape(s) for a, s in zip(arrays[:5], shapes)]
+    dy = arrays[5]
+
+    def loss(values):
+        y = forward(cell, *values, seq == 1)
+        return float(np.sum(y.reshape(-1) * dy))
+
+    print(" ".join(repr(v) for v in forward(cell, *args, seq == 1).reshape(-1)))
+    step = 1e-6
+    for k in range(5):
+        grad = np.zeros(args[k].size)
+        flat = args[k].reshape(-1)
+        for e in range(flat.size):
+            keep = flat[e]
+            flat[e] = keep + step
+            up = loss(args)
+            flat[e] = keep - step
+            down = loss(args)
+            flat[e] = keep
+            grad[e] = (up - down) / (2.0 * step)
+        print(" ".join(repr(v) for v in grad))
+
+
+main()
