@@ -57,7 +57,7 @@ def main():
         y = forward(cell, *values, seq == 1)
         return float(np.sum(y.reshape(-1) * dy))
 
-    print(" ".join(repr(v) for v in forward(cell, *args, seq == 1).reshape(-1)))
+    print(" ".join(repr(float(v)) for v in forward(cell, *args, seq == 1).reshape(-1)))
     step = 1e-6
     for k in range(5):
         grad = np.zeros(args[k].size)
@@ -70,7 +70,7 @@ def main():
             down = loss(args)
             flat[e] = keep
             grad[e] = (up - down) / (2.0 * step)
-        print(" ".join(repr(v) for v in grad))
+        print(" ".join(repr(float(v)) for v in grad))
 
 
 main()

@@ -314,8 +314,10 @@ impl Recurrence {
         transpose_into(dgi, dgt)?;
         Gemm::nn().run_into(dgt, x2, None, grads.w_ih)?;
         bias_grad_into(dgi, grads.b_ih)?;
+        // The LSTM's two biases have one gradient; summed again rather than copied, since
+        // both may be views of one packed buffer, which a GPU copy cannot read and write.
         match self.cell {
-            Cell::Lstm => grads.b_hh.copy_from(grads.b_ih)?,
+            Cell::Lstm => bias_grad_into(dgi, grads.b_hh)?,
             Cell::Gru => {
                 transpose_into(dgh, dgt)?;
                 bias_grad_into(dgh, grads.b_hh)?;
