@@ -112,3 +112,57 @@ fn mismatched_operands_are_typed_errors() {
     let mut other = op.work(&d, 3, 3, 4, 2).unwrap();
     assert!(op.forward_into(&x, w, &mut other, &mut t(&[2, 2])).is_err());
 }
+
+#[test]
+fn a_64_step_pass_is_recorded_without_readback_in_few_dispatches() {
+    // A device of its own, so other tests' dispatches do not show in its counters.
+    let dev = Device::gpu().unwrap();
+    let [b, t, d, h] = [4, 64, 8, 16];
+    for cell in [Cell::Lstm, Cell::Gru] {
+        let op = Recurrence {
+            cell,
+            return_sequences: false,
+        };
+        let g = cell.gates() * h;
+        let z = |s: &[usize]| Tensor::zeros(&dev, s).unwrap();
+        let (x, w_ih, w_hh, bias) = (z(&[b, t, d]), z(&[g, d]), z(&[g, h]), z(&[g]));
+        let (dy, mut y, mut dx) = (z(&[b, h]), z(&[b, h]), z(&[b, t, d]));
+        let mut gr = [z(&[g, d]), z(&[g, h]), z(&[g]), z(&[g])];
+        let mut work = op.work(&dev, b, t, d, h).unwrap();
+        let w = RnnWeights {
+            w_ih: &w_ih,
+            b_ih: &bias,
+            w_hh: &w_hh,
+            b_hh: &bias,
+        };
+        let mut counts = Vec::new();
+        // The second pass is counted: the first may time matmul kernels.
+        for _ in 0..2 {
+            let before = dev.stats();
+            op.forward_into(&x, w, &mut work, &mut y).unwrap();
+            let mid = dev.stats();
+            let [gw_ih, gw_hh, gb_ih, gb_hh] = &mut gr;
+            let grads = RnnGrads {
+                w_ih: gw_ih,
+                b_ih: gb_ih,
+                w_hh: gw_hh,
+                b_hh: gb_hh,
+            };
+            op.backward_into(&x, &dy, w, &mut work, grads, Some(&mut dx))
+                .unwrap();
+            dev.synchronize().unwrap();
+            let after = dev.stats();
+            assert_eq!(after.bytes_read, before.bytes_read, "{cell:?}: no readback");
+            counts = vec![
+                mid.dispatches - before.dispatches,
+                after.dispatches - mid.dispatches,
+            ];
+        }
+        println!(
+            "{cell:?} T = {t}: forward {} dispatches, backward {}",
+            counts[0], counts[1]
+        );
+        assert!(counts[0] <= t as u64 + 2, "{cell:?} forward: {counts:?}");
+        assert!(counts[1] <= t as u64 + 10, "{cell:?} backward: {counts:?}");
+    }
+}
