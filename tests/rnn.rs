@@ -37,12 +37,10 @@ fn trainer(spec: &Sequential, device: &Device) -> Trainer {
 }
 
 /// Every parameter's gradient against central differences of the reported loss.
-fn check_model_grads(spec: &Sequential, device: &Device, what: &str) {
-    let rows = 3;
-    let x = random(rows * 6, 21);
-    let y = random(rows * 2, 22);
+fn check_model_grads(spec: &Sequential, device: &Device, x: &[f32], what: &str) {
+    let y = random(x.len() / spec.input * 2, 22);
     let mut t = trainer(spec, device);
-    let (_, named) = t.gradients(&x, &y).unwrap();
+    let (_, named) = t.gradients(x, &y).unwrap();
     for (k, (name, grad)) in named.iter().enumerate() {
         let keep = t.model.params()[k].value.to_vec().unwrap();
         for (e, &g) in grad.iter().enumerate() {
@@ -50,7 +48,7 @@ fn check_model_grads(spec: &Sequential, device: &Device, what: &str) {
                 let mut v = keep.clone();
                 v[e] += d;
                 t.model.params_mut()[k].value.write(&v).unwrap();
-                t.gradients(&x, &y).unwrap().0 as f64
+                t.gradients(x, &y).unwrap().0 as f64
             };
             let fd = (at(H) - at(-H)) / (2.0 * H as f64);
             let err = (g as f64 - fd).abs();
@@ -75,7 +73,28 @@ fn gradients_match_finite_differences_mid_graph() {
         let seq = matches!(&layer, Layer::Lstm(r) | Layer::Gru(r) if r.return_sequences);
         let spec = mid_graph(layer.clone(), 3, 2, seq);
         for device in [Device::cpu(), gpu()] {
-            check_model_grads(&spec, &device, &format!("{layer:?} on {device:?}"));
+            let x = random(3 * 6, 21);
+            check_model_grads(&spec, &device, &x, &format!("{layer:?} on {device:?}"));
+        }
+    }
+}
+
+#[test]
+fn masked_gradients_match_finite_differences() {
+    let [rows, steps, features] = [4, 5, 2];
+    let mut x = random(rows * steps * features, 23);
+    pad_steps(&mut x, [rows, steps, features], 0.0);
+    for layer in [
+        Layer::Lstm(Recurrent::new(3).masking(0.0)),
+        Layer::Gru(Recurrent::new(3).masking(0.0).sequences()),
+    ] {
+        let seq = matches!(&layer, Layer::Gru(_));
+        let s = Sequential::new(steps * features)
+            .reshape(&[steps, features])
+            .add(layer.clone());
+        let spec = if seq { s.flatten() } else { s }.dense(2);
+        for device in [Device::cpu(), gpu()] {
+            check_model_grads(&spec, &device, &x, &format!("{layer:?} on {device:?}"));
         }
     }
 }
@@ -117,12 +136,13 @@ fn fixed(n: usize, phase: f32) -> Vec<f32> {
 }
 
 /// The reference's outputs for `cell` on these values: y, dx, dw_ih, dw_hh, db_ih, db_hh.
-fn reference(cell: Cell, dims: [usize; 4], seq: bool, values: &[&[f32]]) -> Vec<Vec<f32>> {
+fn reference(op: Recurrence, dims: [usize; 4], values: &[&[f32]]) -> Vec<Vec<f32>> {
     let [b, t, d, h] = dims;
     let mut input = format!(
-        "{}\n{b} {t} {d} {h} {}\n",
-        if cell == Cell::Lstm { "lstm" } else { "gru" },
-        u8::from(seq)
+        "{}\n{b} {t} {d} {h} {}{}\n",
+        if op.cell == Cell::Lstm { "lstm" } else { "gru" },
+        u8::from(op.return_sequences),
+        op.mask_value.map(|m| format!(" {m:e}")).unwrap_or_default()
     );
     for v in values {
         let line: Vec<String> = v.iter().map(|x| format!("{x:e}")).collect();
@@ -213,13 +233,23 @@ fn forward_and_gradients_match_pytorch_equations() {
         "dbias_ih_l0",
         "dbias_hh_l0",
     ];
+    let options = [
+        (false, None),
+        (true, None),
+        (false, Some(0.0)),
+        (true, Some(0.0)),
+    ];
     for cell in [Cell::Lstm, Cell::Gru] {
-        for seq in [false, true] {
-            let dims @ [b, t, d, h] = [2, 5, 3, 4];
+        for (seq, mask_value) in options {
+            let dims @ [b, t, d, h] = [3, 5, 3, 4];
             let g = cell.gates() * h;
             let ys = if seq { b * t * h } else { b * h };
+            let mut x = fixed(b * t * d, 0.1);
+            if let Some(m) = mask_value {
+                pad_steps(&mut x, [b, t, d], m);
+            }
             let v = [
-                fixed(b * t * d, 0.1),
+                x,
                 fixed(g * d, 1.3),
                 fixed(g * h, 2.9),
                 fixed(g, 0.7),
@@ -227,15 +257,16 @@ fn forward_and_gradients_match_pytorch_equations() {
                 fixed(ys, 5.3),
             ];
             let values: Vec<&[f32]> = v.iter().map(|v| v.as_slice()).collect();
-            let want = reference(cell, dims, seq, &values);
             let op = Recurrence {
                 cell,
                 return_sequences: seq,
+                mask_value,
             };
+            let want = reference(op, dims, &values);
             for device in [Device::cpu(), gpu()] {
                 let got = kiln_pass(op, dims, &device, &values);
                 for ((got, want), name) in got.iter().zip(&want).zip(names) {
-                    let what = format!("{cell:?} seq {seq} {name} on {device:?}");
+                    let what = format!("{op:?} {name} on {device:?}");
                     assert_close(got, want, 1e-4, 1e-5, &what);
                 }
             }
@@ -264,4 +295,20 @@ fn lstm_reads_digits_row_by_row() {
     let acc = eval.get("accuracy").unwrap();
     println!("LSTM on digits rows: held-out accuracy {acc:.4}");
     assert!(acc >= 0.9, "held-out accuracy {acc}");
+}
+
+#[test]
+fn options_round_trip_through_a_model_file() {
+    use kiln::io::ModelFile;
+    let layer = Layer::Gru(Recurrent::new(3).masking(-1.0).sequences());
+    let file = ModelFile {
+        input: 8,
+        layers: vec![layer.def().entry()],
+        ..ModelFile::default()
+    };
+    let text = file.to_toml();
+    assert!(text.contains("gru = 3"), "{text}");
+    assert!(text.contains("mask_value = -1"), "{text}");
+    let back = ModelFile::parse(&text).unwrap();
+    assert_eq!(back.to_sequential().unwrap().layers, vec![layer], "{text}");
 }

@@ -14,7 +14,11 @@ fn pass(op: Recurrence, dims: [usize; 4], device: &Device) -> Vec<Tensor> {
         let n = s.iter().product();
         Tensor::from_slice(device, &random(n, seed), s).unwrap()
     };
-    let x = up(&[b, t, d], 1);
+    let mut xv = random(b * t * d, 1);
+    if let Some(m) = op.mask_value {
+        pad_steps(&mut xv, [b, t, d], m);
+    }
+    let x = Tensor::from_slice(device, &xv, &[b, t, d]).unwrap();
     let (w_ih, w_hh, b_ih, b_hh) = (up(&[g, d], 2), up(&[g, h], 3), up(&[g], 4), up(&[g], 5));
     let y_shape = if op.return_sequences {
         vec![b, t, h]
@@ -66,10 +70,17 @@ fn gpu_matches_cpu_reference_on_awkward_shapes() {
         [1, 17, 5, 1],
     ];
     for cell in [Cell::Lstm, Cell::Gru] {
-        for return_sequences in [false, true] {
+        let options = [
+            (false, None),
+            (true, None),
+            (false, Some(0.0)),
+            (true, Some(0.5)),
+        ];
+        for (return_sequences, mask_value) in options {
             let op = Recurrence {
                 cell,
                 return_sequences,
+                mask_value,
             };
             for dims in shapes {
                 let cpu = pass(op, dims, &Device::cpu());
@@ -89,6 +100,7 @@ fn mismatched_operands_are_typed_errors() {
     let op = Recurrence {
         cell: Cell::Lstm,
         return_sequences: false,
+        mask_value: None,
     };
     let t = |s: &[usize]| Tensor::zeros(&d, s).unwrap();
     let (x, w_ih, w_hh, b) = (t(&[2, 3, 4]), t(&[8, 4]), t(&[8, 2]), t(&[8]));
@@ -122,6 +134,7 @@ fn a_64_step_pass_is_recorded_without_readback_in_few_dispatches() {
         let op = Recurrence {
             cell,
             return_sequences: false,
+            mask_value: None,
         };
         let g = cell.gates() * h;
         let z = |s: &[usize]| Tensor::zeros(&dev, s).unwrap();

@@ -1,7 +1,9 @@
 """An independent reference for tests/rnn.rs: PyTorch's LSTM and GRU equations
 (torch.nn.LSTM / torch.nn.GRU, one layer, batch_first, zero initial state) in float64
 numpy, and the gradients of sum(y * dy) by central differences of that forward (no
-hand-derived backward). Reads, one per line: the cell ("lstm" or "gru"), "B T D H seq",
+hand-derived backward). Reads, one per line: the cell ("lstm" or "gru"), "B T D H seq"
+(and the mask value, for Keras's masking: a step whose features all equal it keeps the
+state and outputs zeros; which steps are padding is fixed by the unperturbed x),
 then x, w_ih, w_hh, b_ih, b_hh, dy as space-separated numbers. Writes y, dx, dw_ih, dw_hh,
 db_ih, db_hh, one per line."""
 import sys
@@ -13,13 +15,14 @@ def sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
-def forward(cell, x, w_ih, w_hh, b_ih, b_hh, seq):
+def forward(cell, keep, x, w_ih, w_hh, b_ih, b_hh, seq):
     batch, steps, _ = x.shape
     hidden = w_hh.shape[1]
     h = np.zeros((batch, hidden))
     c = np.zeros((batch, hidden))
     out = []
     for t in range(steps):
+        h_before, c_before = h, c
         gi = x[:, t, :] @ w_ih.T + b_ih
         gh = h @ w_hh.T + b_hh
         if cell == "lstm":
@@ -33,14 +36,18 @@ def forward(cell, x, w_ih, w_hh, b_ih, b_hh, seq):
             z = sigmoid(i_z + h_z)
             n = np.tanh(i_n + r * h_n)
             h = (1.0 - z) * n + z * h
-        out.append(h)
+        k = keep[:, t : t + 1]
+        h = np.where(k, h, h_before)
+        c = np.where(k, c, c_before)
+        out.append(np.where(k, h, 0.0))
     return np.stack(out, axis=1) if seq else h
 
 
 def main():
     lines = sys.stdin.read().split("\n")
     cell = lines[0].strip()
-    batch, steps, inputs, hidden, seq = (int(v) for v in lines[1].split())
+    head = lines[1].split()
+    batch, steps, inputs, hidden, seq = (int(v) for v in head[:5])
     arrays = [np.array([float(v) for v in line.split()]) for line in lines[2:8]]
     gates = 4 if cell == "lstm" else 3
     shapes = [
@@ -52,23 +59,27 @@ def main():
     ]
     args = [a.reshape(s) for a, s in zip(arrays[:5], shapes)]
     dy = arrays[5]
+    if len(head) > 5:
+        keep = np.any(args[0] != float(head[5]), axis=2)
+    else:
+        keep = np.ones((batch, steps), dtype=bool)
 
     def loss(values):
-        y = forward(cell, *values, seq == 1)
+        y = forward(cell, keep, *values, seq == 1)
         return float(np.sum(y.reshape(-1) * dy))
 
-    print(" ".join(repr(float(v)) for v in forward(cell, *args, seq == 1).reshape(-1)))
+    print(" ".join(repr(float(v)) for v in forward(cell, keep, *args, seq == 1).reshape(-1)))
     step = 1e-6
     for k in range(5):
         grad = np.zeros(args[k].size)
         flat = args[k].reshape(-1)
         for e in range(flat.size):
-            keep = flat[e]
-            flat[e] = keep + step
+            at = flat[e]
+            flat[e] = at + step
             up = loss(args)
-            flat[e] = keep - step
+            flat[e] = at - step
             down = loss(args)
-            flat[e] = keep
+            flat[e] = at
             grad[e] = (up - down) / (2.0 * step)
         print(" ".join(repr(float(v)) for v in grad))
 

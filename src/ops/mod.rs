@@ -423,6 +423,7 @@ mod uniform_layout {
                     rnn_cell::GRU_FORWARD,
                     rnn_cell::LSTM_BACKWARD,
                     rnn_cell::GRU_BACKWARD,
+                    rnn_cell::STEP_MASK,
                 ],
                 layout!(rnn_cell::Params {
                     batch,
@@ -430,7 +431,10 @@ mod uniform_layout {
                     hidden,
                     t,
                     seq,
-                    gh
+                    gh,
+                    inputs,
+                    masked,
+                    mask
                 }),
             ),
         ]

@@ -18,7 +18,7 @@ pub(super) const LSTM_FORWARD: Kernel = Kernel {
     file: "rnn_cell.wgsl",
     source: include_str!("../../shaders/rnn_cell.wgsl"),
     entry: "lstm_forward",
-    inputs: 3,
+    inputs: 4,
     outputs: 4,
     bounds_checks: true,
 };
@@ -29,14 +29,20 @@ pub(super) const GRU_FORWARD: Kernel = Kernel {
 };
 pub(super) const LSTM_BACKWARD: Kernel = Kernel {
     entry: "lstm_backward",
-    inputs: 4,
+    inputs: 5,
     outputs: 2,
     ..LSTM_FORWARD
 };
 pub(super) const GRU_BACKWARD: Kernel = Kernel {
     entry: "gru_backward",
-    inputs: 4,
+    inputs: 5,
     outputs: 3,
+    ..LSTM_FORWARD
+};
+pub(super) const STEP_MASK: Kernel = Kernel {
+    entry: "step_mask",
+    inputs: 1,
+    outputs: 1,
     ..LSTM_FORWARD
 };
 
@@ -56,6 +62,11 @@ pub(super) struct Params {
     pub(super) seq: u32,
     /// Gates times hidden: the width of the input projection.
     pub(super) gh: u32,
+    /// Features per step (the mask kernel's row width).
+    pub(super) inputs: u32,
+    /// 1 when steps whose features all equal `mask` are padding.
+    pub(super) masked: u32,
+    pub(super) mask: f32,
 }
 
 /// Which recurrent cell, with PyTorch's gate order.
@@ -78,12 +89,16 @@ impl Cell {
 }
 
 /// One recurrent layer's pass over [batch, steps, inputs] sequences.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Recurrence {
     /// The cell.
     pub cell: Cell,
     /// Output every step's state ([batch, steps, hidden]) or only the last ([batch, hidden]).
     pub return_sequences: bool,
+    /// Keras's masking: a step whose features all equal this value is padding; it keeps
+    /// the state of the step before (the last state is the last real step's) and outputs
+    /// zeros, and no gradient flows into it.
+    pub mask_value: Option<f32>,
 }
 
 /// The weights a pass reads, PyTorch's `weight_ih_l0` [GH, D], `bias_ih_l0` [GH],
@@ -123,7 +138,7 @@ struct Dims {
 }
 
 /// How many work tensors [`Recurrence::work`] makes.
-const WORK: usize = 10;
+const WORK: usize = 11;
 
 impl Recurrence {
     /// The buffers a pass over `batch` sequences of `steps` x `inputs` with `hidden` units
@@ -152,9 +167,10 @@ impl Recurrence {
             if lstm { &[rows, hidden] } else { &[1] }, // LSTM cell states
             &[rows, gh],                               // dL/d gates (input side)
             if lstm { &[1] } else { &[rows, gh] },     // GRU: recurrent side
-            &[batch, hidden],                          // carry between steps
+            &[2, batch, hidden],                       // carries between steps
             &[gh, rows],                               // a gate gradient transposed
             &[rows, inputs],                           // dL/dx as [B*T, D]
+            &[rows],                                   // 1 per real step, 0 padding
         ];
         shapes.iter().map(|s| Tensor::zeros(device, s)).collect()
     }
@@ -202,7 +218,7 @@ impl Recurrence {
         let made = self.work(&Device::cpu(), 0, 0, 0, 0)?.len();
         let fits = work.len() == made
             && work[0].shape() == [batch * steps, inputs]
-            && work[7].shape() == [batch, hidden];
+            && work[7].shape() == [2, batch, hidden];
         if !fits {
             return Err(Error::arg(op, "work buffers made for another shape"));
         }
@@ -226,6 +242,9 @@ impl Recurrence {
             t: t as u32,
             seq: u32::from(self.return_sequences),
             gh: d.gh as u32,
+            inputs: d.inputs as u32,
+            masked: u32::from(self.mask_value.is_some()),
+            mask: self.mask_value.unwrap_or(0.0),
         }
     }
 
@@ -245,11 +264,12 @@ impl Recurrence {
                 format!("y is {:?}, expected {:?}", y.shape(), self.y_shape(d)),
             ));
         }
-        let [x2, xp, hprev, gates, cell, ..] = work else {
+        let [x2, xp, hprev, gates, cell, _, _, _, _, _, keep] = work else {
             return Err(Error::arg("recurrent", "missing work buffers"));
         };
         x2.copy_from(x)?;
         Gemm::nt().run_into(x2, w.w_ih, Some(w.b_ih), xp)?;
+        self.mark_padding(d, x2, keep)?;
         match device_of("recurrent", &[x, w.w_hh, w.b_hh, y])? {
             Device::Cpu => {
                 let mut s = CpuForward {
@@ -257,6 +277,7 @@ impl Recurrence {
                     gates: host_mut(gates)?,
                     cell: host_mut(cell)?,
                     y: host_mut(y)?,
+                    keep: host(keep),
                 };
                 let (xp, whh, bhh) = (host(xp), host(w.w_hh), host(w.b_hh));
                 for t in 0..d.steps {
@@ -270,9 +291,12 @@ impl Recurrence {
                     let (kernel, tensors): (_, Vec<&Tensor>) = match self.cell {
                         Cell::Lstm => (
                             &LSTM_FORWARD,
-                            vec![xp, w.w_hh, w.b_hh, hprev, gates, cell, y],
+                            vec![xp, w.w_hh, w.b_hh, keep, hprev, gates, cell, y],
                         ),
-                        Cell::Gru => (&GRU_FORWARD, vec![xp, w.w_hh, w.b_hh, hprev, gates, y]),
+                        Cell::Gru => (
+                            &GRU_FORWARD,
+                            vec![xp, w.w_hh, w.b_hh, keep, hprev, gates, y],
+                        ),
                     };
                     launch(
                         &ctx,
@@ -308,7 +332,7 @@ impl Recurrence {
             ));
         }
         self.backward_steps(d, dy, w, work)?;
-        let [x2, _, hprev, _, _, dgi, dgh, _, dgt, dx2] = work else {
+        let [x2, _, hprev, _, _, dgi, dgh, _, dgt, dx2, _] = work else {
             return Err(Error::arg("recurrent", "missing work buffers"));
         };
         transpose_into(dgi, dgt)?;
@@ -339,7 +363,7 @@ impl Recurrence {
         w: RnnWeights<'_>,
         work: &mut [Tensor],
     ) -> Result<()> {
-        let [_, _, hprev, gates, cell, dgi, dgh, carry, ..] = work else {
+        let [_, _, hprev, gates, cell, dgi, dgh, carry, _, _, keep] = work else {
             return Err(Error::arg("recurrent", "missing work buffers"));
         };
         match device_of("recurrent", &[dy, w.w_hh, gates])? {
@@ -348,6 +372,7 @@ impl Recurrence {
                     dgi: host_mut(dgi)?,
                     dgh: host_mut(dgh)?,
                     carry: host_mut(carry)?,
+                    keep: host(keep),
                 };
                 let saved = match self.cell {
                     Cell::Lstm => host(cell),
@@ -363,10 +388,13 @@ impl Recurrence {
                 for t in (0..d.steps).rev() {
                     let p = self.params(d, t);
                     let (kernel, tensors): (_, Vec<&Tensor>) = match self.cell {
-                        Cell::Lstm => (&LSTM_BACKWARD, vec![dy, w.w_hh, gates, cell, dgi, carry]),
+                        Cell::Lstm => (
+                            &LSTM_BACKWARD,
+                            vec![dy, w.w_hh, gates, cell, keep, dgi, carry],
+                        ),
                         Cell::Gru => (
                             &GRU_BACKWARD,
-                            vec![dy, w.w_hh, gates, hprev, dgi, dgh, carry],
+                            vec![dy, w.w_hh, gates, hprev, keep, dgi, dgh, carry],
                         ),
                     };
                     launch(
@@ -381,6 +409,40 @@ impl Recurrence {
                 Ok(())
             }
         }
+    }
+}
+
+impl Recurrence {
+    /// `keep` [B*T]: 0 where every feature of the step equals the mask value, else 1
+    /// (left as made, all zeros and unread, without a mask value).
+    fn mark_padding(&self, d: Dims, x2: &Tensor, keep: &mut Tensor) -> Result<()> {
+        let Some(mask) = self.mask_value else {
+            return Ok(());
+        };
+        match device_of("recurrent", &[x2, keep])? {
+            Device::Cpu => {
+                let x = host(x2);
+                for (row, k) in host_mut(keep)?.iter_mut().enumerate() {
+                    let values = &x[row * d.inputs..(row + 1) * d.inputs];
+                    *k = if values.iter().all(|&v| v == mask) {
+                        0.0
+                    } else {
+                        1.0
+                    };
+                }
+                Ok(())
+            }
+            Device::Gpu(ctx) => {
+                let p = self.params(d, 0);
+                let rows = d.batch * d.steps;
+                launch(&ctx, &STEP_MASK, &[], &p, &[x2, keep], grid(rows, CELL_WG))
+            }
+        }
+    }
+
+    /// Whether row `row` is a real step.
+    fn kept(&self, keep: &[f32], row: usize) -> bool {
+        self.mask_value.is_none() || keep[row] != 0.0
     }
 }
 
@@ -399,6 +461,7 @@ struct CpuForward<'a> {
     gates: &'a mut [f32],
     cell: &'a mut [f32],
     y: &'a mut [f32],
+    keep: &'a [f32],
 }
 
 /// What the CPU backward writes.
@@ -406,6 +469,7 @@ struct CpuBackward<'a> {
     dgi: &'a mut [f32],
     dgh: &'a mut [f32],
     carry: &'a mut [f32],
+    keep: &'a [f32],
 }
 
 fn sigmoid(v: f32) -> f32 {
@@ -432,52 +496,60 @@ impl Recurrence {
         let (hs, gh) = (d.hidden, d.gh);
         for b in 0..d.batch {
             let row = b * d.steps + t;
+            let kept = self.kept(s.keep, row);
             for j in 0..hs {
-                let recur = |k: usize| {
-                    if t == 0 {
-                        0.0
-                    } else {
-                        dot_rows(whh, k, s.hprev, row, hs)
-                    }
+                let recur = |k: usize| match t {
+                    0 => 0.0,
+                    _ => dot_rows(whh, k, s.hprev, row, hs),
                 };
                 let pre = |k: usize| xp[row * gh + k] + bhh[k] + recur(k);
+                let hp = if t == 0 { 0.0 } else { s.hprev[row * hs + j] };
                 let g = row * 4 * hs + j;
                 let h = match self.cell {
                     Cell::Lstm => {
-                        let (gi, gf) = (sigmoid(pre(j)), sigmoid(pre(hs + j)));
-                        let (gg, go) = (pre(2 * hs + j).tanh(), sigmoid(pre(3 * hs + j)));
                         let cp = if t == 0 {
                             0.0
                         } else {
                             s.cell[(row - 1) * hs + j]
                         };
-                        let c = gf * cp + gi * gg;
-                        s.cell[row * hs + j] = c;
-                        [gi, gf, gg, go]
-                            .iter()
-                            .enumerate()
-                            .for_each(|(q, v)| s.gates[g + q * hs] = *v);
-                        go * c.tanh()
+                        if kept {
+                            let (gi, gf) = (sigmoid(pre(j)), sigmoid(pre(hs + j)));
+                            let (gg, go) = (pre(2 * hs + j).tanh(), sigmoid(pre(3 * hs + j)));
+                            let c = gf * cp + gi * gg;
+                            s.cell[row * hs + j] = c;
+                            put(s.gates, g, hs, &[gi, gf, gg, go]);
+                            go * c.tanh()
+                        } else {
+                            s.cell[row * hs + j] = cp;
+                            hp
+                        }
                     }
-                    Cell::Gru => {
-                        let hp = if t == 0 { 0.0 } else { s.hprev[row * hs + j] };
+                    Cell::Gru if kept => {
                         let (r, z) = (sigmoid(pre(j)), sigmoid(pre(hs + j)));
                         let hn = bhh[2 * hs + j] + recur(2 * hs + j);
                         let n = (xp[row * gh + 2 * hs + j] + r * hn).tanh();
-                        [r, z, n, hn]
-                            .iter()
-                            .enumerate()
-                            .for_each(|(q, v)| s.gates[g + q * hs] = *v);
+                        put(s.gates, g, hs, &[r, z, n, hn]);
                         (1.0 - z) * n + z * hp
                     }
+                    Cell::Gru => hp,
                 };
-                self.cpu_emit(d, t, b, j, h, s);
+                self.cpu_emit(d, t, b, j, h, kept, s);
             }
         }
     }
 
     /// Writes step t's h of (b, j) where the kernels do: the next row's h_{t-1} and y.
-    fn cpu_emit(&self, d: Dims, t: usize, b: usize, j: usize, h: f32, s: &mut CpuForward<'_>) {
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_emit(
+        &self,
+        d: Dims,
+        t: usize,
+        b: usize,
+        j: usize,
+        h: f32,
+        kept: bool,
+        s: &mut CpuForward<'_>,
+    ) {
         let (hs, row) = (d.hidden, b * d.steps + t);
         if t == 0 {
             s.hprev[row * hs + j] = 0.0;
@@ -486,10 +558,17 @@ impl Recurrence {
             s.hprev[(row + 1) * hs + j] = h;
         }
         if self.return_sequences {
-            s.y[row * hs + j] = h;
+            s.y[row * hs + j] = if kept { h } else { 0.0 };
         } else if t + 1 == d.steps {
             s.y[b * hs + j] = h;
         }
+    }
+}
+
+/// Writes `values` at `at`, `at + stride`, ..
+fn put(out: &mut [f32], at: usize, stride: usize, values: &[f32]) {
+    for (q, v) in values.iter().enumerate() {
+        out[at + q * stride] = *v;
     }
 }
 
@@ -508,29 +587,48 @@ impl Recurrence {
         s: &mut CpuBackward<'_>,
     ) {
         let (hs, gh, last) = (d.hidden, d.gh, t + 1 == d.steps);
+        let bh = d.batch * hs;
         for b in 0..d.batch {
             let row = b * d.steps + t;
+            let kept = self.kept(s.keep, row);
             for j in 0..hs {
-                let mut dh = if self.return_sequences {
-                    dy[row * hs + j]
-                } else if last {
-                    dy[b * hs + j]
-                } else {
-                    0.0
+                let e = b * hs + j;
+                let mut dh = match (self.return_sequences, kept) {
+                    (true, true) => dy[row * hs + j],
+                    (false, _) if last => dy[b * hs + j],
+                    _ => 0.0,
                 };
                 let next = match self.cell {
                     Cell::Lstm => &*s.dgi,
                     Cell::Gru => &*s.dgh,
                 };
+                let mut dc = 0.0;
                 if !last {
-                    dh += (0..gh)
-                        .map(|k| next[(row + 1) * gh + k] * whh[k * hs + j])
-                        .sum::<f32>();
+                    let recur = (0..gh).map(|k| next[(row + 1) * gh + k] * whh[k * hs + j]);
+                    dh += recur.sum::<f32>();
+                    match self.cell {
+                        Cell::Lstm => {
+                            dh += s.carry[bh + e];
+                            dc = s.carry[e];
+                        }
+                        Cell::Gru => dh += s.carry[e],
+                    }
+                }
+                let o = row * gh + j;
+                if !kept {
+                    let carry = if self.cell == Cell::Lstm { bh + e } else { e };
+                    s.carry[carry] = dh;
+                    if self.cell == Cell::Lstm {
+                        s.carry[e] = dc;
+                    }
+                    put(s.dgi, o, hs, &[0.0; 4][..self.cell.gates()]);
+                    if self.cell == Cell::Gru {
+                        put(s.dgh, o, hs, &[0.0; 3]);
+                    }
+                    continue;
                 }
                 let g = row * 4 * hs + j;
                 let q = |i: usize| gates[g + i * hs];
-                let carry = &mut s.carry[b * hs + j];
-                let o = row * gh + j;
                 match self.cell {
                     Cell::Lstm => {
                         let (gi, gf, gg, go) = (q(0), q(1), q(2), q(3));
@@ -540,36 +638,26 @@ impl Recurrence {
                         } else {
                             saved[(row - 1) * hs + j]
                         };
-                        let mut dc = dh * go * (1.0 - tc * tc);
-                        if !last {
-                            dc += *carry;
-                        }
-                        *carry = dc * gf;
-                        s.dgi[o] = dc * gg * gi * (1.0 - gi);
-                        s.dgi[o + hs] = dc * cp * gf * (1.0 - gf);
-                        s.dgi[o + 2 * hs] = dc * gi * (1.0 - gg * gg);
-                        s.dgi[o + 3 * hs] = dh * tc * go * (1.0 - go);
+                        dc += dh * go * (1.0 - tc * tc);
+                        s.carry[e] = dc * gf;
+                        s.carry[bh + e] = 0.0;
+                        let dg = [
+                            dc * gg * gi * (1.0 - gi),
+                            dc * cp * gf * (1.0 - gf),
+                            dc * gi * (1.0 - gg * gg),
+                            dh * tc * go * (1.0 - go),
+                        ];
+                        put(s.dgi, o, hs, &dg);
                     }
                     Cell::Gru => {
-                        if !last {
-                            dh += *carry;
-                        }
                         let (r, z, n, hn) = (q(0), q(1), q(2), q(3));
                         let hp = saved[row * hs + j];
-                        *carry = dh * z;
+                        s.carry[e] = dh * z;
                         let dn = dh * (1.0 - z) * (1.0 - n * n);
                         let dr = dn * hn * r * (1.0 - r);
                         let dz = dh * (hp - n) * z * (1.0 - z);
-                        s.dgi[o..]
-                            .iter_mut()
-                            .step_by(hs)
-                            .zip([dr, dz, dn])
-                            .for_each(|(v, x)| *v = x);
-                        s.dgh[o..]
-                            .iter_mut()
-                            .step_by(hs)
-                            .zip([dr, dz, dn * r])
-                            .for_each(|(v, x)| *v = x);
+                        put(s.dgi, o, hs, &[dr, dz, dn]);
+                        put(s.dgh, o, hs, &[dr, dz, dn * r]);
                     }
                 }
             }

@@ -16,17 +16,20 @@ use crate::ops::rnn_cell::{Cell, Recurrence, RnnGrads, RnnWeights};
 
 /// A recurrent layer's options (one layer, unidirectional, batch-first [steps, features]
 /// samples, zero initial state).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Recurrent {
     /// Hidden units (PyTorch's `hidden_size`).
     pub units: usize,
     /// Output every step's state, [steps, units], instead of the last one, [units]
     /// (Keras's `return_sequences`).
     pub return_sequences: bool,
+    /// Keras's masking of padded steps: a step of the layer's input whose features all
+    /// equal this value keeps the state before it and outputs zeros.
+    pub mask_value: Option<f32>,
 }
 
 /// The model-file keys a recurrent layer's entry takes besides its kind key.
-pub(crate) const KEYS: &[&str] = &["return_sequences"];
+pub(crate) const KEYS: &[&str] = &["return_sequences", "mask_value"];
 
 impl Recurrent {
     /// A layer of `units` returning its last state.
@@ -34,6 +37,15 @@ impl Recurrent {
         Recurrent {
             units,
             return_sequences: false,
+            mask_value: None,
+        }
+    }
+
+    /// Treating steps whose features all equal `value` as padding (Keras's `Masking`).
+    pub fn masking(self, value: f32) -> Recurrent {
+        Recurrent {
+            mask_value: Some(value),
+            ..self
         }
     }
 
@@ -55,13 +67,16 @@ impl Recurrent {
         Ok(Recurrent {
             units,
             return_sequences: e.bool("return_sequences")?.unwrap_or(false),
+            mask_value: e.f32_where("mask_value", f32::is_finite, "a finite value")?,
         })
     }
 
     /// Its entry under the kind key `key`.
     pub(crate) fn entry(&self, key: &'static str) -> LayerSpec {
+        let seq = self.return_sequences.then_some(true);
         LayerSpec::new(key, self.units)
-            .with_some("return_sequences", self.return_sequences.then_some(true))
+            .with_some("return_sequences", seq)
+            .with_some("mask_value", self.mask_value)
     }
 
     /// The output shape of a `cell` layer on `input` samples, which must be [steps, features].
@@ -116,6 +131,7 @@ impl Recurrent {
             op: Recurrence {
                 cell,
                 return_sequences: self.return_sequences,
+                mask_value: self.mask_value,
             },
             units: self.units,
             params: [
@@ -134,6 +150,12 @@ impl Recurrent {
     /// Gather nodes. The sequence is transposed to time-major around it: onnxruntime runs
     /// only the default `layout`.
     pub(crate) fn onnx(&self, cell: Cell, cx: &mut Emit<'_>) -> Result<()> {
+        if self.mask_value.is_some() {
+            return Err(Error::arg(
+                "onnx export",
+                format!("layer '{}': masked steps have no ONNX form", cx.name),
+            ));
+        }
         let h = self.units;
         let blocks: &[usize] = match cell {
             Cell::Lstm => &[0, 3, 1, 2],
