@@ -627,39 +627,59 @@ impl Recurrence {
                     }
                     continue;
                 }
-                let g = row * 4 * hs + j;
-                let q = |i: usize| gates[g + i * hs];
-                match self.cell {
-                    Cell::Lstm => {
-                        let (gi, gf, gg, go) = (q(0), q(1), q(2), q(3));
-                        let tc = saved[row * hs + j].tanh();
-                        let cp = if t == 0 {
-                            0.0
-                        } else {
-                            saved[(row - 1) * hs + j]
-                        };
-                        dc += dh * go * (1.0 - tc * tc);
-                        s.carry[e] = dc * gf;
-                        s.carry[bh + e] = 0.0;
-                        let dg = [
-                            dc * gg * gi * (1.0 - gi),
-                            dc * cp * gf * (1.0 - gf),
-                            dc * gi * (1.0 - gg * gg),
-                            dh * tc * go * (1.0 - go),
-                        ];
-                        put(s.dgi, o, hs, &dg);
-                    }
-                    Cell::Gru => {
-                        let (r, z, n, hn) = (q(0), q(1), q(2), q(3));
-                        let hp = saved[row * hs + j];
-                        s.carry[e] = dh * z;
-                        let dn = dh * (1.0 - z) * (1.0 - n * n);
-                        let dr = dn * hn * r * (1.0 - r);
-                        let dz = dh * (hp - n) * z * (1.0 - z);
-                        put(s.dgi, o, hs, &[dr, dz, dn]);
-                        put(s.dgh, o, hs, &[dr, dz, dn * r]);
-                    }
-                }
+                self.cpu_unit_grads(d, t, b, j, (dh, dc), gates, saved, s);
+            }
+        }
+    }
+}
+
+impl Recurrence {
+    /// The gate gradients of unit (b, j) at a real step t from its dL/dh (and the LSTM's
+    /// dL/dc from the step after), and the carries to step t - 1.
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_unit_grads(
+        &self,
+        d: Dims,
+        t: usize,
+        b: usize,
+        j: usize,
+        (dh, dc): (f32, f32),
+        gates: &[f32],
+        saved: &[f32],
+        s: &mut CpuBackward<'_>,
+    ) {
+        let (hs, row) = (d.hidden, b * d.steps + t);
+        let (e, o, g) = (b * hs + j, row * d.gh + j, row * 4 * hs + j);
+        let q = |i: usize| gates[g + i * hs];
+        match self.cell {
+            Cell::Lstm => {
+                let (gi, gf, gg, go) = (q(0), q(1), q(2), q(3));
+                let tc = saved[row * hs + j].tanh();
+                let cp = if t == 0 {
+                    0.0
+                } else {
+                    saved[(row - 1) * hs + j]
+                };
+                let dc = dc + dh * go * (1.0 - tc * tc);
+                s.carry[e] = dc * gf;
+                s.carry[d.batch * hs + e] = 0.0;
+                let dg = [
+                    dc * gg * gi * (1.0 - gi),
+                    dc * cp * gf * (1.0 - gf),
+                    dc * gi * (1.0 - gg * gg),
+                    dh * tc * go * (1.0 - go),
+                ];
+                put(s.dgi, o, hs, &dg);
+            }
+            Cell::Gru => {
+                let (r, z, n, hn) = (q(0), q(1), q(2), q(3));
+                let hp = saved[row * hs + j];
+                s.carry[e] = dh * z;
+                let dn = dh * (1.0 - z) * (1.0 - n * n);
+                let dr = dn * hn * r * (1.0 - r);
+                let dz = dh * (hp - n) * z * (1.0 - z);
+                put(s.dgi, o, hs, &[dr, dz, dn]);
+                put(s.dgh, o, hs, &[dr, dz, dn * r]);
             }
         }
     }
