@@ -3,7 +3,8 @@
 //! of every step is one matmul; each step is then one fused dispatch (recurrent product
 //! and gates, `shaders/rnn_cell.wgsl`); the backward runs the steps in reverse and ends
 //! with the weight gradients as matmuls over all steps. A whole pass is recorded into the
-//! pending submission: T + 1 dispatches forward (plus one copy), T + 7 or so backward.
+//! pending submission, with no readback: T + 1 dispatches forward (plus a copy, and one
+//! dispatch to find the padded steps when masked), T + 6 (LSTM) or T + 7 (GRU) backward.
 
 use super::bias::bias_grad_into;
 use super::matmul::Gemm;
