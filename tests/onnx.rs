@@ -135,6 +135,19 @@ fn export_and_compare(
 }
 
 #[test]
+fn recurrent_layers_match_predict() {
+    use kiln::nn::layers::Recurrent;
+    let spec = Sequential::new(12)
+        .reshape(&[4, 3])
+        .add(kiln::Layer::Lstm(Recurrent::new(5).sequences()))
+        .gru(4)
+        .dense(3);
+    let model = spec.build(&Device::cpu(), 3).unwrap();
+    let mut t = trained_classifier(model, 12, 6, 3);
+    export_and_compare(&mut t, "recurrent", &random(5 * 12, 8), &[12], None);
+}
+
+#[test]
 fn an_mlp_with_every_activation_matches_predict() {
     let spec = Sequential::new(6)
         .dense(8)

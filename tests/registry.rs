@@ -2,7 +2,7 @@
 //! reads back as the same layer, and an entry's keys are checked by the layer it names.
 
 use kiln::io::{LayerSpec, ModelFile};
-use kiln::nn::layers::{Conv, MultiHeadAttention, Pool, VARIANTS};
+use kiln::nn::layers::{Conv, MultiHeadAttention, Pool, Recurrent, VARIANTS};
 use kiln::ops::batch_norm::BatchNorm;
 use kiln::ops::layer_norm::LayerNorm;
 use kiln::{Activation, Dense, Error, Init, Layer};
@@ -39,6 +39,8 @@ fn samples() -> Vec<(Layer, bool)> {
             Layer::MultiHeadAttention(MultiHeadAttention::new(4).causal()),
             false,
         ),
+        (Layer::Lstm(Recurrent::new(4).sequences()), false),
+        (Layer::Gru(Recurrent::new(3)), false),
     ]
 }
 
@@ -142,6 +144,7 @@ fn every_registered_layer_writes_its_onnx_nodes() {
             // Positions are added to [T, D] sequences (exported with T = max_positions).
             (Layer::PositionalEmbedding(max), _) => vec![*max, 3],
             (Layer::MultiHeadAttention(_), _) => vec![3, 8],
+            (Layer::Lstm(_) | Layer::Gru(_), _) => vec![5, 7],
             (_, true) => vec![4, 4, 4],
             _ => vec![7],
         };

@@ -1,7 +1,7 @@
 //! The `Sequential` builder: what a model is, before it has weights. The layers it
 //! stacks live one per file in [`crate::nn::layers`].
 
-pub use super::layers::{Conv, Dense, Embedding, Layer, MultiHeadAttention, Pool};
+pub use super::layers::{Conv, Dense, Embedding, Layer, MultiHeadAttention, Pool, Recurrent};
 use crate::ops::batch_norm::BatchNorm;
 use crate::ops::layer_norm::LayerNorm;
 use crate::ops::Activation;
@@ -169,6 +169,16 @@ impl Sequential {
     /// Appends configured multi-head self-attention (causal, say).
     pub fn attention_with(self, attention: MultiHeadAttention) -> Sequential {
         self.add(Layer::MultiHeadAttention(attention))
+    }
+
+    /// Appends an LSTM of `units` returning its last state ([steps, features] samples in).
+    pub fn lstm(self, units: usize) -> Sequential {
+        self.add(Layer::Lstm(Recurrent::new(units)))
+    }
+
+    /// Appends a GRU of `units` returning its last state ([steps, features] samples in).
+    pub fn gru(self, units: usize) -> Sequential {
+        self.add(Layer::Gru(Recurrent::new(units)))
     }
 
     /// The shape of one input sample: [features], or [channels, height, width].

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod rnn_cell;
 pub mod transpose;
 
 use crate::device::{Device, GpuContext, Kernel};
@@ -479,6 +480,26 @@ mod uniform_layout {
             (
                 vec![transpose::TRANSPOSE],
                 layout!(transpose::Params { rows, cols }),
+            ),
+            (
+                vec![
+                    rnn_cell::LSTM_FORWARD,
+                    rnn_cell::GRU_FORWARD,
+                    rnn_cell::LSTM_BACKWARD,
+                    rnn_cell::GRU_BACKWARD,
+                    rnn_cell::STEP_MASK,
+                ],
+                layout!(rnn_cell::Params {
+                    batch,
+                    steps,
+                    hidden,
+                    t,
+                    seq,
+                    gh,
+                    inputs,
+                    masked,
+                    mask
+                }),
             ),
         ]
     }

@@ -281,3 +281,15 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Sets padded steps of x [b, t, d] to `mask`: sample k's last k % 3 steps (ragged
+/// lengths, some sequences all padding when short) and sample 0's step 1 (a gap).
+pub fn pad_steps(x: &mut [f32], [b, t, d]: [usize; 3], mask: f32) {
+    for k in 0..b {
+        for s in 0..t {
+            if s + k % 3 >= t || (k == 0 && s == 1 && t > 2) {
+                x[(k * t + s) * d..(k * t + s + 1) * d].fill(mask);
+            }
+        }
+    }
+}

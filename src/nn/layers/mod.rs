@@ -13,6 +13,7 @@
 pub mod add;
 pub mod concatenate;
 pub mod multiply;
+pub mod recurrent;
 pub mod step;
 
 use std::fmt::Debug;
@@ -23,6 +24,7 @@ pub use dense::Dense;
 pub use embedding::Embedding;
 pub use max_pool2d::Pool;
 pub use multi_head_attention::MultiHeadAttention;
+pub use recurrent::Recurrent;
 pub use step::{Backward, Forward, Inputs, Pass, Pattern, Scratch, Step};
 
 use crate::error::{Error, Result};
@@ -113,6 +115,10 @@ layers! {
     /// Multi-head attention over [T, D] samples: self-attention, or cross-attention to a
     /// second input (PyTorch's nn.MultiheadAttention).
     MultiHeadAttention(MultiHeadAttention) => multi_head_attention::MultiHeadAttention,
+    /// LSTM over [steps, features] samples (PyTorch's gates and weight names).
+    Lstm(Recurrent) => lstm::Lstm,
+    /// GRU over [steps, features] samples (PyTorch's gates and weight names).
+    Gru(Recurrent) => gru::Gru,
 }
 
 /// The key of the activation that may follow a layer in its entry (or stand alone).
