@@ -39,7 +39,7 @@ pub fn transformer_block(
     width: usize,
     dropout: f32,
 ) -> Result<String> {
-    if heads == 0 || width == 0 || width % heads != 0 {
+    if heads == 0 || width == 0 || !width.is_multiple_of(heads) {
         return Err(Error::arg(
             "transformer_block",
             format!("width {width} must be a positive multiple of heads {heads}"),

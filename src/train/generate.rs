@@ -86,7 +86,7 @@ impl Trainer {
     fn language_model_shape(&self) -> Result<(usize, usize)> {
         let context = self.model.input_width();
         let out = self.model.output_width();
-        if context == 0 || out == 0 || out % context != 0 {
+        if context == 0 || out == 0 || !out.is_multiple_of(context) {
             return Err(Error::arg(
                 "model",
                 format!(
