@@ -327,7 +327,9 @@ fn help_explains_with_examples() {
         assert!(out.contains("Examples:"), "{command}: {out}");
     }
     let out = kiln_ok(&["--help"]);
-    for command in ["train", "eval", "predict", "generate", "adapters", "summary"] {
+    for command in [
+        "train", "eval", "predict", "generate", "adapters", "summary",
+    ] {
         assert!(out.contains(command), "{out}");
     }
 }
