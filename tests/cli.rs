@@ -322,12 +322,14 @@ fn help_explains_with_examples() {
     let out = kiln_ok(&["train", "--help"]);
     assert!(out.contains("Examples:"), "{out}");
     assert!(out.contains("--resume"), "{out}");
-    for command in ["eval", "predict", "summary"] {
+    for command in ["eval", "predict", "summary", "generate"] {
         let out = kiln_ok(&[command, "--help"]);
         assert!(out.contains("Examples:"), "{command}: {out}");
     }
     let out = kiln_ok(&["--help"]);
-    for command in ["train", "eval", "predict", "adapters", "summary"] {
+    for command in [
+        "train", "eval", "predict", "generate", "adapters", "summary",
+    ] {
         assert!(out.contains(command), "{out}");
     }
 }

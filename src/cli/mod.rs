@@ -14,6 +14,7 @@ mod data_source;
 mod distributed;
 mod eval;
 mod export;
+mod generate;
 mod model_args;
 mod outputs;
 mod plot;
@@ -76,6 +77,9 @@ enum Command {
     /// Predict classes (or values) for the rows of a CSV or IDX file.
     #[command(long_about = predict::LONG_ABOUT, after_long_help = predict::EXAMPLES)]
     Predict(predict::PredictArgs),
+    /// Generate text with a language model trained on --data text:FILE.
+    #[command(long_about = generate::LONG_ABOUT, after_long_help = generate::EXAMPLES)]
+    Generate(generate::GenerateArgs),
     /// Export a trained run as an ONNX model for inference elsewhere.
     #[command(long_about = export::LONG_ABOUT, after_long_help = export::EXAMPLES)]
     Export(export::ExportArgs),
@@ -100,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Tune(args) => tune::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Export(args) => export::run(args),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(args),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use kiln::data::Dataset;
 use kiln::io::TrainingSpec;
+use kiln::nn::blocks::{gpt, GptConfig};
 use kiln::nn::graph::Op;
 use kiln::{
     Activation, Device, Graph, Layer, Loss, Metric, Model, Optimizer, Result, Schedule, Sequential,
@@ -34,6 +35,16 @@ pub struct ModelArgs {
     /// A model file (TOML) describing the layers, and optionally the loss and optimizer
     #[arg(long, value_name = "FILE.toml")]
     pub model: Option<PathBuf>,
+
+    /// A GPT for --data text:FILE: LAYERS,HEADS,WIDTH causal transformer blocks over
+    /// token and position embeddings, e.g. 4,4,128 (kiln::nn::blocks::gpt)
+    #[arg(
+        long,
+        value_name = "LAYERS,HEADS,WIDTH",
+        value_delimiter = ',',
+        conflicts_with_all = ["model", "layers", "activation"]
+    )]
+    pub gpt: Option<Vec<usize>>,
 }
 
 /// Activations by their command-line names.
@@ -287,6 +298,12 @@ impl ModelArgs {
         if let Some(spec) = self.load_file()? {
             return Ok(spec);
         }
+        if self.gpt.is_some() {
+            return Err(bad_arg(
+                "--gpt",
+                "a GPT reads text: use it with --data text:FILE",
+            ));
+        }
         let widths = match &self.layers {
             Some(w) => w.clone(),
             None => vec![features, 128, outputs],
@@ -315,6 +332,9 @@ impl ModelArgs {
         if let Some(spec) = self.load_file()? {
             return Ok(spec);
         }
+        if let Some(sizes) = &self.gpt {
+            return gpt_spec(sizes, context, vocab);
+        }
         let widths = self.layers.clone().unwrap_or_else(|| vec![64, 128]);
         let Some((&dim, hidden)) = widths.split_first() else {
             return Err(bad_arg("--layers", "text needs an embedding width"));
@@ -336,6 +356,33 @@ impl ModelArgs {
             training: TrainingSpec::default(),
         })
     }
+}
+
+/// The GPT of `--gpt LAYERS,HEADS,WIDTH` for `context` ids of `vocab` tokens.
+fn gpt_spec(sizes: &[usize], context: usize, vocab: usize) -> Result<ModelSpec> {
+    let &[layers, heads, width] = sizes else {
+        return Err(bad_arg(
+            "--gpt",
+            "give three numbers: LAYERS,HEADS,WIDTH, e.g. 4,4,128",
+        ));
+    };
+    let config = GptConfig {
+        vocab,
+        context,
+        width,
+        heads,
+        layers,
+        dropout: 0.0,
+    };
+    Ok(ModelSpec {
+        architecture: Architecture::Graph(gpt(&config)?),
+        loss: None,
+        optimizer: None,
+        batch_size: None,
+        epochs: None,
+        seed: None,
+        training: TrainingSpec::default(),
+    })
 }
 
 /// Dense layers of these widths with `act` after every hidden one; the last gives logits.

@@ -294,9 +294,10 @@ fn fresh(args: &TrainArgs, device: &Device, lead: bool) -> Result<Run> {
         epochs,
         layers,
         // A model file names its own activations, layer by layer.
-        activation: match args.model.model {
-            Some(_) => String::new(),
-            None => args.model.activation.unwrap_or_default().name(),
+        activation: if args.model.model.is_some() || args.model.gpt.is_some() {
+            String::new()
+        } else {
+            args.model.activation.unwrap_or_default().name()
         },
         loss,
         optimizer: optimizer_name,
@@ -337,6 +338,8 @@ fn compile(
 ) -> Result<(Trainer, String)> {
     let what = if args.model.model.is_some() {
         "--model"
+    } else if args.model.gpt.is_some() {
+        "--gpt"
     } else {
         "--layers"
     };

@@ -1,5 +1,6 @@
 //! Layers, the `Sequential` builder and built models.
 
+pub mod blocks;
 pub mod graph;
 pub mod init;
 pub mod layer;
