@@ -6,38 +6,20 @@
 
 mod common;
 
-use std::path::Path;
-
-use kiln::data::text::{read_text, windows_of};
+use kiln::data::text::windows_of;
 use kiln::{FitOptions, Loss, Optimizer, Sequential};
 
 #[test]
 fn a_character_model_learns_under_the_unigram_entropy() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/shakespeare/shakespeare.txt.gz");
-    if !path.is_file() {
-        common::cannot_run("shakespeare", "../shared/data/shakespeare is absent");
+    let Some(text) = common::shakespeare() else {
         return;
-    }
-    let text = read_text(&path).unwrap();
+    };
     // 200k characters from the middle of the works (the corpus is ASCII).
     let slice = &text[1_000_000..1_200_000];
     let context = 32;
     let data = windows_of(slice, None, context, context).unwrap();
     let vocab = data.vocab.len();
-
-    // The unigram entropy (nats) of the validation characters under the training
-    // frequencies' own entropy: the loss of the best input-blind model.
-    let mut counts = vec![0f64; vocab];
-    for &id in &data.train.y {
-        counts[id as usize] += 1.0;
-    }
-    let total: f64 = counts.iter().sum();
-    let unigram: f64 = counts
-        .iter()
-        .filter(|&&c| c > 0.0)
-        .map(|&c| -(c / total) * (c / total).ln())
-        .sum();
+    let unigram = common::unigram_entropy(&data.train.y, vocab);
 
     let mut t = Sequential::new(context)
         .embedding(vocab, 32)

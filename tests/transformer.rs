@@ -115,27 +115,14 @@ fn block_names_parameters_as_pytorch_and_checks_its_arguments() {
 /// Skips, saying why, where ../shared/data/shakespeare is absent.
 #[test]
 fn a_small_gpt_learns_under_the_unigram_entropy() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/shakespeare/shakespeare.txt.gz");
-    if !path.is_file() {
-        common::cannot_run("shakespeare", "../shared/data/shakespeare is absent");
+    let Some(text) = common::shakespeare() else {
         return;
-    }
-    let text = kiln::data::text::read_text(&path).unwrap();
+    };
     let context = 32;
     let data =
         kiln::data::text::windows_of(&text[2_000_000..2_100_000], None, context, context).unwrap();
     let vocab = data.vocab.len();
-    let mut counts = vec![0f64; vocab];
-    for &id in &data.train.y {
-        counts[id as usize] += 1.0;
-    }
-    let total: f64 = counts.iter().sum();
-    let unigram: f64 = counts
-        .iter()
-        .filter(|&&c| c > 0.0)
-        .map(|&c| -(c / total) * (c / total).ln())
-        .sum();
+    let unigram = common::unigram_entropy(&data.train.y, vocab);
     let config = GptConfig {
         vocab,
         context,

@@ -293,3 +293,30 @@ pub fn pad_steps(x: &mut [f32], [b, t, d]: [usize; 3], mask: f32) {
         }
     }
 }
+
+/// The Shakespeare corpus (../shared/data/shakespeare), or `None` after saying it is
+/// absent (a failure under CI, see [`cannot_run`]).
+pub fn shakespeare() -> Option<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/shakespeare/shakespeare.txt.gz");
+    if !path.is_file() {
+        cannot_run("shakespeare", "../shared/data/shakespeare is absent");
+        return None;
+    }
+    Some(kiln::data::text::read_text(&path).unwrap())
+}
+
+/// The entropy (nats) of the frequencies of the class ids `ids` (of `vocab` classes):
+/// the loss of the best model that ignores its input.
+pub fn unigram_entropy(ids: &[f32], vocab: usize) -> f64 {
+    let mut counts = vec![0f64; vocab];
+    for &id in ids {
+        counts[id as usize] += 1.0;
+    }
+    let total: f64 = counts.iter().sum();
+    counts
+        .iter()
+        .filter(|&&c| c > 0.0)
+        .map(|&c| -(c / total) * (c / total).ln())
+        .sum()
+}
