@@ -52,14 +52,25 @@ override ACT: u32 = 0u;
 override WGX: u32 = 8u;
 override WGY: u32 = 8u;
 
-// Bias, activation and the store of outputs row, 4*cv .. 4*cv+3; off-matrix ones are skipped.
-fn store_out(row: u32, cv: u32, v: vec4<f32>) {
+// The bias of output columns 4*cv .. 4*cv+3 (cv clamped by the caller), zero without BIAS.
+// Loaded once per column vec4 rather than once per output row: each such load is a loop
+// over the SIMD lanes on llvmpipe, and inlined into every store it doubled the compile time.
+fn bias_of(cv: u32) -> vec4<f32> {
+    if BIAS {
+        return bias[cv];
+    }
+    return vec4<f32>(0.0);
+}
+
+// Bias `bv`, activation and the store of outputs row, 4*cv .. 4*cv+3; off-matrix ones are
+// skipped.
+fn store_out(row: u32, cv: u32, v: vec4<f32>, bv: vec4<f32>) {
     if row >= p.m || cv >= p.n / 4u {
         return;
     }
     var x = v;
     if BIAS {
-        x += bias[cv];
+        x += bv;
     }
     if ACT != 0u {
         x = vec4<f32>(
@@ -192,9 +203,11 @@ def entry(rows, cv, sg):
             terms = " + ".join(f"a{r}.{'xyzw'[kk]} * b{kk}_{j}" for kk in range(4))
             w(f"        acc{r}_{j} += {terms};")
     w("    }")
+    for j in range(cv):
+        w(f"    let bias{j} = bias_of(c{j});")
     for r in range(rows):
         for j in range(cv):
-            w(f"    store_out(row0 + {r}u, cv0 + {j}u * {wgx}, acc{r}_{j});")
+            w(f"    store_out(row0 + {r}u, cv0 + {j}u * {wgx}, acc{r}_{j}, bias{j});")
     w("}")
     return "\n".join(out)
 

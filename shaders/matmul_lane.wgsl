@@ -37,14 +37,25 @@ override ACT: u32 = 0u;
 override WGX: u32 = 8u;
 override WGY: u32 = 8u;
 
-// Bias, activation and the store of outputs row, 4*cv .. 4*cv+3; off-matrix ones are skipped.
-fn store_out(row: u32, cv: u32, v: vec4<f32>) {
+// The bias of output columns 4*cv .. 4*cv+3 (cv clamped by the caller), zero without BIAS.
+// Loaded once per column vec4 rather than once per output row: each such load is a loop
+// over the SIMD lanes on llvmpipe, and inlined into every store it doubled the compile time.
+fn bias_of(cv: u32) -> vec4<f32> {
+    if BIAS {
+        return bias[cv];
+    }
+    return vec4<f32>(0.0);
+}
+
+// Bias `bv`, activation and the store of outputs row, 4*cv .. 4*cv+3; off-matrix ones are
+// skipped.
+fn store_out(row: u32, cv: u32, v: vec4<f32>, bv: vec4<f32>) {
     if row >= p.m || cv >= p.n / 4u {
         return;
     }
     var x = v;
     if BIAS {
-        x += bias[cv];
+        x += bv;
     }
     if ACT != 0u {
         x = vec4<f32>(
@@ -381,70 +392,74 @@ fn lane_16x16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
         acc15_2 += a15.x * b0_2 + a15.y * b1_2 + a15.z * b2_2 + a15.w * b3_2;
         acc15_3 += a15.x * b0_3 + a15.y * b1_3 + a15.z * b2_3 + a15.w * b3_3;
     }
-    store_out(row0 + 0u, cv0 + 0u * WGX, acc0_0);
-    store_out(row0 + 0u, cv0 + 1u * WGX, acc0_1);
-    store_out(row0 + 0u, cv0 + 2u * WGX, acc0_2);
-    store_out(row0 + 0u, cv0 + 3u * WGX, acc0_3);
-    store_out(row0 + 1u, cv0 + 0u * WGX, acc1_0);
-    store_out(row0 + 1u, cv0 + 1u * WGX, acc1_1);
-    store_out(row0 + 1u, cv0 + 2u * WGX, acc1_2);
-    store_out(row0 + 1u, cv0 + 3u * WGX, acc1_3);
-    store_out(row0 + 2u, cv0 + 0u * WGX, acc2_0);
-    store_out(row0 + 2u, cv0 + 1u * WGX, acc2_1);
-    store_out(row0 + 2u, cv0 + 2u * WGX, acc2_2);
-    store_out(row0 + 2u, cv0 + 3u * WGX, acc2_3);
-    store_out(row0 + 3u, cv0 + 0u * WGX, acc3_0);
-    store_out(row0 + 3u, cv0 + 1u * WGX, acc3_1);
-    store_out(row0 + 3u, cv0 + 2u * WGX, acc3_2);
-    store_out(row0 + 3u, cv0 + 3u * WGX, acc3_3);
-    store_out(row0 + 4u, cv0 + 0u * WGX, acc4_0);
-    store_out(row0 + 4u, cv0 + 1u * WGX, acc4_1);
-    store_out(row0 + 4u, cv0 + 2u * WGX, acc4_2);
-    store_out(row0 + 4u, cv0 + 3u * WGX, acc4_3);
-    store_out(row0 + 5u, cv0 + 0u * WGX, acc5_0);
-    store_out(row0 + 5u, cv0 + 1u * WGX, acc5_1);
-    store_out(row0 + 5u, cv0 + 2u * WGX, acc5_2);
-    store_out(row0 + 5u, cv0 + 3u * WGX, acc5_3);
-    store_out(row0 + 6u, cv0 + 0u * WGX, acc6_0);
-    store_out(row0 + 6u, cv0 + 1u * WGX, acc6_1);
-    store_out(row0 + 6u, cv0 + 2u * WGX, acc6_2);
-    store_out(row0 + 6u, cv0 + 3u * WGX, acc6_3);
-    store_out(row0 + 7u, cv0 + 0u * WGX, acc7_0);
-    store_out(row0 + 7u, cv0 + 1u * WGX, acc7_1);
-    store_out(row0 + 7u, cv0 + 2u * WGX, acc7_2);
-    store_out(row0 + 7u, cv0 + 3u * WGX, acc7_3);
-    store_out(row0 + 8u, cv0 + 0u * WGX, acc8_0);
-    store_out(row0 + 8u, cv0 + 1u * WGX, acc8_1);
-    store_out(row0 + 8u, cv0 + 2u * WGX, acc8_2);
-    store_out(row0 + 8u, cv0 + 3u * WGX, acc8_3);
-    store_out(row0 + 9u, cv0 + 0u * WGX, acc9_0);
-    store_out(row0 + 9u, cv0 + 1u * WGX, acc9_1);
-    store_out(row0 + 9u, cv0 + 2u * WGX, acc9_2);
-    store_out(row0 + 9u, cv0 + 3u * WGX, acc9_3);
-    store_out(row0 + 10u, cv0 + 0u * WGX, acc10_0);
-    store_out(row0 + 10u, cv0 + 1u * WGX, acc10_1);
-    store_out(row0 + 10u, cv0 + 2u * WGX, acc10_2);
-    store_out(row0 + 10u, cv0 + 3u * WGX, acc10_3);
-    store_out(row0 + 11u, cv0 + 0u * WGX, acc11_0);
-    store_out(row0 + 11u, cv0 + 1u * WGX, acc11_1);
-    store_out(row0 + 11u, cv0 + 2u * WGX, acc11_2);
-    store_out(row0 + 11u, cv0 + 3u * WGX, acc11_3);
-    store_out(row0 + 12u, cv0 + 0u * WGX, acc12_0);
-    store_out(row0 + 12u, cv0 + 1u * WGX, acc12_1);
-    store_out(row0 + 12u, cv0 + 2u * WGX, acc12_2);
-    store_out(row0 + 12u, cv0 + 3u * WGX, acc12_3);
-    store_out(row0 + 13u, cv0 + 0u * WGX, acc13_0);
-    store_out(row0 + 13u, cv0 + 1u * WGX, acc13_1);
-    store_out(row0 + 13u, cv0 + 2u * WGX, acc13_2);
-    store_out(row0 + 13u, cv0 + 3u * WGX, acc13_3);
-    store_out(row0 + 14u, cv0 + 0u * WGX, acc14_0);
-    store_out(row0 + 14u, cv0 + 1u * WGX, acc14_1);
-    store_out(row0 + 14u, cv0 + 2u * WGX, acc14_2);
-    store_out(row0 + 14u, cv0 + 3u * WGX, acc14_3);
-    store_out(row0 + 15u, cv0 + 0u * WGX, acc15_0);
-    store_out(row0 + 15u, cv0 + 1u * WGX, acc15_1);
-    store_out(row0 + 15u, cv0 + 2u * WGX, acc15_2);
-    store_out(row0 + 15u, cv0 + 3u * WGX, acc15_3);
+    let bias0 = bias_of(c0);
+    let bias1 = bias_of(c1);
+    let bias2 = bias_of(c2);
+    let bias3 = bias_of(c3);
+    store_out(row0 + 0u, cv0 + 0u * WGX, acc0_0, bias0);
+    store_out(row0 + 0u, cv0 + 1u * WGX, acc0_1, bias1);
+    store_out(row0 + 0u, cv0 + 2u * WGX, acc0_2, bias2);
+    store_out(row0 + 0u, cv0 + 3u * WGX, acc0_3, bias3);
+    store_out(row0 + 1u, cv0 + 0u * WGX, acc1_0, bias0);
+    store_out(row0 + 1u, cv0 + 1u * WGX, acc1_1, bias1);
+    store_out(row0 + 1u, cv0 + 2u * WGX, acc1_2, bias2);
+    store_out(row0 + 1u, cv0 + 3u * WGX, acc1_3, bias3);
+    store_out(row0 + 2u, cv0 + 0u * WGX, acc2_0, bias0);
+    store_out(row0 + 2u, cv0 + 1u * WGX, acc2_1, bias1);
+    store_out(row0 + 2u, cv0 + 2u * WGX, acc2_2, bias2);
+    store_out(row0 + 2u, cv0 + 3u * WGX, acc2_3, bias3);
+    store_out(row0 + 3u, cv0 + 0u * WGX, acc3_0, bias0);
+    store_out(row0 + 3u, cv0 + 1u * WGX, acc3_1, bias1);
+    store_out(row0 + 3u, cv0 + 2u * WGX, acc3_2, bias2);
+    store_out(row0 + 3u, cv0 + 3u * WGX, acc3_3, bias3);
+    store_out(row0 + 4u, cv0 + 0u * WGX, acc4_0, bias0);
+    store_out(row0 + 4u, cv0 + 1u * WGX, acc4_1, bias1);
+    store_out(row0 + 4u, cv0 + 2u * WGX, acc4_2, bias2);
+    store_out(row0 + 4u, cv0 + 3u * WGX, acc4_3, bias3);
+    store_out(row0 + 5u, cv0 + 0u * WGX, acc5_0, bias0);
+    store_out(row0 + 5u, cv0 + 1u * WGX, acc5_1, bias1);
+    store_out(row0 + 5u, cv0 + 2u * WGX, acc5_2, bias2);
+    store_out(row0 + 5u, cv0 + 3u * WGX, acc5_3, bias3);
+    store_out(row0 + 6u, cv0 + 0u * WGX, acc6_0, bias0);
+    store_out(row0 + 6u, cv0 + 1u * WGX, acc6_1, bias1);
+    store_out(row0 + 6u, cv0 + 2u * WGX, acc6_2, bias2);
+    store_out(row0 + 6u, cv0 + 3u * WGX, acc6_3, bias3);
+    store_out(row0 + 7u, cv0 + 0u * WGX, acc7_0, bias0);
+    store_out(row0 + 7u, cv0 + 1u * WGX, acc7_1, bias1);
+    store_out(row0 + 7u, cv0 + 2u * WGX, acc7_2, bias2);
+    store_out(row0 + 7u, cv0 + 3u * WGX, acc7_3, bias3);
+    store_out(row0 + 8u, cv0 + 0u * WGX, acc8_0, bias0);
+    store_out(row0 + 8u, cv0 + 1u * WGX, acc8_1, bias1);
+    store_out(row0 + 8u, cv0 + 2u * WGX, acc8_2, bias2);
+    store_out(row0 + 8u, cv0 + 3u * WGX, acc8_3, bias3);
+    store_out(row0 + 9u, cv0 + 0u * WGX, acc9_0, bias0);
+    store_out(row0 + 9u, cv0 + 1u * WGX, acc9_1, bias1);
+    store_out(row0 + 9u, cv0 + 2u * WGX, acc9_2, bias2);
+    store_out(row0 + 9u, cv0 + 3u * WGX, acc9_3, bias3);
+    store_out(row0 + 10u, cv0 + 0u * WGX, acc10_0, bias0);
+    store_out(row0 + 10u, cv0 + 1u * WGX, acc10_1, bias1);
+    store_out(row0 + 10u, cv0 + 2u * WGX, acc10_2, bias2);
+    store_out(row0 + 10u, cv0 + 3u * WGX, acc10_3, bias3);
+    store_out(row0 + 11u, cv0 + 0u * WGX, acc11_0, bias0);
+    store_out(row0 + 11u, cv0 + 1u * WGX, acc11_1, bias1);
+    store_out(row0 + 11u, cv0 + 2u * WGX, acc11_2, bias2);
+    store_out(row0 + 11u, cv0 + 3u * WGX, acc11_3, bias3);
+    store_out(row0 + 12u, cv0 + 0u * WGX, acc12_0, bias0);
+    store_out(row0 + 12u, cv0 + 1u * WGX, acc12_1, bias1);
+    store_out(row0 + 12u, cv0 + 2u * WGX, acc12_2, bias2);
+    store_out(row0 + 12u, cv0 + 3u * WGX, acc12_3, bias3);
+    store_out(row0 + 13u, cv0 + 0u * WGX, acc13_0, bias0);
+    store_out(row0 + 13u, cv0 + 1u * WGX, acc13_1, bias1);
+    store_out(row0 + 13u, cv0 + 2u * WGX, acc13_2, bias2);
+    store_out(row0 + 13u, cv0 + 3u * WGX, acc13_3, bias3);
+    store_out(row0 + 14u, cv0 + 0u * WGX, acc14_0, bias0);
+    store_out(row0 + 14u, cv0 + 1u * WGX, acc14_1, bias1);
+    store_out(row0 + 14u, cv0 + 2u * WGX, acc14_2, bias2);
+    store_out(row0 + 14u, cv0 + 3u * WGX, acc14_3, bias3);
+    store_out(row0 + 15u, cv0 + 0u * WGX, acc15_0, bias0);
+    store_out(row0 + 15u, cv0 + 1u * WGX, acc15_1, bias1);
+    store_out(row0 + 15u, cv0 + 2u * WGX, acc15_2, bias2);
+    store_out(row0 + 15u, cv0 + 3u * WGX, acc15_3, bias3);
 }
 
 // 8 rows x 16 columns per invocation.
@@ -658,38 +673,42 @@ fn lane_8x16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         acc7_2 += a7.x * b0_2 + a7.y * b1_2 + a7.z * b2_2 + a7.w * b3_2;
         acc7_3 += a7.x * b0_3 + a7.y * b1_3 + a7.z * b2_3 + a7.w * b3_3;
     }
-    store_out(row0 + 0u, cv0 + 0u * WGX, acc0_0);
-    store_out(row0 + 0u, cv0 + 1u * WGX, acc0_1);
-    store_out(row0 + 0u, cv0 + 2u * WGX, acc0_2);
-    store_out(row0 + 0u, cv0 + 3u * WGX, acc0_3);
-    store_out(row0 + 1u, cv0 + 0u * WGX, acc1_0);
-    store_out(row0 + 1u, cv0 + 1u * WGX, acc1_1);
-    store_out(row0 + 1u, cv0 + 2u * WGX, acc1_2);
-    store_out(row0 + 1u, cv0 + 3u * WGX, acc1_3);
-    store_out(row0 + 2u, cv0 + 0u * WGX, acc2_0);
-    store_out(row0 + 2u, cv0 + 1u * WGX, acc2_1);
-    store_out(row0 + 2u, cv0 + 2u * WGX, acc2_2);
-    store_out(row0 + 2u, cv0 + 3u * WGX, acc2_3);
-    store_out(row0 + 3u, cv0 + 0u * WGX, acc3_0);
-    store_out(row0 + 3u, cv0 + 1u * WGX, acc3_1);
-    store_out(row0 + 3u, cv0 + 2u * WGX, acc3_2);
-    store_out(row0 + 3u, cv0 + 3u * WGX, acc3_3);
-    store_out(row0 + 4u, cv0 + 0u * WGX, acc4_0);
-    store_out(row0 + 4u, cv0 + 1u * WGX, acc4_1);
-    store_out(row0 + 4u, cv0 + 2u * WGX, acc4_2);
-    store_out(row0 + 4u, cv0 + 3u * WGX, acc4_3);
-    store_out(row0 + 5u, cv0 + 0u * WGX, acc5_0);
-    store_out(row0 + 5u, cv0 + 1u * WGX, acc5_1);
-    store_out(row0 + 5u, cv0 + 2u * WGX, acc5_2);
-    store_out(row0 + 5u, cv0 + 3u * WGX, acc5_3);
-    store_out(row0 + 6u, cv0 + 0u * WGX, acc6_0);
-    store_out(row0 + 6u, cv0 + 1u * WGX, acc6_1);
-    store_out(row0 + 6u, cv0 + 2u * WGX, acc6_2);
-    store_out(row0 + 6u, cv0 + 3u * WGX, acc6_3);
-    store_out(row0 + 7u, cv0 + 0u * WGX, acc7_0);
-    store_out(row0 + 7u, cv0 + 1u * WGX, acc7_1);
-    store_out(row0 + 7u, cv0 + 2u * WGX, acc7_2);
-    store_out(row0 + 7u, cv0 + 3u * WGX, acc7_3);
+    let bias0 = bias_of(c0);
+    let bias1 = bias_of(c1);
+    let bias2 = bias_of(c2);
+    let bias3 = bias_of(c3);
+    store_out(row0 + 0u, cv0 + 0u * WGX, acc0_0, bias0);
+    store_out(row0 + 0u, cv0 + 1u * WGX, acc0_1, bias1);
+    store_out(row0 + 0u, cv0 + 2u * WGX, acc0_2, bias2);
+    store_out(row0 + 0u, cv0 + 3u * WGX, acc0_3, bias3);
+    store_out(row0 + 1u, cv0 + 0u * WGX, acc1_0, bias0);
+    store_out(row0 + 1u, cv0 + 1u * WGX, acc1_1, bias1);
+    store_out(row0 + 1u, cv0 + 2u * WGX, acc1_2, bias2);
+    store_out(row0 + 1u, cv0 + 3u * WGX, acc1_3, bias3);
+    store_out(row0 + 2u, cv0 + 0u * WGX, acc2_0, bias0);
+    store_out(row0 + 2u, cv0 + 1u * WGX, acc2_1, bias1);
+    store_out(row0 + 2u, cv0 + 2u * WGX, acc2_2, bias2);
+    store_out(row0 + 2u, cv0 + 3u * WGX, acc2_3, bias3);
+    store_out(row0 + 3u, cv0 + 0u * WGX, acc3_0, bias0);
+    store_out(row0 + 3u, cv0 + 1u * WGX, acc3_1, bias1);
+    store_out(row0 + 3u, cv0 + 2u * WGX, acc3_2, bias2);
+    store_out(row0 + 3u, cv0 + 3u * WGX, acc3_3, bias3);
+    store_out(row0 + 4u, cv0 + 0u * WGX, acc4_0, bias0);
+    store_out(row0 + 4u, cv0 + 1u * WGX, acc4_1, bias1);
+    store_out(row0 + 4u, cv0 + 2u * WGX, acc4_2, bias2);
+    store_out(row0 + 4u, cv0 + 3u * WGX, acc4_3, bias3);
+    store_out(row0 + 5u, cv0 + 0u * WGX, acc5_0, bias0);
+    store_out(row0 + 5u, cv0 + 1u * WGX, acc5_1, bias1);
+    store_out(row0 + 5u, cv0 + 2u * WGX, acc5_2, bias2);
+    store_out(row0 + 5u, cv0 + 3u * WGX, acc5_3, bias3);
+    store_out(row0 + 6u, cv0 + 0u * WGX, acc6_0, bias0);
+    store_out(row0 + 6u, cv0 + 1u * WGX, acc6_1, bias1);
+    store_out(row0 + 6u, cv0 + 2u * WGX, acc6_2, bias2);
+    store_out(row0 + 6u, cv0 + 3u * WGX, acc6_3, bias3);
+    store_out(row0 + 7u, cv0 + 0u * WGX, acc7_0, bias0);
+    store_out(row0 + 7u, cv0 + 1u * WGX, acc7_1, bias1);
+    store_out(row0 + 7u, cv0 + 2u * WGX, acc7_2, bias2);
+    store_out(row0 + 7u, cv0 + 3u * WGX, acc7_3, bias3);
 }
 
 // 4 rows x 16 columns per invocation.
@@ -850,20 +869,24 @@ fn lane_4x16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         acc3_2 += a3.x * b0_2 + a3.y * b1_2 + a3.z * b2_2 + a3.w * b3_2;
         acc3_3 += a3.x * b0_3 + a3.y * b1_3 + a3.z * b2_3 + a3.w * b3_3;
     }
-    store_out(row0 + 0u, cv0 + 0u * WGX, acc0_0);
-    store_out(row0 + 0u, cv0 + 1u * WGX, acc0_1);
-    store_out(row0 + 0u, cv0 + 2u * WGX, acc0_2);
-    store_out(row0 + 0u, cv0 + 3u * WGX, acc0_3);
-    store_out(row0 + 1u, cv0 + 0u * WGX, acc1_0);
-    store_out(row0 + 1u, cv0 + 1u * WGX, acc1_1);
-    store_out(row0 + 1u, cv0 + 2u * WGX, acc1_2);
-    store_out(row0 + 1u, cv0 + 3u * WGX, acc1_3);
-    store_out(row0 + 2u, cv0 + 0u * WGX, acc2_0);
-    store_out(row0 + 2u, cv0 + 1u * WGX, acc2_1);
-    store_out(row0 + 2u, cv0 + 2u * WGX, acc2_2);
-    store_out(row0 + 2u, cv0 + 3u * WGX, acc2_3);
-    store_out(row0 + 3u, cv0 + 0u * WGX, acc3_0);
-    store_out(row0 + 3u, cv0 + 1u * WGX, acc3_1);
-    store_out(row0 + 3u, cv0 + 2u * WGX, acc3_2);
-    store_out(row0 + 3u, cv0 + 3u * WGX, acc3_3);
+    let bias0 = bias_of(c0);
+    let bias1 = bias_of(c1);
+    let bias2 = bias_of(c2);
+    let bias3 = bias_of(c3);
+    store_out(row0 + 0u, cv0 + 0u * WGX, acc0_0, bias0);
+    store_out(row0 + 0u, cv0 + 1u * WGX, acc0_1, bias1);
+    store_out(row0 + 0u, cv0 + 2u * WGX, acc0_2, bias2);
+    store_out(row0 + 0u, cv0 + 3u * WGX, acc0_3, bias3);
+    store_out(row0 + 1u, cv0 + 0u * WGX, acc1_0, bias0);
+    store_out(row0 + 1u, cv0 + 1u * WGX, acc1_1, bias1);
+    store_out(row0 + 1u, cv0 + 2u * WGX, acc1_2, bias2);
+    store_out(row0 + 1u, cv0 + 3u * WGX, acc1_3, bias3);
+    store_out(row0 + 2u, cv0 + 0u * WGX, acc2_0, bias0);
+    store_out(row0 + 2u, cv0 + 1u * WGX, acc2_1, bias1);
+    store_out(row0 + 2u, cv0 + 2u * WGX, acc2_2, bias2);
+    store_out(row0 + 2u, cv0 + 3u * WGX, acc2_3, bias3);
+    store_out(row0 + 3u, cv0 + 0u * WGX, acc3_0, bias0);
+    store_out(row0 + 3u, cv0 + 1u * WGX, acc3_1, bias1);
+    store_out(row0 + 3u, cv0 + 2u * WGX, acc3_2, bias2);
+    store_out(row0 + 3u, cv0 + 3u * WGX, acc3_3, bias3);
 }
