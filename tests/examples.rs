@@ -2,25 +2,17 @@
 //! checkpoint, and examples/embed loads it and predicts the same classes. `cargo test`
 //! builds the examples before it runs the tests; `cargo test --test examples` alone does not.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-/// target/<profile>/examples/NAME, beside this test's target/<profile>/deps/.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = profile.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: cargo build --release --examples",
-        path.display()
-    );
-    path
-}
+use std::path::Path;
+use std::process::Command;
 
 /// Runs an example and insists that it succeeds; returns its standard output.
 fn run(name: &str, args: &[&str]) -> String {
-    let out = Command::new(example(name)).args(args).output().unwrap();
+    let out = Command::new(common::example(name))
+        .args(args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -320,3 +320,17 @@ pub fn unigram_entropy(ids: &[f32], vocab: usize) -> f64 {
         .map(|&c| -(c / total) * (c / total).ln())
         .sum()
 }
+
+/// target/<profile>/examples/NAME, beside the running test's target/<profile>/deps/;
+/// `cargo test` builds the examples first, `cargo test --test ..` alone does not.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = profile.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: cargo build --release --examples",
+        path.display()
+    );
+    path
+}
