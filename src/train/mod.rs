@@ -1,6 +1,7 @@
 //! Training: compile a model with a loss, an optimizer and metrics, then
 //! `fit`, `evaluate` and `predict`, Keras-style, with the weights kept on the device.
 
+mod buckets;
 pub mod callbacks;
 mod data;
 pub mod ensemble;
@@ -82,6 +83,11 @@ pub struct FitOptions {
     /// work is submitted at least when a value is read back (the loss every `loss_every`
     /// steps, the epoch's end).
     pub steps_per_execution: usize,
+    /// Data-parallel fits: the size of a gradient bucket, in bytes. Each bucket is
+    /// all-reduced as soon as the backward pass has computed it, while the GPU computes
+    /// the next ones; 0 exchanges all gradients in one all-reduce after the backward pass
+    /// (see docs/training.md, "Gradient buckets").
+    pub bucket_bytes: usize,
 }
 
 impl Default for FitOptions {
@@ -97,11 +103,15 @@ impl Default for FitOptions {
             on_epoch: Vec::new(),
             on_step: None,
             steps_per_execution: 8,
+            bucket_bytes: FitOptions::DEFAULT_BUCKET_BYTES,
         }
     }
 }
 
 impl FitOptions {
+    /// The default [`bucket_bytes`](FitOptions::bucket_bytes).
+    pub const DEFAULT_BUCKET_BYTES: usize = 0;
+
     /// `epochs` passes in batches of `batch_size`.
     pub fn new(epochs: usize, batch_size: usize) -> FitOptions {
         FitOptions {

@@ -125,6 +125,7 @@ impl Trainer {
             .num(opts.epochs as u64)
             .num(opts.seed)
             .num(u64::from(opts.shuffle))
+            .num(opts.bucket_bytes as u64)
             .text(&format!(
                 "{:?} {:?} {:?} {:?}",
                 self.loss,
@@ -196,7 +197,7 @@ impl Trainer {
     }
 
     /// Replaces every gradient by its part of `flat`: one transfer where they are packed.
-    fn write_grads(&mut self, flat: &[f32]) -> Result<()> {
+    pub(super) fn write_grads(&mut self, flat: &[f32]) -> Result<()> {
         let model = &mut self.model;
         if let Some(pk) = model.packed.as_mut().filter(|pk| pk.holds(&model.params)) {
             let padded = pk.pad(flat)?;
@@ -255,6 +256,7 @@ struct Settings {
     early_stopping: Option<super::EarlyStopping>,
     loss_every: usize,
     steps_per_execution: usize,
+    bucket_bytes: usize,
 }
 
 impl Settings {
@@ -268,6 +270,7 @@ impl Settings {
             early_stopping: o.early_stopping.clone(),
             loss_every: o.loss_every,
             steps_per_execution: o.steps_per_execution,
+            bucket_bytes: o.bucket_bytes,
         }
     }
 
@@ -283,6 +286,7 @@ impl Settings {
             on_epoch: Vec::new(),
             on_step: None,
             steps_per_execution: self.steps_per_execution,
+            bucket_bytes: self.bucket_bytes,
         }
     }
 }
