@@ -26,6 +26,7 @@
 #[path = "../benches/dp_common/mod.rs"]
 mod dp_common;
 
+use dp_common::{bucket_name, epoch, make_data, model, row, Alone, BATCH, BUCKETS};
 use kiln::dist::mpi::MpiGroup;
 use kiln::dist::{AllReduce, Fingerprint};
 use mpi::collective::SystemOperation;
@@ -200,7 +201,6 @@ fn bench(g: &mut MpiGroup) -> kiln::Result<()> {
 
 /// Data-parallel epochs per configuration; see the header.
 fn train_bench(g: &mut MpiGroup) -> kiln::Result<()> {
-    use dp_common::{bucket_name, epoch, make_data, model, row, Alone, BATCH, BUCKETS};
     let (x, y) = make_data(4096);
     let (rank, size) = (g.rank(), g.size());
     let device = kiln::Device::gpu_nth(g.node_rank()).or_else(|_| kiln::Device::gpu())?;
@@ -260,8 +260,8 @@ fn run_config(
 ) -> (f64, f64) {
     g.barrier().expect("barrier");
     match bucket {
-        None => dp_common::epoch(t, &mut dp_common::Alone { rank, size }, x, y, 0),
-        Some(b) => dp_common::epoch(t, g, x, y, b),
+        None => epoch(t, &mut Alone { rank, size }, x, y, 0),
+        Some(b) => epoch(t, g, x, y, b),
     }
 }
 
