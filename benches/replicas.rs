@@ -4,11 +4,11 @@
 //!
 //! `cargo bench --bench replicas` trains each model for one epoch on MNIST-shaped rows
 //! (splitmix64 pixels, labels from a fixed random teacher) at global batch 128: the
-//! 784-256-128-10 MLP on 4096 rows and examples/mnist_cnn's CNN on 512. Rows: one
-//! replica (the plain `fit`); two replicas that exchange nothing (the compute-only
-//! baseline: the same shards, readbacks and uploads); two replicas over a `ThreadGroup`
-//! with one all-reduce after the backward pass and with buckets of 25 MB (one bucket),
-//! 256 KB and 64 KB. Each is the best of `REPS` epochs, the configurations interleaved.
+//! 784-256-128-10 MLP on 4096 rows (best of 3 epochs) and examples/mnist_cnn's CNN on
+//! 256 (best of 2). Rows: one replica (the plain `fit`); two replicas that exchange
+//! nothing (the compute-only baseline: the same shards, readbacks and uploads); two
+//! replicas over a `ThreadGroup` with one all-reduce after the backward pass and with
+//! buckets of 256 KB and 64 KB, the configurations interleaved.
 //! Exposed communication is a step's excess over the compute-only step. On a machine
 //! whose replicas share the same cores (lavapipe on a small CPU) two replicas cannot be
 //! faster than one, and the "GPU" that a bucket's all-reduce overlaps runs on the cores
@@ -17,12 +17,10 @@
 
 mod dp_common;
 
-use dp_common::{bucket_name, epoch, make_data, model, row, Alone, BATCH, BUCKETS};
+use dp_common::{bucket_name, epoch, make_data, model, row, Alone, BATCH, BUCKETS, MODELS};
 use kiln::dist::{AllReduce, ThreadGroup};
 use kiln::{Device, FitOptions, Trainer};
 use std::time::Instant;
-
-const REPS: usize = 3;
 
 /// One epoch of two replicas, rank 0 here and rank 1 on a thread; rank 0's (seconds,
 /// all-reduce seconds). `exchange`: over a ThreadGroup, else each [`Alone`].
@@ -48,13 +46,13 @@ fn two(t: &mut [Trainer; 2], x: &[f32], y: &[f32], exchange: bool, bucket: usize
 
 fn main() {
     let (x, y) = make_data(4096);
-    println!("global batch {BATCH}, best of {REPS} epochs");
-    for (name, cnn, rows) in [("784-256-128-10", false, 4096), ("mnist-cnn", true, 512)] {
+    println!("global batch {BATCH}");
+    for (name, cnn, rows, reps) in MODELS {
         let (x, y) = (&x[..rows * 784], &y[..rows]);
         let mut one = model(&Device::gpu().expect("adapter"), cnn);
         let mut pair = [0, 1].map(|_| model(&Device::gpu().expect("adapter"), cnn));
         // Warm-up: pipelines compiled, the autotuner settled, every path run once.
-        let warm = (&x[..BATCH * 784 * 2], &y[..BATCH * 2]);
+        let warm = (&x[..BATCH * 784], &y[..BATCH]);
         one.fit(warm.0, warm.1, FitOptions::new(1, BATCH))
             .expect("fit");
         for b in BUCKETS {
@@ -67,7 +65,7 @@ fn main() {
             .collect();
         let mut single = f64::MAX;
         let mut best = vec![(f64::MAX, 0.0); configs.len()];
-        for _ in 0..REPS {
+        for _ in 0..reps {
             let start = Instant::now();
             one.fit(
                 x,

@@ -9,8 +9,9 @@
 //! `--train-bench` trains 784-256-128-10 and the MNIST CNN data-parallel (as
 //! benches/replicas.rs does in one process): each rank exchanging nothing (the
 //! compute-only baseline), then one all-reduce after the backward pass and buckets of
-//! 25 MB, 256 KB and 64 KB, best of 3 epochs each, interleaved; rank 0 prints samples/s
-//! and the exposed communication (a step's excess over the compute-only step).
+//! 256 KB and 64 KB, the configurations interleaved, on benches/replicas.rs's rows and
+//! epochs; rank 0 prints samples/s and the exposed communication (a step's excess over
+//! the compute-only step).
 //! (As root, Open MPI also wants `OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1`.)
 //!
 //! Options, for tests/dist_mpi.rs: `--len N` (elements, default 1_000_003), `--max-count N`
@@ -26,7 +27,7 @@
 #[path = "../benches/dp_common/mod.rs"]
 mod dp_common;
 
-use dp_common::{bucket_name, epoch, make_data, model, row, Alone, BATCH, BUCKETS};
+use dp_common::{bucket_name, epoch, make_data, model, row, Alone, BATCH, BUCKETS, MODELS};
 use kiln::dist::mpi::MpiGroup;
 use kiln::dist::{AllReduce, Fingerprint};
 use mpi::collective::SystemOperation;
@@ -205,18 +206,18 @@ fn train_bench(g: &mut MpiGroup) -> kiln::Result<()> {
     let (rank, size) = (g.rank(), g.size());
     let device = kiln::Device::gpu_nth(g.node_rank()).or_else(|_| kiln::Device::gpu())?;
     if rank == 0 {
-        println!("global batch {BATCH} over {size} ranks, best of 3 epochs");
+        println!("global batch {BATCH} over {size} ranks");
     }
-    for (name, cnn, rows) in [("784-256-128-10", false, 4096), ("mnist-cnn", true, 512)] {
+    for (name, cnn, rows, reps) in MODELS {
         let (x, y) = (&x[..rows * 784], &y[..rows]);
         let mut t = model(&device, cnn);
-        let warm = (&x[..BATCH * 784 * 2], &y[..BATCH * 2]);
+        let warm = (&x[..BATCH * 784], &y[..BATCH]);
         let configs: Vec<Option<usize>> = [None].into_iter().chain(BUCKETS.map(Some)).collect();
         for c in &configs {
             run_config(g, &mut t, warm, *c, rank, size);
         }
         let mut best = vec![(f64::MAX, 0.0); configs.len()];
-        for _ in 0..3 {
+        for _ in 0..reps {
             for (b, c) in best.iter_mut().zip(&configs) {
                 let r = run_config(g, &mut t, (x, y), *c, rank, size);
                 if r.0 < b.0 {

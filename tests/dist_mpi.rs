@@ -303,12 +303,14 @@ fn kiln_train_on_two_ranks_matches_one_process_at_an_odd_batch_size() {
 
 #[test]
 fn kiln_train_with_gradient_buckets_matches_one_process() {
-    // 4-16-3 has 131 gradient values (524 bytes): one bucket; two (300 bytes, the
+    // 4-16-3 has 131 gradient values (524 bytes): one exchange after the backward pass;
+    // one bucket; two (300 bytes, the
     // boundary 56 values in, inside the first weight matrix); 14 of at most 10 values,
     // boundaries inside every tensor but the last bias. Batches of 15 split 8 and 7.
     check_same_as_one_process(
         "15",
         &[
+            &["--bucket-mb", "0"],
             &["--bucket-mb", "25"],
             &["--bucket-mb", "0.0003"],
             &["--bucket-mb", "0.00004"],

@@ -240,7 +240,7 @@ fn check_buckets(devices: [Device; 2], rows: usize, sizes: &[usize]) -> Vec<u64>
         let mut main = trainer(&devices[0], 7, Optimizer::adam(0.01));
         let mut others = vec![trainer(&devices[1], 7, Optimizer::adam(0.01))];
         let o = FitOptions {
-            bucket_bytes: bytes,
+            bucket_bytes: Some(bytes),
             ..opts(2, 8)
         };
         let before = devices[0].stats().submissions;

@@ -155,7 +155,8 @@ pub struct TrainArgs {
 
     /// With --distributed: all-reduce the gradients in buckets of this many MB (10^6
     /// bytes; fractions allowed), each as soon as the backward pass has computed it; 0
-    /// exchanges them in one all-reduce after the backward pass [default: 0]
+    /// exchanges them in one all-reduce after the backward pass [default: the gradients
+    /// in 16 buckets of at least 0.064 MB]
     #[arg(long, value_name = "MB", requires = "distributed")]
     pub bucket_mb: Option<f64>,
 }
@@ -621,7 +622,7 @@ fn fit(
                 detail: format!("{mb} is not a size in MB"),
             });
         }
-        opts.bucket_bytes = (mb * 1e6).round() as usize;
+        opts.bucket_bytes = Some((mb * 1e6).round() as usize);
     }
     if r.validation_split > 0.0 {
         opts.validation = Validation::Split(r.validation_split);

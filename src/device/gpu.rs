@@ -369,6 +369,7 @@ impl GpuContext {
     /// [`poll_wait`](Self::poll_wait) until submission `index` has run (`None`: the latest).
     fn poll_wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.check_lost()?;
+        let waits_for_index = index.is_some();
         let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.device.poll(wgpu::PollType::Wait {
                 submission_index: index,
@@ -377,6 +378,9 @@ impl GpuContext {
         }));
         match polled {
             Ok(Ok(_)) => Ok(()),
+            // A destroyed device refuses submissions, so it knows no index for them: the
+            // plain wait then reports the loss.
+            Ok(Err(_)) if waits_for_index => self.poll_wait_for(None),
             Ok(Err(e)) => Err(Error::Gpu(format!("waiting for the GPU: {e}"))),
             Err(payload) => {
                 self.check_lost()?;

@@ -156,7 +156,22 @@ impl Exchange<'_> {
     }
 }
 
+/// The default splits the gradients into this many buckets...
+const DEFAULT_BUCKETS: usize = 16;
+/// ... of at least this many bytes: small buckets trained fastest under MPI here, and a
+/// fixed count bounds the per-bucket overhead (a readback and an all-reduce call each)
+/// for large models (docs/training.md, "Gradient buckets").
+const MIN_DEFAULT_BUCKET_BYTES: usize = 64_000;
+
 impl Trainer {
+    /// The bucket size when `FitOptions::bucket_bytes` is `None`.
+    pub(super) fn default_bucket_bytes(&self) -> usize {
+        let total: usize = self.model.params.iter().map(|p| p.grad.len() * 4).sum();
+        total
+            .div_ceil(DEFAULT_BUCKETS)
+            .max(MIN_DEFAULT_BUCKET_BYTES)
+    }
+
     /// The buckets of `bytes` each for this model's gradients (see [`plan`]).
     pub(super) fn bucket_plan(&self, bytes: usize) -> Vec<Bucket> {
         let params = &self.model.params;

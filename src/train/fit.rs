@@ -94,8 +94,11 @@ impl Trainer {
         let steps = data.rows.div_ceil(opts.batch_size);
         let mut accs = self.accumulators(steps)?;
         // Models with several outputs exchange their gradients after the backward pass.
-        let buckets = (group.is_some() && opts.bucket_bytes > 0 && self.outputs.is_none())
-            .then(|| self.bucket_plan(opts.bucket_bytes));
+        let bytes = opts
+            .bucket_bytes
+            .unwrap_or_else(|| self.default_bucket_bytes());
+        let buckets = (group.is_some() && bytes > 0 && self.outputs.is_none())
+            .then(|| self.bucket_plan(bytes));
         for step in 1..=steps {
             let start = (step - 1) * opts.batch_size;
             let batch = opts.batch_size.min(data.rows - start);

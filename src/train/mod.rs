@@ -85,9 +85,10 @@ pub struct FitOptions {
     pub steps_per_execution: usize,
     /// Data-parallel fits: the size of a gradient bucket, in bytes. Each bucket is
     /// all-reduced as soon as the backward pass has computed it, while the GPU computes
-    /// the next ones; 0 exchanges all gradients in one all-reduce after the backward pass
-    /// (see docs/training.md, "Gradient buckets").
-    pub bucket_bytes: usize,
+    /// the next ones; `Some(0)` exchanges all gradients in one all-reduce after the
+    /// backward pass; `None` (the default) splits them into 16 buckets of at least 64 KB
+    /// (see docs/training.md, "Gradient buckets", for the measurements behind it).
+    pub bucket_bytes: Option<usize>,
 }
 
 impl Default for FitOptions {
@@ -103,15 +104,12 @@ impl Default for FitOptions {
             on_epoch: Vec::new(),
             on_step: None,
             steps_per_execution: 8,
-            bucket_bytes: FitOptions::DEFAULT_BUCKET_BYTES,
+            bucket_bytes: None,
         }
     }
 }
 
 impl FitOptions {
-    /// The default [`bucket_bytes`](FitOptions::bucket_bytes).
-    pub const DEFAULT_BUCKET_BYTES: usize = 0;
-
     /// `epochs` passes in batches of `batch_size`.
     pub fn new(epochs: usize, batch_size: usize) -> FitOptions {
         FitOptions {

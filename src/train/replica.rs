@@ -125,7 +125,7 @@ impl Trainer {
             .num(opts.epochs as u64)
             .num(opts.seed)
             .num(u64::from(opts.shuffle))
-            .num(opts.bucket_bytes as u64)
+            .num(opts.bucket_bytes.map_or(u64::MAX, |b| b as u64))
             .text(&format!(
                 "{:?} {:?} {:?} {:?}",
                 self.loss,
@@ -256,7 +256,7 @@ struct Settings {
     early_stopping: Option<super::EarlyStopping>,
     loss_every: usize,
     steps_per_execution: usize,
-    bucket_bytes: usize,
+    bucket_bytes: Option<usize>,
 }
 
 impl Settings {
