@@ -73,7 +73,7 @@ pub(crate) fn plan(lens: &[usize], done: &[usize], size: usize) -> Vec<Bucket> {
         end = start;
     }
     // Stable: among buckets complete at the same stage, the end of the buffer first.
-    buckets.sort_by(|a, b| b.ready.cmp(&a.ready));
+    buckets.sort_by_key(|b| std::cmp::Reverse(b.ready));
     buckets
 }
 
