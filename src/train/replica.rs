@@ -17,11 +17,13 @@ use crate::tensor::Tensor;
 /// What the gradient exchanges of data-parallel training have cost so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ExchangeStats {
-    /// All-reduces of the gradients (one per optimizer step).
+    /// Optimizer steps whose gradients were exchanged (in one all-reduce, or one per
+    /// bucket).
     pub steps: u64,
-    /// Gradient bytes this rank sent into them.
+    /// Gradient bytes this rank sent into their all-reduces.
     pub bytes: u64,
-    /// Seconds spent in them, waiting for the slowest rank included.
+    /// Seconds spent in those all-reduces, waiting for the slowest rank included; with
+    /// buckets, the GPU computes the next buckets during all but the last.
     pub seconds: f64,
 }
 
