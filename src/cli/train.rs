@@ -156,7 +156,7 @@ pub struct TrainArgs {
     /// With --distributed: all-reduce the gradients in buckets of this many MB (10^6
     /// bytes; fractions allowed), each as soon as the backward pass has computed it; 0
     /// exchanges them in one all-reduce after the backward pass [default: the gradients
-    /// in 16 buckets of at least 0.064 MB]
+    /// in 16 buckets of at least 0.256 MB]
     #[arg(long, value_name = "MB", requires = "distributed")]
     pub bucket_mb: Option<f64>,
 }

@@ -158,10 +158,11 @@ impl Exchange<'_> {
 
 /// The default splits the gradients into this many buckets...
 const DEFAULT_BUCKETS: usize = 16;
-/// ... of at least this many bytes: small buckets trained fastest under MPI here, and a
-/// fixed count bounds the per-bucket overhead (a readback and an all-reduce call each)
-/// for large models (docs/training.md, "Gradient buckets").
-const MIN_DEFAULT_BUCKET_BYTES: usize = 64_000;
+/// ... of at least this many bytes: on a quiet machine this size trained at least as
+/// fast as smaller buckets and as one exchange, and a fixed count bounds the per-bucket
+/// overhead (a readback and an all-reduce call each) for large models (docs/training.md,
+/// "Gradient buckets").
+const MIN_DEFAULT_BUCKET_BYTES: usize = 256_000;
 
 impl Trainer {
     /// The bucket size when `FitOptions::bucket_bytes` is `None`.

@@ -86,7 +86,7 @@ pub struct FitOptions {
     /// Data-parallel fits: the size of a gradient bucket, in bytes. Each bucket is
     /// all-reduced as soon as the backward pass has computed it, while the GPU computes
     /// the next ones; `Some(0)` exchanges all gradients in one all-reduce after the
-    /// backward pass; `None` (the default) splits them into 16 buckets of at least 64 KB
+    /// backward pass; `None` (the default) splits them into 16 buckets of at least 256 KB
     /// (see docs/training.md, "Gradient buckets", for the measurements behind it).
     pub bucket_bytes: Option<usize>,
 }
