@@ -1,140 +1,117 @@
 //! Data-parallel training in one process: samples/s at 1 and 2 replicas (one device and
-//! one thread each, `Trainer::fit_replicas`) at the same global batch, and what the
-//! gradient all-reduce costs per step: bytes, time, and its share of the step.
+//! one thread each) at the same global batch, what the gradient all-reduce costs per
+//! step, and what reducing in buckets during the backward pass changes.
 //!
 //! `cargo bench --bench replicas` trains each model for one epoch on MNIST-shaped rows
 //! (splitmix64 pixels, labels from a fixed random teacher) at global batch 128: the
-//! 784-256-128-10 MLP on 4096 rows and examples/mnist_cnn's CNN (conv 32, pool, conv 64,
-//! pool, dense 128, dense 10) on 1024. Each row is the best of `REPS` runs. On a machine whose replicas share
-//! the same cores (lavapipe on a small CPU) two replicas cannot be faster than one: the
-//! row shows the exchange's overhead, not the scaling that two GPUs give.
+//! 784-256-128-10 MLP on 4096 rows (best of 3 epochs) and examples/mnist_cnn's CNN on
+//! 256 (best of 2). Rows: one replica (the plain `fit`); two replicas that exchange
+//! nothing (the compute-only baseline: the same shards, readbacks and uploads); two
+//! replicas over a `ThreadGroup` with one all-reduce after the backward pass and with
+//! buckets of 256 KB and 64 KB, the configurations interleaved.
+//! Exposed communication is a step's excess over the compute-only step. On a machine
+//! whose replicas share the same cores (lavapipe on a small CPU) two replicas cannot be
+//! faster than one, and the "GPU" that a bucket's all-reduce overlaps runs on the cores
+//! that the all-reduce needs: the rows show the exchange's overhead, not the scaling or
+//! the overlap that two GPUs give.
 
-use kiln::{Device, FitOptions, Loss, Metric, Optimizer, Sequential, Trainer};
+mod dp_common;
+
+use dp_common::{bucket_name, epoch, make_data, model, row, Alone, BATCH, BUCKETS, MODELS};
+use kiln::dist::{AllReduce, ThreadGroup};
+use kiln::{Device, FitOptions, Trainer};
 use std::time::Instant;
 
-const BATCH: usize = 128;
-const REPS: usize = 3;
-
-/// Splitmix64 pixels in [0, 1) and labels from a fixed random linear teacher.
-fn make_data(n: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut state = 42u64;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+/// One epoch of two replicas, rank 0 here and rank 1 on a thread; rank 0's (seconds,
+/// all-reduce seconds). `exchange`: over a ThreadGroup, else each [`Alone`].
+fn two(t: &mut [Trainer; 2], x: &[f32], y: &[f32], exchange: bool, bucket: usize) -> (f64, f64) {
+    let mut groups: Vec<Box<dyn AllReduce + Send>> = match exchange {
+        true => ThreadGroup::new(2)
+            .into_iter()
+            .map(|m| Box::new(m) as Box<dyn AllReduce + Send>)
+            .collect(),
+        false => (0..2)
+            .map(|rank| Box::new(Alone { rank, size: 2 }) as Box<dyn AllReduce + Send>)
+            .collect(),
     };
-    let x: Vec<f32> = (0..n * 784).map(|_| next()).collect();
-    let t: Vec<f32> = (0..784 * 10).map(|_| next() * 2.0 - 1.0).collect();
-    let label = |i: usize| {
-        let score = |c: usize| -> f32 {
-            (0..784)
-                .map(|k| (x[i * 784 + k] - 0.5) * t[k * 10 + c])
-                .sum()
-        };
-        (0..10)
-            .max_by(|&a, &b| score(a).total_cmp(&score(b)))
-            .unwrap_or(0) as f32
-    };
-    let y = (0..n).map(label).collect();
-    (x, y)
-}
-
-fn model(device: &Device, cnn: bool) -> Trainer {
-    let spec = if cnn {
-        Sequential::image(1, 28, 28)
-            .conv2d(32, 3)
-            .relu()
-            .max_pool(2)
-            .conv2d(64, 3)
-            .relu()
-            .max_pool(2)
-            .flatten()
-            .dense(128)
-            .relu()
-            .dense(10)
-    } else {
-        Sequential::new(784)
-            .dense(256)
-            .relu()
-            .dense(128)
-            .relu()
-            .dense(10)
-    };
-    let m = spec.build(device, 1).expect("model");
-    m.compile(
-        Loss::SparseCategoricalCrossEntropy,
-        Optimizer::adam(1e-3),
-        &[Metric::Accuracy],
-    )
-    .expect("compile")
-}
-
-/// One epoch; one replica is the plain fit, as a user would run it on one device.
-fn fit(main: &mut Trainer, others: &mut [Trainer], x: &[f32], y: &[f32]) {
-    let opts = FitOptions {
-        seed: 1,
-        ..FitOptions::new(1, BATCH)
-    };
-    match others.is_empty() {
-        true => main.fit(x, y, opts).map(drop),
-        false => main.fit_replicas(others, x, y, opts).map(drop),
-    }
-    .expect("fit");
-}
-
-/// (samples/s, seconds per step, all-reduce seconds per step, bytes per step).
-fn run(cnn: bool, replicas: usize, x: &[f32], y: &[f32]) -> (f64, f64, f64, f64) {
-    let mut main = model(&Device::gpu().expect("adapter"), cnn);
-    let mut others: Vec<Trainer> = (1..replicas)
-        .map(|_| model(&Device::gpu().expect("adapter"), cnn))
-        .collect();
-    // Warm-up: pipelines compiled, the autotuner settled.
-    fit(
-        &mut main,
-        &mut others,
-        &x[..BATCH * 784 * 2],
-        &y[..BATCH * 2],
-    );
-    let before = main.exchange_stats();
-    let start = Instant::now();
-    fit(&mut main, &mut others, x, y);
-    let secs = start.elapsed().as_secs_f64();
-    let after = main.exchange_stats();
-    let rows = y.len();
-    let steps = rows.div_ceil(BATCH) as f64;
-    (
-        rows as f64 / secs,
-        secs / steps,
-        (after.seconds - before.seconds) / steps,
-        (after.bytes - before.bytes) as f64 / steps,
-    )
+    let (t0, t1) = t.split_at_mut(1);
+    let (g0, g1) = groups.split_at_mut(1);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| epoch(&mut t1[0], &mut *g1[0], x, y, bucket));
+        let mine = epoch(&mut t0[0], &mut *g0[0], x, y, bucket);
+        other.join().expect("replica thread");
+        mine
+    })
 }
 
 fn main() {
     let (x, y) = make_data(4096);
-    println!("global batch {BATCH}, best of {REPS} runs");
-    for (name, cnn, rows) in [("784-256-128-10", false, 4096), ("mnist-cnn", true, 1024)] {
+    println!("global batch {BATCH}");
+    for (name, cnn, rows, reps) in MODELS {
         let (x, y) = (&x[..rows * 784], &y[..rows]);
-        let mut base = 0.0;
-        for replicas in [1, 2] {
-            let best = (0..REPS)
-                .map(|_| run(cnn, replicas, x, y))
-                .max_by(|a, b| a.0.total_cmp(&b.0))
-                .unwrap_or_default();
-            let (rate, step, reduce, bytes) = best;
-            if replicas == 1 {
-                base = rate;
+        let mut one = model(&Device::gpu().expect("adapter"), cnn);
+        let mut pair = [0, 1].map(|_| model(&Device::gpu().expect("adapter"), cnn));
+        // Warm-up: pipelines compiled, the autotuner settled, every path run once.
+        let warm = (&x[..BATCH * 784], &y[..BATCH]);
+        one.fit(warm.0, warm.1, FitOptions::new(1, BATCH))
+            .expect("fit");
+        for b in BUCKETS {
+            two(&mut pair, warm.0, warm.1, true, b);
+        }
+        two(&mut pair, warm.0, warm.1, false, 0);
+        let configs: Vec<(bool, usize)> = [(false, 0)]
+            .into_iter()
+            .chain(BUCKETS.map(|b| (true, b)))
+            .collect();
+        let mut single = f64::MAX;
+        let mut best = vec![(f64::MAX, 0.0); configs.len()];
+        for _ in 0..reps {
+            let start = Instant::now();
+            one.fit(
+                x,
+                y,
+                FitOptions {
+                    seed: 1,
+                    ..FitOptions::new(1, BATCH)
+                },
+            )
+            .expect("fit");
+            single = single.min(start.elapsed().as_secs_f64());
+            for (b, &(exchange, bucket)) in best.iter_mut().zip(&configs) {
+                let r = two(&mut pair, x, y, exchange, bucket);
+                if r.0 < b.0 {
+                    *b = r;
+                }
             }
+        }
+        let base = rows as f64 / single;
+        let alone = best[0].0;
+        println!(
+            "{}",
+            row(
+                &format!("{name}, 1 replica"),
+                rows,
+                single,
+                0.0,
+                single,
+                base
+            )
+        );
+        for ((exchange, bucket), (secs, reduce)) in configs.iter().zip(&best) {
+            let what = match exchange {
+                false => "2 replicas, no exchange (compute only)".to_string(),
+                true => format!("2 replicas, {}", bucket_name(*bucket)),
+            };
             println!(
-                "{name:<15} replicas {replicas}: {rate:>8.0} samples/s ({:.2}x), {:.2} ms/step, \
-                 all-reduce {:.3} ms/step ({:.1}% of the step), {:.2} MB/step",
-                rate / base,
-                step * 1e3,
-                reduce * 1e3,
-                100.0 * reduce / step,
-                bytes / 1e6
+                "{}",
+                row(
+                    &format!("{name}, {what}"),
+                    rows,
+                    *secs,
+                    *reduce,
+                    alone,
+                    base
+                )
             );
         }
     }

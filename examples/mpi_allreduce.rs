@@ -4,7 +4,14 @@
 //! cargo build --release --features mpi --example mpi_allreduce
 //! mpirun --oversubscribe -np 2 target/release/examples/mpi_allreduce           # checks
 //! mpirun --oversubscribe -np 2 target/release/examples/mpi_allreduce --bench   # timings
+//! mpirun --oversubscribe -np 2 target/release/examples/mpi_allreduce --train-bench
 //! ```
+//! `--train-bench` trains 784-256-128-10 and the MNIST CNN data-parallel (as
+//! benches/replicas.rs does in one process): each rank exchanging nothing (the
+//! compute-only baseline), then one all-reduce after the backward pass and buckets of
+//! 256 KB and 64 KB, the configurations interleaved, on benches/replicas.rs's rows and
+//! epochs; rank 0 prints samples/s and the exposed communication (a step's excess over
+//! the compute-only step).
 //! (As root, Open MPI also wants `OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1`.)
 //!
 //! Options, for tests/dist_mpi.rs: `--len N` (elements, default 1_000_003), `--max-count N`
@@ -17,6 +24,10 @@
 //! Each rank prints `rank R: mean ok, bits HASH` (the same HASH on every rank), or its
 //! error on stderr, exiting 2.
 
+#[path = "../benches/dp_common/mod.rs"]
+mod dp_common;
+
+use dp_common::{bucket_name, epoch, make_data, model, row, Alone, BATCH, BUCKETS, MODELS};
 use kiln::dist::mpi::MpiGroup;
 use kiln::dist::{AllReduce, Fingerprint};
 use mpi::collective::SystemOperation;
@@ -32,6 +43,7 @@ struct Args {
     hang_at: Option<usize>,
     stop_inside: Option<usize>,
     bench: bool,
+    train_bench: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -44,6 +56,7 @@ fn parse() -> Result<Args, String> {
         hang_at: None,
         stop_inside: None,
         bench: false,
+        train_bench: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +74,7 @@ fn parse() -> Result<Args, String> {
             "--stop-inside" => a.stop_inside = Some(num()?),
             "--mismatch" => a.mismatch = true,
             "--bench" => a.bench = true,
+            "--train-bench" => a.train_bench = true,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -88,6 +102,9 @@ fn run(g: &mut MpiGroup, a: &Args) -> kiln::Result<()> {
     g.check_fingerprint("model, data set and batch size", print.finish())?;
     if a.bench {
         return bench(g);
+    }
+    if a.train_bench {
+        return train_bench(g);
     }
 
     // Mean: against an f64 reference of every rank's inputs.
@@ -181,6 +198,72 @@ fn bench(g: &mut MpiGroup) -> kiln::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Data-parallel epochs per configuration; see the header.
+fn train_bench(g: &mut MpiGroup) -> kiln::Result<()> {
+    let (x, y) = make_data(4096);
+    let (rank, size) = (g.rank(), g.size());
+    let device = kiln::Device::gpu_nth(g.node_rank()).or_else(|_| kiln::Device::gpu())?;
+    if rank == 0 {
+        println!("global batch {BATCH} over {size} ranks");
+    }
+    for (name, cnn, rows, reps) in MODELS {
+        let (x, y) = (&x[..rows * 784], &y[..rows]);
+        let mut t = model(&device, cnn);
+        let warm = (&x[..BATCH * 784], &y[..BATCH]);
+        let configs: Vec<Option<usize>> = [None].into_iter().chain(BUCKETS.map(Some)).collect();
+        for c in &configs {
+            run_config(g, &mut t, warm, *c, rank, size);
+        }
+        let mut best = vec![(f64::MAX, 0.0); configs.len()];
+        for _ in 0..reps {
+            for (b, c) in best.iter_mut().zip(&configs) {
+                let r = run_config(g, &mut t, (x, y), *c, rank, size);
+                if r.0 < b.0 {
+                    *b = r;
+                }
+            }
+        }
+        let alone = best[0].0;
+        let base = rows as f64 / alone;
+        for (c, (secs, reduce)) in configs.iter().zip(&best) {
+            let what = match c {
+                None => "no exchange (compute only)".to_string(),
+                Some(b) => bucket_name(*b),
+            };
+            if rank == 0 {
+                println!(
+                    "{}",
+                    row(
+                        &format!("{name}, {size} ranks, {what}"),
+                        rows,
+                        *secs,
+                        *reduce,
+                        alone,
+                        base
+                    )
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One epoch on every rank, started together: `None` exchanges nothing.
+fn run_config(
+    g: &mut MpiGroup,
+    t: &mut kiln::Trainer,
+    (x, y): (&[f32], &[f32]),
+    bucket: Option<usize>,
+    rank: usize,
+    size: usize,
+) -> (f64, f64) {
+    g.barrier().expect("barrier");
+    match bucket {
+        None => epoch(t, &mut Alone { rank, size }, x, y, 0),
+        Some(b) => epoch(t, g, x, y, b),
+    }
 }
 
 fn main() {

@@ -272,6 +272,54 @@ impl Tensor {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
+    /// Starts downloading parts of tensors of one device, concatenated: each
+    /// `(tensor, range)` is that range of the tensor's values. The work recorded so far
+    /// is submitted and nothing waits until [`Readback::wait`], so the host can work
+    /// while the GPU runs (and work submitted later runs on).
+    pub(crate) fn start_read_ranges(
+        parts: &[(&Tensor, std::ops::Range<usize>)],
+    ) -> Result<Readback> {
+        let mismatch = || Error::DeviceMismatch {
+            op: "Tensor::start_read_ranges",
+        };
+        if let Some((t, r)) = parts
+            .iter()
+            .find(|(t, r)| r.start > r.end || r.end > t.len())
+        {
+            return Err(Error::shape(
+                "Tensor::start_read_ranges",
+                format!("range {r:?} of a tensor of {} values", t.len()),
+            ));
+        }
+        let Some(Storage::Gpu(g0)) = parts.first().map(|(t, _)| &t.storage) else {
+            let mut out = Vec::new();
+            for (t, r) in parts {
+                out.extend_from_slice(t.host().ok_or_else(mismatch)?.get(r.clone()).unwrap_or(&[]));
+            }
+            return Ok(Readback::Host(out));
+        };
+        let spans = parts
+            .iter()
+            .map(|(t, r)| match &t.storage {
+                Storage::Gpu(g) if Arc::ptr_eq(g.ctx(), g0.ctx()) => {
+                    let whole = g.span(t.len());
+                    Some((
+                        Span {
+                            offset: whole.offset + r.start as u64 * 4,
+                            size: Some(r.len() as u64 * 4),
+                            ..whole
+                        },
+                        r.len() as u64 * 4,
+                    ))
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(mismatch)?;
+        let read = g0.ctx().start_read_parts(&spans)?;
+        Ok(Readback::Gpu(g0.ctx().clone(), read))
+    }
+
     /// Overwrites the values in place (same number of elements).
     pub fn write(&mut self, data: &[f32]) -> Result<()> {
         if data.len() != self.len() {
@@ -410,5 +458,26 @@ impl Tensor {
             })
             .collect();
         Ok(Some((whole, views)))
+    }
+}
+
+/// A download started by [`Tensor::start_read_ranges`].
+pub(crate) enum Readback {
+    /// Host tensors: the values, copied at once.
+    Host(Vec<f32>),
+    /// GPU tensors: the copies are submitted, their mapping pending.
+    Gpu(Arc<GpuContext>, crate::device::PendingRead),
+}
+
+impl Readback {
+    /// Waits for the download (only for it: not for work submitted after it).
+    pub(crate) fn wait(self) -> Result<Vec<f32>> {
+        match self {
+            Readback::Host(v) => Ok(v),
+            Readback::Gpu(ctx, read) => {
+                let bytes = pollster::block_on(ctx.finish_read(read))?;
+                Ok(bytemuck::pod_collect_to_vec(&bytes))
+            }
+        }
     }
 }

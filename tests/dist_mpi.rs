@@ -255,43 +255,67 @@ fn test_line(stdout: &str) -> Vec<f64> {
 }
 
 /// Two ranks reach one process's weights (within 1e-4 relative, 1e-5 absolute near
-/// zero) and its epoch and test metrics, at a global batch of `batch` rows.
-fn check_same_as_one_process(batch: &str) {
+/// zero) and its epoch and test metrics, at a global batch of `batch` rows: once per
+/// entry of `variants`, extra options of the two-rank run.
+fn check_same_as_one_process(batch: &str, variants: &[&[&str]]) {
     let dir = scratch(&format!("same-{batch}"));
-    let (one, two) = (dir.join("one"), dir.join("two"));
+    let one = dir.join("one");
     let want = alone(&iris(&one, "16", batch));
-    let (out, text, _) = two_ranks(KILN_LIMIT_S, &iris(&two, "16", batch));
-    assert!(out.status.success(), "{text}");
-    // Rank 0 alone prints the run; every rank names its device on stderr.
-    assert_eq!(text.matches("test:").count(), 1, "{text}");
-    assert!(text.contains("rank 1 of 2 on "), "{text}");
-    // Rank 0 reports what the exchanges cost.
-    assert_eq!(text.matches("all-reduce: ").count(), 1, "{text}");
-    common::assert_close(&weights(&two), &weights(&one), 1e-4, 1e-5, "weights");
-    let (got, wanted) = (last_epoch(&two), last_epoch(&one));
-    assert_eq!(got.len(), wanted.len());
-    for (g, w) in got
-        .iter()
-        .zip(&wanted)
-        .chain(test_line(&text).iter().zip(&test_line(&want)))
-    {
-        assert!(
-            (g - w).abs() <= 1e-3 * w.abs().max(1.0),
-            "{got:?} vs {wanted:?}\n{text}"
-        );
+    for (k, extra) in variants.iter().enumerate() {
+        let two = dir.join(format!("two-{k}"));
+        let mut args = iris(&two, "16", batch);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let (out, text, _) = two_ranks(KILN_LIMIT_S, &args);
+        assert!(out.status.success(), "{extra:?}: {text}");
+        // Rank 0 alone prints the run; every rank names its device on stderr.
+        assert_eq!(text.matches("test:").count(), 1, "{text}");
+        assert!(text.contains("rank 1 of 2 on "), "{text}");
+        // Rank 0 reports what the exchanges cost.
+        assert_eq!(text.matches("all-reduce: ").count(), 1, "{text}");
+        let what = format!("weights {extra:?}");
+        common::assert_close(&weights(&two), &weights(&one), 1e-4, 1e-5, &what);
+        let (got, wanted) = (last_epoch(&two), last_epoch(&one));
+        assert_eq!(got.len(), wanted.len());
+        for (g, w) in got
+            .iter()
+            .zip(&wanted)
+            .chain(test_line(&text).iter().zip(&test_line(&want)))
+        {
+            assert!(
+                (g - w).abs() <= 1e-3 * w.abs().max(1.0),
+                "{extra:?}: {got:?} vs {wanted:?}\n{text}"
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn kiln_train_on_two_ranks_matches_one_process() {
-    check_same_as_one_process("16");
+    check_same_as_one_process("16", &[&[]]);
 }
 
 #[test]
 fn kiln_train_on_two_ranks_matches_one_process_at_an_odd_batch_size() {
     // 15 rows: 8 on rank 0, 7 on rank 1; the epoch's last batch of 3 splits 2 and 1.
-    check_same_as_one_process("15");
+    check_same_as_one_process("15", &[&[]]);
+}
+
+#[test]
+fn kiln_train_with_gradient_buckets_matches_one_process() {
+    // 4-16-3 has 131 gradient values (524 bytes): one exchange after the backward pass;
+    // one bucket; two (300 bytes, the
+    // boundary 56 values in, inside the first weight matrix); 14 of at most 10 values,
+    // boundaries inside every tensor but the last bias. Batches of 15 split 8 and 7.
+    check_same_as_one_process(
+        "15",
+        &[
+            &["--bucket-mb", "0"],
+            &["--bucket-mb", "25"],
+            &["--bucket-mb", "0.0003"],
+            &["--bucket-mb", "0.00004"],
+        ],
+    );
 }
 
 #[test]

@@ -228,3 +228,46 @@ fn a_replica_whose_device_fails_ends_the_job_with_its_rank_and_cause() {
     // The peers hear of it at the next exchange, not after the group's timeout.
     assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
 }
+
+/// Trains 2 replicas on `devices` with gradient buckets of each of `sizes` bytes and
+/// without; every bucketed run ends with the unbucketed run's weights on every rank.
+/// Returns the submissions to `devices[0]` per run, unbucketed first (GPU devices).
+fn check_buckets(devices: [Device; 2], rows: usize, sizes: &[usize]) -> Vec<u64> {
+    let (x, y) = data(rows);
+    let mut submissions = Vec::new();
+    let mut runs = Vec::new();
+    for &bytes in [0].iter().chain(sizes) {
+        let mut main = trainer(&devices[0], 7, Optimizer::adam(0.01));
+        let mut others = vec![trainer(&devices[1], 7, Optimizer::adam(0.01))];
+        let o = FitOptions {
+            bucket_bytes: Some(bytes),
+            ..opts(2, 8)
+        };
+        let before = devices[0].stats().submissions;
+        main.fit_replicas(&mut others, &x, &y, o).unwrap();
+        submissions.push(devices[0].stats().submissions - before);
+        let what = format!("{bytes}-byte buckets, rank 1");
+        assert_close(&weights(&others[0]), &weights(&main), 1e-4, 1e-5, &what);
+        let stats = main.exchange_stats();
+        assert_eq!(stats.bytes, stats.steps * 66 * 4, "{bytes}-byte buckets");
+        runs.push((bytes, weights(&main)));
+    }
+    let (_, want) = &runs[0];
+    for (bytes, got) in &runs[1..] {
+        assert_close(got, want, 1e-4, 1e-5, &format!("{bytes}-byte buckets"));
+    }
+    submissions
+}
+
+#[test]
+fn bucketed_exchanges_match_one_exchange_per_step() {
+    // 66 gradient values (5x7 + 7 + 7x3 + 3): one bucket; two of 33 (the boundary falls
+    // inside the first weight matrix); 14 of at most 5 (boundaries inside every tensor
+    // but the last bias). 33 rows in batches of 8: the last batch's 1 row leaves rank 1
+    // without rows, sending zeros for every bucket.
+    let sizes = [1 << 20, 33 * 4, 5 * 4];
+    let gpus = check_buckets([common::gpu(), Device::gpu().unwrap()], 33, &sizes);
+    // Each bucket is submitted and read back on its own: more submissions per step.
+    assert!(gpus[3] > gpus[0], "submissions per run {gpus:?}");
+    check_buckets([Device::cpu(), common::gpu()], 37, &sizes);
+}

@@ -114,7 +114,10 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One write: the ranks of a distributed job share one stderr, and eprintln!
+            // writes its pieces separately, so two ranks' lines could interleave.
+            let line = format!("error: {e}\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             if matches!(e, kiln::Error::NoAdapter { .. }) {
                 eprintln!("hint: `--device cpu` trains on the CPU reference backend instead");
             }

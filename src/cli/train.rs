@@ -152,6 +152,13 @@ pub struct TrainArgs {
         requires = "distributed"
     )]
     pub rank_timeout: u64,
+
+    /// With --distributed: all-reduce the gradients in buckets of this many MB (10^6
+    /// bytes; fractions allowed), each as soon as the backward pass has computed it; 0
+    /// exchanges them in one all-reduce after the backward pass [default: the gradients
+    /// in 16 buckets of at least 0.256 MB]
+    #[arg(long, value_name = "MB", requires = "distributed")]
+    pub bucket_mb: Option<f64>,
 }
 
 /// Epochs when --epochs is not given: enough for the digits set to pass 95% accuracy.
@@ -607,6 +614,15 @@ fn fit(
     opts.loss_every = progress::loss_every(steps);
     if let Some(n) = args.steps_per_execution {
         opts.steps_per_execution = n;
+    }
+    if let Some(mb) = args.bucket_mb {
+        if !(mb >= 0.0 && mb.is_finite()) {
+            return Err(kiln::Error::InvalidArgument {
+                name: "--bucket-mb".into(),
+                detail: format!("{mb} is not a size in MB"),
+            });
+        }
+        opts.bucket_bytes = Some((mb * 1e6).round() as usize);
     }
     if r.validation_split > 0.0 {
         opts.validation = Validation::Split(r.validation_split);

@@ -71,6 +71,17 @@ impl<'a> Span<'a> {
     }
 }
 
+/// A readback whose copies are submitted and whose mapping is pending: see
+/// [`GpuContext::start_read_parts`].
+pub(crate) struct PendingRead {
+    staging: wgpu::Buffer,
+    /// The submission that holds the copies.
+    index: Option<wgpu::SubmissionIndex>,
+    rx: futures::channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    /// (bytes wanted, bytes in the staging buffer) of each part.
+    sizes: Vec<(u64, u64)>,
+}
+
 /// Counters that show what a step costs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -352,12 +363,24 @@ impl GpuContext {
     /// Waits for the submitted work. wgpu panics on a device error here (a lost device)
     /// instead of returning it, so the panic is caught and reported as an error.
     fn poll_wait(&self) -> Result<()> {
+        self.poll_wait_for(None)
+    }
+
+    /// [`poll_wait`](Self::poll_wait) until submission `index` has run (`None`: the latest).
+    fn poll_wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.check_lost()?;
+        let waits_for_index = index.is_some();
         let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.device.poll(wgpu::PollType::wait_indefinitely())
+            self.device.poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            })
         }));
         match polled {
             Ok(Ok(_)) => Ok(()),
+            // A destroyed device refuses submissions, so it knows no index for them: the
+            // plain wait then reports the loss.
+            Ok(Err(_)) if waits_for_index => self.poll_wait_for(None),
             Ok(Err(e)) => Err(Error::Gpu(format!("waiting for the GPU: {e}"))),
             Err(payload) => {
                 self.check_lost()?;
@@ -821,21 +844,21 @@ impl GpuContext {
         Ok(())
     }
 
-    fn submit(&self, pending: &mut Pending) {
+    /// Submits the recorded work; its index, or `None` where nothing was recorded.
+    fn submit(&self, pending: &mut Pending) -> Option<wgpu::SubmissionIndex> {
         pending.pass = None;
-        let Some(encoder) = pending.encoder.take() else {
-            return;
-        };
+        let encoder = pending.encoder.take()?;
         if !pending.params.is_empty() {
             self.queue
                 .write_buffer(&self.arenas[pending.arena], 0, &pending.params);
         }
-        self.queue.submit([encoder.finish()]);
+        let index = self.queue.submit([encoder.finish()]);
         self.submissions.fetch_add(1, Ordering::Relaxed);
         pending.params.clear();
         // Bind groups refer to one arena; the next submission's parameters are written
         // while this one may still read its own, so alternate between two arenas.
         pending.arena ^= 1;
+        Some(index)
     }
 
     /// Submits everything recorded so far as one command buffer, then reports a lost
@@ -864,9 +887,17 @@ impl GpuContext {
     /// Copies the first `bytes` of each buffer back to the host, concatenated, with one
     /// staging buffer and one wait (a model's gradients for an all-reduce, say).
     pub(crate) async fn read_parts(&self, parts: &[(Span<'_>, u64)]) -> Result<Vec<u8>> {
+        let read = self.start_read_parts(parts)?;
+        self.finish_read(read).await
+    }
+
+    /// The first half of [`read_parts`](Self::read_parts): submits the work recorded so
+    /// far and the copies into one staging buffer, and asks for its mapping without
+    /// waiting, so the host can work while the GPU runs (and work submitted later).
+    pub(crate) fn start_read_parts(&self, parts: &[(Span<'_>, u64)]) -> Result<PendingRead> {
+        self.check_lost()?;
         let padded: Vec<u64> = parts.iter().map(|(_, b)| b.div_ceil(4) * 4).collect();
         let total: u64 = padded.iter().sum();
-        let bytes: u64 = parts.iter().map(|(_, b)| b).sum();
         let desc = wgpu::BufferDescriptor {
             label: Some("kiln readback"),
             size: total.max(4),
@@ -874,7 +905,7 @@ impl GpuContext {
             mapped_at_creation: false,
         };
         let staging = self.create_buffer(&desc, "readback staging buffer")?;
-        {
+        let index = {
             let mut pending = lock(&self.pending);
             let mut at = 0;
             for ((src, _), &n) in parts.iter().zip(&padded) {
@@ -884,13 +915,30 @@ impl GpuContext {
                 }
                 at += n;
             }
-            self.submit(&mut pending);
-        }
+            self.submit(&mut pending)
+        };
         let (tx, rx) = futures::channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        let mapped = self.poll_until(rx).await?;
+        Ok(PendingRead {
+            staging,
+            index,
+            rx,
+            sizes: parts.iter().map(|(_, b)| *b).zip(padded).collect(),
+        })
+    }
+
+    /// The second half of [`read_parts`](Self::read_parts): waits for `read`'s copies
+    /// only (not for work submitted after them) and returns the bytes.
+    pub(crate) async fn finish_read(&self, read: PendingRead) -> Result<Vec<u8>> {
+        let PendingRead {
+            staging,
+            index,
+            rx,
+            sizes,
+        } = read;
+        let mapped = self.poll_until(rx, index).await?;
         if let Err(e) = mapped {
             self.take_error()?;
             return Err(Error::Gpu(format!("readback failed: {e}")));
@@ -899,11 +947,12 @@ impl GpuContext {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let bytes: u64 = sizes.iter().map(|(b, _)| b).sum();
         let mut out = Vec::with_capacity(bytes as usize);
         let mut at = 0;
-        for ((_, n), padded) in parts.iter().zip(padded) {
+        for (n, padded) in sizes {
             let part = view
-                .get(at..at + *n as usize)
+                .get(at..at + n as usize)
                 .ok_or_else(|| Error::Gpu("readback buffer is smaller than requested".into()))?;
             out.extend_from_slice(part);
             at += padded as usize;
@@ -915,7 +964,12 @@ impl GpuContext {
     }
 
     /// Drives the device until `rx` resolves; on native targets nothing else polls it.
-    async fn poll_until<T>(&self, mut rx: futures::channel::oneshot::Receiver<T>) -> Result<T> {
+    /// With `index`, each wait ends once that submission has run, not the latest one.
+    async fn poll_until<T>(
+        &self,
+        mut rx: futures::channel::oneshot::Receiver<T>,
+        index: Option<wgpu::SubmissionIndex>,
+    ) -> Result<T> {
         let lost = || match self.check_lost() {
             Err(e) => e,
             Ok(()) => Error::DeviceLost {
@@ -927,7 +981,7 @@ impl GpuContext {
             return rx.await.map_err(|_| lost());
         }
         loop {
-            self.poll_wait()?;
+            self.poll_wait_for(index.clone())?;
             match rx.try_recv() {
                 Ok(Some(v)) => return Ok(v),
                 Ok(None) => continue,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use adapter::Pick;
 pub use adapter::{list_adapters, AdapterSummary};
+pub(crate) use gpu::PendingRead;
 pub use gpu::{GpuContext, Stats};
 pub(crate) use gpu::{Kernel, Span};
 

@@ -93,6 +93,12 @@ impl Trainer {
     ) -> Result<(f64, Vec<(String, f64)>)> {
         let steps = data.rows.div_ceil(opts.batch_size);
         let mut accs = self.accumulators(steps)?;
+        // Models with several outputs exchange their gradients after the backward pass.
+        let bytes = opts
+            .bucket_bytes
+            .unwrap_or_else(|| self.default_bucket_bytes());
+        let buckets = (group.is_some() && bytes > 0 && self.outputs.is_none())
+            .then(|| self.bucket_plan(bytes));
         for step in 1..=steps {
             let start = (step - 1) * opts.batch_size;
             let batch = opts.batch_size.min(data.rows - start);
@@ -100,15 +106,25 @@ impl Trainer {
                 Some(g) => super::replica::shard(batch, g.size(), g.rank()),
                 None => (0, batch),
             };
-            if rows > 0 {
-                let key = self.load_batch(data, start + offset, rows)?;
-                match self.outputs.is_some() {
-                    true => self.step_outputs(key, &mut accs)?,
-                    false => self.step_ws(key, accs.first_mut())?,
+            let key = match rows {
+                0 => None,
+                _ => Some(self.load_batch(data, start + offset, rows)?),
+            };
+            match (lend(&mut group), &buckets) {
+                (Some(g), Some(b)) => {
+                    self.bucketed_step(g, b, key, accs.first_mut(), (rows, batch))?
                 }
-            }
-            if let Some(g) = lend(&mut group) {
-                self.exchange(g, rows, batch)?;
+                (g, _) => {
+                    if let Some(key) = key {
+                        match self.outputs.is_some() {
+                            true => self.step_outputs(key, &mut accs)?,
+                            false => self.step_ws(key, accs.first_mut())?,
+                        }
+                    }
+                    if let Some(g) = g {
+                        self.exchange(g, rows, batch)?;
+                    }
+                }
             }
             self.update()?;
             let read = opts.loss_every > 0 && (step % opts.loss_every == 0 || step == steps);

@@ -1,6 +1,7 @@
 //! Training: compile a model with a loss, an optimizer and metrics, then
 //! `fit`, `evaluate` and `predict`, Keras-style, with the weights kept on the device.
 
+mod buckets;
 pub mod callbacks;
 mod data;
 pub mod ensemble;
@@ -82,6 +83,12 @@ pub struct FitOptions {
     /// work is submitted at least when a value is read back (the loss every `loss_every`
     /// steps, the epoch's end).
     pub steps_per_execution: usize,
+    /// Data-parallel fits: the size of a gradient bucket, in bytes. Each bucket is
+    /// all-reduced as soon as the backward pass has computed it, while the GPU computes
+    /// the next ones; `Some(0)` exchanges all gradients in one all-reduce after the
+    /// backward pass; `None` (the default) splits them into 16 buckets of at least 256 KB
+    /// (see docs/training.md, "Gradient buckets", for the measurements behind it).
+    pub bucket_bytes: Option<usize>,
 }
 
 impl Default for FitOptions {
@@ -97,6 +104,7 @@ impl Default for FitOptions {
             on_epoch: Vec::new(),
             on_step: None,
             steps_per_execution: 8,
+            bucket_bytes: None,
         }
     }
 }

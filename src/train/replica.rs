@@ -17,11 +17,13 @@ use crate::tensor::Tensor;
 /// What the gradient exchanges of data-parallel training have cost so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ExchangeStats {
-    /// All-reduces of the gradients (one per optimizer step).
+    /// Optimizer steps whose gradients were exchanged (in one all-reduce, or one per
+    /// bucket).
     pub steps: u64,
-    /// Gradient bytes this rank sent into them.
+    /// Gradient bytes this rank sent into their all-reduces.
     pub bytes: u64,
-    /// Seconds spent in them, waiting for the slowest rank included.
+    /// Seconds spent in those all-reduces, waiting for the slowest rank included; with
+    /// buckets, the GPU computes the next buckets during all but the last.
     pub seconds: f64,
 }
 
@@ -125,6 +127,7 @@ impl Trainer {
             .num(opts.epochs as u64)
             .num(opts.seed)
             .num(u64::from(opts.shuffle))
+            .num(opts.bucket_bytes.map_or(u64::MAX, |b| b as u64))
             .text(&format!(
                 "{:?} {:?} {:?} {:?}",
                 self.loss,
@@ -196,7 +199,7 @@ impl Trainer {
     }
 
     /// Replaces every gradient by its part of `flat`: one transfer where they are packed.
-    fn write_grads(&mut self, flat: &[f32]) -> Result<()> {
+    pub(super) fn write_grads(&mut self, flat: &[f32]) -> Result<()> {
         let model = &mut self.model;
         if let Some(pk) = model.packed.as_mut().filter(|pk| pk.holds(&model.params)) {
             let padded = pk.pad(flat)?;
@@ -255,6 +258,7 @@ struct Settings {
     early_stopping: Option<super::EarlyStopping>,
     loss_every: usize,
     steps_per_execution: usize,
+    bucket_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -268,6 +272,7 @@ impl Settings {
             early_stopping: o.early_stopping.clone(),
             loss_every: o.loss_every,
             steps_per_execution: o.steps_per_execution,
+            bucket_bytes: o.bucket_bytes,
         }
     }
 
@@ -283,6 +288,7 @@ impl Settings {
             on_epoch: Vec::new(),
             on_step: None,
             steps_per_execution: self.steps_per_execution,
+            bucket_bytes: self.bucket_bytes,
         }
     }
 }

@@ -4,7 +4,7 @@
 use super::metrics::Accumulator;
 use super::{NamedValues, Trainer};
 use crate::error::Result;
-use crate::nn::model::Pass;
+use crate::nn::model::{Param, Pass};
 use crate::ops::loss::{loss_and_grad_at, loss_and_grad_into};
 
 impl Trainer {
@@ -14,6 +14,17 @@ impl Trainer {
         &mut self,
         key: (usize, usize),
         acc: Option<&mut Accumulator>,
+    ) -> Result<()> {
+        self.step_ws_then(key, acc, &mut |_, _| Ok(()))
+    }
+
+    /// [`Trainer::step_ws`], calling `after(i, params)` once stage `i`'s backward is
+    /// recorded (see `Model::backward_ws_then`).
+    pub(super) fn step_ws_then(
+        &mut self,
+        key: (usize, usize),
+        acc: Option<&mut Accumulator>,
+        after: &mut dyn FnMut(usize, &[Param]) -> Result<()>,
     ) -> Result<()> {
         let n = self.train_stages.len();
         // Masks follow the step count, so a resumed run draws the same ones.
@@ -34,8 +45,9 @@ impl Trainer {
                 }
                 None => self.model.head_ws(key, &self.train_stages, plan, None)?,
             }
+            after(n - 1, &self.model.params)?;
             self.model
-                .backward_ws(key, stages, plan.hidden_is_dense())?;
+                .backward_ws_then(key, stages, plan.hidden_is_dense(), after)?;
             return Ok(());
         }
         self.model
@@ -66,8 +78,8 @@ impl Trainer {
                 )?,
             }
         }
-        self.model.backward_ws(key, &self.train_stages, false)?;
-        Ok(())
+        self.model
+            .backward_ws_then(key, &self.train_stages, false, after)
     }
 
     /// The optimizer step on the gradients in place (recorded; the caller submits).

@@ -78,6 +78,19 @@ impl Model {
         stages: &[Stage],
         top_ready: bool,
     ) -> Result<()> {
+        self.backward_ws_then(key, stages, top_ready, &mut |_, _| Ok(()))
+    }
+
+    /// [`backward_ws`](Self::backward_ws), calling `after(i, params)` once stage `i`'s
+    /// backward is recorded (the stages run from the last to the first): a data-parallel
+    /// step starts exchanging the gradients that are complete while the rest are computed.
+    pub(crate) fn backward_ws_then(
+        &mut self,
+        key: (usize, usize),
+        stages: &[Stage],
+        top_ready: bool,
+        after: &mut dyn FnMut(usize, &[Param]) -> Result<()>,
+    ) -> Result<()> {
         let top = stages.len().wrapping_sub(1);
         let inputs_end = self.input_acts;
         let (seed, step) = (self.seed, self.dropout_step);
@@ -140,6 +153,7 @@ impl Model {
                     axpy(1.0, sum, &mut p.grad)?;
                 }
             }
+            after(i, params)?;
         }
         Ok(())
     }

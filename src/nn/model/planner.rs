@@ -32,6 +32,8 @@ pub(crate) struct Stage {
     pub dx_sum: Vec<bool>,
     /// Those another stage's backward writes first (a shared layer): summed likewise.
     pub param_sum: Vec<usize>,
+    /// The parameters whose gradients its backward writes or adds to.
+    pub params: Vec<usize>,
 }
 
 impl Stage {
@@ -344,6 +346,7 @@ fn wire(steps: Vec<Planned>, input_acts: usize) -> (Vec<Stage>, Vec<Vec<usize>>)
             inputs: s.inputs,
             dx_sum,
             param_sum,
+            params: s.params,
         };
         out.push((stage, s.shape));
     }
