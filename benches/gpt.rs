@@ -6,8 +6,9 @@
 //! cached path runs whole windows too (see `kiln::train::generate`).
 //!
 //! `cargo bench --bench gpt` prints tokens/s, dispatches and bytes read back per
-//! generated token, the ratio cached / full-window, and the load average; about a
-//! minute on lavapipe. `-- STEPS` sets the timed training steps (default 24).
+//! generated token (the median of three alternating runs of each path), the ratio
+//! cached / full-window, and the load average; about a minute on lavapipe. `-- STEPS`
+//! sets the timed training steps (default 24).
 
 use kiln::nn::blocks::{gpt, GptConfig};
 use kiln::train::{Decoding, Sampling};
@@ -93,6 +94,12 @@ fn generate(
     )
 }
 
+/// The run of median speed.
+fn median(mut runs: Vec<(f64, f64, f64)>) -> (f64, f64, f64) {
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    runs[runs.len() / 2]
+}
+
 fn main() {
     let steps = std::env::args()
         .skip(1)
@@ -107,11 +114,17 @@ fn main() {
     let tps = train(&mut t, &device, steps);
     println!("training: {tps:.0} tokens/s ({steps} AdamW steps of batch {BATCH} x {CONTEXT})");
     for length in [CONTEXT - 1, 200] {
-        let (full, fd, fb) = generate(&mut t, &device, length, Decoding::FullWindow);
-        let (cached, cd, cb) = generate(&mut t, &device, length, Decoding::Auto);
+        // Alternating runs, the median of three each, as the load on shared cores moves.
+        let mut full = Vec::new();
+        let mut cached = Vec::new();
+        for _ in 0..3 {
+            full.push(generate(&mut t, &device, length, Decoding::FullWindow));
+            cached.push(generate(&mut t, &device, length, Decoding::Auto));
+        }
+        let ((f, fd, fb), (c, cd, cb)) = (median(full), median(cached));
         println!(
-            "generation of {length} tokens: full window {full:.1} tokens/s ({fd:.0} dispatches, {fb:.0} bytes read per token), cached {cached:.1} tokens/s ({cd:.0} dispatches, {cb:.0} bytes read per token): cached / full window = {:.2}x",
-            cached / full
+            "generation of {length} tokens: full window {f:.1} tokens/s ({fd:.0} dispatches, {fb:.0} bytes read per token), cached {c:.1} tokens/s ({cd:.0} dispatches, {cb:.0} bytes read per token): cached / full window = {:.2}x",
+            c / f
         );
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
