@@ -8,7 +8,10 @@
 // block of rows of one (sample, head), an online softmax) over all C cache positions, the
 // later ones masked: every loop bound is a pipeline constant and the position only moves
 // the mask, so one pipeline serves every step of a generation (lavapipe recompiles a
-// shader whose loops or branches a uniform value decides).
+// shader whose loops or branches a uniform value decides). When the new rows fit one
+// block (FUSED: decoding a token, a short prompt), its lanes append their own rows'
+// keys and values of its head first, saving the `append` dispatch; longer prompts span
+// several workgroups, which would read rows another one has not written yet.
 
 struct Params {
     // The first new position.
@@ -28,6 +31,8 @@ override DH: u32 = 1u;
 // Width of the output rows (H * DH); cache and projection rows are 3D wide.
 override D: u32 = 1u;
 override WG: u32 = 8u;
+// Whether `attend` appends the new rows itself (TN <= WG).
+override FUSED: bool = false;
 
 // The head width the per-row arrays hold; the host refuses wider heads on the GPU.
 const MAXDH: u32 = 128u;
@@ -55,9 +60,9 @@ fn append(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
-// ---- attend: inputs qkv [B*TN, 3D], cache [B*C, 3D]; output o [B*TN, D] ----
+// ---- attend: input qkv [B*TN, 3D]; outputs cache [B*C, 3D] (read, or appended to when
+// FUSED), o [B*TN, D] ----
 
-@group(0) @binding(2) var<storage, read> cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> o: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -68,6 +73,14 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     // Lanes past the last row compute the last row again and store nothing.
     let row = min(i, TN - 1u);
     let qb = (b * TN + row) * 3u * D + h * DH;
+    if FUSED && i < TN {
+        let cb = (b * C + p.at + i) * 3u * D + h * DH;
+        for (var c = 0u; c < DH; c++) {
+            cache_w[cb + D + c] = qkv[qb + D + c];
+            cache_w[cb + 2u * D + c] = qkv[qb + 2u * D + c];
+        }
+    }
+    storageBarrier();
     var q: array<f32, MAXDH>;
     var acc: array<f32, MAXDH>;
     for (var c = 0u; c < DH; c++) {
@@ -83,7 +96,7 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let jj = j * 3u * D;
         var dot = 0.0;
         for (var c = 0u; c < DH; c++) {
-            dot += q[c] * cache[kb + jj + c];
+            dot += q[c] * cache_w[kb + jj + c];
         }
         let sc = select(dot, MASKED, j > last);
         let mx = max(m, sc);
@@ -91,7 +104,7 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let e = exp(sc - mx);
         l = l * corr + e;
         for (var c = 0u; c < DH; c++) {
-            acc[c] = acc[c] * corr + e * cache[vb + jj + c];
+            acc[c] = acc[c] * corr + e * cache_w[vb + jj + c];
         }
         m = mx;
     }

@@ -1,7 +1,8 @@
 //! Attention over a key/value cache (`ops::kv_attention`): a prefill and then one
 //! position at a time, on the CPU reference and the GPU, against the causal fused
 //! attention over the whole sequence (`ops::attention`'s CPU reference), on head widths
-//! 1, 3 and 17, caches of 1, 3, 17 and 64 positions, partly filled or full; and the
+//! 1, 3 and 17, caches of 1, 3, 17 and 64 positions, partly filled or full, prompts
+//! within one workgroup (appended by the attention) and past it (a separate append); and the
 //! typed errors for positions past the cache and operands of the wrong size.
 mod common;
 use common::*;
@@ -15,7 +16,7 @@ const CASES: &[(usize, usize, usize, usize, usize, usize)] = &[
     (2, 2, 3, 3, 3, 1),
     (1, 3, 17, 17, 17, 5),
     (2, 1, 17, 64, 20, 3),
-    (1, 4, 3, 64, 64, 17),
+    (1, 4, 3, 64, 64, 40),
     (1, 2, 1, 17, 9, 9),
 ];
 

@@ -111,7 +111,9 @@ fn cached_text_equals_the_full_window_text() {
 /// in one submission.
 #[test]
 fn a_cached_token_is_one_readback_of_its_logits() {
-    let device = common::gpu();
+    // A device of its own: the statistics count what every test on a device does.
+    common::isolate_autotune_cache();
+    let device = Device::gpu().unwrap();
     let mut t = small_gpt(&device);
     let mut g = t.generation(&[3, 1], Decoding::Auto).unwrap();
     // The prompt, then two tokens (the matmul autotuner times the one-row products once).

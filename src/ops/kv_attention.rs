@@ -1,14 +1,15 @@
 //! Attention of new positions over a key/value cache, for decoding a causal model a few
-//! positions at a time (a prompt, then one token per step): the in-projection's
-//! `[q | k | v]` rows of the new positions are appended to a cache of earlier positions'
-//! rows, then each new query, at position `at + i`, attends to the cached positions
-//! `0..=at + i`. The same sums as [`crate::ops::attention`]'s causal forward over the
-//! whole sequence, for the new rows only.
+//! positions at a time (a prompt, then one token per step): the keys and values of the
+//! new positions' in-projection rows (`[q | k | v]`) are appended to a cache of earlier
+//! positions' rows, laid out alike, then each new query, at position `at + i`, attends
+//! to the cached positions `0..=at + i`. The same sums as [`crate::ops::attention`]'s
+//! causal forward over the whole sequence, for the new rows only.
 //!
-//! On the GPU: one dispatch appends, one attends (the fused forward's online softmax,
-//! over every cache position with the later ones masked, so that the position is a
-//! uniform value and one pipeline serves a whole generation). The CPU reference
-//! materialises each row's probabilities in f64.
+//! On the GPU one dispatch attends (the fused forward's online softmax, over every cache
+//! position with the later ones masked, so that the position is a uniform value and one
+//! pipeline serves a whole generation), appending the new rows itself when they fit one
+//! workgroup (up to 32 new positions), after an append dispatch when they do not. The
+//! CPU reference materialises each row's probabilities in f64.
 
 use super::{device_of, grid, host, launch};
 use crate::device::{Device, Kernel};
@@ -27,8 +28,8 @@ pub(super) const APPEND: Kernel = Kernel {
 };
 pub(super) const ATTEND: Kernel = Kernel {
     entry: "attend",
-    inputs: 2,
-    outputs: 1,
+    inputs: 1,
+    outputs: 2,
     ..APPEND
 };
 
@@ -96,10 +97,11 @@ impl KvAttention {
         Ok(())
     }
 
-    /// Appends `qkv` [batch * queries, 3 * width] (the new positions' in-projection rows)
-    /// to `cache` [batch * capacity, 3 * width] at positions `at..at + queries`, and
-    /// writes into `o` [batch * queries, width] each new query's attention over the
-    /// cached positions up to its own.
+    /// Appends the keys and values of `qkv` [batch * queries, 3 * width] (the new
+    /// positions' in-projection rows; their query columns may or may not be copied) to
+    /// `cache` [batch * capacity, 3 * width] at positions `at..at + queries`, and writes
+    /// into `o` [batch * queries, width] each new query's attention over the cached
+    /// positions up to its own.
     pub fn forward_into(
         &self,
         qkv: &Tensor,
@@ -144,6 +146,7 @@ impl KvAttention {
                     scale: (1.0 / (self.head_width() as f64).sqrt()) as f32,
                 };
                 let wg = self.queries.next_power_of_two().clamp(8, 32);
+                let fused = self.queries <= wg;
                 let c = [
                     ("B", self.batch as f64),
                     ("TN", self.queries as f64),
@@ -152,8 +155,11 @@ impl KvAttention {
                     ("DH", self.head_width() as f64),
                     ("D", self.width as f64),
                     ("WG", wg as f64),
+                    ("FUSED", f64::from(u8::from(fused))),
                 ];
-                launch(&ctx, &APPEND, &c, &p, &[qkv, cache], grid(qkv.len(), 64))?;
+                if !fused {
+                    launch(&ctx, &APPEND, &c, &p, &[qkv, cache], grid(qkv.len(), 64))?;
+                }
                 let groups = [
                     self.queries.div_ceil(wg) as u32,
                     self.heads as u32,
