@@ -14,7 +14,7 @@
 use super::{device_of, grid, host, launch};
 use crate::device::{Device, Kernel};
 use crate::error::{Error, Result};
-use crate::ops::attention::MAX_HEAD_WIDTH;
+use crate::ops::attention::Attention;
 use crate::tensor::Tensor;
 use bytemuck::{Pod, Zeroable};
 
@@ -128,18 +128,15 @@ impl KvAttention {
                 Ok(())
             }
             Device::Gpu(ctx) => {
-                if self.head_width() > MAX_HEAD_WIDTH {
-                    return Err(Error::arg(
-                        format!("{op} heads"),
-                        format!(
-                            "heads of {} values: the GPU kernel takes at most {MAX_HEAD_WIDTH}",
-                            self.head_width()
-                        ),
-                    ));
-                }
-                if self.batch > 65535 || self.heads > 65535 {
-                    return Err(Error::shape(op, "more than 65535 samples or heads"));
-                }
+                let whole = Attention {
+                    batch: self.batch,
+                    queries: self.capacity,
+                    keys: self.capacity,
+                    width: self.width,
+                    heads: self.heads,
+                    causal: true,
+                };
+                whole.check_gpu(op)?;
                 let at32 = u32::try_from(at).map_err(|_| Error::shape(op, "position past u32"))?;
                 let p = Params {
                     at: at32,
