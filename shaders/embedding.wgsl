@@ -11,6 +11,8 @@ struct Params {
     rows: u32,
     // Values of one sequence: positions * dim (positional).
     period: u32,
+    // The table row of a sequence's first position (positional; 0 but in decoding).
+    start: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -124,7 +126,7 @@ fn positional(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if i >= p.n * p.period {
         return;
     }
-    out[i] = a[i] + b[i % p.period];
+    out[i] = a[i] + b[p.start * p.dim + i % p.period];
 }
 
 // dtable[j] = sum over the sequences s of dy[s, j] for the positions in use, 0 past them;

@@ -191,6 +191,12 @@ fn kiln_generate_continues_a_prompt_from_a_trained_gpt() {
     assert!(out.starts_with("to be"), "{out}");
     assert_eq!(out.trim_end_matches('\n').chars().count(), 5 + 40, "{out}");
     assert_eq!(generate(&args).stdout, first.stdout, "same seed, same text");
+    // 40 characters after 5 slide the 16-character window: the cache, then whole windows.
+    let whole = generate(&[&args[..], &["--no-cache"]].concat());
+    assert_eq!(
+        whole.stdout, first.stdout,
+        "--no-cache gives the cached text"
+    );
     for (bad, why) in [
         (&["--prompt", "xyz"][..], "not in the vocabulary"),
         (&["--temperature", "0"][..], "temperature"),

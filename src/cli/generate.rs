@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use kiln::train::Sampling;
+use kiln::train::{Decoding, Sampling};
 use kiln::Result;
 
 use super::checkpoint::CheckpointArgs;
@@ -21,9 +21,12 @@ not hold is an error), then each next character is drawn from the model's
 probabilities at the last position, divided by --temperature and limited to the
 --top-k most likely, until --length characters are added. Once the text is longer
 than the model's context, the window slides: the model sees the last context
-characters. Each character runs the model over the whole window (no key/value
-cache). The same --seed gives the same text. The prompt and the generated text
-are printed to standard output.";
+characters. A GPT runs the prompt once, then each new character on its one
+position, its attention layers keeping the keys and values of the earlier ones
+(a key/value cache); past the context, and for models that cannot decode this way
+(an LSTM), each character runs the model over the whole window, as --no-cache
+does for every character (the same text, slower). The same --seed gives the same
+text. The prompt and the generated text are printed to standard output.";
 
 /// Examples for `kiln generate --help`.
 pub const EXAMPLES: &str = "\
@@ -64,6 +67,10 @@ pub struct GenerateArgs {
     /// Where to run: gpu, gpu:NAME or cpu
     #[arg(long, value_name = "DEVICE", default_value = "gpu")]
     pub device: String,
+
+    /// Run the whole window for every character (no key/value cache)
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// Runs `kiln generate`.
@@ -93,7 +100,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     .open()?;
     let mut trainer = opened.trainer;
-    let ids = trainer.generate(&prompt, args.length, &sampling)?;
+    let decoding = match args.no_cache {
+        true => Decoding::FullWindow,
+        false => Decoding::Auto,
+    };
+    let ids = trainer.generate_with(&prompt, args.length, &sampling, decoding)?;
     let text = format!("{}{}\n", args.prompt, vocab.decode(&ids));
     std::io::stdout()
         .write_all(text.as_bytes())

@@ -136,8 +136,9 @@ impl Attention {
         (b * t * 3 * d, b * s * 3 * d, b * t * d, b * self.heads * t)
     }
 
-    /// The GPU kernels' limits on top of [`Attention::check`].
-    fn check_gpu(&self, op: &str) -> Result<()> {
+    /// The GPU kernels' limits on top of [`Attention::check`] (the cached attention's
+    /// kernel has the same).
+    pub(super) fn check_gpu(&self, op: &str) -> Result<()> {
         if self.head_width() > MAX_HEAD_WIDTH {
             return Err(Error::arg(
                 format!("{op} heads"),

@@ -65,6 +65,8 @@ pub(super) struct Params {
     pub(super) rows: u32,
     /// Values of one sequence (positional): positions * dim.
     pub(super) period: u32,
+    /// The table row of a sequence's first position (positional).
+    pub(super) start: u32,
 }
 
 /// (rows, dim) of a table, checked to be 2-D and non-empty.
@@ -108,6 +110,7 @@ fn params(op: &str, n: usize, dim: usize, rows: usize, period: usize) -> Result<
             dim,
             rows,
             period,
+            start: 0,
         }),
         _ => Err(Error::shape(op, "more values than a GPU index holds")),
     }
@@ -246,13 +249,33 @@ fn sequences(op: &str, x: &Tensor, rows: usize, dim: usize) -> Result<(usize, us
 /// `out[.., t, c] = x[.., t, c] + table[t, c]`: learned positions added to every sequence
 /// of x [.., T, dim]; the table is [max_positions, dim] with T <= max_positions.
 pub fn positional_into(x: &Tensor, table: &Tensor, out: &mut Tensor) -> Result<()> {
+    positional_at_into(x, table, 0, out)
+}
+
+/// [`positional_into`] for sequences that start at position `start`:
+/// `out[.., t, c] = x[.., t, c] + table[start + t, c]` (decoding a few new positions).
+pub fn positional_at_into(
+    x: &Tensor,
+    table: &Tensor,
+    start: usize,
+    out: &mut Tensor,
+) -> Result<()> {
     let op = "positional_embedding";
     let (rows, dim) = table_dims(op, table)?;
     let (n, period) = sequences(op, x, rows, dim)?;
     expect(op, "the output", out, x.shape())?;
+    if start.saturating_mul(dim).saturating_add(period) > rows * dim {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{} positions from {start} are past the table's {rows}",
+                period / dim
+            ),
+        ));
+    }
     match device_of(op, &[x, table, out])? {
         Device::Cpu => {
-            let t = &host(table)[..period];
+            let t = &host(table)[start * dim..start * dim + period];
             let o = out.host_mut().ok_or(Error::DeviceMismatch { op })?;
             for (dst, src) in o.chunks_exact_mut(period).zip(host(x).chunks_exact(period)) {
                 for ((d, &v), &p) in dst.iter_mut().zip(src).zip(t) {
@@ -262,7 +285,8 @@ pub fn positional_into(x: &Tensor, table: &Tensor, out: &mut Tensor) -> Result<(
             Ok(())
         }
         Device::Gpu(ctx) => {
-            let p = params(op, n, dim, rows, period)?;
+            let mut p = params(op, n, dim, rows, period)?;
+            p.start = start as u32;
             launch(
                 &ctx,
                 &POSITIONAL,

@@ -17,6 +17,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod gather;
+pub mod kv_attention;
 pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
@@ -297,6 +298,10 @@ mod uniform_layout {
                 }),
             ),
             (
+                vec![kv_attention::APPEND, kv_attention::ATTEND],
+                layout!(kv_attention::Params { at, scale }),
+            ),
+            (
                 vec![dense_head::DENSE_HEAD],
                 layout!(dense_head::Params {
                     rows,
@@ -369,7 +374,8 @@ mod uniform_layout {
                     n,
                     dim,
                     rows,
-                    period
+                    period,
+                    start
                 }),
             ),
             (

@@ -19,7 +19,7 @@ pub use crate::ops::loss::Loss;
 pub use callbacks::{Control, EarlyStopping, EpochHook, StepHook, StepInfo};
 pub use ensemble::{Combine, Ensemble, EnsembleEvaluation, Member};
 pub use fit::FitRun;
-pub use generate::Sampling;
+pub use generate::{Decoding, Generation, Sampling};
 pub use history::{EpochLog, History};
 pub use metrics::Metric;
 pub use outputs::OutputLoss;

@@ -134,6 +134,11 @@ fn gelu_onnx(cx: &mut Emit<'_>) -> Result<()> {
 pub(crate) struct ActStep(pub Activation);
 
 impl Step for ActStep {
+    /// Row by row: decoding runs it on the new positions alone.
+    fn incremental(&self, _inputs: usize) -> bool {
+        true
+    }
+
     fn forward(&self, cx: Forward<'_>) -> Result<()> {
         activation_into(self.0, cx.x, cx.y)
     }

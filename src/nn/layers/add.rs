@@ -48,6 +48,11 @@ impl LayerDef for Add {
 struct AddStep;
 
 impl Step for AddStep {
+    /// Row by row: decoding runs it on the new positions alone.
+    fn incremental(&self, _inputs: usize) -> bool {
+        true
+    }
+
     fn forward(&self, cx: Forward<'_>) -> Result<()> {
         binary_into(BinaryOp::Add, cx.inputs.get(0)?, cx.inputs.get(1)?, cx.y)?;
         for k in 2..cx.inputs.len() {

@@ -259,6 +259,11 @@ pub(crate) fn dz_pair(scratch: &mut Scratch) -> Result<(&mut Tensor, &mut Tensor
 }
 
 impl Step for DenseStep {
+    /// Row by row: decoding runs it on the new positions alone.
+    fn incremental(&self, _inputs: usize) -> bool {
+        true
+    }
+
     fn forward(&self, cx: Forward<'_>) -> Result<()> {
         let bias = self.b.map(|b| &cx.params[b].value);
         Gemm::nt()

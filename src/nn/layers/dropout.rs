@@ -70,6 +70,11 @@ impl LayerDef for Dropout {
 }
 
 impl Step for Dropout {
+    /// Row by row: decoding runs it on the new positions alone.
+    fn incremental(&self, _inputs: usize) -> bool {
+        true
+    }
+
     fn forward(&self, cx: Forward<'_>) -> Result<()> {
         match cx.pass {
             Pass::Train | Pass::ProbeTrain => dropout_into(cx.x, self.0, cx.seed, cx.y),

@@ -114,6 +114,11 @@ struct EmbeddingStep {
 }
 
 impl Step for EmbeddingStep {
+    /// Row by row: decoding runs it on the new positions alone.
+    fn incremental(&self, _inputs: usize) -> bool {
+        true
+    }
+
     fn forward(&self, cx: Forward<'_>) -> Result<()> {
         embedding_into(cx.x, &cx.params[self.w].value, cx.y)
     }

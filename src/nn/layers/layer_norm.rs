@@ -89,6 +89,11 @@ struct LayerNormStep {
 }
 
 impl Step for LayerNormStep {
+    /// Row by row: decoding runs it on the new positions alone.
+    fn incremental(&self, _inputs: usize) -> bool {
+        true
+    }
+
     fn forward(&self, cx: Forward<'_>) -> Result<()> {
         let saved = cx.scratch.norm_mut()?;
         let (g, b) = (&cx.params[self.gamma].value, &cx.params[self.beta].value);

@@ -24,6 +24,7 @@ use crate::nn::onnx::{Attr, Emit, Values};
 use crate::ops::attention::Attention;
 use crate::ops::bias::bias_grad_into;
 use crate::ops::elementwise::axpy;
+use crate::ops::kv_attention::KvAttention;
 use crate::ops::matmul::{Dims, Gemm};
 use crate::ops::transpose::transpose_into;
 use crate::tensor::Tensor;
@@ -409,5 +410,45 @@ impl Step for AttentionStep {
 
     fn has_params(&self) -> bool {
         true
+    }
+
+    /// Causal self-attention decodes with a cache of the earlier positions' projections.
+    fn incremental(&self, inputs: usize) -> bool {
+        self.causal && inputs == 1
+    }
+
+    /// The in-projection's [q | k | v] rows of every position (as the forward lays them
+    /// out, so that a cache row is a projection row).
+    fn cache(&self, device: &Device, y: &[usize]) -> Result<Option<Tensor>> {
+        let [b, t, d] = *y else {
+            return Err(Error::shape("multi_head_attention cache", format!("{y:?} is not [batch, T, D]")));
+        };
+        Tensor::zeros(device, &[b * t, 3 * d]).map(Some)
+    }
+
+    fn forward_at(&self, cx: Forward<'_>, at: usize, cache: Option<&mut Tensor>) -> Result<()> {
+        let op = "multi_head_attention";
+        let Some(cache) = cache else {
+            return Err(Error::arg(op, "decoding needs a key/value cache"));
+        };
+        let [batch, queries, d] = *cx.x.shape() else {
+            return Err(Error::shape(op, format!("{:?} is not [batch, T, D]", cx.x.shape())));
+        };
+        let a = KvAttention {
+            batch,
+            queries,
+            capacity: cache.len() / (batch * 3 * d).max(1),
+            width: d,
+            heads: self.heads,
+        };
+        let [qkv, o, ..] = cx.scratch.tensors.as_mut_slice() else {
+            return Err(Error::arg("workspace", "no attention scratch"));
+        };
+        let (w_in, b_in) = (&cx.params[self.w_in].value, &cx.params[self.b_in].value);
+        let bt = batch * queries;
+        Gemm::nt().run_flat_into(Dims { m: bt, n: 3 * d, k: d }, cx.x, w_in, Some(b_in), qkv)?;
+        a.forward_into(qkv, cache, at, o)?;
+        let (w_out, b_out) = (&cx.params[self.w_out].value, &cx.params[self.b_out].value);
+        Gemm::nt().run_flat_into(Dims { m: bt, n: d, k: d }, o, w_out, Some(b_out), cx.y)
     }
 }

@@ -53,6 +53,11 @@ impl LayerDef for Multiply {
 struct MultiplyStep;
 
 impl Step for MultiplyStep {
+    /// Row by row: decoding runs it on the new positions alone.
+    fn incremental(&self, _inputs: usize) -> bool {
+        true
+    }
+
     fn forward(&self, cx: Forward<'_>) -> Result<()> {
         binary_into(BinaryOp::Mul, cx.inputs.get(0)?, cx.inputs.get(1)?, cx.y)
     }

@@ -13,7 +13,8 @@ use crate::io::model_file::validation::Invalid;
 use crate::nn::init::Init;
 use crate::nn::onnx::Emit;
 use crate::ops::elementwise::scale_into;
-use crate::ops::embedding::{positional_grad_into, positional_into};
+use crate::ops::embedding::{positional_at_into, positional_grad_into, positional_into};
+use crate::tensor::Tensor;
 
 /// Learned positions for sequences of up to this many positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,5 +117,14 @@ impl Step for PositionalStep {
 
     fn has_params(&self) -> bool {
         true
+    }
+
+    /// Row by row, each row adding its position's row of the table.
+    fn incremental(&self, _inputs: usize) -> bool {
+        true
+    }
+
+    fn forward_at(&self, cx: Forward<'_>, at: usize, _cache: Option<&mut Tensor>) -> Result<()> {
+        positional_at_into(cx.x, &cx.params[self.w].value, at, cx.y)
     }
 }

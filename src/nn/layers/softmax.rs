@@ -49,6 +49,11 @@ impl LayerDef for Softmax {
 }
 
 impl Step for Softmax {
+    /// Row by row: decoding runs it on the new positions alone.
+    fn incremental(&self, _inputs: usize) -> bool {
+        true
+    }
+
     fn forward(&self, cx: Forward<'_>) -> Result<()> {
         softmax_into(cx.x, cx.y)
     }

@@ -183,4 +183,21 @@ pub trait Step: Debug + Send + Sync {
     fn pattern(&self) -> Pattern {
         Pattern::Other
     }
+    /// Whether the step, given `inputs` inputs, can run on the new positions of a causal
+    /// sequence alone ([`Step::forward_at`]): each output row follows from its own input
+    /// row and position, or from earlier rows kept in its [`Step::cache`].
+    fn incremental(&self, _inputs: usize) -> bool {
+        false
+    }
+    /// The cache of earlier positions for decoding a sequence whose whole output would be
+    /// `y` ([batch, context, ..]); `None` for the steps that keep none.
+    fn cache(&self, _device: &Device, _y: &[usize]) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// The forward of positions `at..at + T` of a [batch, T, ..] input alone, the cache
+    /// holding the earlier positions (the new ones are appended). Row-wise steps run
+    /// their forward, which folds the leading axes into rows.
+    fn forward_at(&self, cx: Forward<'_>, _at: usize, _cache: Option<&mut Tensor>) -> Result<()> {
+        self.forward(cx)
+    }
 }

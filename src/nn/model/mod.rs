@@ -2,6 +2,7 @@
 //! workspaces. [`planner`] lowers a description to steps and applies the fusions,
 //! [`workspace`] holds the buffers, [`passes`] runs forward, backward and the fused head.
 
+mod decode;
 mod packed;
 mod passes;
 pub(crate) mod planner;
@@ -17,6 +18,7 @@ use crate::ops::batch_norm::RunningStats;
 use crate::tensor::Tensor;
 
 pub(crate) use crate::nn::layers::Pass;
+pub use decode::Decoder;
 pub(crate) use packed::Packed;
 pub(crate) use planner::{HeadPlan, NodeInfo, Stage};
 pub(crate) use workspace::Workspace;
