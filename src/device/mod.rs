@@ -2,6 +2,7 @@
 
 mod adapter;
 mod gpu;
+mod precompile;
 
 use std::sync::Arc;
 
