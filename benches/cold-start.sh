@@ -2,7 +2,7 @@
 # A newcomer's first run: wall time of the default `kiln train` with cold caches (an empty
 # Mesa shader cache and kiln autotune cache, each run in fresh folders) against warm ones,
 # side by side; then, where MNIST is at hand, the first MNIST epoch (784-256-128-10,
-# batch 128, cold caches) against the later ones, with and without KILN_PRECOMPILE.
+# batch 128, cold caches) against the later ones.
 #
 # Usage: benches/cold-start.sh [RUNS]   (RUNS per column, default 3; medians are printed)
 #        MNIST=DIR benches/cold-start.sh (default ../shared/data/mnist when present)
@@ -47,17 +47,13 @@ awk -v c="$c" -v w="$w" 'BEGIN { printf "  cold / warm: %.2fx\n", c / w }'
 
 mnist="${MNIST:-../shared/data/mnist}"
 if [ -d "$mnist" ]; then
-    # With the helper device that compiles kernels on the other core (the default), then
-    # without it (KILN_PRECOMPILE=0): the first epoch against the later ones, each cold.
-    for precompile in 1 0; do
-        KILN_PRECOMPILE=$precompile timed "$tmp/mnist$precompile" train --data "mnist:$mnist" \
-            --layers 784,256,128,10 --batch-size 128 --epochs 3 --out "$tmp/run-mnist$precompile" >/dev/null
-        echo "MNIST 784-256-128-10, batch 128, cold caches, KILN_PRECOMPILE=$precompile: seconds per epoch"
-        grep -E '^epoch' "$tmp/last.log" | sed -E 's/.* ([0-9.]+) s .*/\1/' | awk '
-            { t[NR] = $1; printf "  epoch %d: %s s\n", NR, $1 }
-            END { later = 0; for (i = 2; i <= NR; i++) later += t[i];
-                  if (NR > 1) printf "  first / later mean: %.2fx\n", t[1] / (later / (NR - 1)) }'
-    done
+    timed "$tmp/mnist" train --data "mnist:$mnist" --layers 784,256,128,10 --batch-size 128 \
+        --epochs 3 --out "$tmp/run-mnist" >/dev/null
+    echo "MNIST 784-256-128-10, batch 128, cold caches: seconds per epoch"
+    grep -E '^epoch' "$tmp/last.log" | sed -E 's/.* ([0-9.]+) s .*/\1/' | awk '
+        { t[NR] = $1; printf "  epoch %d: %s s\n", NR, $1 }
+        END { later = 0; for (i = 2; i <= NR; i++) later += t[i];
+              if (NR > 1) printf "  first / later mean: %.2fx\n", t[1] / (later / (NR - 1)) }'
 else
     echo "MNIST: skipped, no data at $mnist (set MNIST=DIR)"
 fi

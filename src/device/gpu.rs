@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::precompile::{Job, Precompiler};
 use crate::error::{Error, Result};
 
 /// A compute kernel: one entry point of one WGSL file, specialised by override constants.
@@ -32,7 +31,7 @@ pub struct Kernel {
 }
 
 /// Largest parameter block a kernel may take, in bytes.
-pub(super) const PARAM_BYTES: u64 = 64;
+const PARAM_BYTES: u64 = 64;
 /// Dispatches per submission before the uniform arena is full and the device flushes.
 const ARENA_SLOTS: u64 = 1024;
 
@@ -98,14 +97,11 @@ pub struct Stats {
     pub peak_bytes: u64,
     /// Buffers created (pool misses).
     pub buffers_created: u64,
-    /// Kernels a helper device compiled ahead of the queue (CPU adapters; see
-    /// `KILN_PRECOMPILE`).
-    pub precompiled: u64,
 }
 
-pub(super) struct Layout {
-    pub(super) bind: wgpu::BindGroupLayout,
-    pub(super) pipeline: wgpu::PipelineLayout,
+struct Layout {
+    bind: wgpu::BindGroupLayout,
+    pipeline: wgpu::PipelineLayout,
 }
 
 struct Pending {
@@ -115,8 +111,6 @@ struct Pending {
     arena: usize,
     /// While set, a new compute pass writes timestamps 0 and 1 of this set at its ends.
     timing: Option<wgpu::QuerySet>,
-    /// Pipelines first dispatched in this submission, in order, for the precompiler.
-    fresh: Vec<Job>,
 }
 
 /// Everything kiln keeps per wgpu device.
@@ -148,8 +142,6 @@ pub struct GpuContext {
     buffers_created: AtomicU64,
     /// With `KILN_PROFILE=1` (and timestamps): GPU time and count per kernel and grid.
     profile: Option<Mutex<HashMap<String, (u64, std::time::Duration)>>>,
-    /// On CPU adapters: a helper device that compiles new kernels on a spare core.
-    precompile: Option<Precompiler>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -194,80 +186,6 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "wgpu panicked".to_string()
     }
-}
-
-/// The bind-group and pipeline layouts of kernels with `inputs` read-only and `outputs`
-/// read-write storage buffers after the uniform parameters.
-pub(super) fn new_layout(device: &wgpu::Device, inputs: u32, outputs: u32) -> Layout {
-    let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    };
-    let mut entries = vec![wgpu::BindGroupLayoutEntry {
-        binding: 0,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: true,
-            min_binding_size: wgpu::BufferSize::new(PARAM_BYTES),
-        },
-        count: None,
-    }];
-    entries.extend((0..inputs).map(|i| storage(1 + i, true)));
-    entries.extend((0..outputs).map(|i| storage(1 + inputs + i, false)));
-    let bind = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some("kiln layout"),
-        entries: &entries,
-    });
-    let pipeline = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some("kiln pipeline layout"),
-        bind_group_layouts: &[Some(&bind)],
-        immediate_size: 0,
-    });
-    Layout { bind, pipeline }
-}
-
-/// Compiles `k` with `constants` on `device` (nothing cached; errors go to the caller's
-/// error scope).
-pub(super) fn new_pipeline(
-    device: &wgpu::Device,
-    layout: &Layout,
-    k: &Kernel,
-    constants: &[(&'static str, f64)],
-) -> wgpu::ComputePipeline {
-    let desc = wgpu::ShaderModuleDescriptor {
-        label: Some(k.file),
-        source: wgpu::ShaderSource::Wgsl(k.source.into()),
-    };
-    // Keep bounds checks (a bad index must not read outside a buffer) but drop the
-    // loop-bounding counters naga adds to every loop: they cost about half the
-    // throughput of the matmul inner loops on lavapipe.
-    let checks = wgpu::ShaderRuntimeChecks {
-        bounds_checks: k.bounds_checks,
-        force_loop_bounding: false,
-        ..wgpu::ShaderRuntimeChecks::checked()
-    };
-    // SAFETY: every loop in kiln's kernels runs to a bound taken from its uniform
-    // parameters, so none can hang the device without loop bounding; kernels that
-    // skip bounds checks clamp every index they load and guard every store.
-    let module = unsafe { device.create_shader_module_trusted(desc, checks) };
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(k.entry),
-        layout: Some(&layout.pipeline),
-        module: &module,
-        entry_point: Some(k.entry),
-        compilation_options: wgpu::PipelineCompilationOptions {
-            constants,
-            zero_initialize_workgroup_memory: false,
-        },
-        cache: None,
-    })
 }
 
 impl GpuContext {
@@ -345,7 +263,6 @@ impl GpuContext {
                 params: Vec::new(),
                 arena: 0,
                 timing: None,
-                fresh: Vec::new(),
             }),
             pool: Mutex::default(),
             errors,
@@ -359,7 +276,6 @@ impl GpuContext {
             profile: (crate::config::profile()
                 && features.contains(wgpu::Features::TIMESTAMP_QUERY))
             .then(Mutex::default),
-            precompile: Precompiler::start(&adapter, features),
         })
     }
 
@@ -385,12 +301,6 @@ impl GpuContext {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
-    /// Whether a helper device compiles this device's new kernels ahead of its queue (CPU
-    /// adapters on Vulkan with a spare core; `KILN_PRECOMPILE=0` turns it off).
-    pub fn precompiles(&self) -> bool {
-        self.precompile.is_some()
-    }
-
     /// The counters since the device was opened.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -400,7 +310,6 @@ impl GpuContext {
             bytes_allocated: self.bytes_allocated.load(Ordering::Relaxed),
             peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
             buffers_created: self.buffers_created.load(Ordering::Relaxed),
-            precompiled: self.precompile.as_ref().map_or(0, Precompiler::compiled),
         }
     }
 
@@ -553,7 +462,44 @@ impl GpuContext {
         let mut layouts = lock(&self.layouts);
         layouts
             .entry((inputs, outputs))
-            .or_insert_with(|| Arc::new(new_layout(&self.device, inputs, outputs)))
+            .or_insert_with(|| {
+                let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                };
+                let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: true,
+                        min_binding_size: wgpu::BufferSize::new(PARAM_BYTES),
+                    },
+                    count: None,
+                }];
+                entries.extend((0..inputs).map(|i| storage(1 + i, true)));
+                entries.extend((0..outputs).map(|i| storage(1 + inputs + i, false)));
+                let bind = self
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: Some("kiln layout"),
+                        entries: &entries,
+                    });
+                let pipeline =
+                    self.device
+                        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                            label: Some("kiln pipeline layout"),
+                            bind_group_layouts: &[Some(&bind)],
+                            immediate_size: 0,
+                        });
+                Arc::new(Layout { bind, pipeline })
+            })
             .clone()
     }
 
@@ -561,23 +507,51 @@ impl GpuContext {
         &self,
         k: &Kernel,
         constants: &[(&'static str, f64)],
-    ) -> Result<(wgpu::ComputePipeline, bool)> {
+    ) -> Result<wgpu::ComputePipeline> {
         let key = PipelineKey {
             file: k.file,
             entry: k.entry,
             constants: constants.iter().map(|(n, v)| (*n, v.to_bits())).collect(),
         };
         if let Some(p) = lock(&self.pipelines).get(&key) {
-            return Ok((p.clone(), false));
+            return Ok(p.clone());
         }
         let layout = self.layout(k.inputs, k.outputs);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = new_pipeline(&self.device, &layout, k, constants);
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(k.file),
+            source: wgpu::ShaderSource::Wgsl(k.source.into()),
+        };
+        // Keep bounds checks (a bad index must not read outside a buffer) but drop the
+        // loop-bounding counters naga adds to every loop: they cost about half the
+        // throughput of the matmul inner loops on lavapipe.
+        let checks = wgpu::ShaderRuntimeChecks {
+            bounds_checks: k.bounds_checks,
+            force_loop_bounding: false,
+            ..wgpu::ShaderRuntimeChecks::checked()
+        };
+        // SAFETY: every loop in kiln's kernels runs to a bound taken from its uniform
+        // parameters, so none can hang the device without loop bounding; kernels that
+        // skip bounds checks clamp every index they load and guard every store.
+        let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(k.entry),
+                layout: Some(&layout.pipeline),
+                module: &module,
+                entry_point: Some(k.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("kernel {}::{}: {e}", k.file, k.entry)));
         }
         lock(&self.pipelines).insert(key, pipeline.clone());
-        Ok((pipeline, true))
+        Ok(pipeline)
     }
 
     /// Records one dispatch into the pending encoder; nothing runs until a flush.
@@ -661,19 +635,8 @@ impl GpuContext {
                 bytes.len()
             )));
         }
-        let (pipeline, created) = self.pipeline(k, constants)?;
+        let pipeline = self.pipeline(k, constants)?;
         let mut pending = lock(&self.pending);
-        if created && self.precompile.is_some() {
-            pending.fresh.push(Job {
-                kernel: *k,
-                constants: constants.to_vec(),
-                params: bytes.to_vec(),
-                sizes: buffers
-                    .iter()
-                    .map(|b| b.size.unwrap_or(b.buf.size() - b.offset))
-                    .collect(),
-            });
-        }
         if pending.params.len() as u64 >= self.param_stride * ARENA_SLOTS {
             self.submit(&mut pending);
         }
@@ -891,24 +854,11 @@ impl GpuContext {
         }
         let index = self.queue.submit([encoder.finish()]);
         self.submissions.fetch_add(1, Ordering::Relaxed);
-        self.hand_on_fresh(pending);
         pending.params.clear();
         // Bind groups refer to one arena; the next submission's parameters are written
         // while this one may still read its own, so alternate between two arenas.
         pending.arena ^= 1;
         Some(index)
-    }
-
-    /// Gives the precompiler the second half of this submission's new pipelines, last
-    /// first, while the queue compiles the first half in order: they meet in the middle
-    /// without compiling anything twice.
-    fn hand_on_fresh(&self, pending: &mut Pending) {
-        let mut fresh = std::mem::take(&mut pending.fresh);
-        if let (Some(p), true) = (&self.precompile, fresh.len() > 1) {
-            let mut later = fresh.split_off(fresh.len() / 2);
-            later.reverse();
-            p.send(later);
-        }
     }
 
     /// Submits everything recorded so far as one command buffer, then reports a lost

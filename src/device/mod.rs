@@ -2,7 +2,6 @@
 
 mod adapter;
 mod gpu;
-mod precompile;
 
 use std::sync::Arc;
 
