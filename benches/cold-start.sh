@@ -2,7 +2,7 @@
 # A newcomer's first run: wall time of the default `kiln train` with cold caches (an empty
 # Mesa shader cache and kiln autotune cache, each run in fresh folders) against warm ones,
 # side by side; then, where MNIST is at hand, the first MNIST epoch (784-256-128-10,
-# batch 128, cold caches) against the later ones.
+# batch 128, cold caches) against the later ones, over RUNS runs.
 #
 # Usage: benches/cold-start.sh [RUNS]   (RUNS per column, default 3; medians are printed)
 #        MNIST=DIR benches/cold-start.sh (default ../shared/data/mnist when present)
@@ -47,13 +47,21 @@ awk -v c="$c" -v w="$w" 'BEGIN { printf "  cold / warm: %.2fx\n", c / w }'
 
 mnist="${MNIST:-../shared/data/mnist}"
 if [ -d "$mnist" ]; then
-    timed "$tmp/mnist" train --data "mnist:$mnist" --layers 784,256,128,10 --batch-size 128 \
-        --epochs 3 --out "$tmp/run-mnist" >/dev/null
-    echo "MNIST 784-256-128-10, batch 128, cold caches: seconds per epoch"
-    grep -E '^epoch' "$tmp/last.log" | sed -E 's/.* ([0-9.]+) s .*/\1/' | awk '
-        { t[NR] = $1; printf "  epoch %d: %s s\n", NR, $1 }
-        END { later = 0; for (i = 2; i <= NR; i++) later += t[i];
-              if (NR > 1) printf "  first / later mean: %.2fx\n", t[1] / (later / (NR - 1)) }'
+    # One run's ratio moves by a fifth or more from run to run on a shared 2-core machine,
+    # so each of RUNS cold runs gives its own, and the median is the figure.
+    echo "MNIST 784-256-128-10, batch 128, 3 epochs, cold caches: seconds per epoch, $runs runs"
+    ratios=()
+    for i in $(seq "$runs"); do
+        timed "$tmp/mnist$i" train --data "mnist:$mnist" --layers 784,256,128,10 \
+            --batch-size 128 --epochs 3 --out "$tmp/run-mnist$i" >/dev/null
+        ratios+=("$(grep -E '^epoch' "$tmp/last.log" | sed -E 's/.* ([0-9.]+) s .*/\1/' | awk '
+            { t[NR] = $1; line = line sprintf(" %s", $1) }
+            END { later = 0; for (i = 2; i <= NR; i++) later += t[i];
+                  printf "%.2f %s\n", t[1] / (later / (NR - 1)), line }')")
+        echo "  run $i: epochs${ratios[-1]#* } s, first / later mean ${ratios[-1]%% *}x"
+    done
+    printf '%s\n' "${ratios[@]}" | awk '{ print $1 }' | median |
+        awk '{ printf "  median first / later: %.2fx\n", $1 }'
 else
     echo "MNIST: skipped, no data at $mnist (set MNIST=DIR)"
 fi
