@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 
 /// The variables, each with what it does: the source of the README's configuration table.
-pub const VARIABLES: [(&str, &str); 5] = [
+pub const VARIABLES: [(&str, &str); 6] = [
     (
         "KILN_ADAPTER",
         "substring of the adapter name Device::gpu() picks",
@@ -19,6 +19,10 @@ pub const VARIABLES: [(&str, &str); 5] = [
         "1/on: matmul tuning on every adapter; 0/off: on none; retune: time every class again",
     ),
     ("KILN_CACHE_DIR", "the folder of the matmul autotune cache"),
+    (
+        "KILN_PRECOMPILE",
+        "0/off: CPU adapters compile new kernels in one process only (default: a helper process helps)",
+    ),
     (
         "KILN_PROFILE",
         "1: time every kernel on the GPU (slow, for diagnosis)",
@@ -58,4 +62,17 @@ pub fn cache_dir() -> Option<OsString> {
 /// `KILN_PROFILE`: whether every kernel is timed (`1`).
 pub fn profile() -> bool {
     text("KILN_PROFILE").is_some_and(|v| v == "1")
+}
+
+/// `KILN_PRECOMPILE`: whether CPU adapters may compile kernels on a helper thread (on
+/// unless `0` or `off`).
+pub fn precompile() -> bool {
+    !text("KILN_PRECOMPILE").is_some_and(|v| v == "0" || v.eq_ignore_ascii_case("off"))
+}
+
+/// Whether Mesa's shader cache is switched off (`MESA_SHADER_CACHE_DISABLE`), which
+/// leaves nothing for a helper thread's compilations to be found in.
+pub fn mesa_cache_disabled() -> bool {
+    text("MESA_SHADER_CACHE_DISABLE")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "y"))
 }

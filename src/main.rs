@@ -6,5 +6,10 @@
 mod cli;
 
 fn main() -> std::process::ExitCode {
+    // On CPU adapters kiln compiles kernels in a helper process started from this
+    // executable; in that process this serves and is done.
+    if kiln::device::compile_helper_main() {
+        return std::process::ExitCode::SUCCESS;
+    }
     cli::main()
 }

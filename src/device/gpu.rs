@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::precompile::Precompiler;
 use crate::error::{Error, Result};
 
 /// A compute kernel: one entry point of one WGSL file, specialised by override constants.
@@ -31,7 +32,7 @@ pub struct Kernel {
 }
 
 /// Largest parameter block a kernel may take, in bytes.
-const PARAM_BYTES: u64 = 64;
+pub(super) const PARAM_BYTES: u64 = 64;
 /// Dispatches per submission before the uniform arena is full and the device flushes.
 const ARENA_SLOTS: u64 = 1024;
 
@@ -97,11 +98,14 @@ pub struct Stats {
     pub peak_bytes: u64,
     /// Buffers created (pool misses).
     pub buffers_created: u64,
+    /// Kernels that helper processes compiled for this device (CPU adapters; see
+    /// `KILN_PRECOMPILE`).
+    pub precompiled: u64,
 }
 
-struct Layout {
-    bind: wgpu::BindGroupLayout,
-    pipeline: wgpu::PipelineLayout,
+pub(super) struct Layout {
+    pub(super) bind: wgpu::BindGroupLayout,
+    pub(super) pipeline: wgpu::PipelineLayout,
 }
 
 struct Pending {
@@ -111,6 +115,8 @@ struct Pending {
     arena: usize,
     /// While set, a new compute pass writes timestamps 0 and 1 of this set at its ends.
     timing: Option<wgpu::QuerySet>,
+    /// The helpers' jobs for the kernels new in this submission (see `precompile`).
+    fresh: Vec<u64>,
 }
 
 /// Everything kiln keeps per wgpu device.
@@ -142,6 +148,8 @@ pub struct GpuContext {
     buffers_created: AtomicU64,
     /// With `KILN_PROFILE=1` (and timestamps): GPU time and count per kernel and grid.
     profile: Option<Mutex<HashMap<String, (u64, std::time::Duration)>>>,
+    /// On CPU adapters: helper processes that compile new kernels on the other cores.
+    precompile: Option<Precompiler>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,6 +196,104 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The bind-group and pipeline layouts of kernels with `inputs` read-only and `outputs`
+/// read-write storage buffers after the uniform parameters.
+pub(super) fn new_layout(device: &wgpu::Device, inputs: u32, outputs: u32) -> Layout {
+    let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    };
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: wgpu::BufferSize::new(PARAM_BYTES),
+        },
+        count: None,
+    }];
+    entries.extend((0..inputs).map(|i| storage(1 + i, true)));
+    entries.extend((0..outputs).map(|i| storage(1 + inputs + i, false)));
+    let bind = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("kiln layout"),
+        entries: &entries,
+    });
+    let pipeline = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some("kiln pipeline layout"),
+        bind_group_layouts: &[Some(&bind)],
+        immediate_size: 0,
+    });
+    Layout { bind, pipeline }
+}
+
+/// The code of a pipeline: its WGSL, entry point and whether naga guards every access.
+pub(super) struct Code<'a> {
+    pub(super) source: &'a str,
+    pub(super) entry: &'a str,
+    pub(super) bounds_checks: bool,
+}
+
+impl Kernel {
+    pub(super) fn code(&self) -> Code<'static> {
+        Code {
+            source: self.source,
+            entry: self.entry,
+            bounds_checks: self.bounds_checks,
+        }
+    }
+}
+
+/// The optional features kiln asks of `adapter` where offered: timestamps let the matmul
+/// autotuner time kernels on the GPU itself, subgroups let the lavapipe matmuls share
+/// loads across SIMD lanes. (Asking for a missing feature fails device creation.)
+pub(super) fn wanted_features(adapter: &wgpu::Adapter) -> wgpu::Features {
+    adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP)
+}
+
+/// Compiles `code` with `constants` on `device` (nothing cached; errors go to the
+/// caller's error scope).
+pub(super) fn new_pipeline(
+    device: &wgpu::Device,
+    layout: &Layout,
+    code: &Code<'_>,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some(code.entry),
+        source: wgpu::ShaderSource::Wgsl(code.source.into()),
+    };
+    // Keep bounds checks (a bad index must not read outside a buffer) but drop the
+    // loop-bounding counters naga adds to every loop: they cost about half the
+    // throughput of the matmul inner loops on lavapipe.
+    let checks = wgpu::ShaderRuntimeChecks {
+        bounds_checks: code.bounds_checks,
+        force_loop_bounding: false,
+        ..wgpu::ShaderRuntimeChecks::checked()
+    };
+    // SAFETY: every loop in kiln's kernels runs to a bound taken from its uniform
+    // parameters, so none can hang the device without loop bounding; kernels that
+    // skip bounds checks clamp every index they load and guard every store.
+    let module = unsafe { device.create_shader_module_trusted(desc, checks) };
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(code.entry),
+        layout: Some(&layout.pipeline),
+        module: &module,
+        entry_point: Some(code.entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    })
+}
+
 impl GpuContext {
     /// Opens the adapter `pick` names (see `adapter::choose`) with its own limits.
     pub(crate) fn new(pick: super::adapter::Pick<'_>) -> Result<Self> {
@@ -195,11 +301,12 @@ impl GpuContext {
         let adapter = super::adapter::choose(&instance, pick)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        // Timestamps let the matmul autotuner time kernels on the GPU itself; asked for
-        // only where offered, since requesting a missing feature fails device creation.
-        // Subgroups let the lavapipe matmuls share loads across SIMD lanes.
-        let features =
-            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        let features = wanted_features(&adapter);
+        // Started first, so that the helpers open their devices while this one does. Not
+        // for the ranks of a data-parallel job, which keep the other cores busy already.
+        let precompile = matches!(pick, super::adapter::Pick::Best(_))
+            .then(|| Precompiler::start(&info))
+            .flatten();
         let desc = wgpu::DeviceDescriptor {
             label: Some("kiln"),
             required_features: features,
@@ -263,6 +370,7 @@ impl GpuContext {
                 params: Vec::new(),
                 arena: 0,
                 timing: None,
+                fresh: Vec::new(),
             }),
             pool: Mutex::default(),
             errors,
@@ -276,6 +384,7 @@ impl GpuContext {
             profile: (crate::config::profile()
                 && features.contains(wgpu::Features::TIMESTAMP_QUERY))
             .then(Mutex::default),
+            precompile,
         })
     }
 
@@ -301,6 +410,13 @@ impl GpuContext {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
+    /// Whether helper processes compile this device's new kernels (CPU adapters on Vulkan
+    /// with more than one core, in programs that allow it; `KILN_PRECOMPILE=0` turns it
+    /// off).
+    pub fn precompiles(&self) -> bool {
+        self.precompile.is_some()
+    }
+
     /// The counters since the device was opened.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -310,6 +426,7 @@ impl GpuContext {
             bytes_allocated: self.bytes_allocated.load(Ordering::Relaxed),
             peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
             buffers_created: self.buffers_created.load(Ordering::Relaxed),
+            precompiled: self.precompile.as_ref().map_or(0, Precompiler::compiled),
         }
     }
 
@@ -462,44 +579,7 @@ impl GpuContext {
         let mut layouts = lock(&self.layouts);
         layouts
             .entry((inputs, outputs))
-            .or_insert_with(|| {
-                let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-                    binding,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                };
-                let mut entries = vec![wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: true,
-                        min_binding_size: wgpu::BufferSize::new(PARAM_BYTES),
-                    },
-                    count: None,
-                }];
-                entries.extend((0..inputs).map(|i| storage(1 + i, true)));
-                entries.extend((0..outputs).map(|i| storage(1 + inputs + i, false)));
-                let bind = self
-                    .device
-                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                        label: Some("kiln layout"),
-                        entries: &entries,
-                    });
-                let pipeline =
-                    self.device
-                        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                            label: Some("kiln pipeline layout"),
-                            bind_group_layouts: &[Some(&bind)],
-                            immediate_size: 0,
-                        });
-                Arc::new(Layout { bind, pipeline })
-            })
+            .or_insert_with(|| Arc::new(new_layout(&self.device, inputs, outputs)))
             .clone()
     }
 
@@ -518,35 +598,7 @@ impl GpuContext {
         }
         let layout = self.layout(k.inputs, k.outputs);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let desc = wgpu::ShaderModuleDescriptor {
-            label: Some(k.file),
-            source: wgpu::ShaderSource::Wgsl(k.source.into()),
-        };
-        // Keep bounds checks (a bad index must not read outside a buffer) but drop the
-        // loop-bounding counters naga adds to every loop: they cost about half the
-        // throughput of the matmul inner loops on lavapipe.
-        let checks = wgpu::ShaderRuntimeChecks {
-            bounds_checks: k.bounds_checks,
-            force_loop_bounding: false,
-            ..wgpu::ShaderRuntimeChecks::checked()
-        };
-        // SAFETY: every loop in kiln's kernels runs to a bound taken from its uniform
-        // parameters, so none can hang the device without loop bounding; kernels that
-        // skip bounds checks clamp every index they load and guard every store.
-        let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(k.entry),
-                layout: Some(&layout.pipeline),
-                module: &module,
-                entry_point: Some(k.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
+        let pipeline = new_pipeline(&self.device, &layout, &k.code(), constants);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("kernel {}::{}: {e}", k.file, k.entry)));
         }
@@ -635,8 +687,17 @@ impl GpuContext {
                 bytes.len()
             )));
         }
+        // A helper starts on a new kernel before this process builds it too (it needs a
+        // pipeline of its own), so the two builds overlap.
+        let job = self.precompile.as_ref().and_then(|p| {
+            let sizes = buffers
+                .iter()
+                .map(|b| b.size.unwrap_or(b.buf.size() - b.offset));
+            p.job(k, constants, bytes, sizes.collect())
+        });
         let pipeline = self.pipeline(k, constants)?;
         let mut pending = lock(&self.pending);
+        pending.fresh.extend(job);
         if pending.params.len() as u64 >= self.param_stride * ARENA_SLOTS {
             self.submit(&mut pending);
         }
@@ -851,6 +912,15 @@ impl GpuContext {
         if !pending.params.is_empty() {
             self.queue
                 .write_buffer(&self.arenas[pending.arena], 0, &pending.params);
+        }
+        // llvmpipe compiles a kernel at its first dispatch: wait for the helpers that
+        // are compiling this submission's new ones, then find them in Mesa's cache.
+        if let Some(p) = self
+            .precompile
+            .as_ref()
+            .filter(|_| !pending.fresh.is_empty())
+        {
+            p.wait(&std::mem::take(&mut pending.fresh));
         }
         let index = self.queue.submit([encoder.finish()]);
         self.submissions.fetch_add(1, Ordering::Relaxed);

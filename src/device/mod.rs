@@ -1,7 +1,9 @@
 //! Where tensors live and ops run: a GPU through wgpu, or the CPU reference backend.
 
 mod adapter;
+mod compile_helper;
 mod gpu;
+mod precompile;
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ pub use adapter::{list_adapters, AdapterSummary};
 pub(crate) use gpu::PendingRead;
 pub use gpu::{GpuContext, Stats};
 pub(crate) use gpu::{Kernel, Span};
+pub use precompile::{compile_helper_main, use_compile_helper};
 
 use crate::error::Result;
 
