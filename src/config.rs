@@ -21,7 +21,7 @@ pub const VARIABLES: [(&str, &str); 6] = [
     ("KILN_CACHE_DIR", "the folder of the matmul autotune cache"),
     (
         "KILN_PRECOMPILE",
-        "0/off: CPU adapters compile new kernels in one process only (default: a helper process helps)",
+        "0/off: CPU adapters compile new kernels in the training process only (default: helper processes)",
     ),
     (
         "KILN_PROFILE",
@@ -64,14 +64,14 @@ pub fn profile() -> bool {
     text("KILN_PROFILE").is_some_and(|v| v == "1")
 }
 
-/// `KILN_PRECOMPILE`: whether CPU adapters may compile kernels on a helper thread (on
+/// `KILN_PRECOMPILE`: whether CPU adapters may compile kernels in helper processes (on
 /// unless `0` or `off`).
 pub fn precompile() -> bool {
     !text("KILN_PRECOMPILE").is_some_and(|v| v == "0" || v.eq_ignore_ascii_case("off"))
 }
 
 /// Whether Mesa's shader cache is switched off (`MESA_SHADER_CACHE_DISABLE`), which
-/// leaves nothing for a helper thread's compilations to be found in.
+/// leaves nothing for a helper's compilations to be found in.
 pub fn mesa_cache_disabled() -> bool {
     text("MESA_SHADER_CACHE_DISABLE")
         .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "y"))
