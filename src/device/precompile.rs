@@ -19,6 +19,7 @@ use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -69,8 +70,8 @@ type PipelineId = (&'static str, &'static str, Vec<(&'static str, u64)>);
 /// What the training process knows of its helpers, behind one lock.
 #[derive(Default)]
 struct Pool {
-    /// Each helper's input; `None` once it has gone.
-    inputs: Vec<Option<ChildStdin>>,
+    /// Each helper's input (lines for its writer thread); `None` once it has gone.
+    inputs: Vec<Option<Sender<Vec<u8>>>>,
     /// The job each helper is compiling.
     busy: Vec<Option<u64>>,
     /// Jobs waiting for a free helper, as JSON lines.
@@ -90,16 +91,26 @@ impl Pool {
     }
 
     /// Gives `line` to helper `i`; false (and the helper counted gone) if it has gone.
-    fn give(&mut self, i: usize, id: u64, line: &[u8]) -> bool {
-        let Some(pipe) = self.inputs[i].as_mut() else {
-            return false;
+    fn give(&mut self, i: usize, id: u64, line: Vec<u8>) -> Result<(), Vec<u8>> {
+        let Some(input) = self.inputs[i].as_ref() else {
+            return Err(line);
         };
-        if pipe.write_all(line).and_then(|()| pipe.flush()).is_err() {
+        if let Err(e) = input.send(line) {
             self.inputs[i] = None;
-            return false;
+            return Err(e.0);
         }
         self.busy[i] = Some(id);
-        true
+        Ok(())
+    }
+
+    /// Counts helper `i` gone: its job is left to the training process, and so are the
+    /// waiting ones if it was the last.
+    fn gone(&mut self, i: usize) {
+        self.inputs[i] = None;
+        if let Some(id) = self.busy[i].take() {
+            self.done.insert(id);
+        }
+        self.assign();
     }
 
     /// Gives the next waiting jobs to free helpers.
@@ -109,7 +120,7 @@ impl Pool {
                 let Some((id, line)) = self.queue.pop_front() else {
                     return;
                 };
-                if !self.give(i, id, &line) {
+                if let Err(line) = self.give(i, id, line) {
                     self.queue.push_front((id, line));
                 }
             }
@@ -161,18 +172,26 @@ impl Precompiler {
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 break;
             };
+            let (lines, inbox) = mpsc::channel();
             {
                 let mut p = lock(&pool.0);
-                p.inputs.push(Some(stdin));
+                p.inputs.push(Some(lines));
                 p.busy.push(None);
             }
             children.push(child);
-            let shared = pool.clone();
-            let listening = std::thread::Builder::new()
+            // Pipes are written and read on threads of their own: a helper that stops
+            // reading blocks its writer, never this process.
+            let (writer, listener) = (pool.clone(), pool.clone());
+            let threads = std::thread::Builder::new()
                 .name("kiln compile helper".into())
-                .spawn(move || listen(i, stdout, &shared));
-            if listening.is_err() {
-                lock(&pool.0).inputs[i] = None;
+                .spawn(move || write_to(i, stdin, &inbox, &writer))
+                .and_then(|_| {
+                    std::thread::Builder::new()
+                        .name("kiln compile helper".into())
+                        .spawn(move || listen(i, stdout, &listener))
+                });
+            if threads.is_err() {
+                lock(&pool.0).gone(i);
             }
         }
         (!children.is_empty()).then_some(Precompiler { pool, children })
@@ -246,30 +265,49 @@ impl Precompiler {
 /// exited or died) its job counts as done, for the training process to compile.
 fn listen(i: usize, stdout: ChildStdout, pool: &(Mutex<Pool>, Condvar)) {
     for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+        // Anything but the id of its job is not an answer.
         let mut p = lock(&pool.0);
-        if let Ok(id) = line.trim().parse::<u64>() {
-            p.done.insert(id);
-            p.compiled += 1;
-        }
+        let Some(id) = line
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|id| p.busy[i] == Some(*id))
+        else {
+            continue;
+        };
+        p.done.insert(id);
+        p.compiled += 1;
         p.busy[i] = None;
         p.assign();
         drop(p);
         pool.1.notify_all();
     }
-    let mut p = lock(&pool.0);
-    p.inputs[i] = None;
-    if let Some(id) = p.busy[i].take() {
-        p.done.insert(id);
-    }
-    p.assign();
-    drop(p);
+    lock(&pool.0).gone(i);
     pool.1.notify_all();
 }
 
+/// Writes the lines for helper `i` to its input until they stop (the helper has gone or
+/// the device is dropped, which closes the input and so ends the helper).
+fn write_to(
+    i: usize,
+    mut stdin: ChildStdin,
+    lines: &Receiver<Vec<u8>>,
+    pool: &(Mutex<Pool>, Condvar),
+) {
+    for line in lines {
+        if stdin.write_all(&line).and_then(|()| stdin.flush()).is_err() {
+            lock(&pool.0).gone(i);
+            pool.1.notify_all();
+            return;
+        }
+    }
+}
+
 impl Drop for Precompiler {
-    /// Closes the helpers' inputs, which ends each after the compilation under way (a
-    /// killed one could leave a half-written cache file behind), and reaps them on a
-    /// thread of their own so that nothing here waits.
+    /// Closes the helpers' inputs (their writer threads end and drop them), which ends
+    /// each after the compilation under way (a killed one could leave a half-written
+    /// cache file behind), and reaps them on a thread of their own so that nothing here
+    /// waits.
     fn drop(&mut self) {
         let mut p = lock(&self.pool.0);
         p.inputs.iter_mut().for_each(|i| *i = None);
