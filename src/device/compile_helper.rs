@@ -7,14 +7,13 @@ use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::gpu::{new_layout, new_pipeline, Code, PARAM_BYTES};
+use super::gpu::{new_layout, new_pipeline, param_block, Code, PARAM_BYTES};
 
 /// A job as it travels to a helper: one JSON line on its standard input. The helper
 /// answers with the `id` on a line of its own once the pipeline is compiled.
 #[derive(Serialize, Deserialize)]
 pub(super) struct Wire {
     pub(super) id: u64,
-    pub(super) file: String,
     pub(super) source: String,
     pub(super) entry: String,
     pub(super) inputs: u32,
@@ -101,7 +100,8 @@ impl Helper {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.queue.write_buffer(&params, 0, &padded(&job.params));
+        self.queue
+            .write_buffer(&params, 0, &param_block(&job.params));
         // What the buffers hold does not matter, only that every access stays in bounds.
         // One buffer per binding: a buffer bound twice, read-only and read-write, would
         // fail validation and leave the pipeline uncompiled.
@@ -145,12 +145,4 @@ impl Helper {
         let _ = device.poll(wgpu::PollType::wait_indefinitely());
         let _ = pollster::block_on(scope.pop());
     }
-}
-
-/// `params` zero-padded to the uniform block's size.
-fn padded(params: &[u8]) -> Vec<u8> {
-    let mut block = vec![0u8; PARAM_BYTES as usize];
-    let n = params.len().min(block.len());
-    block[..n].copy_from_slice(&params[..n]);
-    block
 }

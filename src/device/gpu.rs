@@ -196,6 +196,14 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// `bytes` (at most `PARAM_BYTES`) zero-padded to a whole uniform block.
+pub(super) fn param_block(bytes: &[u8]) -> [u8; PARAM_BYTES as usize] {
+    let mut block = [0u8; PARAM_BYTES as usize];
+    let n = bytes.len().min(block.len());
+    block[..n].copy_from_slice(&bytes[..n]);
+    block
+}
+
 /// The bind-group and pipeline layouts of kernels with `inputs` read-only and `outputs`
 /// read-write storage buffers after the uniform parameters.
 pub(super) fn new_layout(device: &wgpu::Device, inputs: u32, outputs: u32) -> Layout {
@@ -583,10 +591,13 @@ impl GpuContext {
             .clone()
     }
 
+    /// The pipeline of `k` with `constants`, built (after calling `before_build`) on its
+    /// first use.
     fn pipeline(
         &self,
         k: &Kernel,
         constants: &[(&'static str, f64)],
+        before_build: impl FnOnce(),
     ) -> Result<wgpu::ComputePipeline> {
         let key = PipelineKey {
             file: k.file,
@@ -596,6 +607,7 @@ impl GpuContext {
         if let Some(p) = lock(&self.pipelines).get(&key) {
             return Ok(p.clone());
         }
+        before_build();
         let layout = self.layout(k.inputs, k.outputs);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = new_pipeline(&self.device, &layout, &k.code(), constants);
@@ -689,22 +701,23 @@ impl GpuContext {
         }
         // A helper starts on a new kernel before this process builds it too (it needs a
         // pipeline of its own), so the two builds overlap.
-        let job = self.precompile.as_ref().and_then(|p| {
+        let mut job = None;
+        let pipeline = self.pipeline(k, constants, || {
             let sizes = buffers
                 .iter()
                 .map(|b| b.size.unwrap_or(b.buf.size() - b.offset));
-            p.job(k, constants, bytes, sizes.collect())
-        });
-        let pipeline = self.pipeline(k, constants)?;
+            job = self
+                .precompile
+                .as_ref()
+                .and_then(|p| p.job(k, constants, bytes, sizes.collect()));
+        })?;
         let mut pending = lock(&self.pending);
         pending.fresh.extend(job);
         if pending.params.len() as u64 >= self.param_stride * ARENA_SLOTS {
             self.submit(&mut pending);
         }
         let offset = pending.params.len();
-        let mut block = [0u8; PARAM_BYTES as usize];
-        block[..bytes.len()].copy_from_slice(bytes);
-        pending.params.extend_from_slice(&block);
+        pending.params.extend_from_slice(&param_block(bytes));
         pending
             .params
             .resize(offset + self.param_stride as usize, 0);

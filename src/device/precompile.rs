@@ -64,9 +64,6 @@ pub fn use_compile_helper(exe: PathBuf) {
     }
 }
 
-/// A pipeline: its file, entry point and constants (as bits, to be hashable).
-type PipelineId = (&'static str, &'static str, Vec<(&'static str, u64)>);
-
 /// What the training process knows of its helpers, behind one lock.
 #[derive(Default)]
 struct Pool {
@@ -80,8 +77,7 @@ struct Pool {
     done: HashSet<u64>,
     /// Pipelines the helpers reported compiled.
     compiled: u64,
-    /// The pipelines handed on so far, and the next job's id.
-    seen: HashSet<PipelineId>,
+    /// The next job's id.
     next_id: u64,
 }
 
@@ -202,9 +198,9 @@ impl Precompiler {
         lock(&self.pool.0).compiled
     }
 
-    /// Hands a helper the pipeline of this dispatch of `k` (with `constants`, parameters
-    /// `params` and buffers of `sizes` bytes) if it is the pipeline's first dispatch
-    /// (llvmpipe compiles each pipeline once) and binds at most `MAX_BYTES`; its job id.
+    /// Hands a helper the new pipeline of `k` with `constants`, as its first dispatch
+    /// uses it (parameters `params`, buffers of `sizes` bytes), unless that binds over
+    /// `MAX_BYTES`; its job id. llvmpipe compiles each pipeline once, at that dispatch.
     pub(super) fn job(
         &self,
         k: &Kernel,
@@ -212,20 +208,14 @@ impl Precompiler {
         params: &[u8],
         sizes: Vec<u64>,
     ) -> Option<u64> {
-        let id = (
-            k.file,
-            k.entry,
-            constants.iter().map(|(n, v)| (*n, v.to_bits())).collect(),
-        );
         let mut pool = lock(&self.pool.0);
-        if pool.alive() == 0 || !pool.seen.insert(id) || sizes.iter().sum::<u64>() > MAX_BYTES {
+        if pool.alive() == 0 || sizes.iter().sum::<u64>() > MAX_BYTES {
             return None;
         }
         let id = pool.next_id;
         pool.next_id += 1;
         let wire = Wire {
             id,
-            file: k.file.into(),
             source: k.source.into(),
             entry: k.entry.into(),
             inputs: k.inputs,
