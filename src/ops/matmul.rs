@@ -35,36 +35,27 @@ const VEC4: Kernel = Kernel {
     bounds_checks: false,
 };
 
-const fn lane(entry: &'static str) -> Kernel {
-    Kernel {
-        file: "matmul_lane.wgsl",
-        source: concat!(
-            include_str!("../../shaders/act.wgsl"),
-            include_str!("../../shaders/matmul_lane.wgsl")
-        ),
-        entry,
-        inputs: 3,
-        outputs: 1,
-        bounds_checks: false,
-    }
+/// A generated lane kernel (shaders/matmul_lane/ENTRY.wgsl) after the declarations they
+/// share: a module of its own per kernel, so building one pipeline parses no other.
+macro_rules! lane {
+    ($entry:literal) => {
+        Kernel {
+            file: concat!("matmul_lane/", $entry, ".wgsl"),
+            source: concat!(
+                include_str!("../../shaders/act.wgsl"),
+                include_str!("../../shaders/matmul_lane.wgsl"),
+                include_str!(concat!("../../shaders/matmul_lane/", $entry, ".wgsl"))
+            ),
+            entry: $entry,
+            inputs: 3,
+            outputs: 1,
+            bounds_checks: false,
+        }
+    };
 }
 
-const fn lane_sg(entry: &'static str) -> Kernel {
-    Kernel {
-        file: "matmul_lane_sg.wgsl",
-        source: concat!(
-            include_str!("../../shaders/act.wgsl"),
-            include_str!("../../shaders/matmul_lane_sg.wgsl")
-        ),
-        entry,
-        inputs: 3,
-        outputs: 1,
-        bounds_checks: false,
-    }
-}
-
-/// The uniform block of shaders/matmul.wgsl, matmul_vec4.wgsl, matmul_lane.wgsl and
-/// matmul_lane_sg.wgsl (one struct in all four), field for field.
+/// The uniform block of shaders/matmul.wgsl, matmul_vec4.wgsl and matmul_lane.wgsl (one
+/// struct in all three), field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub(super) struct Params {
@@ -203,16 +194,16 @@ impl MatmulKernel {
             MatmulKernel::Blocked => (kernel("blocked"), (32, 32), None),
             MatmulKernel::Vec4 => (VEC4, (64, 64), None),
             MatmulKernel::Tiled => (kernel("tiled"), (64, 64), None),
-            MatmulKernel::Lane16x16 => (lane("lane_16x16"), (128, 128), Some((8, 8))),
-            MatmulKernel::Lane8x16 => (lane("lane_8x16"), (128, 16), Some((8, 2))),
-            MatmulKernel::Lane4x16 => (lane("lane_4x16"), (128, 4), Some((8, 1))),
+            MatmulKernel::Lane16x16 => (lane!("lane_16x16"), (128, 128), Some((8, 8))),
+            MatmulKernel::Lane8x16 => (lane!("lane_8x16"), (128, 16), Some((8, 2))),
+            MatmulKernel::Lane4x16 => (lane!("lane_4x16"), (128, 4), Some((8, 1))),
             // One subgroup per workgroup: the most workgroups for the cores to share.
-            MatmulKernel::LaneSg64x16 => (lane_sg("lane_sg64x16"), (128, 64), Some((8, 1))),
-            MatmulKernel::LaneSg32x16 => (lane_sg("lane_sg32x16"), (128, 32), Some((8, 1))),
-            MatmulKernel::LaneSg16x16 => (lane_sg("lane_sg16x16"), (128, 16), Some((8, 1))),
-            MatmulKernel::LaneSg8x16 => (lane_sg("lane_sg8x16"), (128, 8), Some((8, 1))),
-            MatmulKernel::LaneSg32x8 => (lane_sg("lane_sg32x8"), (64, 32), Some((8, 1))),
-            MatmulKernel::LaneSg16x8 => (lane_sg("lane_sg16x8"), (64, 16), Some((8, 1))),
+            MatmulKernel::LaneSg64x16 => (lane!("lane_sg64x16"), (128, 64), Some((8, 1))),
+            MatmulKernel::LaneSg32x16 => (lane!("lane_sg32x16"), (128, 32), Some((8, 1))),
+            MatmulKernel::LaneSg16x16 => (lane!("lane_sg16x16"), (128, 16), Some((8, 1))),
+            MatmulKernel::LaneSg8x16 => (lane!("lane_sg8x16"), (128, 8), Some((8, 1))),
+            MatmulKernel::LaneSg32x8 => (lane!("lane_sg32x8"), (64, 32), Some((8, 1))),
+            MatmulKernel::LaneSg16x8 => (lane!("lane_sg16x8"), (64, 16), Some((8, 1))),
         }
     }
 }
@@ -625,7 +616,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::MatmulKernel;
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     /// The names of the `@compute` entry points in a WGSL source.
     fn entry_points(source: &str) -> BTreeSet<String> {
@@ -642,23 +633,31 @@ mod tests {
         found
     }
 
-    /// The generated lane files hold exactly the kernels `MatmulKernel` launches from them,
-    /// and every kernel's entry point exists in its source.
+    /// Every kernel's entry point is in its source; the generated folder holds exactly the
+    /// lane kernels `MatmulKernel` launches, one entry point per file, named after it.
     #[test]
     fn kernels_and_shader_entry_points_agree() {
-        let mut named: BTreeMap<&str, (BTreeSet<String>, &str)> = BTreeMap::new();
+        let mut lanes = BTreeSet::new();
         for k in MatmulKernel::ALL {
             let (spec, ..) = k.launch_spec();
-            let (entries, _) = named
-                .entry(spec.file)
-                .or_insert((BTreeSet::new(), spec.source));
-            entries.insert(spec.entry.to_string());
             let present = entry_points(spec.source);
             assert!(present.contains(spec.entry), "{k:?}: no {}", spec.entry);
+            if let Some(file) = spec.file.strip_prefix("matmul_lane/") {
+                assert_eq!(present, BTreeSet::from([spec.entry.to_string()]), "{k:?}");
+                assert_eq!(file, format!("{}.wgsl", spec.entry));
+                lanes.insert(file.to_string());
+            }
         }
-        for file in ["matmul_lane.wgsl", "matmul_lane_sg.wgsl"] {
-            let (entries, source) = &named[file];
-            assert_eq!(&entry_points(source), entries, "{file}");
-        }
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul_lane");
+        let files: BTreeSet<String> = std::fs::read_dir(folder)
+            .expect("the generated kernels' folder")
+            .map(|e| {
+                e.expect("a folder entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into()
+            })
+            .collect();
+        assert_eq!(files, lanes);
     }
 }
