@@ -1,6 +1,6 @@
 mod common;
 use common::*;
-use kiln::ops::gather::gather_rows_into;
+use kiln::ops::gather::{gather_rows_into, PaletteRows};
 use kiln::Tensor;
 
 #[test]
@@ -98,6 +98,39 @@ fn palette_gather_returns_the_original_values() {
     // 257 distinct values do not fit a byte.
     let wide: Vec<f32> = (0..257).map(|i| i as f32).collect();
     assert!(kiln::ops::gather::PaletteRows::palette_of(&wide).is_none());
+}
+
+#[test]
+fn palette_packing_keeps_runs_and_rejects_values_outside_the_palette() {
+    // Image-like rows: runs of background with a few levels between (runs are packed
+    // with the last value's code, so a run that ends mid-word must end there).
+    let (n, cols) = (40, 17);
+    let data: Vec<f32> = (0..n * cols)
+        .map(|i| {
+            if (i / 5) % 3 == 0 {
+                (i % 7) as f32 / 8.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let palette = PaletteRows::palette_of(&data).expect("few levels");
+    let index: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let device = gpu();
+    let idx = Tensor::from_slice(&device, &index, &[n]).unwrap();
+    let chunk = PaletteRows::pack(&device, &data, cols, &palette).unwrap();
+    let mut got = Tensor::zeros(&device, &[n, cols]).unwrap();
+    chunk.gather_into(0, &idx, 0, &mut got).unwrap();
+    assert_eq!(got.to_vec().unwrap(), data);
+
+    // A value the palette lacks, after a run of one it has: a typed error naming its row.
+    let mut bad = vec![0.0; 3 * cols];
+    bad[2 * cols + 4] = 0.3;
+    let err = PaletteRows::pack(&device, &bad, cols, &palette)
+        .err()
+        .expect("0.3 is no level");
+    let text = err.to_string();
+    assert!(text.contains("0.3") && text.contains("row 2"), "{text}");
 }
 
 #[test]

@@ -223,15 +223,28 @@ impl PaletteRows {
         let words_per_row = cols.div_ceil(4);
         let rows = data.len().checked_div(cols).unwrap_or(0);
         let mut words = vec![0u32; rows * words_per_row];
-        for (r, row) in data.chunks(cols.max(1)).enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                let code = palette.binary_search(&v.to_bits()).map_err(|_| {
-                    Error::arg(
-                        "palette data",
-                        format!("value {v} at row {r} is not in the palette"),
-                    )
-                })?;
-                words[r * words_per_row + j / 4] |= (code as u32) << (8 * (j % 4));
+        // Neighbouring values repeat (image backgrounds): reuse the last code for them.
+        let mut last: Option<(u32, u32)> = None;
+        let mut code_of = |r: usize, v: f32| -> Result<u32> {
+            let bits = v.to_bits();
+            if let Some((_, code)) = last.filter(|(b, _)| *b == bits) {
+                return Ok(code);
+            }
+            let code = palette.binary_search(&bits).map_err(|_| {
+                Error::arg(
+                    "palette data",
+                    format!("value {v} at row {r} is not in the palette"),
+                )
+            })? as u32;
+            last = Some((bits, code));
+            Ok(code)
+        };
+        let rows_of_words = words.chunks_mut(words_per_row.max(1));
+        for (r, (row, out)) in data.chunks(cols.max(1)).zip(rows_of_words).enumerate() {
+            for (quad, word) in row.chunks(4).zip(out.iter_mut()) {
+                for (j, &v) in quad.iter().enumerate() {
+                    *word |= code_of(r, v)? << (8 * j);
+                }
             }
         }
         let as_f32: Vec<f32> = words.iter().map(|&w| f32::from_bits(w)).collect();
