@@ -120,6 +120,13 @@ fn read_idx(
     name: &str,
     layout: &Layout,
 ) -> Result<(Vec<usize>, Vec<u8>)> {
+    let dims = read_header(r, gz, name, layout)?;
+    let payload = read_payload(r, gz, name, layout, &dims)?;
+    Ok((dims, payload))
+}
+
+/// Reads the magic number and the dimensions, checked against `layout`.
+fn read_header(r: &mut dyn Read, gz: bool, name: &str, layout: &Layout) -> Result<Vec<usize>> {
     let Layout {
         kind,
         ndim,
@@ -168,10 +175,21 @@ fn read_idx(
             ),
         ));
     }
-    let dims: Vec<usize> = dims_raw
+    Ok(dims_raw
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+        .collect())
+}
+
+/// Reads exactly the bytes `dims` claim, and fails on fewer or more.
+fn read_payload(
+    r: &mut dyn Read,
+    gz: bool,
+    name: &str,
+    layout: &Layout,
+    dims: &[usize],
+) -> Result<Vec<u8>> {
+    let (kind, dim_names) = (layout.kind, layout.dim_names);
     let claimed = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
@@ -204,7 +222,7 @@ fn read_idx(
             ),
         ));
     }
-    Ok((dims, payload))
+    Ok(payload)
 }
 
 /// (pixels, n, rows, cols) from the dimensions `read_idx` checked for an image file.

@@ -119,6 +119,11 @@ struct Pending {
     fresh: Vec<u64>,
 }
 
+/// Errors wgpu reported outside any error scope, shared with its callback.
+type Errors = Arc<Mutex<Vec<Error>>>;
+/// Why the device was lost, shared with its callback.
+type Lost = Arc<Mutex<Option<String>>>;
+
 /// Everything kiln keeps per wgpu device.
 pub struct GpuContext {
     pub(crate) device: wgpu::Device,
@@ -137,9 +142,9 @@ pub struct GpuContext {
     pending: Mutex<Pending>,
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Errors wgpu reported outside any error scope, oldest first.
-    errors: Arc<Mutex<Vec<Error>>>,
+    errors: Errors,
     /// Why the device was lost, once it has been: every later call fails with it.
-    lost: Arc<Mutex<Option<String>>>,
+    lost: Lost,
     submissions: AtomicU64,
     dispatches: AtomicU64,
     bytes_read: AtomicU64,
@@ -302,6 +307,44 @@ pub(super) fn new_pipeline(
     })
 }
 
+/// The errors and the loss `device` reports outside any error scope, as they come: every
+/// later call on the context fails with them.
+fn watch(device: &wgpu::Device) -> (Errors, Lost) {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let sink = errors.clone();
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        lock(&sink).push(from_wgpu(e, "GPU work", 0));
+    }));
+    let lost = Arc::new(Mutex::new(None));
+    let flag = lost.clone();
+    device.set_device_lost_callback(move |reason, message| {
+        let why = match reason {
+            wgpu::DeviceLostReason::Destroyed => "destroyed".to_string(),
+            wgpu::DeviceLostReason::Unknown => "driver error".to_string(),
+        };
+        let message = message.trim();
+        *lock(&flag) = Some(if message.is_empty() {
+            why
+        } else {
+            format!("{why}: {message}")
+        });
+    });
+    (errors, lost)
+}
+
+/// The two uniform arenas that submissions take turns with, `ARENA_SLOTS` parameter
+/// blocks of `stride` bytes each.
+fn param_arenas(device: &wgpu::Device, stride: u64) -> [wgpu::Buffer; 2] {
+    [0, 1].map(|i| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(["kiln params 0", "kiln params 1"][i]),
+            size: stride * ARENA_SLOTS,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    })
+}
+
 impl GpuContext {
     /// Opens the adapter `pick` names (see `adapter::choose`) with its own limits.
     pub(crate) fn new(pick: super::adapter::Pick<'_>) -> Result<Self> {
@@ -327,39 +370,9 @@ impl GpuContext {
                 reason: e.to_string(),
             }
         })?;
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let sink = errors.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            lock(&sink).push(from_wgpu(e, "GPU work", 0));
-        }));
-        let lost = Arc::new(Mutex::new(None));
-        let flag = lost.clone();
-        device.set_device_lost_callback(move |reason, message| {
-            let why = match reason {
-                wgpu::DeviceLostReason::Destroyed => "destroyed".to_string(),
-                wgpu::DeviceLostReason::Unknown => "driver error".to_string(),
-            };
-            let message = message.trim();
-            *lock(&flag) = Some(if message.is_empty() {
-                why
-            } else {
-                format!("{why}: {message}")
-            });
-        });
+        let (errors, lost) = watch(&device);
         let param_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(PARAM_BYTES);
-        let arena = |i| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(if i == 0 {
-                    "kiln params 0"
-                } else {
-                    "kiln params 1"
-                }),
-                size: param_stride * ARENA_SLOTS,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        };
-        let arenas = [arena(0), arena(1)];
+        let arenas = param_arenas(&device, param_stride);
         Ok(GpuContext {
             device,
             queue,
