@@ -107,20 +107,33 @@ pub fn save(dir: impl AsRef<Path>, trainer: &Trainer) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut file = ModelFile::from_trainer(trainer)?;
     let training = file.training.take().unwrap_or_default();
-    let opt = trainer.optimizer();
     let id = checkpoint_id(trainer);
+    let model = model_part(trainer, &file, &id)?;
+    let optimizer = optimizer_part(trainer, &training, id)?;
+    replace_both(dir, &optimizer, &model)
+}
+
+/// The weights file of a checkpoint: the model with what it was trained with.
+fn model_part(trainer: &Trainer, file: &ModelFile, id: &str) -> Result<Vec<u8>> {
     let (loss, _) = loss_name(trainer.loss());
     let metrics: Vec<&str> = trainer.metrics().iter().map(|m| m.name()).collect();
-    let model_meta = HashMap::from([
-        ("checkpoint".to_string(), id.clone()),
+    let meta = HashMap::from([
+        ("checkpoint".to_string(), id.to_string()),
         ("loss".into(), loss.into()),
-        ("optimizer".into(), rule_name(&opt.rule).into()),
+        (
+            "optimizer".into(),
+            rule_name(&trainer.optimizer().rule).into(),
+        ),
         ("metrics".into(), metrics.join(",")),
         // The trainer's file: several outputs listed in the order they were compiled in.
         ("model".into(), file.to_toml()),
     ]);
-    let model = model_bytes(&trainer.model, model_meta)?;
+    model_bytes(&trainer.model, meta)
+}
 
+/// The optimizer file of a checkpoint: the state tensors, progress, rule and schedule.
+fn optimizer_part(trainer: &Trainer, training: &TrainingSpec, id: String) -> Result<Vec<u8>> {
+    let opt = trainer.optimizer();
     let slots = opt.rule.state_slots();
     let params = trainer.model.params();
     // Before the first step the state does not exist yet: save none rather than zeros.
@@ -137,7 +150,9 @@ pub fn save(dir: impl AsRef<Path>, trainer: &Trainer) -> Result<()> {
     }
     let schedule = toml::to_string(&ScheduleSpec::from_schedule(&opt.schedule)?)
         .map_err(|e| Error::format("schedule", format!("cannot write as TOML: {e}")))?;
-    let opt_meta = HashMap::from([
+    let training = toml::to_string(training)
+        .map_err(|e| Error::format("training setup", format!("cannot write as TOML: {e}")))?;
+    let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("checkpoint".into(), id),
         ("step".into(), trainer.steps().to_string()),
@@ -148,19 +163,18 @@ pub fn save(dir: impl AsRef<Path>, trainer: &Trainer) -> Result<()> {
         ("schedule".into(), schedule),
         ("seed".into(), trainer.model.seed.to_string()),
         ("state_slots".into(), saved_slots.to_string()),
-        (
-            "training".into(),
-            toml::to_string(&training).map_err(|e| {
-                Error::format("training setup", format!("cannot write as TOML: {e}"))
-            })?,
-        ),
+        ("training".into(), training),
     ]);
-    let optimizer = serialize(states, opt_meta)?;
+    serialize(states, meta)
+}
 
+/// Replaces the optimizer and weights files in `dir`, each atomically, keeping the
+/// previous optimizer state aside until the new weights are in place.
+fn replace_both(dir: &Path, optimizer: &[u8], model: &[u8]) -> Result<()> {
     let opt_path = dir.join(OPTIMIZER_FILE);
     let prev_path = dir.join(PREVIOUS_OPTIMIZER_FILE);
-    let new_opt = Pending::write(&opt_path, &optimizer)?;
-    let new_model = match Pending::write(&dir.join(MODEL_FILE), &model) {
+    let new_opt = Pending::write(&opt_path, optimizer)?;
+    let new_model = match Pending::write(&dir.join(MODEL_FILE), model) {
         Ok(p) => p,
         Err(e) => {
             new_opt.discard();
