@@ -595,21 +595,10 @@ fn schedule_text(schedule: &Schedule) -> String {
 /// (as one rank of `group`, if given).
 ///
 /// The data is uploaded once; the run hands the trainer back between epochs for the save.
-fn fit(
-    run: &mut Run,
-    epochs: usize,
-    args: &TrainArgs,
-    group: Option<&mut dyn AllReduce>,
-) -> Result<()> {
-    let r = &run.record;
-    let rows = training_rows(&run.train, r.validation_split);
-    let steps = rows.div_ceil(r.batch_size);
-    let bars = progress::bars_wanted(args.quiet || !run.lead);
-    let remaining = epochs.saturating_sub(run.trainer.epochs_done());
-    if remaining == 0 {
-        return Ok(());
-    }
-    let mut opts = FitOptions::new(remaining, r.batch_size);
+/// The options of a fit of `epochs` more epochs of `steps` steps, from the run's record
+/// and the command line.
+fn fit_options(r: &RunRecord, args: &TrainArgs, epochs: usize, steps: usize) -> Result<FitOptions> {
+    let mut opts = FitOptions::new(epochs, r.batch_size);
     opts.seed = r.seed;
     opts.loss_every = progress::loss_every(steps);
     if let Some(n) = args.steps_per_execution {
@@ -627,6 +616,24 @@ fn fit(
     if r.validation_split > 0.0 {
         opts.validation = Validation::Split(r.validation_split);
     }
+    Ok(opts)
+}
+
+fn fit(
+    run: &mut Run,
+    epochs: usize,
+    args: &TrainArgs,
+    group: Option<&mut dyn AllReduce>,
+) -> Result<()> {
+    let r = &run.record;
+    let rows = training_rows(&run.train, r.validation_split);
+    let steps = rows.div_ceil(r.batch_size);
+    let bars = progress::bars_wanted(args.quiet || !run.lead);
+    let remaining = epochs.saturating_sub(run.trainer.epochs_done());
+    if remaining == 0 {
+        return Ok(());
+    }
+    let opts = fit_options(r, args, remaining, steps)?;
     let y = super::outputs::targets(&run.trainer, &run.train.y)?;
     let x = &run.train.x;
     let mut fit = match group {
