@@ -147,16 +147,16 @@ fn run(g: &mut MpiGroup, a: &Args) -> kiln::Result<()> {
         let mut step = vec![1.0f32; 1024];
         for k in 0..1000 {
             if rank == last && a.die_at == Some(k) {
-                eprintln!("rank {rank}: exiting before all-reduce {k}");
+                whole_line(format!("rank {rank}: exiting before all-reduce {k}"));
                 std::process::exit(3);
             }
             if rank == last && a.hang_at == Some(k) {
-                eprintln!("rank {rank}: hanging before all-reduce {k}");
+                whole_line(format!("rank {rank}: hanging before all-reduce {k}"));
                 std::thread::sleep(Duration::from_secs(3600));
             }
             if rank == last && a.stop_inside == Some(k) {
                 // An all-reduce opens with a barrier: join it, then never sum.
-                eprintln!("rank {rank}: stopping inside all-reduce {k}");
+                whole_line(format!("rank {rank}: stopping inside all-reduce {k}"));
                 g.barrier()?;
                 std::thread::sleep(Duration::from_secs(3600));
             }
@@ -266,18 +266,25 @@ fn run_config(
     }
 }
 
+/// Writes `line` to stderr in one call: the ranks share mpirun's stderr, and `eprintln!`
+/// writes each piece of its format separately, so two ranks' lines could interleave.
+fn whole_line(line: String) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 fn main() {
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("mpi_allreduce: {e}");
+            whole_line(format!("mpi_allreduce: {e}"));
             std::process::exit(64);
         }
     };
     let mut g = match MpiGroup::init() {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("mpi_allreduce: {e}");
+            whole_line(format!("mpi_allreduce: {e}"));
             std::process::exit(2);
         }
     };
@@ -288,7 +295,7 @@ fn main() {
         g = g.with_timeout(Duration::from_secs(s));
     }
     if let Err(e) = run(&mut g, &args) {
-        eprintln!("mpi_allreduce: {e}");
+        whole_line(format!("mpi_allreduce: {e}"));
         if matches!(e, kiln::Error::RankMismatch { .. }) {
             // Every rank found the same mismatch: let each report it before any exits
             // (mpirun ends the others when the first exits non-zero).
