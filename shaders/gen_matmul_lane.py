@@ -97,10 +97,16 @@ def entry(rows, cv, sg):
             w(f"    let r{r} = min(row0 + {r}u, p.m - 1u);")
         for q in range(rows // 4):
             w(f"    let mq{q} = min(row0 / 4u + {q}u, m4 - 1u);")
+    w("    // Texel t of the 4 x 4 block of B that column vec4 j (cj) reads at step kq is")
+    w("    // b[bbj_t + kq * bs]: row k0 + t of B, or under FLAG_TB (B stored [N, K]) column")
+    w("    // 4 * cj + t. Index arithmetic and selects rather than a branch on the flag, which")
+    w("    // made the kernel compile about twice as long on lavapipe.")
+    w("    let tb = (p.flags & FLAG_TB) != 0u;")
+    w("    let bs = select(4u * n4, 1u, tb);")
     for j in range(cv):
         w(f"    let c{j} = min(cv0 + {j}u * {wgx}, n4 - 1u);")
         for t in range(4):
-            w(f"    let n{j}_{t} = c{j} * 4u + {t}u;")
+            w(f"    let bb{j}_{t} = select({t}u * n4 + c{j}, (c{j} * 4u + {t}u) * k4, tb);")
     for r in range(rows):
         for j in range(cv):
             w(f"    var acc{r}_{j} = vec4<f32>(0.0);")
@@ -108,23 +114,15 @@ def entry(rows, cv, sg):
     w("        let k0 = kq * 4u;")
     for r in range(rows):
         w(f"        var a{r}: vec4<f32>;")
-    for kk in range(4):
-        for j in range(cv):
-            w(f"        var b{kk}_{j}: vec4<f32>;")
     (a_shared if sg else a_plain)(w, rows)
-    w("        if TB {")
     for j in range(cv):
         for t in range(4):
-            w(f"            let u{j}_{t} = b[n{j}_{t} * k4 + kq];")
+            w(f"        let v{j}_{t} = b[bb{j}_{t} + kq * bs];")
+    w("        // Under B^T the texels are columns of the 4 x 4 block: transpose it.")
     for kk in range(4):
         for j in range(cv):
-            parts = ", ".join(f"u{j}_{t}[{kk}]" for t in range(4))
-            w(f"            b{kk}_{j} = vec4<f32>({parts});")
-    w("        } else {")
-    for kk in range(4):
-        for j in range(cv):
-            w(f"            b{kk}_{j} = b[(k0 + {kk}u) * n4 + c{j}];")
-    w("        }")
+            parts = ", ".join(f"v{j}_{t}[{kk}]" for t in range(4))
+            w(f"        let b{kk}_{j} = select(v{j}_{kk}, vec4<f32>({parts}), tb);")
     for r in range(rows):
         for j in range(cv):
             terms = " + ".join(f"a{r}.{'xyzw'[kk]} * b{kk}_{j}" for kk in range(4))

@@ -19,6 +19,8 @@ struct Params {
     k: u32,
     act: u32,
     alpha: f32,
+    // FLAG_* bits.
+    flags: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,27 +29,33 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;
 
+// B stored [N, K] (op(B) = B^T), and a bias to add: bits of p.flags read at run time,
+// where the other matmul kernels take pipeline constants. So one pipeline serves a dense
+// layer's forward product (B^T, bias) and its backward ones (neither), and a fresh
+// machine compiles it once (BENCHMARKS.md, "First run with cold caches").
+const FLAG_TB: u32 = 1u;
+const FLAG_BIAS: u32 = 2u;
+
 override TA: bool = false;
-override TB: bool = false;
-override BIAS: bool = false;
 // Store C transposed ([N, M]), as in matmul.wgsl.
 override TC: bool = false;
 // The activation code (act.wgsl), a pipeline constant rather than p.act so the driver
 // folds the epilogue: inlined into every output with a run-time switch, it made these
-// kernels compile for seconds on lavapipe.
+// kernels compile for seconds on lavapipe. 0 leaves it to p.act, read at run time, for
+// identity and ReLU, so that the forward and backward products of ReLU layers share a
+// pipeline.
 override ACT: u32 = 0u;
 // Workgroup shape: llvmpipe runs 8 consecutive invocations as one SIMD group.
 override WGX: u32 = 8u;
 override WGY: u32 = 8u;
 
-// The bias of output columns 4*cv .. 4*cv+3 (cv clamped by the caller), zero without BIAS.
+// The bias of output columns 4*cv .. 4*cv+3 (cv clamped by the caller), zero without one.
 // Loaded once per column vec4 rather than once per output row: each such load is a loop
-// over the SIMD lanes on llvmpipe, and inlined into every store it doubled the compile time.
+// over the SIMD lanes on llvmpipe, and inlined into every store it doubled the compile
+// time. Loaded with or without a bias (binding 3 is then B, at least as long): under a
+// run-time branch on the flag, this load made the kernel compile a fifth longer.
 fn bias_of(cv: u32) -> vec4<f32> {
-    if BIAS {
-        return bias[cv];
-    }
-    return vec4<f32>(0.0);
+    return select(vec4<f32>(0.0), bias[cv], (p.flags & FLAG_BIAS) != 0u);
 }
 
 // Bias `bv`, activation and the store of outputs row, 4*cv .. 4*cv+3; off-matrix ones are
@@ -56,10 +64,8 @@ fn store_out(row: u32, cv: u32, v: vec4<f32>, bv: vec4<f32>) {
     if row >= p.m || cv >= p.n / 4u {
         return;
     }
-    var x = v;
-    if BIAS {
-        x += bv;
-    }
+    // bv is zero without a bias.
+    var x = v + bv;
     if ACT != 0u {
         x = vec4<f32>(
             act_forward(ACT, p.alpha, x.x),
@@ -67,6 +73,8 @@ fn store_out(row: u32, cv: u32, v: vec4<f32>, bv: vec4<f32>) {
             act_forward(ACT, p.alpha, x.z),
             act_forward(ACT, p.alpha, x.w)
         );
+    } else {
+        x = select(x, max(x, vec4<f32>(0.0)), p.act == 1u);
     }
     if TC {
         for (var j = 0u; j < 4u; j++) {

@@ -9,6 +9,8 @@ struct Params {
     k: u32,
     act: u32,
     alpha: f32,
+    // Read by the lane kernels only (matmul_lane.wgsl); these take pipeline constants.
+    flags: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -124,6 +124,73 @@ fn lane_kernels_match_reference() {
     }
 }
 
+/// The lane kernels read B's layout, the bias and ReLU from each dispatch's parameters
+/// rather than from pipeline constants: a dense layer's forward product (B^T, bias, ReLU)
+/// and its backward ones (plain) then share one pipeline, compiled once. Products in all
+/// four combinations, recorded into one submission, each match the reference.
+#[test]
+fn lane_kernels_take_layout_bias_and_relu_per_dispatch() {
+    isolate_autotune_cache();
+    // A device of its own, so that other tests' pipelines do not count.
+    let dev = Device::gpu().unwrap();
+    let ctx = dev.gpu_context().unwrap();
+    let (m, n, k) = (37, 44, 28);
+    let (rtol, atol) = tol(k);
+    let a = random(m * k, 1);
+    let (b, bt) = (random(k * n, 2), random(n * k, 3));
+    let bv = random(n, 4);
+    let up = |v: &[f32], shape: &[usize]| Tensor::from_slice(&dev, v, shape).unwrap();
+    let (ag, bg, btg, biasg) = (
+        up(&a, &[m, k]),
+        up(&b, &[k, n]),
+        up(&bt, &[n, k]),
+        up(&bv, &[n]),
+    );
+    let d = kiln::ops::matmul::Dims { m, n, k };
+    for kernel in [
+        MatmulKernel::Lane16x16,
+        MatmulKernel::LaneSg32x8,
+        MatmulKernel::LaneSg8x16,
+    ] {
+        if !kernel.runs_on(ctx) {
+            continue;
+        }
+        let before = dev.stats().pipelines;
+        let mut runs = Vec::new();
+        for (trans_b, bias, act) in [
+            (true, true, Activation::Relu),
+            (false, false, Activation::Identity),
+            (true, false, Activation::Identity),
+            (false, true, Activation::Relu),
+        ] {
+            let g = match trans_b {
+                true => Gemm::nt(),
+                false => Gemm::nn(),
+            };
+            let g = g.with_act(act).with_kernel(kernel);
+            assert_eq!(g.choose(ctx, d), kernel);
+            let (bh, bd) = if trans_b { (&bt, &btg) } else { (&b, &bg) };
+            let want = cpu_matmul(&g, d, &a, bh, bias.then_some(&bv[..]));
+            // Nothing is read back until all four are recorded.
+            runs.push((
+                g.run(&ag, bd, bias.then_some(&biasg)).unwrap(),
+                want,
+                g,
+                bias,
+            ));
+        }
+        assert_eq!(
+            dev.stats().pipelines - before,
+            1,
+            "{kernel:?}: pipelines built"
+        );
+        for (got, want, g, bias) in runs {
+            let what = format!("{g:?} bias {bias}");
+            assert_close(&got.to_vec().unwrap(), &want, rtol, atol, &what);
+        }
+    }
+}
+
 #[test]
 fn tuned_choice_is_a_candidate_and_matches_reference() {
     let dev = gpu();

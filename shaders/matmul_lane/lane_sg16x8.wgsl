@@ -20,16 +20,22 @@ fn lane_sg16x8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let ra1 = min(row0 + lid.x + 8u, p.m - 1u);
     let qa1 = min(row0 / 4u + lid.x / 4u + 2u, m4 - 1u);
     let ka = lid.x % 4u;
+    // Texel t of the 4 x 4 block of B that column vec4 j (cj) reads at step kq is
+    // b[bbj_t + kq * bs]: row k0 + t of B, or under FLAG_TB (B stored [N, K]) column
+    // 4 * cj + t. Index arithmetic and selects rather than a branch on the flag, which
+    // made the kernel compile about twice as long on lavapipe.
+    let tb = (p.flags & FLAG_TB) != 0u;
+    let bs = select(4u * n4, 1u, tb);
     let c0 = min(cv0 + 0u * 8u, n4 - 1u);
-    let n0_0 = c0 * 4u + 0u;
-    let n0_1 = c0 * 4u + 1u;
-    let n0_2 = c0 * 4u + 2u;
-    let n0_3 = c0 * 4u + 3u;
+    let bb0_0 = select(0u * n4 + c0, (c0 * 4u + 0u) * k4, tb);
+    let bb0_1 = select(1u * n4 + c0, (c0 * 4u + 1u) * k4, tb);
+    let bb0_2 = select(2u * n4 + c0, (c0 * 4u + 2u) * k4, tb);
+    let bb0_3 = select(3u * n4 + c0, (c0 * 4u + 3u) * k4, tb);
     let c1 = min(cv0 + 1u * 8u, n4 - 1u);
-    let n1_0 = c1 * 4u + 0u;
-    let n1_1 = c1 * 4u + 1u;
-    let n1_2 = c1 * 4u + 2u;
-    let n1_3 = c1 * 4u + 3u;
+    let bb1_0 = select(0u * n4 + c1, (c1 * 4u + 0u) * k4, tb);
+    let bb1_1 = select(1u * n4 + c1, (c1 * 4u + 1u) * k4, tb);
+    let bb1_2 = select(2u * n4 + c1, (c1 * 4u + 2u) * k4, tb);
+    let bb1_3 = select(3u * n4 + c1, (c1 * 4u + 3u) * k4, tb);
     var acc0_0 = vec4<f32>(0.0);
     var acc0_1 = vec4<f32>(0.0);
     var acc1_0 = vec4<f32>(0.0);
@@ -80,14 +86,6 @@ fn lane_sg16x8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         var a13: vec4<f32>;
         var a14: vec4<f32>;
         var a15: vec4<f32>;
-        var b0_0: vec4<f32>;
-        var b0_1: vec4<f32>;
-        var b1_0: vec4<f32>;
-        var b1_1: vec4<f32>;
-        var b2_0: vec4<f32>;
-        var b2_1: vec4<f32>;
-        var b3_0: vec4<f32>;
-        var b3_1: vec4<f32>;
         if TA {
             let ag0 = a[(k0 + ka) * m4 + qa0];
             let ag1 = a[(k0 + ka) * m4 + qa1];
@@ -143,33 +141,23 @@ fn lane_sg16x8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             a14 = subgroupBroadcast(ag1, 6u);
             a15 = subgroupBroadcast(ag1, 7u);
         }
-        if TB {
-            let u0_0 = b[n0_0 * k4 + kq];
-            let u0_1 = b[n0_1 * k4 + kq];
-            let u0_2 = b[n0_2 * k4 + kq];
-            let u0_3 = b[n0_3 * k4 + kq];
-            let u1_0 = b[n1_0 * k4 + kq];
-            let u1_1 = b[n1_1 * k4 + kq];
-            let u1_2 = b[n1_2 * k4 + kq];
-            let u1_3 = b[n1_3 * k4 + kq];
-            b0_0 = vec4<f32>(u0_0[0], u0_1[0], u0_2[0], u0_3[0]);
-            b0_1 = vec4<f32>(u1_0[0], u1_1[0], u1_2[0], u1_3[0]);
-            b1_0 = vec4<f32>(u0_0[1], u0_1[1], u0_2[1], u0_3[1]);
-            b1_1 = vec4<f32>(u1_0[1], u1_1[1], u1_2[1], u1_3[1]);
-            b2_0 = vec4<f32>(u0_0[2], u0_1[2], u0_2[2], u0_3[2]);
-            b2_1 = vec4<f32>(u1_0[2], u1_1[2], u1_2[2], u1_3[2]);
-            b3_0 = vec4<f32>(u0_0[3], u0_1[3], u0_2[3], u0_3[3]);
-            b3_1 = vec4<f32>(u1_0[3], u1_1[3], u1_2[3], u1_3[3]);
-        } else {
-            b0_0 = b[(k0 + 0u) * n4 + c0];
-            b0_1 = b[(k0 + 0u) * n4 + c1];
-            b1_0 = b[(k0 + 1u) * n4 + c0];
-            b1_1 = b[(k0 + 1u) * n4 + c1];
-            b2_0 = b[(k0 + 2u) * n4 + c0];
-            b2_1 = b[(k0 + 2u) * n4 + c1];
-            b3_0 = b[(k0 + 3u) * n4 + c0];
-            b3_1 = b[(k0 + 3u) * n4 + c1];
-        }
+        let v0_0 = b[bb0_0 + kq * bs];
+        let v0_1 = b[bb0_1 + kq * bs];
+        let v0_2 = b[bb0_2 + kq * bs];
+        let v0_3 = b[bb0_3 + kq * bs];
+        let v1_0 = b[bb1_0 + kq * bs];
+        let v1_1 = b[bb1_1 + kq * bs];
+        let v1_2 = b[bb1_2 + kq * bs];
+        let v1_3 = b[bb1_3 + kq * bs];
+        // Under B^T the texels are columns of the 4 x 4 block: transpose it.
+        let b0_0 = select(v0_0, vec4<f32>(v0_0[0], v0_1[0], v0_2[0], v0_3[0]), tb);
+        let b0_1 = select(v1_0, vec4<f32>(v1_0[0], v1_1[0], v1_2[0], v1_3[0]), tb);
+        let b1_0 = select(v0_1, vec4<f32>(v0_0[1], v0_1[1], v0_2[1], v0_3[1]), tb);
+        let b1_1 = select(v1_1, vec4<f32>(v1_0[1], v1_1[1], v1_2[1], v1_3[1]), tb);
+        let b2_0 = select(v0_2, vec4<f32>(v0_0[2], v0_1[2], v0_2[2], v0_3[2]), tb);
+        let b2_1 = select(v1_2, vec4<f32>(v1_0[2], v1_1[2], v1_2[2], v1_3[2]), tb);
+        let b3_0 = select(v0_3, vec4<f32>(v0_0[3], v0_1[3], v0_2[3], v0_3[3]), tb);
+        let b3_1 = select(v1_3, vec4<f32>(v1_0[3], v1_1[3], v1_2[3], v1_3[3]), tb);
         acc0_0 += a0.x * b0_0 + a0.y * b1_0 + a0.z * b2_0 + a0.w * b3_0;
         acc0_1 += a0.x * b0_1 + a0.y * b1_1 + a0.z * b2_1 + a0.w * b3_1;
         acc1_0 += a1.x * b0_0 + a1.y * b1_0 + a1.z * b2_0 + a1.w * b3_0;

@@ -101,6 +101,9 @@ pub struct Stats {
     /// Kernels that helper processes compiled for this device (CPU adapters; see
     /// `KILN_PRECOMPILE`).
     pub precompiled: u64,
+    /// Compute pipelines built (one per kernel and set of pipeline constants; each is
+    /// compiled once, at its first use).
+    pub pipelines: u64,
 }
 
 pub(super) struct Layout {
@@ -448,6 +451,7 @@ impl GpuContext {
             peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
             buffers_created: self.buffers_created.load(Ordering::Relaxed),
             precompiled: self.precompile.as_ref().map_or(0, Precompiler::compiled),
+            pipelines: lock(&self.pipelines).len() as u64,
         }
     }
 

@@ -66,7 +66,14 @@ pub(super) struct Params {
     pub(super) act: u32,
     /// The activation's parameter (leaky ReLU's slope).
     pub(super) alpha: f32,
+    /// `FLAG_*` bits, read by the lane kernels only (the others take pipeline constants).
+    pub(super) flags: u32,
 }
+
+/// Lane kernels: B is stored [N, K].
+const FLAG_TB: u32 = 1;
+/// Lane kernels: add the bias.
+const FLAG_BIAS: u32 = 2;
 
 /// Every matmul kernel, for the uniform layout test in src/ops/mod.rs.
 #[cfg(test)]
@@ -523,6 +530,34 @@ impl Gemm {
         self.record(ctx, d, which, a, b, bias, out)
     }
 
+    /// The pipeline constants of a kernel with workgroup shape `workgroup` (the lane
+    /// kernels') or without (the others). The lane kernels read B's layout, the bias and
+    /// ReLU (or none) from their parameters instead, so that one pipeline serves the
+    /// forward and backward products of ReLU layers, and a fresh machine compiles it once
+    /// (BENCHMARKS.md, "First run with cold caches").
+    fn constants(&self, workgroup: Option<(u32, u32)>, bias: bool) -> Vec<(&'static str, f64)> {
+        let flag = |b: bool| f64::from(u8::from(b));
+        let Some((x, y)) = workgroup else {
+            return vec![
+                ("TA", flag(self.trans_a)),
+                ("TB", flag(self.trans_b)),
+                ("BIAS", flag(bias)),
+                ("TC", flag(self.trans_c)),
+            ];
+        };
+        let act = match self.act {
+            Activation::Identity | Activation::Relu => 0,
+            other => other.code(),
+        };
+        vec![
+            ("TA", flag(self.trans_a)),
+            ("TC", flag(self.trans_c)),
+            ("WGX", f64::from(x)),
+            ("WGY", f64::from(y)),
+            ("ACT", f64::from(act)),
+        ]
+    }
+
     /// Records the product with kernel `which` (already checked to suit `d`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
@@ -536,24 +571,22 @@ impl Gemm {
         out: &mut Tensor,
     ) -> Result<()> {
         let (kernel, per_group, workgroup) = which.launch_spec();
-        let mut constants = vec![
-            ("TA", f64::from(u8::from(self.trans_a))),
-            ("TB", f64::from(u8::from(self.trans_b))),
-            ("BIAS", f64::from(u8::from(bias.is_some()))),
-            ("TC", f64::from(u8::from(self.trans_c))),
-        ];
-        if let Some((x, y)) = workgroup {
-            // The lane kernels take the activation as a constant too (see matmul_lane.wgsl).
-            let act = f64::from(self.act.code());
-            constants.extend([("WGX", f64::from(x)), ("WGY", f64::from(y)), ("ACT", act)]);
-        }
+        let flags = match workgroup {
+            Some(_) => {
+                let bit = |on: bool, flag: u32| if on { flag } else { 0 };
+                bit(self.trans_b, FLAG_TB) | bit(bias.is_some(), FLAG_BIAS)
+            }
+            None => 0,
+        };
         let params = Params {
             m: d.m as u32,
             n: d.n as u32,
             k: d.k as u32,
             act: self.act.code(),
             alpha: self.act.alpha(),
+            flags,
         };
+        let constants = self.constants(workgroup, bias.is_some());
         let groups = [
             d.n.div_ceil(per_group.0) as u32,
             d.m.div_ceil(per_group.1) as u32,

@@ -402,7 +402,8 @@ mod uniform_layout {
                     n,
                     k,
                     act,
-                    alpha
+                    alpha,
+                    flags
                 }),
             ),
             (
