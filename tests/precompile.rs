@@ -168,3 +168,56 @@ fn the_helper_changes_no_trained_weight() {
         );
     }
 }
+
+/// Starts a one-epoch fit of the 64-32-10 classifier on 40 rows, batch 16: the stats
+/// after `start_fit` (before any step) and the predictions after the epoch.
+fn fit_one_epoch(device: &kiln::Device) -> (kiln::Stats, kiln::Stats, Vec<f32>) {
+    let model = Sequential::new(64)
+        .dense(32)
+        .relu()
+        .dense(10)
+        .build(device, 1)
+        .unwrap();
+    let mut t = model
+        .compile(
+            Loss::SparseCategoricalCrossEntropy,
+            Optimizer::adam(1e-3),
+            &[],
+        )
+        .unwrap();
+    let x = common::random(40 * 64, 2);
+    let y: Vec<f32> = (0..40).map(|i| (i % 10) as f32).collect();
+    let before = device.stats();
+    let mut run = t.start_fit(&x, &y, kiln::FitOptions::new(1, 16)).unwrap();
+    let started = device.stats();
+    while run.next_epoch().unwrap().is_some() {}
+    run.finish().unwrap();
+    (before, started, t.predict(&x, 16).unwrap())
+}
+
+#[test]
+fn a_fit_rehearses_its_first_step_while_the_data_is_uploaded() {
+    let _turn = HELPER.lock().unwrap_or_else(|e| e.into_inner());
+    kiln::device::use_compile_helper(env!("CARGO_BIN_EXE_kiln").into());
+    common::isolate_autotune_cache();
+    let device = kiln::Device::gpu().unwrap();
+    let (before, started, outputs) = fit_one_epoch(&device);
+    if device.gpu_context().unwrap().precompiles() {
+        // The forward pass's and the fused head's pipelines are built, and handed to the
+        // helpers, before the first step; nothing of the rehearsal is recorded.
+        assert!(
+            started.pipelines >= before.pipelines + 2,
+            "{} pipelines before the fit, {} after start_fit",
+            before.pipelines,
+            started.pipelines
+        );
+        assert_eq!(started.dispatches, before.dispatches, "dispatches recorded");
+    } else {
+        assert_eq!(started.pipelines, before.pipelines);
+    }
+    // The rehearsal changes no result: the same fit on a device without helpers.
+    kiln::device::use_compile_helper("".into());
+    let plain = kiln::Device::gpu().unwrap();
+    assert!(!plain.gpu_context().unwrap().precompiles());
+    assert_eq!(outputs, fit_one_epoch(&plain).2);
+}

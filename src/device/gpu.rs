@@ -1,6 +1,7 @@
 //! The GPU context: wgpu device and queue, pipeline and bind-group caches,
 //! a buffer pool, and the pending command encoder that ops record into.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +36,20 @@ pub struct Kernel {
 pub(super) const PARAM_BYTES: u64 = 64;
 /// Dispatches per submission before the uniform arena is full and the device flushes.
 const ARENA_SLOTS: u64 = 1024;
+
+thread_local! {
+    /// Set while this thread rehearses work (see [`GpuContext::rehearse`]).
+    static REHEARSING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Ends a rehearsal when dropped, however its closure returns.
+struct Rehearsal;
+
+impl Drop for Rehearsal {
+    fn drop(&mut self) {
+        REHEARSING.set(false);
+    }
+}
 
 #[derive(Hash, PartialEq, Eq, Clone)]
 struct PipelineKey {
@@ -158,6 +173,9 @@ pub struct GpuContext {
     profile: Option<Mutex<HashMap<String, (u64, std::time::Duration)>>>,
     /// On CPU adapters: helper processes that compile new kernels on the other cores.
     precompile: Option<Precompiler>,
+    /// Helper jobs of pipelines built in a rehearsal, for their first real dispatch to
+    /// wait for.
+    rehearsed: Mutex<HashMap<PipelineKey, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -409,6 +427,7 @@ impl GpuContext {
                 && features.contains(wgpu::Features::TIMESTAMP_QUERY))
             .then(Mutex::default),
             precompile,
+            rehearsed: Mutex::default(),
         })
     }
 
@@ -608,31 +627,55 @@ impl GpuContext {
             .clone()
     }
 
-    /// The pipeline of `k` with `constants`, built (after calling `before_build`) on its
-    /// first use.
+    /// The pipeline of `k` with `constants`, built on its first use (after `new_job`
+    /// hands it to a compile helper), and the helper job the submission that first uses
+    /// it must wait for: the new one, or the one a rehearsal started.
     fn pipeline(
         &self,
         k: &Kernel,
         constants: &[(&'static str, f64)],
-        before_build: impl FnOnce(),
-    ) -> Result<wgpu::ComputePipeline> {
+        new_job: impl FnOnce() -> Option<u64>,
+    ) -> Result<(wgpu::ComputePipeline, Option<u64>)> {
         let key = PipelineKey {
             file: k.file,
             entry: k.entry,
             constants: constants.iter().map(|(n, v)| (*n, v.to_bits())).collect(),
         };
+        let rehearsing = REHEARSING.get();
         if let Some(p) = lock(&self.pipelines).get(&key) {
-            return Ok(p.clone());
+            let job = match rehearsing {
+                true => None,
+                false => lock(&self.rehearsed).remove(&key),
+            };
+            return Ok((p.clone(), job));
         }
-        before_build();
+        let job = new_job();
         let layout = self.layout(k.inputs, k.outputs);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = new_pipeline(&self.device, &layout, &k.code(), constants);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("kernel {}::{}: {e}", k.file, k.entry)));
         }
-        lock(&self.pipelines).insert(key, pipeline.clone());
-        Ok(pipeline)
+        lock(&self.pipelines).insert(key.clone(), pipeline.clone());
+        match (rehearsing, job) {
+            (true, Some(id)) => {
+                lock(&self.rehearsed).insert(key, id);
+                Ok((pipeline, None))
+            }
+            _ => Ok((pipeline, job)),
+        }
+    }
+
+    /// Runs `f` as a rehearsal on this thread: each compute dispatch it makes builds its
+    /// pipeline and hands it to a compile helper, as a first dispatch does, but records
+    /// nothing. So a CPU adapter's helpers can compile the kernels of work to come while
+    /// this thread does something else (a fit rehearses its first step's forward pass
+    /// while the data is uploaded); the first real dispatch of each such pipeline then
+    /// waits for its helper, as usual. Copies, clears and uploads are not affected.
+    pub(crate) fn rehearse<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        REHEARSING.set(true);
+        let _end = Rehearsal;
+        f()
     }
 
     /// Records one dispatch into the pending encoder; nothing runs until a flush.
@@ -650,7 +693,7 @@ impl GpuContext {
     ) -> Result<()> {
         const { assert!(std::mem::size_of::<P>() <= PARAM_BYTES as usize) };
         let params = bytemuck::bytes_of(params);
-        let Some(profile) = &self.profile else {
+        let Some(profile) = self.profile.as_ref().filter(|_| !REHEARSING.get()) else {
             return self.record(k, constants, params, buffers, groups);
         };
         if lock(&self.pending).timing.is_some() {
@@ -718,16 +761,17 @@ impl GpuContext {
         }
         // A helper starts on a new kernel before this process builds it too (it needs a
         // pipeline of its own), so the two builds overlap.
-        let mut job = None;
-        let pipeline = self.pipeline(k, constants, || {
+        let (pipeline, job) = self.pipeline(k, constants, || {
             let sizes = buffers
                 .iter()
                 .map(|b| b.size.unwrap_or(b.buf.size() - b.offset));
-            job = self
-                .precompile
+            self.precompile
                 .as_ref()
-                .and_then(|p| p.job(k, constants, bytes, sizes.collect()));
+                .and_then(|p| p.job(k, constants, bytes, sizes.collect()))
         })?;
+        if REHEARSING.get() {
+            return Ok(());
+        }
         let mut pending = lock(&self.pending);
         pending.fresh.extend(job);
         if pending.params.len() as u64 >= self.param_stride * ARENA_SLOTS {

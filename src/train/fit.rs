@@ -32,7 +32,19 @@ impl Trainer {
     /// Uploads the data once and returns a run that trains one epoch per
     /// [`FitRun::next_epoch`], giving the trainer back between epochs (to save a
     /// checkpoint, say). [`Trainer::fit`] is this in a loop.
-    pub fn start_fit(&mut self, x: &[f32], y: &[f32], mut opts: FitOptions) -> Result<FitRun<'_>> {
+    pub fn start_fit(&mut self, x: &[f32], y: &[f32], opts: FitOptions) -> Result<FitRun<'_>> {
+        self.begin_fit(x, y, opts, None)
+    }
+
+    /// [`Trainer::start_fit`], as rank `rank` of `size` replicas where given (its first
+    /// step then takes its share of the first batch's rows).
+    pub(super) fn begin_fit(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        mut opts: FitOptions,
+        replica: Option<(usize, usize)>,
+    ) -> Result<FitRun<'_>> {
         let rows = self.check_data(x, y)?;
         if opts.batch_size == 0 {
             return Err(Error::arg("batch_size", "must be at least 1"));
@@ -65,6 +77,13 @@ impl Trainer {
                 ));
             }
         }
+        // The helpers compile the first step's kernels while the data is packed and sent.
+        let first = opts.batch_size.min(train_rows);
+        let first = match replica {
+            Some((size, rank)) => super::replica::shard(first, size, rank).1,
+            None => first,
+        };
+        self.rehearse_step(first)?;
         let data = self.upload(&x[..train_rows * w], &y[..train_rows * tw])?;
         let val_data = match &val {
             Some((vx, vy)) if !vx.is_empty() => Some(self.upload(vx, vy)?),

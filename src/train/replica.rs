@@ -64,7 +64,7 @@ impl Trainer {
         opts: FitOptions,
     ) -> Result<super::FitRun<'a>> {
         let print = self.fingerprint(x, y, &opts);
-        let mut run = self.start_fit(x, y, opts)?;
+        let mut run = self.begin_fit(x, y, opts, Some((group.size(), group.rank())))?;
         group.check_fingerprint("model, data set and fit options", print)?;
         run.trainer.broadcast_state(group)?;
         run.group = Some(group);

@@ -82,6 +82,38 @@ impl Trainer {
             .backward_ws_then(key, &self.train_stages, false, after)
     }
 
+    /// On a CPU adapter with compile helpers, rehearses the forward pass (and fused head)
+    /// of a first step on `rows` rows: its kernels start compiling on the helpers now, as
+    /// the caller goes on (a fit uploads its data), rather than at the step. Nothing is
+    /// recorded and nothing but the workspace for `rows` is made, so no weight, optimizer
+    /// state or result changes. Skipped where products are tuned: tuning times real runs.
+    pub(super) fn rehearse_step(&mut self, rows: usize) -> Result<()> {
+        let Some(ctx) = self.model.device.gpu_context().cloned() else {
+            return Ok(());
+        };
+        if rows == 0
+            || !ctx.precompiles()
+            || crate::ops::matmul_tune::enabled(&ctx)
+            || self.outputs.is_some()
+        {
+            return Ok(());
+        }
+        let key = (rows, self.target_width());
+        self.model.workspace(rows, key.1)?;
+        let n = self.train_stages.len();
+        let head = self
+            .head
+            .filter(|_| self.model.head_fits(key, &self.train_stages));
+        let (model, stages) = (&mut self.model, &self.train_stages);
+        ctx.rehearse(|| match head {
+            Some(plan) => {
+                model.forward_ws(key, &stages[..n - 1], Pass::Train)?;
+                model.head_ws(key, stages, plan, None)
+            }
+            None => model.forward_ws(key, stages, Pass::Train),
+        })
+    }
+
     /// The optimizer step on the gradients in place (recorded; the caller submits).
     pub(super) fn update(&mut self) -> Result<()> {
         // Ask the schedule before counting the step: its index is 0-based.
