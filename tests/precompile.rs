@@ -22,21 +22,26 @@ fn expected(device: &kiln::Device) -> bool {
     ctx.is_software() && device.name().contains("Vulkan") && cores > 1 && !off && !mesa_off
 }
 
-/// The outputs of a 64-32-10 classifier after two Adam steps on `device`.
-fn train_two_steps(device: &kiln::Device) -> Vec<f32> {
+/// A 64-32-10 classifier with Adam on `device`, the same weights every time.
+fn classifier(device: &kiln::Device) -> kiln::Trainer {
     let model = Sequential::new(64)
         .dense(32)
         .relu()
         .dense(10)
         .build(device, 1)
         .unwrap();
-    let mut t = model
+    model
         .compile(
             Loss::SparseCategoricalCrossEntropy,
             Optimizer::adam(1e-3),
             &[],
         )
-        .unwrap();
+        .unwrap()
+}
+
+/// The outputs of a 64-32-10 classifier after two Adam steps on `device`.
+fn train_two_steps(device: &kiln::Device) -> Vec<f32> {
+    let mut t = classifier(device);
     let x = common::random(16 * 64, 1);
     let y: Vec<f32> = (0..16).map(|i| (i % 10) as f32).collect();
     t.train_batch(&x, &y).unwrap();
@@ -172,19 +177,7 @@ fn the_helper_changes_no_trained_weight() {
 /// Starts a one-epoch fit of the 64-32-10 classifier on 40 rows, batch 16: the stats
 /// after `start_fit` (before any step) and the predictions after the epoch.
 fn fit_one_epoch(device: &kiln::Device) -> (kiln::Stats, kiln::Stats, Vec<f32>) {
-    let model = Sequential::new(64)
-        .dense(32)
-        .relu()
-        .dense(10)
-        .build(device, 1)
-        .unwrap();
-    let mut t = model
-        .compile(
-            Loss::SparseCategoricalCrossEntropy,
-            Optimizer::adam(1e-3),
-            &[],
-        )
-        .unwrap();
+    let mut t = classifier(device);
     let x = common::random(40 * 64, 2);
     let y: Vec<f32> = (0..40).map(|i| (i % 10) as f32).collect();
     let before = device.stats();
