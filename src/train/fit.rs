@@ -83,7 +83,9 @@ impl Trainer {
             Some((size, rank)) => super::replica::shard(first, size, rank).1,
             None => first,
         };
-        self.rehearse_step(first)?;
+        // A rehearsal only saves time: whatever it fails on, the first step meets again
+        // and reports.
+        let _ = self.rehearse_step(first);
         let data = self.upload(&x[..train_rows * w], &y[..train_rows * tw])?;
         let val_data = match &val {
             Some((vx, vy)) if !vx.is_empty() => Some(self.upload(vx, vy)?),
