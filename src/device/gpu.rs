@@ -643,9 +643,9 @@ impl GpuContext {
         };
         let rehearsing = REHEARSING.get();
         if let Some(p) = lock(&self.pipelines).get(&key) {
-            let job = match rehearsing {
-                true => None,
-                false => lock(&self.rehearsed).remove(&key),
+            let job = match lock(&self.rehearsed) {
+                r if rehearsing || r.is_empty() => None,
+                mut r => r.remove(&key),
             };
             return Ok((p.clone(), job));
         }
