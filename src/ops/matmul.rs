@@ -530,32 +530,40 @@ impl Gemm {
         self.record(ctx, d, which, a, b, bias, out)
     }
 
-    /// The pipeline constants of a kernel with workgroup shape `workgroup` (the lane
-    /// kernels') or without (the others). The lane kernels read B's layout, the bias and
-    /// ReLU (or none) from their parameters instead, so that one pipeline serves the
-    /// forward and backward products of ReLU layers, and a fresh machine compiles it once
-    /// (BENCHMARKS.md, "First run with cold caches").
-    fn constants(&self, workgroup: Option<(u32, u32)>, bias: bool) -> Vec<(&'static str, f64)> {
+    /// The pipeline constants and the `FLAG_*` parameter bits of a kernel with workgroup
+    /// shape `workgroup` (the lane kernels') or without (the others). The lane kernels
+    /// read B's layout, the bias and ReLU (or none) from their parameters instead of
+    /// constants, so that one pipeline serves the forward and backward products of ReLU
+    /// layers, and a fresh machine compiles it once (BENCHMARKS.md, "First run with cold
+    /// caches").
+    fn specialise(
+        &self,
+        workgroup: Option<(u32, u32)>,
+        bias: bool,
+    ) -> (Vec<(&'static str, f64)>, u32) {
         let flag = |b: bool| f64::from(u8::from(b));
         let Some((x, y)) = workgroup else {
-            return vec![
+            let constants = vec![
                 ("TA", flag(self.trans_a)),
                 ("TB", flag(self.trans_b)),
                 ("BIAS", flag(bias)),
                 ("TC", flag(self.trans_c)),
             ];
+            return (constants, 0);
         };
         let act = match self.act {
             Activation::Identity | Activation::Relu => 0,
             other => other.code(),
         };
-        vec![
+        let constants = vec![
             ("TA", flag(self.trans_a)),
             ("TC", flag(self.trans_c)),
             ("WGX", f64::from(x)),
             ("WGY", f64::from(y)),
             ("ACT", f64::from(act)),
-        ]
+        ];
+        let bit = |on: bool, flag: u32| if on { flag } else { 0 };
+        (constants, bit(self.trans_b, FLAG_TB) | bit(bias, FLAG_BIAS))
     }
 
     /// Records the product with kernel `which` (already checked to suit `d`).
@@ -571,13 +579,7 @@ impl Gemm {
         out: &mut Tensor,
     ) -> Result<()> {
         let (kernel, per_group, workgroup) = which.launch_spec();
-        let flags = match workgroup {
-            Some(_) => {
-                let bit = |on: bool, flag: u32| if on { flag } else { 0 };
-                bit(self.trans_b, FLAG_TB) | bit(bias.is_some(), FLAG_BIAS)
-            }
-            None => 0,
-        };
+        let (constants, flags) = self.specialise(workgroup, bias.is_some());
         let params = Params {
             m: d.m as u32,
             n: d.n as u32,
@@ -586,7 +588,6 @@ impl Gemm {
             alpha: self.act.alpha(),
             flags,
         };
-        let constants = self.constants(workgroup, bias.is_some());
         let groups = [
             d.n.div_ceil(per_group.0) as u32,
             d.m.div_ceil(per_group.1) as u32,

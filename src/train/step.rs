@@ -4,7 +4,7 @@
 use super::metrics::Accumulator;
 use super::{NamedValues, Trainer};
 use crate::error::Result;
-use crate::nn::model::{Param, Pass};
+use crate::nn::model::{HeadPlan, Param, Pass};
 use crate::ops::loss::{loss_and_grad_at, loss_and_grad_into};
 
 impl Trainer {
@@ -29,10 +29,7 @@ impl Trainer {
         let n = self.train_stages.len();
         // Masks follow the step count, so a resumed run draws the same ones.
         self.model.dropout_step = self.step as u32;
-        let head = self
-            .head
-            .filter(|_| self.model.head_fits(key, &self.train_stages));
-        if let Some(plan) = head {
+        if let Some(plan) = self.head_for(key) {
             // Output layer, loss and their backward in one dispatch.
             let stages = &self.train_stages[..n - 1];
             self.model.forward_ws(key, stages, Pass::Train)?;
@@ -82,6 +79,13 @@ impl Trainer {
             .backward_ws_then(key, &self.train_stages, false, after)
     }
 
+    /// The fused classifier head a step on the batch in workspace `key` runs, if the plan
+    /// has one and it fits the batch.
+    fn head_for(&self, key: (usize, usize)) -> Option<HeadPlan> {
+        self.head
+            .filter(|_| self.model.head_fits(key, &self.train_stages))
+    }
+
     /// On a CPU adapter with compile helpers, rehearses the forward pass (and fused head)
     /// of a first step on `rows` rows: its kernels start compiling on the helpers now, as
     /// the caller goes on (a fit uploads its data), rather than at the step. Nothing is
@@ -101,9 +105,7 @@ impl Trainer {
         let key = (rows, self.target_width());
         self.model.workspace(rows, key.1)?;
         let n = self.train_stages.len();
-        let head = self
-            .head
-            .filter(|_| self.model.head_fits(key, &self.train_stages));
+        let head = self.head_for(key);
         let (model, stages) = (&mut self.model, &self.train_stages);
         ctx.rehearse(|| match head {
             Some(plan) => {
